@@ -1,0 +1,1 @@
+"""The running cxrnode service and its edges: DICOM, report feeds, scheduler, worker, results."""

@@ -1,0 +1,181 @@
+"""Settings: one typed object built once at start from a TOML file and ``CXRNODE_*`` variables.
+
+Precedence, lowest to highest: defaults, the config file, the environment. Nothing else in the
+node reads the environment.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from node.errors import ConfigError
+
+ENV_PREFIX = "CXRNODE_"
+_AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: printable, no backslash
+_DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
+
+
+@dataclass(frozen=True)
+class Destination:
+    """A DICOM peer results are sent to, written ``AE@host:port``."""
+
+    ae_title: str
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Destination:
+        match = _DESTINATION.match(text.strip())
+        if not match or not _AE_TITLE.match(match["ae"]):
+            raise ConfigError(f"destination {text!r} is not of the form AE@host:port")
+        port = int(match["port"])
+        if not 0 < port < 65536:
+            raise ConfigError(f"destination {text!r}: port out of range")
+        return cls(match["ae"], match["host"], port)
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the node can be told. Field names are the config keys; the environment
+    variable of a field is ``CXRNODE_`` + its name in upper case."""
+
+    ae_title: str = "CXRNODE"
+    dicom_host: str = "0.0.0.0"
+    dicom_port: int = 11112
+    # Calling AE titles allowed to associate. The AE titles of the destinations are allowed too:
+    # the PACS we write back to is normally the one that sends.
+    allowed_calling_aes: tuple[str, ...] = ()
+    destinations: tuple[Destination, ...] = (Destination("ORTHANC", "127.0.0.1", 4242),)
+    data_dir: Path = Path("var")
+    db_url: str = ""  # empty: SQLite file <data_dir>/cxrnode.db
+    model: str = "default"  # a model package directory or archive; "default": the bundled one
+    device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    stable_age_s: float = 10.0
+    assume_chest_without_body_part: bool = True
+    delivery_retry_initial_s: float = 5.0
+    delivery_retry_max_s: float = 300.0
+    delivery_give_up_after_s: float = 86_400.0
+    sr_series_number: int = 9901
+    sc_series_number: int = 9902
+    log_level: str = "INFO"
+
+    @property
+    def database_url(self) -> str:
+        if self.db_url:
+            return self.db_url
+        return f"sqlite:///{(self.data_dir / 'cxrnode.db').resolve()}"
+
+    @property
+    def known_calling_aes(self) -> frozenset[str]:
+        return frozenset(self.allowed_calling_aes) | {d.ae_title for d in self.destinations}
+
+    def validate(self) -> Settings:
+        if not _AE_TITLE.match(self.ae_title):
+            raise ConfigError(f"ae_title {self.ae_title!r} is not a valid AE title (1-16 chars)")
+        for ae in self.allowed_calling_aes:
+            if not _AE_TITLE.match(ae):
+                raise ConfigError(f"allowed_calling_aes: {ae!r} is not a valid AE title")
+        if not 0 < self.dicom_port < 65536:
+            raise ConfigError(f"dicom_port {self.dicom_port} out of range")
+        if self.stable_age_s < 0:
+            raise ConfigError("stable_age_s must be >= 0")
+        return self
+
+
+def load_settings(
+    config_file: Path | None = None, environ: Mapping[str, str] | None = None
+) -> Settings:
+    """Build the settings from defaults, an optional TOML file and the environment.
+
+    Parameters
+    ----------
+    config_file:
+        A TOML file whose top-level keys are ``Settings`` field names. When None, the file named
+        by ``CXRNODE_CONFIG`` is used, if set.
+    environ:
+        The environment to read (defaults to ``os.environ``).
+
+    Raises
+    ------
+    ConfigError
+        For an unknown key, an unreadable file or a value of the wrong type.
+    """
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get(f"{ENV_PREFIX}CONFIG"):
+        config_file = Path(environ[f"{ENV_PREFIX}CONFIG"])
+    values: dict[str, Any] = {}
+    if config_file is not None:
+        values.update(_read_file(config_file))
+    known = {f.name: f for f in fields(Settings)}
+    for name in known:
+        key = ENV_PREFIX + name.upper()
+        if key in environ:
+            values[name] = environ[key]
+    settings = Settings()
+    converted = {}
+    for name, raw in values.items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r} in {config_file}")
+        converted[name] = _convert(name, raw, getattr(settings, name))
+    return replace(settings, **converted).validate()
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+
+
+def _convert(name: str, raw: Any, default: Any) -> Any:
+    """Coerce a file or environment value to the type of the field's default."""
+    try:
+        if isinstance(default, bool):
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text not in {"1", "0", "true", "false", "yes", "no", "on", "off"}:
+                raise ValueError(f"expected a boolean, got {raw!r}")
+            return text in {"1", "true", "yes", "on"}
+        if isinstance(default, int | float):
+            return type(default)(raw)
+        if isinstance(default, Path):
+            return Path(raw)
+        if isinstance(default, tuple):
+            items = raw if isinstance(raw, list | tuple) else _split_list(str(raw))
+            if name == "destinations":
+                return tuple(Destination.parse(str(item)) for item in items)
+            return tuple(str(item).strip() for item in items)
+        return str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name!r}: {exc}") from exc
+
+
+def _split_list(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Settings as plain data, for logs and ``cxrnode config``."""
+    out: dict[str, Any] = {}
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, tuple):
+            value = [str(v) for v in value]
+        elif isinstance(value, Path):
+            value = str(value)
+        out[f.name] = value
+    out["database_url"] = settings.database_url
+    return out

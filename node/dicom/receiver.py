@@ -1,0 +1,223 @@
+"""The storage SCP: receive an instance, make it durable, record it, answer.
+
+The C-STORE handler does one thing: spool and record. It never decodes pixels or runs
+inference; a failure anywhere becomes a DICOM status and an audit event, never an exception
+into pynetdicom.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable
+from io import BytesIO
+
+from pydicom import dcmread
+from pydicom.errors import InvalidDicomError
+from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
+from pynetdicom.sop_class import Verification
+
+from node.config import Settings
+from node.dicom.classify import classify
+from storage import audit
+from storage.audit import Outcome
+from storage.database import Database
+from storage.spool import FileStore, instance_relpath
+from storage.studies import (
+    InstanceHeader,
+    ReceiveOutcome,
+    add_instance,
+    duplicate_outcome,
+    find_instance,
+)
+
+log = logging.getLogger(__name__)
+
+SUCCESS = 0x0000
+OUT_OF_RESOURCES = 0xA700
+# 0xCxxx: "cannot understand". The low byte tells an admin reading a peer's log which check failed.
+CANNOT_PARSE = 0xC001
+MISSING_UIDS = 0xC002
+UID_MISMATCH = 0xC003
+CONFLICTING_DUPLICATE = 0xC004
+
+
+class StorageSCP:
+    """The node's AE as an association acceptor.
+
+    Parameters
+    ----------
+    settings:
+        AE title, port, allowed calling AEs.
+    db, spool:
+        Where instances are recorded and stored.
+    on_received:
+        Called (outside the database transaction) after each stored instance, e.g. to wake the
+        study assembler.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        spool: FileStore,
+        on_received: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.spool = spool
+        self.on_received = on_received or (lambda: None)
+        self.ae = AE(ae_title=settings.ae_title)
+        self.ae.require_calling_aet = sorted(settings.known_calling_aes)
+        self.ae.maximum_pdu_size = 0  # accept the peer's PDU size: fewer, larger PDUs
+        self.ae.add_supported_context(Verification)
+        for context in AllStoragePresentationContexts:
+            self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
+        self._server = None
+
+    def start(self) -> None:
+        handlers = [
+            (evt.EVT_C_STORE, self._on_store),
+            (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_REJECTED, self._on_rejected),
+        ]
+        address = (self.settings.dicom_host, self.settings.dicom_port)
+        self._server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+        log.info("storage SCP %s listening on %s:%d", self.settings.ae_title, *address)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server = None
+
+    def _on_echo(self, event: evt.Event) -> int:
+        return SUCCESS
+
+    def _on_rejected(self, event: evt.Event) -> None:
+        requestor = event.assoc.requestor
+        with self.db.transaction() as session:
+            audit.record(
+                session,
+                "association.rejected",
+                Outcome.FAILURE,
+                actor_ae=requestor.ae_title,
+                actor_ip=requestor.address,
+                detail={"reason": "calling AE title not allowed", "called_ae": self.ae.ae_title},
+            )
+        log.warning("rejected association from an unknown calling AE at %s", requestor.address)
+
+    def _on_store(self, event: evt.Event) -> int:
+        requestor = event.assoc.requestor
+        actor = {"actor_ae": requestor.ae_title, "actor_ip": requestor.address}
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        try:
+            data = event.encoded_dataset(include_meta=True)
+            ds = dcmread(BytesIO(data))
+        except (InvalidDicomError, ValueError, EOFError, OSError, KeyError) as exc:
+            return self._refuse(CANNOT_PARSE, f"cannot parse dataset: {exc}", sop_uid, actor)
+
+        study_uid = str(ds.get("StudyInstanceUID", "")).strip()
+        if not study_uid or not str(ds.get("SOPInstanceUID", "")).strip():
+            return self._refuse(MISSING_UIDS, "Study or SOP Instance UID missing", sop_uid, actor)
+        if str(ds.SOPInstanceUID) != sop_uid:
+            return self._refuse(
+                UID_MISMATCH, "dataset SOP Instance UID differs from the request", sop_uid, actor
+            )
+
+        verdict = classify(
+            ds, assume_chest_without_body_part=self.settings.assume_chest_without_body_part
+        )
+        header = InstanceHeader(
+            sop_uid=sop_uid,
+            sop_class_uid=str(event.request.AffectedSOPClassUID),
+            study_uid=study_uid,
+            series_uid=str(ds.get("SeriesInstanceUID", "")) or None,
+            modality=str(ds.get("Modality", "")) or None,
+            patient_id=str(ds.get("PatientID", "")) or None,
+            accession=str(ds.get("AccessionNumber", "")) or None,
+            transfer_syntax=str(event.context.transfer_syntax),
+            view=verdict.view,
+            processable=verdict.processable,
+            skip_reason=None if verdict.processable else verdict.reason,
+        )
+        ids = {
+            "study_uid": study_uid,
+            "series_uid": header.series_uid,
+            "sop_uid": sop_uid,
+            "accession": header.accession,
+            "patient_id": header.patient_id,
+        }
+        try:
+            status = self._store(header, data, verdict.reason, actor, ids)
+        except OSError as exc:
+            log.error("spool write failed: %s", exc.strerror)
+            return self._refuse(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", sop_uid, actor)
+        if status == SUCCESS:
+            self.on_received()
+        return status
+
+    def _store(
+        self, header: InstanceHeader, data: bytes, note: str | None, actor: dict, ids: dict
+    ) -> int:
+        sha256 = hashlib.sha256(data).hexdigest()
+        with self.db.transaction() as session:
+            existing = find_instance(session, header.sop_uid)
+            if existing is not None:
+                outcome = duplicate_outcome(existing, sha256)
+                if outcome == ReceiveOutcome.DUPLICATE:
+                    audit.record(session, "instance.duplicate", Outcome.SUCCESS, **actor, **ids)
+                    return SUCCESS
+                audit.record(
+                    session,
+                    "instance.refused",
+                    Outcome.FAILURE,
+                    **actor,
+                    **ids,
+                    detail={"reason": "SOP Instance UID already received with different content"},
+                )
+                return CONFLICTING_DUPLICATE
+
+        # The content hash in the name means a second, different object with the same UID can
+        # never overwrite the one already accepted.
+        relpath = instance_relpath(header.study_uid, f"{header.sop_uid}.{sha256[:12]}")
+        stored = self.spool.write(relpath, data)
+        with self.db.transaction() as session:
+            add_instance(
+                session,
+                header,
+                relpath=stored.relpath,
+                size=stored.size,
+                sha256=sha256,
+                calling_ae=actor["actor_ae"],
+            )
+            detail = {"size": stored.size, "transfer_syntax": header.transfer_syntax}
+            if header.processable and note:
+                detail["note"] = note
+            audit.record(
+                session, "instance.received", Outcome.SUCCESS, **actor, **ids, detail=detail
+            )
+            if not header.processable:
+                audit.record(
+                    session,
+                    "instance.skipped",
+                    Outcome.WARNING,
+                    **actor,
+                    **ids,
+                    detail={"reason": header.skip_reason},
+                )
+        return SUCCESS
+
+    def _refuse(self, status: int, reason: str, sop_uid: str, actor: dict) -> int:
+        try:
+            with self.db.transaction() as session:
+                audit.record(
+                    session,
+                    "instance.refused",
+                    Outcome.FAILURE,
+                    **actor,
+                    sop_uid=sop_uid or None,
+                    detail={"reason": reason, "status": f"0x{status:04X}"},
+                )
+        except Exception:  # the status must reach the peer even when the database is down
+            log.exception("could not audit a refused instance")
+        return status

@@ -1,0 +1,384 @@
+"""From a stable study to results confirmed by every destination.
+
+Three steps, each safe to repeat after a crash because every state change is one database
+transaction:
+
+1. ``assemble``: a study no instance arrived for during the stable age gets a job (or is skipped
+   when it holds no frontal chest radiograph).
+2. ``process_next``: a worker claims a job, decodes and preprocesses the images, runs the model
+   and Grad-CAM, writes the SR and overlays durably and puts them in the outbox.
+3. ``deliver``: the outbox is sent to each destination; a job is done only when every
+   destination confirmed every object.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from io import BytesIO
+
+import numpy as np
+from pydicom import dcmread
+from pydicom.uid import generate_uid
+
+from models.errors import PreprocessingError
+from models.predictor import Predictor
+from models.preprocess import dicom_to_display
+from node.config import Destination, Settings
+from node.dicom.sender import DicomSender
+from node.results import AlgorithmInfo, Finding, ImageResult, build_overlay, build_structured_report
+from storage import audit, jobs, outbox
+from storage.audit import Outcome
+from storage.database import Database
+from storage.schema import Job, JobState, OutboxItem, StudyState, utcnow
+from storage.spool import FileStore
+from storage.studies import processable_instances, stable_studies
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """What a worker needs of a claimed job, detached from the database session."""
+
+    job_id: int
+    run: int
+    study_uid: str
+    accession: str | None
+    patient_id: str | None
+    images: tuple[tuple[str, str], ...]  # (SOP Instance UID, spool path) of each model input
+
+    @property
+    def ids(self) -> dict[str, str | None]:
+        return {
+            "study_uid": self.study_uid,
+            "accession": self.accession,
+            "patient_id": self.patient_id,
+        }
+
+
+@dataclass(frozen=True)
+class BuiltResult:
+    kind: str  # "SR" | "SC"
+    sop_uid: str
+    relpath: str
+
+
+class JobFailed(Exception):
+    """A job cannot produce results; the message says why."""
+
+
+class Pipeline:
+    """The node's processing steps over one database, spool and model."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        db: Database,
+        spool: FileStore,
+        results: FileStore,
+        predictor: Predictor,
+        sender: DicomSender,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.spool = spool
+        self.results = results
+        self.predictor = predictor
+        self.sender = sender
+        config = predictor.package.config
+        self.algorithm = AlgorithmInfo(
+            name=config.name,
+            version=config.version,
+            package_sha256=config.weights_sha256,
+            trained=config.trained,
+            disclaimer=config.disclaimer,
+        )
+
+    # 1. assembly --------------------------------------------------------------------------
+
+    def assemble(self) -> int:
+        """Queue a run for every study that became stable; return how many were queued."""
+        cutoff = utcnow() - timedelta(seconds=self.settings.stable_age_s)
+        queued = 0
+        with self.db.transaction() as session:
+            for study in stable_studies(session, cutoff):
+                ids = {
+                    "study_uid": study.study_uid,
+                    "accession": study.accession,
+                    "patient_id": study.patient_id,
+                }
+                inputs = processable_instances(study)
+                if not inputs:
+                    study.state = StudyState.SKIPPED
+                    audit.record(
+                        session,
+                        "study.skipped",
+                        Outcome.WARNING,
+                        **ids,
+                        detail={
+                            "reason": "no frontal chest radiograph in the study",
+                            "instances": len(study.instances),
+                        },
+                    )
+                    continue
+                job = jobs.queue_run(session, study)
+                audit.record(
+                    session,
+                    "study.queued",
+                    **ids,
+                    detail={
+                        "run": job.run,
+                        "images": len(inputs),
+                        "instances": len(study.instances),
+                    },
+                )
+                queued += 1
+        return queued
+
+    # 2. processing ------------------------------------------------------------------------
+
+    def process_next(self) -> bool:
+        """Claim and process one job; return False when the queue was empty."""
+        with self.db.transaction() as session:
+            job = jobs.claim_next(session)
+            if job is None:
+                return False
+            item = WorkItem(
+                job_id=job.id,
+                run=job.run,
+                study_uid=job.study.study_uid,
+                accession=job.study.accession,
+                patient_id=job.study.patient_id,
+                images=tuple((i.sop_uid, i.path) for i in processable_instances(job.study)),
+            )
+        try:
+            built, summary = self._process(item)
+        except JobFailed as exc:
+            self._fail(item, str(exc))
+            return True
+        except Exception as exc:  # a bug or a resource error must not stop the worker
+            log.exception("job %d failed", item.job_id)
+            self._fail(item, f"internal error: {type(exc).__name__}: {exc}")
+            return True
+        with self.db.transaction() as session:
+            job = session.get(Job, item.job_id)
+            job.state = JobState.SENDING
+            job.model_id = self.predictor.package.config.package_id
+            job.result = summary
+            job.updated_at = utcnow()
+            for destination in self.settings.destinations:
+                for result in built:
+                    outbox.add(
+                        session,
+                        item.job_id,
+                        str(destination),
+                        result.kind,
+                        result.sop_uid,
+                        result.relpath,
+                    )
+            audit.record(
+                session,
+                "inference.completed",
+                **item.ids,
+                detail={"run": item.run, "model": job.model_id, **summary},
+            )
+        return True
+
+    def _process(self, item: WorkItem) -> tuple[list[BuiltResult], dict]:
+        timings: dict[str, float] = {}
+        clock = time.perf_counter()
+        decoded = []
+        failures = []
+        for sop_uid, relpath in item.images:
+            try:
+                ds = dcmread(self.spool.path(relpath), force=True)
+                decoded.append((ds, dicom_to_display(ds)))
+            except (PreprocessingError, ValueError, OSError, NotImplementedError) as exc:
+                failures.append({"sop_uid": sop_uid, "reason": str(exc)})
+        timings["decode_s"] = time.perf_counter() - clock
+        if failures:
+            with self.db.transaction() as session:
+                for failure in failures:
+                    audit.record(
+                        session,
+                        "image.unreadable",
+                        Outcome.FAILURE,
+                        **{**item.ids, "sop_uid": failure["sop_uid"]},
+                        detail={"reason": failure["reason"]},
+                    )
+        if not decoded:
+            raise JobFailed("no image of the study could be decoded")
+
+        clock = time.perf_counter()
+        predictions = self.predictor.predict([display for _, display in decoded])
+        timings["inference_s"] = time.perf_counter() - clock
+
+        labels = self.predictor.package.config.labels
+        clock = time.perf_counter()
+        images = []
+        for (ds, display), prediction in zip(decoded, predictions, strict=True):
+            top = int(np.argmax(prediction.probabilities))
+            heatmap = self.predictor.explain(display, [top])[0]
+            findings = tuple(
+                Finding(
+                    name=label.name,
+                    code_value=label.code_value,
+                    coding_scheme=label.coding_scheme,
+                    code_meaning=label.code_meaning,
+                    probability=float(p),
+                    threshold=float(label.threshold),
+                )
+                for label, p in zip(labels, prediction.probabilities, strict=True)
+            )
+            images.append(ImageResult(ds, display, findings, heatmap, labels[top].name))
+        timings["gradcam_s"] = time.perf_counter() - clock
+
+        clock = time.perf_counter()
+        built = self._write_results(item, images)
+        timings["build_s"] = time.perf_counter() - clock
+        summary = {
+            "images": [
+                {
+                    "sop_uid": str(image.source.SOPInstanceUID),
+                    "probabilities": {f.name: round(f.probability, 4) for f in image.findings},
+                    "present": [f.name for f in image.findings if f.present],
+                }
+                for image in images
+            ],
+            "unreadable": len(failures),
+            "timings": {k: round(v, 4) for k, v in timings.items()},
+        }
+        return built, summary
+
+    def _write_results(self, item: WorkItem, images: list[ImageResult]) -> list[BuiltResult]:
+        # UIDs derive from the study and run, so rebuilding after a crash produces the same
+        # objects and a destination that already stored them sees a harmless duplicate.
+        def uid(*parts: str) -> str:
+            return generate_uid(entropy_srcs=["cxrnode", item.study_uid, str(item.run), *parts])
+
+        folder = f"{item.study_uid}/run-{item.run}"
+        sr = build_structured_report(
+            images,
+            self.algorithm,
+            sop_instance_uid=uid("sr"),
+            series_instance_uid=uid("sr-series"),
+            series_number=self.settings.sr_series_number,
+            text_source="none",
+        )
+        built = [self._save("SR", sr, folder)]
+        for n, image in enumerate(images, start=1):
+            sc = build_overlay(
+                image,
+                self.algorithm,
+                sop_instance_uid=uid("sc", str(image.source.SOPInstanceUID)),
+                series_instance_uid=uid("sc-series"),
+                series_number=self.settings.sc_series_number,
+                instance_number=n,
+            )
+            built.append(self._save("SC", sc, folder))
+        return built
+
+    def _save(self, kind: str, ds, folder: str) -> BuiltResult:
+        buffer = BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        relpath = f"{folder}/{kind}-{ds.SOPInstanceUID}.dcm"
+        self.results.write(relpath, buffer.getvalue())
+        return BuiltResult(kind, str(ds.SOPInstanceUID), relpath)
+
+    def _fail(self, item: WorkItem, reason: str) -> None:
+        with self.db.transaction() as session:
+            job = session.get(Job, item.job_id)
+            jobs.fail(session, job, reason)
+            audit.record(
+                session,
+                "job.failed",
+                Outcome.FAILURE,
+                **item.ids,
+                detail={"run": item.run, "reason": reason},
+            )
+
+    # 3. delivery --------------------------------------------------------------------------
+
+    def deliver(self) -> int:
+        """Send every due outbox item; return how many were confirmed."""
+        with self.db.transaction() as session:
+            due = [(i.id, i.destination, i.path) for i in outbox.due(session)]
+        confirmed = 0
+        by_destination: dict[str, list[tuple[int, str]]] = {}
+        for item_id, destination, relpath in due:
+            by_destination.setdefault(destination, []).append((item_id, relpath))
+        for destination, items in by_destination.items():
+            paths = [self.results.path(relpath) for _, relpath in items]
+            deliveries = self.sender.send(Destination.parse(destination), paths)
+            confirmed += self._record_deliveries(destination, items, deliveries)
+        return confirmed
+
+    def _record_deliveries(self, destination: str, items, deliveries) -> int:
+        confirmed = 0
+        with self.db.transaction() as session:
+            touched: dict[int, Job] = {}
+            for (item_id, _), delivery in zip(items, deliveries, strict=True):
+                row = session.get(OutboxItem, item_id)
+                job = row.job
+                touched[job.id] = job
+                ids = {
+                    "study_uid": job.study.study_uid,
+                    "accession": job.study.accession,
+                    "patient_id": job.study.patient_id,
+                    "sop_uid": row.sop_uid,
+                }
+                if delivery.ok:
+                    outbox.mark_sent(row)
+                    confirmed += 1
+                    audit.record(
+                        session,
+                        "result.sent",
+                        **ids,
+                        detail={"destination": destination, "kind": row.kind, "run": job.run},
+                    )
+                    continue
+                retry_in = self._retry_delay(row)
+                outbox.mark_attempt_failed(row, delivery.error or "failed", retry_in)
+                audit.record(
+                    session,
+                    "result.send_failed",
+                    Outcome.FAILURE,
+                    **ids,
+                    detail={
+                        "destination": destination,
+                        "error": delivery.error,
+                        "attempt": row.attempts,
+                        "retry_in_s": None if retry_in is None else round(retry_in.total_seconds()),
+                    },
+                )
+                if retry_in is None:
+                    jobs.fail(session, job, f"delivery to {destination} abandoned")
+            for job in touched.values():
+                if jobs.finish_if_delivered(session, job):
+                    audit.record(
+                        session,
+                        "study.done",
+                        study_uid=job.study.study_uid,
+                        accession=job.study.accession,
+                        patient_id=job.study.patient_id,
+                        detail={"run": job.run},
+                    )
+        return confirmed
+
+    def _retry_delay(self, row: OutboxItem) -> timedelta | None:
+        """Exponential backoff with jitter; None once the item is older than the give-up age."""
+        age = (utcnow() - _aware(row.created_at)).total_seconds()
+        if age > self.settings.delivery_give_up_after_s:
+            return None
+        base = self.settings.delivery_retry_initial_s * 2 ** min(row.attempts, 20)
+        delay = min(base, self.settings.delivery_retry_max_s) * random.uniform(0.8, 1.2)
+        return timedelta(seconds=delay)
+
+
+def _aware(value: datetime) -> datetime:
+    # SQLite returns naive datetimes; every stored time is UTC.
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

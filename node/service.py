@@ -1,0 +1,156 @@
+"""The running node: storage SCP, study assembler, inference worker and delivery, wired together."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from models.default import ensure_default_package
+from models.package import load_package
+from models.predictor import Predictor
+from node.config import Settings, describe
+from node.dicom.receiver import StorageSCP
+from node.dicom.sender import DicomSender
+from node.pipeline import Pipeline
+from storage import audit, jobs
+from storage.database import Database
+from storage.spool import FileStore
+
+log = logging.getLogger(__name__)
+
+
+class Node:
+    """One node process. ``start`` resumes unfinished work from the database first."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        data_dir = settings.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.db = Database(settings.database_url)
+        self.spool = FileStore(data_dir / "spool")
+        self.results = FileStore(data_dir / "results")
+        self._stopping = threading.Event()
+        self._work_available = threading.Event()
+        self._worker: threading.Thread | None = None
+        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self.scp: StorageSCP | None = None
+        self.pipeline: Pipeline | None = None
+
+    def start(self) -> None:
+        self.db.create_schema()
+        with self.db.transaction() as session:
+            resumed = jobs.requeue_interrupted(session)
+            audit.record(
+                session,
+                "node.started",
+                detail={
+                    "ae_title": self.settings.ae_title,
+                    "port": self.settings.dicom_port,
+                    "resumed_jobs": len(resumed),
+                },
+            )
+        package = load_package(self._model_path())
+        predictor = Predictor(
+            package, device=None if self.settings.device == "auto" else self.settings.device
+        )
+        log.info("model %s loaded on %s", package.config.package_id, predictor.device)
+        self.pipeline = Pipeline(
+            self.settings,
+            self.db,
+            self.spool,
+            self.results,
+            predictor,
+            DicomSender(self.settings.ae_title),
+        )
+        self.scp = StorageSCP(self.settings, self.db, self.spool)
+        self.scp.start()
+        # Assembly polls: a study becomes stable through the passage of time, not an event.
+        self.scheduler.add_job(
+            self._assemble,
+            "interval",
+            seconds=min(1.0, max(self.settings.stable_age_s / 2, 0.2)),
+            id="assemble",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.add_job(
+            self._deliver,
+            "interval",
+            seconds=2.0,
+            id="deliver",
+            max_instances=1,
+            coalesce=True,
+        )
+        self.scheduler.start()
+        self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
+        self._worker.start()
+        self._work_available.set()  # resumed jobs, if any
+
+    def stop(self) -> None:
+        """Stop accepting, let the worker finish its current job, and exit cleanly."""
+        if self._stopping.is_set():
+            return
+        self._stopping.set()
+        if self.scp:
+            self.scp.stop()
+        self._work_available.set()
+        if self._worker:
+            self._worker.join()
+        self.scheduler.shutdown(wait=True)
+        with self.db.transaction() as session:
+            audit.record(session, "node.stopped")
+        self.db.dispose()
+
+    def run_until_signalled(self) -> None:
+        """Start, then block until SIGTERM or SIGINT, then stop gracefully."""
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
+        self.start()
+        log.info("node ready: %s", describe(self.settings))
+        done.wait()
+        log.info("shutting down")
+        self.stop()
+
+    def _model_path(self) -> Path:
+        if self.settings.model == "default":
+            return ensure_default_package(self.settings.data_dir)
+        return Path(self.settings.model)
+
+    def _assemble(self) -> None:
+        try:
+            if self.pipeline.assemble():
+                self._work_available.set()
+        except Exception:
+            log.exception("study assembly failed; retrying on the next tick")
+
+    def _deliver(self) -> None:
+        try:
+            self.pipeline.deliver()
+        except Exception:
+            log.exception("delivery failed; retrying on the next tick")
+
+    def _work_loop(self) -> None:
+        while not self._stopping.is_set():
+            self._work_available.wait(timeout=2.0)
+            self._work_available.clear()
+            while not self._stopping.is_set():
+                try:
+                    if not self.pipeline.process_next():
+                        break
+                except Exception:
+                    log.exception("worker step failed")
+                    break
+                self._deliver_soon()
+
+    def _deliver_soon(self) -> None:
+        """Results are in the outbox: send now rather than on the next delivery tick."""
+        try:
+            self.scheduler.modify_job("deliver", next_run_time=datetime.now(UTC))
+        except Exception:  # the scheduler is shutting down; the outbox is durable anyway
+            log.debug("delivery not rescheduled", exc_info=True)

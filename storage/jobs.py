@@ -1,0 +1,76 @@
+"""The job queue: one job per processing run of a study, claimed by a worker."""
+
+from __future__ import annotations
+
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from storage.schema import Job, JobState, OutboxItem, OutboxState, Study, StudyState, utcnow
+
+
+def queue_run(session: Session, study: Study) -> Job:
+    """Open the next processing run of ``study``."""
+    study.runs += 1
+    study.state = StudyState.QUEUED
+    job = Job(study=study, run=study.runs, state=JobState.QUEUED)
+    session.add(job)
+    return job
+
+
+def claim_next(session: Session) -> Job | None:
+    """Take the oldest queued job for this worker, or return None.
+
+    The conditional UPDATE makes the claim safe when several workers race for one row.
+    """
+    candidates = session.scalars(
+        select(Job.id)
+        .where(Job.state == JobState.QUEUED)
+        .order_by(Job.id)
+        .limit(5)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for job_id in candidates:
+        claimed = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.state == JobState.QUEUED)
+            .values(state=JobState.RUNNING, attempts=Job.attempts + 1, updated_at=utcnow())
+        )
+        if claimed.rowcount == 1:
+            return session.get(Job, job_id)
+    return None
+
+
+def requeue_interrupted(session: Session) -> list[Job]:
+    """Put jobs that were running when the node stopped back in the queue."""
+    jobs = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING)))
+    for job in jobs:
+        job.state = JobState.QUEUED
+        job.updated_at = utcnow()
+    return jobs
+
+
+def finish_if_delivered(session: Session, job: Job) -> bool:
+    """Mark ``job`` and its study done once every outbox item of the job was confirmed."""
+    if job.state != JobState.SENDING:
+        return False
+    owed = session.scalar(
+        select(OutboxItem.id)
+        .where(OutboxItem.job_id == job.id, OutboxItem.state != OutboxState.SENT)
+        .limit(1)
+    )
+    if owed is not None:
+        return False
+    job.state = JobState.DONE
+    job.updated_at = utcnow()
+    if job.study.state == StudyState.QUEUED and job.run == job.study.runs:
+        job.study.state = StudyState.DONE
+    return True
+
+
+def fail(session: Session, job: Job, error: str) -> None:
+    """Mark ``job`` failed for good; its study is failed unless newer work exists."""
+    job.state = JobState.FAILED
+    job.error = error
+    job.updated_at = utcnow()
+    if job.study.state == StudyState.QUEUED and job.run == job.study.runs:
+        job.study.state = StudyState.FAILED

@@ -1,0 +1,157 @@
+"""SQLAlchemy tables: one row per received instance, study, processing run (job), result object
+to deliver (outbox) and audit event."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    """Return the current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+UID = String(64)
+
+
+class StudyState:
+    RECEIVING = "receiving"  # instances still arriving; not yet stable
+    QUEUED = "queued"  # a job for the current run is waiting or running
+    DONE = "done"  # the latest run delivered its results
+    SKIPPED = "skipped"  # nothing processable (no frontal chest image)
+    FAILED = "failed"  # the latest run failed for good
+
+
+class JobState:
+    QUEUED = "queued"
+    RUNNING = "running"
+    SENDING = "sending"  # results built and in the outbox, not yet all confirmed
+    DONE = "done"
+    FAILED = "failed"
+    UNFINISHED = (QUEUED, RUNNING, SENDING)
+
+
+class OutboxState:
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+
+
+class Study(Base):
+    __tablename__ = "studies"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_uid: Mapped[str] = mapped_column(UID, unique=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    accession: Mapped[str | None] = mapped_column(String(64), index=True)
+    state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
+    first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # Bumped by every accepted instance; a job records the value it saw, so a study that grew
+    # while queued is noticed.
+    instance_count: Mapped[int] = mapped_column(Integer, default=0)
+    runs: Mapped[int] = mapped_column(Integer, default=0)
+
+    instances: Mapped[list[Instance]] = relationship(back_populates="study")
+    jobs: Mapped[list[Job]] = relationship(back_populates="study", order_by="Job.run")
+
+
+class Instance(Base):
+    __tablename__ = "instances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    sop_uid: Mapped[str] = mapped_column(UID, unique=True)
+    sop_class_uid: Mapped[str] = mapped_column(UID)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    series_uid: Mapped[str | None] = mapped_column(UID)
+    modality: Mapped[str | None] = mapped_column(String(16))
+    view: Mapped[str | None] = mapped_column(String(16))
+    path: Mapped[str] = mapped_column(Text)  # relative to the spool root
+    size: Mapped[int] = mapped_column(Integer)
+    sha256: Mapped[str] = mapped_column(String(64))
+    transfer_syntax: Mapped[str | None] = mapped_column(UID)
+    calling_ae: Mapped[str | None] = mapped_column(String(16))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    processable: Mapped[bool] = mapped_column(Boolean)
+    skip_reason: Mapped[str | None] = mapped_column(Text)
+
+    study: Mapped[Study] = relationship(back_populates="instances")
+
+
+class Job(Base):
+    """One processing run of a study: inference, result objects, delivery."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("study_id", "run"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    run: Mapped[int] = mapped_column(Integer)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED, index=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    model_id: Mapped[str | None] = mapped_column(String(200))
+    # Per-label probabilities of every processed image, as the model produced them.
+    result: Mapped[dict | None] = mapped_column(JSON)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    study: Mapped[Study] = relationship(back_populates="jobs")
+    outbox: Mapped[list[OutboxItem]] = relationship(back_populates="job")
+
+
+class OutboxItem(Base):
+    """One result object (SR or SC) owed to one destination."""
+
+    __tablename__ = "outbox"
+    __table_args__ = (UniqueConstraint("job_id", "destination", "sop_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"), index=True)
+    destination: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(8))  # "SR" | "SC"
+    sop_uid: Mapped[str] = mapped_column(UID)
+    path: Mapped[str] = mapped_column(Text)  # relative to the results root
+    state: Mapped[str] = mapped_column(String(16), default=OutboxState.PENDING, index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sent_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+    job: Mapped[Job] = relationship(back_populates="outbox")
+
+
+class AuditEvent(Base):
+    __tablename__ = "audit_events"
+    __table_args__ = (Index("ix_audit_time", "time"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    actor_ae: Mapped[str | None] = mapped_column(String(16))
+    actor_ip: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    outcome: Mapped[str] = mapped_column(String(16), index=True)
+    study_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    series_uid: Mapped[str | None] = mapped_column(UID)
+    sop_uid: Mapped[str | None] = mapped_column(UID)
+    accession: Mapped[str | None] = mapped_column(String(64), index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    detail: Mapped[dict | None] = mapped_column(JSON)

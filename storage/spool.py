@@ -1,0 +1,70 @@
+"""Durable files: received instances and built result objects, written atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+_UNSAFE = re.compile(r"[^0-9A-Za-z.\-]")
+
+
+@dataclass(frozen=True)
+class StoredFile:
+    relpath: str
+    size: int
+
+
+class FileStore:
+    """A directory tree whose files appear whole or not at all.
+
+    Each write goes to a temporary file in the target directory, is fsynced, renamed into
+    place and the directory fsynced, so a crash leaves either the old state or the new file.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    def write(self, relpath: str, data: bytes) -> StoredFile:
+        """Write ``data`` durably at ``relpath`` (replacing any file there)."""
+        target = self.root / relpath
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        return StoredFile(relpath, len(data))
+
+    def path(self, relpath: str) -> Path:
+        return self.root / relpath
+
+    def read(self, relpath: str) -> bytes:
+        return (self.root / relpath).read_bytes()
+
+
+def instance_relpath(study_uid: str, sop_uid: str) -> str:
+    """Spool path of a received instance: one folder per study, one file per SOP instance."""
+    return f"{_safe(study_uid)}/{_safe(sop_uid)}.dcm"
+
+
+def _safe(uid: str) -> str:
+    # UIDs are digits and dots; anything else (from a malformed header) must not form a path.
+    return _UNSAFE.sub("_", uid)[:64] or "_"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

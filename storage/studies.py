@@ -1,0 +1,108 @@
+"""Received instances and the studies they form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from storage.schema import Instance, Study, StudyState, utcnow
+
+
+@dataclass(frozen=True)
+class InstanceHeader:
+    """What the node keeps of a received instance's header."""
+
+    sop_uid: str
+    sop_class_uid: str
+    study_uid: str
+    series_uid: str | None
+    modality: str | None
+    patient_id: str | None
+    accession: str | None
+    transfer_syntax: str | None
+    view: str | None
+    processable: bool
+    skip_reason: str | None
+
+
+class ReceiveOutcome:
+    STORED = "stored"
+    DUPLICATE = "duplicate"  # same SOP Instance UID, same bytes: already have it
+    CONFLICT = "conflict"  # same SOP Instance UID, different bytes: refused
+
+
+def find_instance(session: Session, sop_uid: str) -> Instance | None:
+    return session.scalar(select(Instance).where(Instance.sop_uid == sop_uid))
+
+
+def duplicate_outcome(existing: Instance, sha256: str) -> str:
+    """Classify a second arrival of an instance the node already holds."""
+    return ReceiveOutcome.DUPLICATE if existing.sha256 == sha256 else ReceiveOutcome.CONFLICT
+
+
+def add_instance(
+    session: Session,
+    header: InstanceHeader,
+    *,
+    relpath: str,
+    size: int,
+    sha256: str,
+    calling_ae: str | None,
+) -> Instance:
+    """Record a newly spooled instance and (re)open its study for assembly.
+
+    A study that was already processed goes back to ``receiving``: new images mean a new run
+    once it is stable again.
+    """
+    now = utcnow()
+    study = session.scalar(select(Study).where(Study.study_uid == header.study_uid))
+    if study is None:
+        study = Study(
+            study_uid=header.study_uid,
+            patient_id=header.patient_id,
+            accession=header.accession,
+            first_received_at=now,
+            instance_count=0,
+            runs=0,
+        )
+        session.add(study)
+    study.last_received_at = now
+    study.instance_count += 1
+    if study.state != StudyState.QUEUED:
+        study.state = StudyState.RECEIVING
+    instance = Instance(
+        sop_uid=header.sop_uid,
+        sop_class_uid=header.sop_class_uid,
+        study=study,
+        series_uid=header.series_uid,
+        modality=header.modality,
+        view=header.view,
+        path=relpath,
+        size=size,
+        sha256=sha256,
+        transfer_syntax=header.transfer_syntax,
+        calling_ae=calling_ae,
+        received_at=now,
+        processable=header.processable,
+        skip_reason=header.skip_reason,
+    )
+    session.add(instance)
+    return instance
+
+
+def stable_studies(session: Session, received_before: datetime) -> list[Study]:
+    """Studies still receiving whose last instance arrived before ``received_before``."""
+    stmt = (
+        select(Study)
+        .where(Study.state == StudyState.RECEIVING, Study.last_received_at <= received_before)
+        .order_by(Study.last_received_at)
+    )
+    return list(session.scalars(stmt))
+
+
+def processable_instances(study: Study) -> list[Instance]:
+    """The study's instances that are model input, in arrival order."""
+    return sorted((i for i in study.instances if i.processable), key=lambda i: i.id)
