@@ -1,0 +1,225 @@
+"""A chest X-ray study from a real Orthanc through the node and back as SR + Grad-CAM overlay."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+from pathlib import Path
+
+import pydicom
+import pytest
+from conftest import NODE_AE, need, results_in_orthanc, wait_for
+
+pytestmark = pytest.mark.integration
+
+SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"  # Comprehensive SR
+SC_STORAGE = "1.2.840.10008.5.1.4.1.1.7"
+
+
+def rsna_files(shared_data: Path) -> list[Path]:
+    return sorted((shared_data / "rsna-pneumonia-sample" / "stage_1_train_images").glob("*.dcm"))
+
+
+def split_results(orthanc, instances, source_uids: set[str]):
+    """Return (SR datasets, SC datasets) among the study's instances, the sources left out."""
+    srs, scs = [], []
+    for instance in instances:
+        ds = pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance["ID"])))
+        if ds.SOPInstanceUID in source_uids:
+            continue
+        (srs if ds.SOPClassUID == SR_STORAGE else scs).append(ds)
+    return srs, scs
+
+
+def content_items(items):
+    for item in items:
+        yield item
+        yield from content_items(item.get("ContentSequence", []))
+
+
+def sr_label_probabilities(sr) -> dict[str, float]:
+    """Finding code value -> probability, read from the SR's measurement groups."""
+    found = {}
+    for group in content_items(sr.ContentSequence):
+        if group.get("ValueType") != "CONTAINER":
+            continue
+        children = group.get("ContentSequence", [])
+        finding = [
+            c.ConceptCodeSequence[0].CodeValue
+            for c in children
+            if c.ValueType == "CODE" and c.ConceptNameCodeSequence[0].CodeValue == "121071"
+        ]
+        numbers = [
+            float(c.MeasuredValueSequence[0].NumericValue) for c in children if c.ValueType == "NUM"
+        ]
+        if finding and numbers:
+            found[finding[0]] = numbers[0]
+    return found
+
+
+def sr_referenced_sop_uids(sr) -> set[str]:
+    refs = set()
+    for item in content_items(sr.ContentSequence):
+        for ref in item.get("ReferencedSOPSequence", []):
+            refs.add(ref.ReferencedSOPInstanceUID)
+    return refs
+
+
+def dciodvfy_errors(path: Path) -> list[str]:
+    out = subprocess.run([need("dciodvfy"), str(path)], capture_output=True, text=True)
+    return [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+
+
+def test_study_sent_by_orthanc_comes_back_as_sr_and_overlay(
+    make_node, orthanc, shared_data, reference_model, tmp_path
+):
+    from models.package import load_package
+
+    node = make_node()
+    source = rsna_files(shared_data)[0]
+    uploaded = orthanc.upload(source.read_bytes())
+    source_uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    study_id = uploaded["ParentStudy"]
+
+    orthanc.send_study("cxrnode", study_id)
+    instances = wait_for(
+        lambda: results_in_orthanc(orthanc, study_id, expected=3), 120, "SR + SC in Orthanc"
+    )
+    srs, scs = split_results(orthanc, instances, {source_uid})
+    assert len(srs) == 1 and len(scs) == 1
+
+    sr = srs[0]
+    assert source_uid in sr_referenced_sop_uids(sr)
+    codes = {label.code_value for label in load_package(reference_model).config.labels}
+    probabilities = sr_label_probabilities(sr)
+    assert set(probabilities) == codes
+    assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+
+    sc = scs[0]
+    assert sc.BurnedInAnnotation == "YES"
+    assert sc.StudyInstanceUID == sr.StudyInstanceUID
+    assert sc.PatientID == pydicom.dcmread(source, stop_before_pixels=True).PatientID
+    assert sc.SeriesInstanceUID != sr.SeriesInstanceUID
+
+    for name, ds in (("sr.dcm", sr), ("sc.dcm", sc)):
+        ds.save_as(tmp_path / name, enforce_file_format=True)
+        assert dciodvfy_errors(tmp_path / name) == [], name
+    dump = subprocess.run(
+        [need("dsrdump"), str(tmp_path / "sr.dcm")], capture_output=True, text=True
+    )
+    assert dump.returncode == 0, dump.stderr
+    assert "Imaging Measurement Report" in dump.stdout
+
+    actions = [e["action"] for e in node.audit("--study", sr.StudyInstanceUID)]
+    for expected in ("instance.received", "study.queued", "inference.completed", "result.sent"):
+        assert expected in actions
+    assert actions[-1] == "study.done"
+
+
+def test_storescu_as_sender(make_node, orthanc, shared_data):
+    node = make_node()
+    source = shared_data / "nih-chestxray14-dicom-gcp"
+    source = next(source.glob("*.dcm"))
+    study_uid = pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID
+    sent = subprocess.run(
+        [
+            need("storescu"),
+            "-aet",
+            "ORTHANC",
+            "-aec",
+            NODE_AE,
+            "127.0.0.1",
+            str(node.port),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert sent.returncode == 0, sent.stderr
+
+    def sr_in_orthanc():
+        found = orthanc.post_json(
+            "/tools/find",
+            {"Level": "Instance", "Query": {"StudyInstanceUID": study_uid, "Modality": "SR"}},
+        )
+        return found
+
+    wait_for(sr_in_orthanc, 120, "the SR of the storescu study in Orthanc")
+    events = node.audit("--study", study_uid, "--action", "instance.received")
+    assert events and events[0]["actor_ae"] == "ORTHANC"
+
+
+def test_unknown_calling_ae_is_rejected_and_audited(make_node, shared_data):
+    node = make_node()
+    source = rsna_files(shared_data)[1]
+    sent = subprocess.run(
+        [
+            need("storescu"),
+            "-aet",
+            "INTRUDER",
+            "-aec",
+            NODE_AE,
+            "127.0.0.1",
+            str(node.port),
+            str(source),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert sent.returncode != 0
+    assert "Rejected" in sent.stdout + sent.stderr or "rejected" in sent.stdout + sent.stderr
+    events = node.audit("--action", "association.rejected")
+    assert [e["actor_ae"] for e in events] == ["INTRUDER"]
+    assert events[0]["outcome"] == "failure"
+    assert node.audit("--action", "instance.received") == []
+
+
+def test_non_chest_instance_is_stored_audited_and_skipped(make_node, shared_data):
+    node = make_node()
+    ct = shared_data / "orthanc-transfer-syntax-zoo-noncxr" / "1.2.840.10008.1.2.4.70.dcm"
+    if not ct.exists():
+        ct = next((shared_data / "orthanc-transfer-syntax-zoo-noncxr").glob("*.4.70*"))
+    study_uid = pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID
+    sent = subprocess.run(
+        [
+            need("storescu"),
+            "-xs",
+            "-aet",
+            "ORTHANC",
+            "-aec",
+            NODE_AE,
+            "127.0.0.1",
+            str(node.port),
+            str(ct),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    skipped = wait_for(
+        lambda: node.audit("--study", study_uid, "--action", "study.skipped"), 30, "study.skipped"
+    )
+    assert skipped[0]["outcome"] == "warning"
+    reasons = node.audit("--study", study_uid, "--action", "instance.skipped")
+    assert "not CR/DX" in reasons[0]["detail"]["reason"]
+    spooled = list((node.workdir / "node-data" / "spool").rglob("*.dcm"))
+    assert len(spooled) == 1
+
+
+def test_study_received_before_a_restart_is_processed_after_it(make_node, orthanc, shared_data):
+    # A long stable age: the node is killed while the study waits to become stable.
+    node = make_node(stable_age_s=30)
+    source = rsna_files(shared_data)[2]
+    uploaded = orthanc.upload(source.read_bytes())
+    orthanc.send_study("cxrnode", uploaded["ParentStudy"])
+    assert node.audit("--action", "instance.received")
+    assert node.audit("--action", "study.queued") == []
+    node.kill()
+
+    restarted = make_node(stable_age_s=1)
+    wait_for(
+        lambda: results_in_orthanc(orthanc, uploaded["ParentStudy"], expected=3),
+        120,
+        "results after the restart",
+    )
+    assert restarted.audit("--action", "study.done")

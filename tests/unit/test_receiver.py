@@ -1,0 +1,112 @@
+"""The storage SCP against in-process pynetdicom peers and a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pydicom
+import pytest
+from pynetdicom import AE
+from pynetdicom.sop_class import SecondaryCaptureImageStorage
+from sqlalchemy import select
+
+from node.config import Settings
+from node.dicom.receiver import CONFLICTING_DUPLICATE, MISSING_UIDS, StorageSCP
+from node.orthanc import free_port
+from storage import audit
+from storage.database import Database
+from storage.schema import Instance, Study
+from storage.spool import FileStore
+
+
+@pytest.fixture
+def scp(tmp_path: Path):
+    settings = Settings(
+        dicom_host="127.0.0.1", dicom_port=free_port(), allowed_calling_aes=("MODALITY",)
+    )
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    db.create_schema()
+    server = StorageSCP(settings, db, FileStore(tmp_path / "spool"))
+    server.start()
+    yield server
+    server.stop()
+
+
+def send(scp: StorageSCP, datasets, calling_ae: str = "MODALITY"):
+    ae = AE(ae_title=calling_ae)
+    for ds in datasets:
+        ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate("127.0.0.1", scp.settings.dicom_port, ae_title=scp.settings.ae_title)
+    if not assoc.is_established:
+        return None
+    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    assoc.release()
+    return statuses
+
+
+def rsna(shared_data: Path, n: int = 0) -> pydicom.Dataset:
+    paths = sorted((shared_data / "rsna-pneumonia-sample" / "stage_1_train_images").glob("*.dcm"))
+    return pydicom.dcmread(paths[n])
+
+
+def events(scp: StorageSCP, action: str):
+    with scp.db.transaction() as session:
+        return [audit.as_dict(e) for e in audit.query(session, audit.AuditFilter(action=action))]
+
+
+def test_instance_is_spooled_and_recorded_before_success(scp, shared_data):
+    ds = rsna(shared_data)
+    assert send(scp, [ds]) == [0x0000]
+    with scp.db.transaction() as session:
+        instance = session.scalar(select(Instance))
+        study = session.scalar(select(Study))
+        assert instance.sop_uid == ds.SOPInstanceUID and instance.processable
+        assert study.study_uid == ds.StudyInstanceUID and study.state == "receiving"
+        spooled = pydicom.dcmread(scp.spool.path(instance.path))
+    assert spooled.SOPInstanceUID == ds.SOPInstanceUID
+    assert spooled.PixelData == ds.PixelData
+    assert (scp.spool.path(instance.path).stat().st_mode & 0o777) == 0o600
+    assert events(scp, "instance.received")[0]["actor_ae"] == "MODALITY"
+
+
+def test_same_instance_twice_is_stored_once(scp, shared_data):
+    ds = rsna(shared_data)
+    assert send(scp, [ds, ds]) == [0x0000, 0x0000]
+    with scp.db.transaction() as session:
+        assert len(session.scalars(select(Instance)).all()) == 1
+    assert len(events(scp, "instance.duplicate")) == 1
+
+
+def test_same_uid_with_different_content_is_refused_and_the_first_kept(scp, shared_data):
+    first = rsna(shared_data)
+    second = rsna(shared_data)
+    second.PatientName = "SOMEONE^ELSE"
+    assert send(scp, [first]) == [0x0000]
+    assert send(scp, [second]) == [CONFLICTING_DUPLICATE]
+    with scp.db.transaction() as session:
+        kept = session.scalar(select(Instance))
+        assert pydicom.dcmread(scp.spool.path(kept.path)).PatientName == first.PatientName
+    assert events(scp, "instance.refused")[0]["outcome"] == "failure"
+
+
+def test_unknown_calling_ae_is_rejected_and_audited(scp, shared_data):
+    assert send(scp, [rsna(shared_data)], calling_ae="STRANGER") is None
+    rejected = events(scp, "association.rejected")
+    assert [e["actor_ae"] for e in rejected] == ["STRANGER"]
+
+
+def test_non_image_instance_is_stored_and_skipped(scp, shared_data):
+    ds = rsna(shared_data, 1)
+    del ds.PixelData
+    ds.SOPClassUID = SecondaryCaptureImageStorage
+    ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    assert send(scp, [ds]) == [0x0000]
+    skipped = events(scp, "instance.skipped")
+    assert skipped[0]["detail"]["reason"] == "no pixel data (not an image)"
+
+
+def test_dataset_without_study_uid_is_refused_with_a_named_status(scp, shared_data):
+    ds = rsna(shared_data, 2)
+    del ds.StudyInstanceUID
+    assert send(scp, [ds]) == [MISSING_UIDS]
+    assert events(scp, "instance.refused")[0]["detail"]["status"] == "0xC002"
