@@ -1,0 +1,1 @@
+"""Training and evaluation of the model family; exports model packages the node serves."""
