@@ -139,6 +139,37 @@ class OutboxItem(Base):
     job: Mapped[Job] = relationship(back_populates="outbox")
 
 
+class ReportState:
+    WAITING = "waiting"  # no study with its key yet
+    PAIRED = "paired"
+    REFUSED = "refused"  # the key matched a study of another patient: never attached
+
+
+class Report(Base):
+    """A report or order text from a feed (HL7 ORU/ORM/OMI or a CSV row), kept as received."""
+
+    __tablename__ = "reports"
+    __table_args__ = (UniqueConstraint("source", "message_id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16))  # "hl7" | "csv"
+    # MSH-10 for HL7 (duplicates are acknowledged, not stored twice); "<file sha>:<row>" for CSV.
+    message_id: Mapped[str] = mapped_column(String(200))
+    message_type: Mapped[str | None] = mapped_column(String(32))  # e.g. "ORU^R01"
+    kind: Mapped[str] = mapped_column(String(16))  # "report" | "indication"
+    accession: Mapped[str | None] = mapped_column(String(64), index=True)
+    study_uid: Mapped[str | None] = mapped_column(UID, index=True)
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str | None] = mapped_column(String(8))  # OBR-25: P, F, C, ...
+    text: Mapped[str] = mapped_column(Text)
+    sections: Mapped[dict | None] = mapped_column(JSON)  # e.g. {"FINDINGS": ..., "IMPRESSION": ...}
+    observed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    sender: Mapped[str | None] = mapped_column(String(200))  # peer address or file name
+    state: Mapped[str] = mapped_column(String(16), default=ReportState.WAITING, index=True)
+    study_id: Mapped[int | None] = mapped_column(ForeignKey("studies.id"), index=True)
+
+
 class AuditEvent(Base):
     __tablename__ = "audit_events"
     __table_args__ = (Index("ix_audit_time", "time"),)

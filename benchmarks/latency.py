@@ -1,0 +1,150 @@
+"""End-to-end latency: real chest DICOMs sent by a real Orthanc through the node, one study at a
+time; time from the last instance received to the SR stored in Orthanc (the node's audit log
+records both: ``instance.received`` and the ``result.sent`` Orthanc confirmed).
+
+    .venv/bin/python benchmarks/latency.py [--studies 10] [--stable-age 10]
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pydicom
+from pydicom.uid import generate_uid
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from node.orthanc import Modality, Orthanc, free_port  # noqa: E402
+
+SHARED = Path(os.environ.get("CXRNODE_SHARED_DATA", REPO.parent / "shared" / "data"))
+
+
+def chest_files() -> list[Path]:
+    return sorted((SHARED / "rsna-pneumonia-sample" / "stage_1_train_images").glob("*.dcm"))
+
+
+def renamed(path: Path) -> bytes:
+    """The file as a new study: fresh Study/Series/SOP Instance UIDs, same pixels."""
+    ds = pydicom.dcmread(path)
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def wait_echo(port: int, timeout_s: float = 120) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        ae = AE(ae_title="ORTHANC")
+        ae.add_requested_context(Verification)
+        assoc = ae.associate("127.0.0.1", port, ae_title="CXRNODE")
+        if assoc.is_established:
+            assoc.release()
+            return
+        time.sleep(0.3)
+    raise SystemExit("node did not start")
+
+
+def audit(env: dict, workdir: Path, *args: str) -> list[dict]:
+    out = subprocess.run(
+        [sys.executable, "-m", "node.cli", "audit", "--format", "json", "--limit", "0", *args],
+        env=env,
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return json.loads(out.stdout)
+
+
+def seconds(a: str, b: str) -> float:
+    parse = lambda t: datetime.fromisoformat(t.rstrip("Z"))  # noqa: E731
+    return (parse(b) - parse(a)).total_seconds()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--studies", type=int, default=10)
+    parser.add_argument("--stable-age", type=float, default=10.0)
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="cxrnode-latency-"))
+    node_port = free_port()
+    orthanc = Orthanc(workdir / "orthanc", [Modality("cxrnode", "CXRNODE", "127.0.0.1", node_port)])
+    env = {
+        **os.environ,
+        "CXRNODE_DICOM_HOST": "127.0.0.1",
+        "CXRNODE_DICOM_PORT": str(node_port),
+        "CXRNODE_DATA_DIR": str(workdir / "node"),
+        "CXRNODE_STABLE_AGE_S": str(args.stable_age),
+        "PYTHONPATH": str(REPO),
+    }
+    with orthanc:
+        env["CXRNODE_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+        log = open(workdir / "node.log", "wb")  # noqa: SIM115
+        node = subprocess.Popen(
+            [sys.executable, "-m", "node.cli", "serve"],
+            env=env,
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            wait_echo(node_port)
+            files = chest_files()
+            for n in range(args.studies):
+                uploaded = orthanc.upload(renamed(files[n % len(files)]))
+                orthanc.send_study("cxrnode", uploaded["ParentStudy"])
+                while len(orthanc.study_instances(uploaded["ParentStudy"])) < 3:
+                    time.sleep(0.05)
+        finally:
+            node.terminate()
+            node.wait(timeout=60)
+
+    received = {
+        e["study_uid"]: e["time"] for e in audit(env, workdir, "--action", "instance.received")
+    }
+    queued = {e["study_uid"]: e["time"] for e in audit(env, workdir, "--action", "study.queued")}
+    inferred = {e["study_uid"]: e for e in audit(env, workdir, "--action", "inference.completed")}
+    sr_sent = {}
+    for e in audit(env, workdir, "--action", "result.sent"):
+        if e["detail"]["kind"] == "SR":
+            sr_sent[e["study_uid"]] = e["time"]
+    total, processing, stages = [], [], {}
+    for study, t_received in received.items():
+        total.append(seconds(t_received, sr_sent[study]))
+        processing.append(seconds(queued[study], sr_sent[study]))
+        for stage, value in inferred[study]["detail"]["timings"].items():
+            stages.setdefault(stage, []).append(value)
+
+    print(f"studies: {len(total)} (RSNA chest CR 1024x1024 JPEG baseline)")
+    print(f"stable age: {args.stable_age} s (a study waits this long after its last instance)")
+    summarize("last instance received -> SR stored in Orthanc", total)
+    summarize("study queued (stable) -> SR stored in Orthanc", processing)
+    for stage, values in stages.items():
+        print(f"  {stage:<12} median {statistics.median(values) * 1000:7.1f} ms")
+
+
+def summarize(label: str, values: list[float]) -> None:
+    p95 = (
+        statistics.quantiles(values, n=20, method="inclusive")[-1] if len(values) > 1 else values[0]
+    )
+    print(f"{label}: median {statistics.median(values):.3f} s, p95 {p95:.3f} s")
+
+
+if __name__ == "__main__":
+    main()
