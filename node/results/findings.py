@@ -1,0 +1,161 @@
+"""What the result writers are given: one model run's findings per image, and the algorithm."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pydicom
+
+from node.errors import CxrNodeError
+
+
+class ResultInputError(CxrNodeError, ValueError):
+    """A finding, algorithm or image handed to the result writers is inconsistent.
+
+    The message names the attribute and the value that is wrong.
+    """
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One label's result for one image.
+
+    Attributes
+    ----------
+    name : str
+        Label name as the model declares it, e.g. ``"Cardiomegaly"``.
+    code_value, coding_scheme, code_meaning : str
+        The label's coded concept, e.g. ``"8186001"``, ``"SCT"``, ``"Cardiomegaly"``.
+    probability : float
+        Model output in [0, 1].
+    threshold : float
+        Operating threshold in [0, 1]; the finding is present at or above it.
+    """
+
+    name: str
+    code_value: str
+    coding_scheme: str
+    code_meaning: str
+    probability: float
+    threshold: float
+
+    def __post_init__(self) -> None:
+        for attribute in ("name", "code_value", "coding_scheme", "code_meaning"):
+            if not str(getattr(self, attribute)).strip():
+                raise ResultInputError(f"Finding.{attribute} is empty (finding {self.name!r})")
+        for attribute in ("probability", "threshold"):
+            value = getattr(self, attribute)
+            if not (isinstance(value, (int, float, np.floating)) and math.isfinite(value)):
+                raise ResultInputError(f"Finding.{attribute} of {self.name!r} is {value!r}")
+            if not 0.0 <= float(value) <= 1.0:
+                raise ResultInputError(
+                    f"Finding.{attribute} of {self.name!r} is {value}, outside [0, 1]"
+                )
+
+    @property
+    def present(self) -> bool:
+        """Whether the model calls the finding present at its operating threshold."""
+        return self.probability >= self.threshold
+
+
+@dataclass(frozen=True)
+class AlgorithmInfo:
+    """The model that produced the findings.
+
+    Attributes
+    ----------
+    name, version : str
+        Model name and version as recorded in its package.
+    package_sha256 : str
+        Digest of the model package, so a result can be traced to the exact weights.
+    trained : bool
+        False for reference/demo models; their `disclaimer` then goes into every output.
+    disclaimer : str
+        E.g. ``"NOT A TRAINED CLINICAL MODEL — ..."``.
+    manufacturer : str
+        Who makes the algorithm; written as Manufacturer and in the device observer.
+    """
+
+    name: str
+    version: str
+    package_sha256: str
+    trained: bool
+    disclaimer: str
+    manufacturer: str = "cxrnode"
+
+    def __post_init__(self) -> None:
+        for attribute in ("name", "version", "manufacturer"):
+            if not getattr(self, attribute).strip():
+                raise ResultInputError(f"AlgorithmInfo.{attribute} is empty")
+        if not self.trained and not self.disclaimer.strip():
+            raise ResultInputError(
+                "AlgorithmInfo.disclaimer is empty but trained is False; an untrained model's "
+                "outputs must carry its disclaimer"
+            )
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """Everything the writers need about one processed image.
+
+    Attributes
+    ----------
+    source : pydicom.Dataset
+        The source instance as received (header and pixels).
+    display : numpy.ndarray
+        float32 in [0, 1] on the source pixel grid (rows, cols), MONOCHROME2 polarity,
+        already windowed and inverted where needed.
+    findings : tuple of Finding
+        Every label of the model, in model order.
+    heatmap : numpy.ndarray or None
+        float32 in [0, 1], same shape as `display`: Grad-CAM for `heatmap_finding`.
+    heatmap_finding : str or None
+        Name of the finding the heatmap explains.
+    """
+
+    source: pydicom.Dataset
+    display: np.ndarray
+    findings: tuple[Finding, ...]
+    heatmap: np.ndarray | None
+    heatmap_finding: str | None
+
+    def __post_init__(self) -> None:
+        uid = self.source.get("SOPInstanceUID", "<no SOPInstanceUID>")
+        required = ("SOPClassUID", "SOPInstanceUID", "StudyInstanceUID", "SeriesInstanceUID")
+        for keyword in (*required, "Rows", "Columns"):
+            if keyword not in self.source:
+                raise ResultInputError(f"source {uid} has no {keyword}")
+        grid = (int(self.source.Rows), int(self.source.Columns))
+        _check_unit_image("display", self.display, grid, uid)
+        if not self.findings:
+            raise ResultInputError(f"ImageResult.findings of {uid} is empty")
+        names = [finding.name for finding in self.findings]
+        if len(set(names)) != len(names):
+            raise ResultInputError(f"ImageResult.findings of {uid} repeats a label: {names}")
+        if self.heatmap is not None:
+            _check_unit_image("heatmap", self.heatmap, grid, uid)
+            if self.heatmap_finding not in names:
+                raise ResultInputError(
+                    f"ImageResult.heatmap_finding {self.heatmap_finding!r} of {uid} is not one "
+                    f"of its findings {names}"
+                )
+
+    def finding(self, name: str) -> Finding:
+        """Return the finding called `name`."""
+        for finding in self.findings:
+            if finding.name == name:
+                return finding
+        raise KeyError(name)
+
+
+def _check_unit_image(attribute: str, array: np.ndarray, grid: tuple[int, int], uid: str) -> None:
+    if not isinstance(array, np.ndarray) or array.shape != grid:
+        shape = getattr(array, "shape", type(array).__name__)
+        raise ResultInputError(
+            f"ImageResult.{attribute} of {uid} has shape {shape}, expected the source grid {grid}"
+        )
+    # A hair of float32 rounding outside [0, 1] is tolerated; the writers clip.
+    if not np.all(np.isfinite(array)) or array.min() < -1e-6 or array.max() > 1.0 + 1e-6:
+        raise ResultInputError(f"ImageResult.{attribute} of {uid} has values outside [0, 1]")

@@ -1,0 +1,286 @@
+"""One Comprehensive SR per study and model run, following TID 1500 (Measurement Report).
+
+Tree (row numbers of TID 1500):
+
+- 1 Imaging Measurement Report, with language (2), the algorithm as device observer (3),
+  procedure reported (4) and the image library of every source image (5)
+- 6 Imaging Measurements: one TID 1501 group per label per image, holding the tracking
+  identifier, the algorithm (TID 4019: name, version, threshold, package digest, text input),
+  the finding's code, its probability (TID 300), the present/absent call and the source image;
+  for a present finding that the Grad-CAM explains, the probability is inferred from the
+  region where the heat lies (SCOORD), so SR-aware viewers draw it on the original
+- 12 Qualitative Evaluations: the review notice, the disclaimer of an untrained model and which
+  clinical text the model read, as TEXT items (row 14)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from copy import deepcopy
+
+import highdicom as hd
+import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
+from highdicom.sr import RelationshipTypeValues
+from pydicom import Dataset
+from pydicom.uid import generate_uid
+
+from node.results import codes
+from node.results.findings import AlgorithmInfo, Finding, ImageResult, ResultInputError
+from node.results.notices import TEXT_SOURCES, notices, series_description
+from node.results.source import reference_header
+
+# Probabilities are written to 4 decimals: float32 model outputs carry noise beyond that, and
+# viewers show NumericValue (DS) as written.
+_PROBABILITY_DECIMALS = 4
+
+# The Grad-CAM region written as SCOORD is the bounding box of heat at or above this fraction
+# of the map's maximum: the "mass" of the explanation, not its faint tails.
+_REGION_FRACTION = 0.5
+
+
+def build_structured_report(
+    images: Sequence[ImageResult],
+    algorithm: AlgorithmInfo,
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    series_number: int = 9901,
+    instance_number: int = 1,
+    text_source: str = "none",
+) -> hd.sr.ComprehensiveSR:
+    """Build the TID 1500 Comprehensive SR of one model run over a study.
+
+    Parameters
+    ----------
+    images : sequence of ImageResult
+        The processed images of one study, in the order they are numbered in the report.
+    algorithm : AlgorithmInfo
+        The model that produced the findings.
+    sop_instance_uid, series_instance_uid : str
+        UIDs of the SR, chosen by the caller so that a rebuild is identical.
+    series_number, instance_number : int
+        Numbers of the SR's own series and of the SR within it.
+    text_source : {"report", "indication", "none"}
+        Which clinical text the model read besides the images.
+
+    Returns
+    -------
+    highdicom.sr.ComprehensiveSR
+        The SR, ready to be written with ``save_as``.
+
+    Raises
+    ------
+    ResultInputError
+        If `images` is empty, mixes studies or repeats an instance, or `text_source` is unknown.
+    """
+    images = tuple(images)
+    _check_one_study(images)
+    if text_source not in TEXT_SOURCES:
+        raise ResultInputError(
+            f"text_source is {text_source!r}; expected one of {sorted(TEXT_SOURCES)}"
+        )
+    headers = [reference_header(image.source) for image in images]
+    groups = [
+        _finding_group(image, number, header, finding, algorithm, text_source, sop_instance_uid)
+        for number, (image, header) in enumerate(zip(images, headers, strict=True), start=1)
+        for finding in image.findings
+    ]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(algorithm),
+        procedure_reported=codes.PROCEDURE_CHEST_XRAY,
+        imaging_measurements=groups,
+        title=codes.REPORT_TITLE,
+        referenced_images=[_library_view(header) for header in headers],
+    )
+    # highdicom builds TID 1500 up to row 8 only; row 12 (Qualitative Evaluations) is appended
+    # to the root container it returns.
+    report[0].ContentSequence.append(_report_statements(algorithm, text_source))
+    return hd.sr.ComprehensiveSR(
+        evidence=headers,
+        content=report[0],
+        series_instance_uid=series_instance_uid,
+        series_number=series_number,
+        sop_instance_uid=sop_instance_uid,
+        instance_number=instance_number,
+        manufacturer=algorithm.manufacturer,
+        manufacturer_model_name=algorithm.name,
+        software_versions=algorithm.version,
+        series_description=series_description(algorithm),
+        coding_schemes=_local_coding_schemes(images),
+        # The content is complete, but no human verified it and it is not the final word.
+        is_complete=True,
+        is_final=False,
+        is_verified=False,
+        # Notices and identifiers contain non-ASCII (e.g. the em dash); patient names arrive in
+        # any character set and are re-encoded from their decoded form.
+        specific_character_set="ISO_IR 192",
+    )
+
+
+def _check_one_study(images: tuple[ImageResult, ...]) -> None:
+    if not images:
+        raise ResultInputError("build_structured_report needs at least one ImageResult")
+    studies = {str(image.source.StudyInstanceUID) for image in images}
+    if len(studies) != 1:
+        raise ResultInputError(f"one SR covers one study; the images span {sorted(studies)}")
+    instances = [str(image.source.SOPInstanceUID) for image in images]
+    if len(set(instances)) != len(instances):
+        raise ResultInputError(f"an image appears twice among {instances}")
+
+
+def _observation_context(algorithm: AlgorithmInfo) -> hd.sr.ObservationContext:
+    # The same model package is the same device in every report it writes.
+    device_uid = generate_uid(
+        entropy_srcs=["cxrnode-device", algorithm.name, algorithm.version, algorithm.package_sha256]
+    )
+    device = hd.sr.DeviceObserverIdentifyingAttributes(
+        uid=device_uid,
+        name=f"{algorithm.name} {algorithm.version}",
+        manufacturer_name=algorithm.manufacturer,
+        model_name=algorithm.name,
+    )
+    return hd.sr.ObservationContext(
+        observer_device_context=hd.sr.ObserverContext(
+            observer_type=codes.DEVICE_OBSERVER,
+            observer_identifying_attributes=device,
+        )
+    )
+
+
+def _library_view(header: Dataset) -> Dataset:
+    """The header as highdicom's image library (TID 1601-1603) should see it.
+
+    For CR/DX modalities highdicom reads Patient Orientation and Imager Pixel Spacing without
+    checking they exist. Those TID 1603 descriptors are optional, so for a source without them
+    the Modality is blanked here and the entry carries only the descriptors the source has.
+    The entry's coded modality comes from the SOP Class, not from this attribute.
+    """
+    orientation = header.get("PatientOrientation") or []
+    spacing = header.get("ImagerPixelSpacing") or []
+    if len(orientation) == 2 and len(spacing) == 2:
+        return header
+    view = deepcopy(header)
+    view.Modality = ""
+    return view
+
+
+def _finding_group(
+    image: ImageResult,
+    number: int,
+    header: Dataset,
+    finding: Finding,
+    algorithm: AlgorithmInfo,
+    text_source: str,
+    sop_instance_uid: str,
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    concept = hd.sr.CodedConcept(finding.code_value, finding.coding_scheme, finding.code_meaning)
+    tracking = hd.sr.TrackingIdentifier(
+        uid=generate_uid(entropy_srcs=[sop_instance_uid, header.SOPInstanceUID, finding.name]),
+        identifier=f"{finding.name} — image {number}",
+    )
+    algorithm_id = hd.sr.AlgorithmIdentification(
+        name=algorithm.name,
+        version=algorithm.version,
+        manufacturer=algorithm.manufacturer,
+        parameters=[
+            f"threshold={finding.threshold:g}",
+            f"package_sha256={algorithm.package_sha256}",
+            f"text_input={text_source}",
+        ],
+    )
+    probability = hd.sr.Measurement(
+        name=codes.PROBABILITY,
+        value=round(float(finding.probability), _PROBABILITY_DECIMALS),
+        unit=codes.NO_UNITS,
+        referenced_coordinates=_heat_region(image, finding, header),
+    )
+    call = hd.sr.QualitativeEvaluation(
+        name=concept, value=codes.PRESENT if finding.present else codes.ABSENT
+    )
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=tracking,
+        finding_type=concept,
+        algorithm_id=algorithm_id,
+        measurements=[probability],
+        qualitative_evaluations=[call],
+        source_images=[
+            hd.sr.SourceImageForMeasurementGroup(header.SOPClassUID, header.SOPInstanceUID)
+        ],
+    )
+
+
+def _heat_region(
+    image: ImageResult, finding: Finding, header: Dataset
+) -> list[hd.sr.CoordinatesForMeasurement] | None:
+    """Closed polyline around the Grad-CAM mass, for the present finding the heatmap explains."""
+    if image.heatmap is None or image.heatmap_finding != finding.name or not finding.present:
+        return None
+    peak = float(image.heatmap.max())
+    if peak <= 0.0:
+        return None
+    rows, cols = np.nonzero(image.heatmap >= _REGION_FRACTION * peak)
+    # SCOORD image coordinates put (0, 0) at the top-left corner of the first pixel, so the
+    # box runs from the first hot pixel's corner to the far corner of the last one.
+    left, top, right, bottom = cols.min(), rows.min(), cols.max() + 1, rows.max() + 1
+    corners = np.array(
+        [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]],
+        dtype=np.float32,
+    )
+    return [
+        hd.sr.CoordinatesForMeasurement(
+            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+            graphic_data=corners,
+            source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
+        )
+    ]
+
+
+def _report_statements(algorithm: AlgorithmInfo, text_source: str) -> hd.sr.ContainerContentItem:
+    statements = [
+        *notices(algorithm),
+        f"Clinical text used by the algorithm: {TEXT_SOURCES[text_source]}.",
+    ]
+    container = hd.sr.ContainerContentItem(
+        name=codes.QUALITATIVE_EVALUATIONS,
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
+    container.ContentSequence = hd.sr.ContentSequence(
+        [
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=text,
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+            for text in statements
+        ]
+    )
+    return container
+
+
+def _local_coding_schemes(
+    images: tuple[ImageResult, ...],
+) -> list[CodingSchemeIdentificationItem] | None:
+    """Coding Scheme Identification (SOP Common) for private ("99...") label schemes.
+
+    The SOP Common module requires an item for every designator not defined in PS3.16; the
+    label vocabulary may use a local scheme for labels that have no SNOMED CT concept.
+    """
+    local = sorted(
+        {
+            finding.coding_scheme
+            for image in images
+            for finding in image.findings
+            if finding.coding_scheme.startswith("99")
+        }
+    )
+    if not local:
+        return None
+    return [
+        CodingSchemeIdentificationItem(
+            designator=designator,
+            name=f"{designator} local label codes of the cxrnode model vocabulary",
+            responsible_organization="cxrnode",
+        )
+        for designator in local
+    ]

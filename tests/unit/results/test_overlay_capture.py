@@ -1,0 +1,149 @@
+"""The Grad-CAM secondary capture as a PACS and a radiologist see it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import SecondaryCaptureImageStorage
+
+from node.results import build_overlay
+
+# The staged sources carry single-component patient names; they are copied as received.
+pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
+
+
+def _build(image, algorithm, uids, **kwargs):
+    return build_overlay(
+        image,
+        algorithm,
+        sop_instance_uid=uids(f"sc-{image.source.SOPInstanceUID}"),
+        series_instance_uid=uids("sc-series"),
+        **kwargs,
+    )
+
+
+def _written(capture, tmp_path):
+    path = tmp_path / "sc.dcm"
+    capture.save_as(path, enforce_file_format=True)
+    return path, pydicom.dcmread(path)
+
+
+def _peak(heatmap: np.ndarray) -> tuple[int, int]:
+    return divmod(int(heatmap.argmax()), heatmap.shape[1])
+
+
+def _chroma(pixel: np.ndarray) -> int:
+    return int(pixel.max()) - int(pixel.min())
+
+
+def test_overlay_is_a_valid_rgb_capture_on_the_source_grid_in_the_source_study(
+    sources, read_source, make_result, untrained, uids, tmp_path, dciodvfy_errors
+):
+    source = read_source(sources.rsna)
+    path, back = _written(
+        _build(make_result(source), untrained, uids, series_number=9902, instance_number=3),
+        tmp_path,
+    )
+
+    assert dciodvfy_errors(path) == []
+    assert back.SOPClassUID == SecondaryCaptureImageStorage
+    assert (back.Rows, back.Columns) == (source.Rows, source.Columns)
+    assert back.PhotometricInterpretation == "RGB"
+    assert (back.SamplesPerPixel, back.BitsAllocated) == (3, 8)
+    assert back.BurnedInAnnotation == "YES"
+    assert back.ConversionType == "WSD"
+    for keyword in ("StudyInstanceUID", "PatientID", "PatientName", "PatientSex", "StudyDate"):
+        assert back[keyword].value == source[keyword].value, keyword
+    assert back.SeriesInstanceUID == uids("sc-series") != source.SeriesInstanceUID
+    assert (back.SeriesNumber, back.InstanceNumber) == (9902, 3)
+    assert "not for diagnostic use without review" in back.SeriesDescription
+    assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    assert untrained.name in back.DerivationDescription
+    # The source was JPEG baseline; the derived capture keeps saying it went through lossy
+    # compression.
+    assert back.LossyImageCompression == "01"
+
+
+def test_heatmap_is_coloured_where_hot_and_the_image_stays_gray_elsewhere(
+    sources, read_source, make_result, untrained, uids, tmp_path
+):
+    image = make_result(read_source(sources.rsna))
+    _, back = _written(_build(image, untrained, uids), tmp_path)
+    pixels = back.pixel_array
+
+    row, col = _peak(image.heatmap)
+    assert _chroma(pixels[row, col]) > 100
+    assert pixels[row, col, 0] > pixels[row, col, 2]  # hot is red, not blue
+    # Right of the spine, mid-height: no heat, no text panel; gray as the display.
+    gray = pixels[image.heatmap.shape[0] // 2, int(0.8 * image.heatmap.shape[1])]
+    assert _chroma(gray) == 0
+
+
+def test_findings_notice_and_disclaimer_are_burned_in(
+    sources, read_source, make_result, untrained, trained, uids, tmp_path
+):
+    image = make_result(read_source(sources.rsna))
+    untrained_pixels = _build(image, untrained, uids).pixel_array
+    trained_pixels = _build(image, trained, uids).pixel_array
+    rows = untrained_pixels.shape[0]
+
+    def yellow(block):  # the review notice is drawn in yellow
+        return int(np.sum((block[..., 0] > 200) & (block[..., 1] > 170) & (block[..., 2] < 90)))
+
+    def orange(block):  # present findings and the disclaimer are drawn in orange
+        return int(np.sum((block[..., 0] > 200) & (block[..., 1] < 170) & (block[..., 2] < 90)))
+
+    top, bottom = slice(0, rows // 8), slice(rows - rows // 12, rows)
+    assert yellow(untrained_pixels[top]) > 100
+    assert orange(untrained_pixels[top]) > 100  # Pneumothorax, Atelectasis... present
+    assert orange(untrained_pixels[bottom]) > 100
+    assert orange(trained_pixels[bottom]) == 0
+
+
+def test_monochrome1_acr_nema_source_gives_a_valid_capture(
+    sources, read_source, make_result, untrained, uids, tmp_path, dciodvfy_errors
+):
+    source = read_source(sources.barre)
+    image = make_result(source)
+    path, back = _written(_build(image, untrained, uids), tmp_path)
+
+    assert dciodvfy_errors(path) == []
+    assert (back.Rows, back.Columns) == (440, 440)
+    assert back.StudyInstanceUID == source.StudyInstanceUID
+    assert back.PatientOrientation == ""
+    row, col = _peak(image.heatmap)
+    assert _chroma(back.pixel_array[row, col]) > 100
+    # MONOCHROME1 arrives inverted in the display: the lung is dark in the capture as well.
+    lung = back.pixel_array[int(0.45 * 440), int(0.75 * 440)]
+    assert int(lung[0]) < 128
+
+
+def test_source_orientation_is_kept(sources, read_source, make_result, untrained, uids):
+    capture = _build(make_result(read_source(sources.dx)), untrained, uids)
+
+    assert list(capture.PatientOrientation) == ["L", "F"]
+
+
+def test_capture_without_heatmap_is_gray_outside_the_text(
+    sources, read_source, make_result, untrained, uids
+):
+    image = make_result(read_source(sources.nih), heatmap_finding=None)
+    pixels = _build(image, untrained, uids).pixel_array
+
+    rows = pixels.shape[0]
+    body = pixels[rows // 4 : rows - rows // 8]
+    assert int(np.max(body.max(axis=2).astype(int) - body.min(axis=2))) == 0
+
+
+def test_sources_taller_than_4096_are_shrunk_keeping_their_aspect(
+    sources, read_source, make_result, untrained, uids
+):
+    source = read_source(sources.barre)
+    # A 4400 x 440 source: the 440² chest with every row repeated ten times.
+    source.PixelData = np.repeat(source.pixel_array, 10, axis=0).tobytes()
+    source.Rows = 4400
+
+    capture = _build(make_result(source), untrained, uids)
+
+    assert (capture.Rows, capture.Columns) == (4096, 410)
