@@ -1,112 +1,14 @@
-"""Real peers for integration tests: a private Orthanc, the node as a separate process, dcmtk."""
+"""Fixtures for integration tests: a private Orthanc, the node as a separate process."""
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from pynetdicom import AE
-from pynetdicom.sop_class import Verification
 
 from node.orthanc import Modality, Orthanc, free_port
-
-NODE_AE = "CXRNODE"
-
-pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, step_s: float = 0.2):
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(step_s)
-
-
-def need(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is None:
-        pytest.skip(f"{tool} not installed (apt-get install orthanc dcmtk dicom3tools)")
-    return path
-
-
-class NodeProcess:
-    """``cxrnode serve`` in its own process, configured through ``CXRNODE_*`` variables."""
-
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
-        self.workdir = workdir
-        self.port = int(env["CXRNODE_DICOM_PORT"])
-        self.env = {**os.environ, **env}
-        self.process: subprocess.Popen | None = None
-        self.log_path = workdir / "node.log"
-
-    def start(self, timeout_s: float = 60.0) -> NodeProcess:
-        log = open(self.log_path, "ab")  # noqa: SIM115 - owned by the child process
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "serve"],
-            env=self.env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-        )
-        wait_for(self._answers_echo, timeout_s, "the node to answer C-ECHO", step_s=0.3)
-        return self
-
-    def _answers_echo(self) -> bool:
-        if self.process.poll() is not None:
-            pytest.fail(f"node exited with {self.process.returncode}:\n{self.log()}")
-        ae = AE(ae_title="ORTHANC")
-        ae.add_requested_context(Verification)
-        assoc = ae.associate("127.0.0.1", self.port, ae_title=NODE_AE)
-        if not assoc.is_established:
-            return False
-        status = assoc.send_c_echo()
-        assoc.release()
-        return bool(status) and status.Status == 0
-
-    def stop(self) -> int | None:
-        """SIGTERM and wait: the graceful path."""
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode if self.process else None
-
-    def kill(self) -> None:
-        """SIGKILL: the crash path."""
-        if self.process and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait()
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def audit(self, *args: str) -> list[dict]:
-        """Query the audit log through the admin's own command."""
-        out = subprocess.run(
-            [sys.executable, "-m", "node.cli", "audit", "--format", "json", *args],
-            env=self.env,
-            cwd=self.workdir,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return json.loads(out.stdout)
+from support.peers import NODE_AE, NodeProcess, need
 
 
 @pytest.fixture(scope="session")
@@ -160,9 +62,3 @@ def make_node(
     yield make
     for node in started:
         node.stop()
-
-
-def results_in_orthanc(orthanc: Orthanc, study_id: str, expected: int) -> list[dict] | None:
-    """The study's instances once it holds ``expected`` of them (sources + SR + SC)."""
-    instances = orthanc.study_instances(study_id)
-    return instances if len(instances) >= expected else None

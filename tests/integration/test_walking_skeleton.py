@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from conftest import NODE_AE, need, results_in_orthanc, wait_for
+
+from support.peers import NODE_AE, need, results_in_orthanc, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -201,7 +202,7 @@ def test_non_chest_instance_is_stored_audited_and_skipped(make_node, shared_data
     )
     assert skipped[0]["outcome"] == "warning"
     reasons = node.audit("--study", study_uid, "--action", "instance.skipped")
-    assert "not CR/DX" in reasons[0]["detail"]["reason"]
+    assert reasons[0]["detail"]["reason"].endswith("is not a radiograph")
     spooled = list((node.workdir / "node-data" / "spool").rglob("*.dcm"))
     assert len(spooled) == 1
 
