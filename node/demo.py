@@ -75,8 +75,10 @@ def _send_and_show(orthanc: Orthanc, node, workdir: Path, timeout_s: float) -> i
             png = workdir / "overlay.png"
             Image.fromarray(np.asarray(ds.pixel_array, dtype=np.uint8)).save(png)
             print(f"\n  SC  {ds.SeriesDescription}\n      overlay saved as {png}")
-    print(f"\n  Orthanc Explorer: {orthanc.url}/app/explorer.html (while the demo runs)")
-    print("  audit log:        cxrnode audit --study", study.StudyInstanceUID)
+    print(
+        f"\n  audit log: CXRNODE_DATA_DIR={node.settings.data_dir} "
+        f"cxrnode audit --study {study.StudyInstanceUID}"
+    )
     return 0
 
 
@@ -98,8 +100,8 @@ def _sr_lines(sr) -> list[str]:
         if finding is not None and probability is not None:
             lines.append(f"{finding:<28} {probability:6.3f}  {call or ''}")
     for item in _walk(sr.ContentSequence):
-        if item.ValueType == "TEXT":
-            lines.append(f"note: {item.TextValue}")
+        if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106":
+            lines.append(f"comment: {item.TextValue}")
     return lines
 
 

@@ -107,8 +107,6 @@ class NodeProcess:
         return json.loads(out.stdout)
 
 
-
-
 def results_in_orthanc(orthanc: Orthanc, study_id: str, expected: int) -> list[dict] | None:
     """The study's instances once it holds ``expected`` of them (sources + SR + SC)."""
     instances = orthanc.study_instances(study_id)

@@ -1,0 +1,293 @@
+"""The one preprocessing truth: DICOM pixels to a display image, display image to model input.
+
+Serving and training both call these functions. Any other route from pixels to tensors is a
+training/serving skew waiting to happen, which in this field is a silent clinical bug.
+
+The pipeline follows the DICOM grayscale pipeline (PS3.3 C.11): modality LUT, then VOI LUT,
+then the presentation polarity, so that the display is what a radiologist would see: bright means
+dense, whatever the photometric interpretation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydicom.dataset import Dataset
+from pydicom.multival import MultiValue
+from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
+from pydicom.uid import (
+    UID,
+    ExplicitVRBigEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+)
+
+from models.errors import PreprocessingError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# The ImageNet statistics averaged over channels, for single-channel models.
+GRAY_MEAN = (0.449,)
+GRAY_STD = (0.226,)
+
+ROBUST_PERCENTILES = (0.5, 99.5)
+LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """How a display image becomes a model input.
+
+    Parameters
+    ----------
+    image_size : int
+        Side of the square input, in pixels.
+    channels : int
+        1, or 3 (the gray image replicated, as ImageNet-pretrained encoders expect).
+    mean, std : tuple of float
+        Per-channel normalisation; ImageNet statistics by default.
+    """
+
+    image_size: int = 224
+    channels: int = 3
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        if self.channels not in (1, 3):
+            raise ValueError(f"PreprocessSpec.channels must be 1 or 3, not {self.channels}")
+        if self.image_size < 16:
+            raise ValueError(f"PreprocessSpec.image_size must be >= 16, not {self.image_size}")
+        if not self.mean:
+            object.__setattr__(self, "mean", IMAGENET_MEAN if self.channels == 3 else GRAY_MEAN)
+        if not self.std:
+            object.__setattr__(self, "std", IMAGENET_STD if self.channels == 3 else GRAY_STD)
+        object.__setattr__(self, "mean", tuple(float(v) for v in self.mean))
+        object.__setattr__(self, "std", tuple(float(v) for v in self.std))
+        if len(self.mean) != self.channels or len(self.std) != self.channels:
+            raise ValueError("PreprocessSpec.mean and .std need one value per channel")
+        if min(self.std) <= 0:
+            raise ValueError("PreprocessSpec.std values must be positive")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the spec as plain JSON-ready values."""
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
+        """Build a spec from :meth:`to_dict` output.
+
+        Raises
+        ------
+        ValueError
+            If a key is unknown or a value is invalid.
+        """
+        unknown = set(data) - {"image_size", "channels", "mean", "std"}
+        if unknown:
+            raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
+        return cls(
+            image_size=int(data.get("image_size", 224)),
+            channels=int(data.get("channels", 3)),
+            mean=tuple(data.get("mean", ())),
+            std=tuple(data.get("std", ())),
+        )
+
+
+def dicom_to_display(ds: Dataset) -> np.ndarray:
+    """Decode a DICOM image into a display image: float32, 2-D, in [0, 1], bright = dense.
+
+    Applies the modality LUT (rescale or LUT), then the VOI LUT (VOI LUT Sequence, else the
+    first Window Center/Width pair, else a robust 0.5-99.5 percentile stretch), then inverts
+    MONOCHROME1. Colour images (RGB, YBR, palette) become their luma. Of a multi-frame image
+    only the first frame is used. Every transfer syntax the installed pydicom decoding plugins
+    support is accepted; a dataset without File Meta is decoded with the encoding it was read
+    with.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The image instance, as read by ``pydicom.dcmread``.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(Rows, Columns)`` float32 array in [0, 1].
+
+    Raises
+    ------
+    PreprocessingError
+        If there is no pixel data, it cannot be decoded, or it is not a 2-D image.
+    """
+    if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
+        raise PreprocessingError("dataset has no PixelData: not an image")
+    syntax = _transfer_syntax(ds)
+    try:
+        # index=0 decodes only the first frame, which is all we use of a multi-frame image.
+        pixels, properties = get_decoder(syntax).as_array(ds, index=0)
+    except Exception as exc:  # any decoder failure means the same thing to the caller
+        raise PreprocessingError(f"cannot decode pixel data ({syntax.name}): {exc}") from exc
+
+    photometric = str(
+        properties.get("photometric_interpretation") or ds.get("PhotometricInterpretation", "")
+    ).upper()
+    if photometric == "PALETTE COLOR":
+        pixels, photometric = apply_color_lut(pixels, ds), "RGB"
+    if pixels.ndim == 3 and pixels.shape[-1] == 3:
+        display = _luma(pixels, photometric)
+    elif pixels.ndim == 2:
+        display = _monochrome(pixels, ds)
+    else:
+        raise PreprocessingError(f"pixel data is not a 2-D image (decoded shape {pixels.shape})")
+
+    if photometric == "MONOCHROME1":
+        display = 1.0 - display
+    return np.ascontiguousarray(np.clip(display, 0.0, 1.0), dtype=np.float32)
+
+
+def _transfer_syntax(ds: Dataset) -> UID:
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if syntax:
+        return UID(syntax)
+    # ACR-NEMA style files (no preamble, no File Meta) still say how they were encoded.
+    implicit, little = ds.original_encoding
+    if implicit is None:
+        raise PreprocessingError("dataset has no Transfer Syntax UID and no known encoding")
+    if implicit:
+        return ImplicitVRLittleEndian
+    return ExplicitVRLittleEndian if little else ExplicitVRBigEndian
+
+
+def _luma(pixels: np.ndarray, photometric: str) -> np.ndarray:
+    if photometric.startswith("YBR"):
+        gray = pixels[..., 0].astype(np.float64)  # Y already is the luma
+    else:
+        gray = pixels.astype(np.float64) @ LUMA_WEIGHTS
+    return _robust_stretch(gray)
+
+
+def _monochrome(pixels: np.ndarray, ds: Dataset) -> np.ndarray:
+    modality_values = apply_modality_lut(pixels, ds)
+    if ds.get("VOILUTSequence"):
+        return _apply_voi_lut_sequence(modality_values, ds)
+    values = modality_values.astype(np.float64)
+    window = _first_window(ds)
+    if window is not None:
+        center, width = window
+        return _window(values, center, width, str(ds.get("VOILUTFunction", "LINEAR")).upper())
+    return _robust_stretch(values)
+
+
+def _apply_voi_lut_sequence(values: np.ndarray, ds: Dataset) -> np.ndarray:
+    if values.dtype.kind == "f":
+        # A LUT is indexed by integer modality values; a rescale can leave fractions.
+        values = np.rint(values).astype(np.int64)
+    lut_data = np.asarray(ds.VOILUTSequence[0].LUTData, dtype=np.float64)
+    low, high = float(lut_data.min()), float(lut_data.max())
+    if high <= low:
+        return _robust_stretch(values.astype(np.float64))
+    out = apply_voi(values, ds, index=0).astype(np.float64)
+    return (out - low) / (high - low)
+
+
+def _first_window(ds: Dataset) -> tuple[float, float] | None:
+    center, width = ds.get("WindowCenter"), ds.get("WindowWidth")
+    if center is None or width is None or center == "" or width == "":
+        return None
+    # Multi-valued windows are alternatives; the first is the one the modality recommends.
+    if isinstance(center, MultiValue | list | tuple):
+        center = center[0]
+    if isinstance(width, MultiValue | list | tuple):
+        width = width[0]
+    try:
+        return float(center), float(width)
+    except (TypeError, ValueError):
+        return None
+
+
+def _window(values: np.ndarray, center: float, width: float, function: str) -> np.ndarray:
+    """Apply a VOI window (PS3.3 C.11.2.1.2 and C.11.2.1.3) with output range [0, 1]."""
+    if function == "SIGMOID" and width > 0:
+        return 1.0 / (1.0 + np.exp(-4.0 * (values - center) / width))
+    if function == "LINEAR_EXACT" and width > 0:
+        return np.clip((values - center) / width + 0.5, 0.0, 1.0)
+    if width >= 1:
+        if width == 1:  # a threshold: the standard's formula divides by width - 1
+            return (values > center - 0.5).astype(np.float64)
+        return np.clip((values - (center - 0.5)) / (width - 1) + 0.5, 0.0, 1.0)
+    # A window the standard forbids (width < 1) says nothing useful about contrast.
+    return _robust_stretch(values)
+
+
+def _robust_stretch(values: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(values, ROBUST_PERCENTILES)
+    if not np.isfinite(low) or not np.isfinite(high) or high <= low:
+        return np.zeros(values.shape, dtype=np.float64)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def to_model_input(display: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
+    """Turn a display image into one model input: resized, replicated, normalised.
+
+    The image is resized to a square without cropping (antialiased bilinear), so every pixel of
+    the original maps onto the input grid and a Grad-CAM map maps back onto the original by a
+    plain resize.
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        2-D display image in [0, 1], as from :func:`dicom_to_display`.
+    spec : PreprocessSpec
+        Size, channel count and normalisation of the model input.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(spec.channels, spec.image_size, spec.image_size)`` float32 tensor.
+
+    Raises
+    ------
+    PreprocessingError
+        If ``display`` is not a finite 2-D array.
+    """
+    image = np.asarray(display, dtype=np.float32)
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise PreprocessingError(f"display image must be 2-D, got shape {image.shape}")
+    if not np.isfinite(image).all():
+        raise PreprocessingError("display image contains NaN or infinite values")
+    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    size = (spec.image_size, spec.image_size)
+    resized = F.interpolate(tensor, size=size, mode="bilinear", antialias=True, align_corners=False)
+    resized = resized[0].clamp_(0.0, 1.0).expand(spec.channels, -1, -1)
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+    return ((resized - mean) / std).contiguous()
+
+
+def clean_report_text(text: str | None) -> str | None:
+    """Normalise report text for a text encoder: collapse whitespace, lowercase, strip.
+
+    Parameters
+    ----------
+    text : str or None
+        Free report text as received.
+
+    Returns
+    -------
+    str or None
+        The cleaned text, or ``None`` when there is no text left.
+    """
+    if text is None:
+        return None
+    cleaned = " ".join(text.split()).lower()
+    return cleaned or None
