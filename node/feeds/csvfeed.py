@@ -1,0 +1,288 @@
+"""The CSV drop folder: report tables dropped by a RIS export or by hand.
+
+``poll()`` (scheduled by the node) takes each ``*.csv`` whose size and modification time did
+not change since the previous poll (a file still being copied is left alone), stores its good
+rows in one transaction, audits every row, and only then moves the file to ``done/`` (or
+``rejected/`` with a ``<name>.reason.txt``). A crash between commit and move re-reads the file
+on the next poll: each row's message id is ``<file sha256[:16]>:<line>``, so the second pass
+finds duplicates, never double rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from node.feeds.csvtable import SECTION_COLUMNS, CsvRow, CsvTable, read_table
+from node.feeds.errors import CsvFileRejected
+from node.feeds.sections import FINDINGS, IMPRESSION, INDICATION, detect_sections
+from node.feeds.values import is_uid, normalise_status, parse_datetime_text
+from storage import audit
+from storage.audit import Outcome
+from storage.database import Database
+from storage.reports import ReportFieldTooLong, ReportOutcome, store_report
+
+log = logging.getLogger(__name__)
+
+SOURCE = "csv"
+DEFAULT_MAX_TEXT_CHARS = 100_000
+DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+
+
+class RowRejected(ValueError):
+    """One row cannot be stored; the rest of its file still is."""
+
+
+@dataclass
+class FileResult:
+    """What one poll did with one file."""
+
+    name: str
+    outcome: str  # "done" | "rejected" | "failed" (left in place for the next poll)
+    stored: int = 0
+    duplicates: int = 0
+    rejected_rows: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
+    reason: str | None = None
+
+
+class CsvFeed:
+    """Polls a folder for CSV report files.
+
+    Parameters
+    ----------
+    folder:
+        The drop folder; ``done/`` and ``rejected/`` are created inside it.
+    db:
+        Where reports and audit events go.
+    max_text_chars:
+        Longest report text accepted in a row.
+    max_file_bytes:
+        Larger files are rejected unread.
+    on_stored:
+        Called after a file's commit when it stored at least one new report.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        db: Database,
+        *,
+        max_text_chars: int = DEFAULT_MAX_TEXT_CHARS,
+        max_file_bytes: int = DEFAULT_MAX_FILE_BYTES,
+        on_stored: Callable[[], None] | None = None,
+    ) -> None:
+        self.folder = Path(folder)
+        self.db = db
+        self.max_text_chars = max_text_chars
+        self.max_file_bytes = max_file_bytes
+        self.on_stored = on_stored or (lambda: None)
+        self.done_dir = self.folder / "done"
+        self.rejected_dir = self.folder / "rejected"
+        self._last_seen: dict[str, tuple[int, int]] = {}
+
+    def poll(self) -> list[FileResult]:
+        """Process every CSV file that was already there, unchanged, at the previous poll.
+
+        Returns
+        -------
+        list of FileResult
+            One per file processed now (files seen for the first time wait for the next poll).
+        """
+        self.folder.mkdir(parents=True, exist_ok=True)
+        seen: dict[str, tuple[int, int]] = {}
+        ready: list[Path] = []
+        for path in sorted(self.folder.iterdir()):
+            if path.name.startswith(".") or path.suffix.lower() != ".csv" or not path.is_file():
+                continue
+            stat = path.stat()
+            seen[path.name] = (stat.st_size, stat.st_mtime_ns)
+            if self._last_seen.get(path.name) == seen[path.name]:
+                ready.append(path)
+        self._last_seen = seen
+        results = [self._process(path) for path in ready]
+        for result in results:
+            if result.outcome != "failed":
+                self._last_seen.pop(result.name, None)
+        return results
+
+    def _process(self, path: Path) -> FileResult:
+        data = path.read_bytes()
+        sha256 = hashlib.sha256(data).hexdigest()
+        try:
+            if len(data) > self.max_file_bytes:
+                raise CsvFileRejected(f"{len(data)} bytes, over the {self.max_file_bytes} limit")
+            table = read_table(data)
+        except CsvFileRejected as exc:
+            return self._reject_file(path, sha256, str(exc))
+        try:
+            result = self._store_rows(path.name, sha256, table)
+        except Exception:
+            # Nothing was committed; the file stays and is tried again at the next poll.
+            log.exception("could not store %s", path.name)
+            self._audit_safely("csv.file_failed", {"file": path.name, "sha256": sha256})
+            return FileResult(path.name, "failed", reason="database error")
+        if result.stored:
+            try:
+                self.on_stored()
+            except Exception:
+                log.exception("on_stored callback failed")  # the rows are stored all the same
+        if result.stored + result.duplicates == 0:
+            reasons = "; ".join(f"line {n}: {r}" for n, r in result.rejected_rows[:5])
+            reason = f"all {len(result.rejected_rows)} rows rejected ({reasons})"
+            self._audit_safely(
+                "csv.file_rejected", {"file": path.name, "sha256": sha256, "reason": reason}
+            )
+            moved = self._move(path, self.rejected_dir, reason)
+            log.warning("%s: %s", path.name, reason)
+            return FileResult(
+                moved.name, "rejected", rejected_rows=result.rejected_rows, reason=reason
+            )
+        self._move(path, self.done_dir)
+        log.info(
+            "%s: %d stored, %d duplicates, %d rows rejected",
+            path.name,
+            result.stored,
+            result.duplicates,
+            len(result.rejected_rows),
+        )
+        return result
+
+    def _store_rows(self, name: str, sha256: str, table: CsvTable) -> FileResult:
+        result = FileResult(name, "done")
+        with self.db.transaction() as session:
+            for row in table.rows:
+                message_id = f"{sha256[:16]}:{row.line}"
+                ids = {
+                    "accession": row.cells.get("accession", "").strip()[:64] or None,
+                    "patient_id": row.cells.get("patient_id", "").strip()[:64] or None,
+                }
+                detail = {"file": name, "line": row.line, "message_id": message_id}
+                try:
+                    fields = self._row_fields(row)
+                    outcome = store_report(
+                        session, source=SOURCE, message_id=message_id, sender=name, **fields
+                    )
+                    if outcome == ReportOutcome.CONFLICT:  # same bytes, same line: cannot differ
+                        raise RowRejected("message id already used by a different row")
+                except (RowRejected, ReportFieldTooLong) as exc:
+                    result.rejected_rows.append((row.line, str(exc)))
+                    audit.record(
+                        session,
+                        "csv.row_rejected",
+                        Outcome.FAILURE,
+                        **ids,
+                        detail=detail | {"reason": str(exc)},
+                    )
+                    continue
+                duplicate = outcome == ReportOutcome.DUPLICATE
+                result.duplicates += duplicate
+                result.stored += not duplicate
+                action = "csv.duplicate" if duplicate else "csv.received"
+                audit.record(
+                    session,
+                    action,
+                    Outcome.SUCCESS,
+                    study_uid=fields["study_uid"],
+                    **ids,
+                    detail=detail,
+                )
+            audit.record(
+                session,
+                "csv.file_done",
+                Outcome.WARNING if result.rejected_rows else Outcome.SUCCESS,
+                detail={
+                    "file": name,
+                    "sha256": sha256,
+                    "encoding": table.encoding,
+                    "stored": result.stored,
+                    "duplicates": result.duplicates,
+                    "rejected_rows": len(result.rejected_rows),
+                    "ignored_columns": table.ignored_columns,
+                },
+            )
+        return result
+
+    def _row_fields(self, row: CsvRow) -> dict[str, Any]:
+        cells = {name: value.strip() for name, value in row.cells.items()}
+        if row.extra:
+            raise RowRejected(f"{len(row.extra)} more cell(s) than the header has columns")
+        kind = (cells.get("kind") or "report").lower()
+        if kind not in ("report", "indication"):
+            raise RowRejected(f"kind {kind!r} is neither 'report' nor 'indication'")
+        text, section_cells = _row_text(cells, kind)
+        study_uid = cells.get("study_uid") or None
+        missing = [
+            label
+            for label, value in (
+                ("patient id", cells.get("patient_id")),
+                ("accession (or study_uid)", cells.get("accession") or study_uid),
+                ("report text", text),
+            )
+            if not value
+        ]
+        if missing:
+            raise RowRejected(f"missing {', '.join(missing)}")
+        if len(text) > self.max_text_chars:
+            raise RowRejected(f"report text of {len(text)} characters, over {self.max_text_chars}")
+        if study_uid and not is_uid(study_uid):
+            raise RowRejected(f"study_uid {study_uid[:70]!r} is not a valid DICOM UID")
+        try:
+            observed_at = parse_datetime_text(cells.get("time", ""))
+        except ValueError as exc:
+            raise RowRejected(f"time: {exc}") from None
+        sections = section_cells or detect_sections((line, None) for line in text.split("\n"))
+        return {
+            "kind": kind,
+            "text": text,
+            "accession": cells.get("accession") or None,
+            "study_uid": study_uid,
+            "patient_id": cells["patient_id"],
+            "status": normalise_status(cells.get("status", "")),
+            "sections": sections,
+            "observed_at": observed_at,
+        }
+
+    def _reject_file(self, path: Path, sha256: str, reason: str) -> FileResult:
+        self._audit_safely(
+            "csv.file_rejected", {"file": path.name, "sha256": sha256, "reason": reason}
+        )
+        moved = self._move(path, self.rejected_dir, reason)
+        log.warning("rejected %s: %s", path.name, reason)
+        return FileResult(moved.name, "rejected", reason=reason)
+
+    def _move(self, path: Path, target_dir: Path, reason: str | None = None) -> Path:
+        target_dir.mkdir(exist_ok=True)
+        target = target_dir / path.name
+        if target.exists():
+            # A file of the same name was dropped before: keep both.
+            stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
+            target = target_dir / f"{path.stem}.{stamp}{path.suffix}"
+        if reason is not None:
+            target.with_name(target.name + ".reason.txt").write_text(reason + "\n", "utf-8")
+        os.replace(path, target)
+        return target
+
+    def _audit_safely(self, action: str, detail: dict[str, Any]) -> None:
+        try:
+            with self.db.transaction() as session:
+                audit.record(session, action, Outcome.FAILURE, detail=detail)
+        except Exception:
+            log.exception("could not record %s", action)
+
+
+def _row_text(cells: dict[str, str], kind: str) -> tuple[str, dict[str, str]]:
+    """The row's text: its report column, else its section columns joined under headings."""
+    section_cells = {s: cells[s] for s in SECTION_COLUMNS if cells.get(s)}
+    if cells.get("text"):
+        return cells["text"], section_cells
+    # Indication and comparison alone are not a report: no radiologist has written one yet.
+    substance = (FINDINGS, IMPRESSION) if kind == "report" else (INDICATION,)
+    if not any(s in section_cells for s in substance):
+        return "", section_cells
+    return "\n\n".join(f"{s}:\n{t}" for s, t in section_cells.items()), section_cells

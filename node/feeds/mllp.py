@@ -1,0 +1,254 @@
+"""MLLP (HL7 minimal lower layer protocol) server: frames in, ACK frames out.
+
+A frame is ``<VT> payload <FS><CR>`` (0x0B ... 0x1C 0x0D). The server knows framing and
+sockets only; what a frame means and what to answer is the handler's (``HL7Feed``), the way
+pynetdicom leaves C-STORE to its event handlers. One thread per connection; a connection
+survives bad messages, is closed after ``idle_timeout_s`` without data, and a frame larger
+than ``max_frame_bytes`` is drained and answered without being held in memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import socket
+import socketserver
+import threading
+from dataclasses import dataclass
+from typing import Protocol
+
+log = logging.getLogger(__name__)
+
+SB = b"\x0b"  # start block (VT)
+EB = b"\x1c"  # end block (FS)
+CR = b"\x0d"
+DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+_HEAD_BYTES = 4096  # kept of an oversized frame, enough for its MSH
+
+Peer = tuple[str, int]
+
+
+class FrameHandler(Protocol):
+    """What the server calls; both methods return the ACK payload and must not raise."""
+
+    def handle_frame(self, payload: bytes, peer: Peer) -> bytes: ...
+
+    def handle_oversized(self, head: bytes, size: int, peer: Peer) -> bytes: ...
+
+
+@dataclass(frozen=True)
+class Frame:
+    payload: bytes
+
+
+@dataclass(frozen=True)
+class OversizedFrame:
+    head: bytes  # the first bytes, for the ACK's MSH echo
+    size: int
+
+
+class FrameReader:
+    """Cuts a byte stream into frames; bytes outside frames (stray CR/LF) are ignored.
+
+    Parameters
+    ----------
+    max_frame_bytes:
+        Payloads longer than this are not buffered; they come out as ``OversizedFrame``.
+    """
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self.max_frame_bytes = max_frame_bytes
+        self._buffer = bytearray()
+        self._in_frame = False
+        self._size = 0
+        self._head = b""
+        self.abandoned = 0  # frames restarted by a new start block before they ended
+
+    @property
+    def partial(self) -> int:
+        """Bytes of an unfinished frame."""
+        return self._size if self._in_frame else 0
+
+    def feed(self, data: bytes) -> list[Frame | OversizedFrame]:
+        """Add received bytes; return the frames they complete."""
+        frames: list[Frame | OversizedFrame] = []
+        pos = 0
+        while pos < len(data):
+            if not self._in_frame:
+                start = data.find(SB, pos)
+                if start < 0:
+                    break
+                self._start()
+                pos = start + 1
+                continue
+            end = data.find(EB, pos)
+            stop = len(data) if end < 0 else end
+            restart = data.rfind(SB, pos, stop)
+            if restart >= 0:
+                # A sender that gives up on a frame and starts over: its first attempt is
+                # not a message, and it will not wait for an ACK to it.
+                self.abandoned += 1
+                log.warning("MLLP frame of %d bytes abandoned by the sender", self._size)
+                self._start()
+                pos = restart + 1
+                continue
+            self._append(data[pos:stop])
+            if end < 0:
+                break
+            frames.append(self._finish())
+            pos = end + 1
+        return frames
+
+    def _start(self) -> None:
+        self._in_frame = True
+        self._buffer.clear()
+        self._size = 0
+        self._head = b""
+
+    def _append(self, chunk: bytes) -> None:
+        self._size += len(chunk)
+        if self._size <= self.max_frame_bytes:
+            self._buffer += chunk
+            return
+        if not self._head:
+            self._head = bytes((self._buffer + chunk)[:_HEAD_BYTES])
+            self._buffer.clear()
+
+    def _finish(self) -> Frame | OversizedFrame:
+        self._in_frame = False
+        if self._size > self.max_frame_bytes:
+            return OversizedFrame(self._head, self._size)
+        frame = Frame(bytes(self._buffer))
+        self._buffer.clear()
+        return frame
+
+
+class MllpServer:
+    """A threaded MLLP listener.
+
+    Parameters
+    ----------
+    handler:
+        Gets each frame and returns the ACK (e.g. ``HL7Feed``).
+    host, port:
+        Where to listen; port 0 picks a free port (see ``address``).
+    max_frame_bytes:
+        Largest message accepted (default 16 MiB).
+    idle_timeout_s:
+        A connection with no data for this long is closed.
+    """
+
+    def __init__(
+        self,
+        handler: FrameHandler,
+        host: str = "0.0.0.0",
+        port: int = 2575,
+        *,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+        idle_timeout_s: float = 300.0,
+    ) -> None:
+        self.handler = handler
+        self.max_frame_bytes = max_frame_bytes
+        self.idle_timeout_s = idle_timeout_s
+        self._server = _ThreadingServer((host, port), _Connection, self)
+        self._thread: threading.Thread | None = None
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self._server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        """Serve in a background thread."""
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.1},  # how soon stop() is noticed
+            name="mllp-listener",
+            daemon=True,
+        )
+        self._thread.start()
+        log.info("MLLP listening on %s:%d", *self.address)
+
+    def stop(self) -> None:
+        """Stop accepting, let each connection finish the message in hand, close everything."""
+        if self._thread is not None:
+            self._server.shutdown()
+            self._thread.join()
+            self._thread = None
+        self._server.close_connections()
+        self._server.server_close()  # joins the connection threads
+
+    def __enter__(self) -> MllpServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+class _ThreadingServer(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = False  # stop() joins them: no message is cut off mid-transaction
+    block_on_close = True
+
+    def __init__(self, address: tuple[str, int], handler_class: type, owner: MllpServer) -> None:
+        self.owner = owner
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        super().__init__(address, handler_class)
+
+    def track(self, sock: socket.socket, open_: bool) -> None:
+        with self._lock:
+            (self._connections.add if open_ else self._connections.discard)(sock)
+
+    def close_connections(self) -> None:
+        with self._lock:
+            connections = list(self._connections)
+        for sock in connections:
+            # Reading side only: a connection busy with a message still sends its ACK.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RD)
+
+
+class _Connection(socketserver.BaseRequestHandler):
+    server: _ThreadingServer
+
+    def handle(self) -> None:
+        owner = self.server.owner
+        sock: socket.socket = self.request
+        peer: Peer = (str(self.client_address[0]), int(self.client_address[1]))
+        reader = FrameReader(owner.max_frame_bytes)
+        sock.settimeout(owner.idle_timeout_s)
+        self.server.track(sock, True)
+        log.debug("MLLP connection from %s:%d", *peer)
+        try:
+            self._serve(sock, peer, reader, owner.handler)
+        finally:
+            self.server.track(sock, False)
+            if reader.partial:
+                log.warning(
+                    "connection from %s closed inside a frame (%d bytes)", peer[0], reader.partial
+                )
+
+    @staticmethod
+    def _serve(sock: socket.socket, peer: Peer, reader: FrameReader, handler: FrameHandler) -> None:
+        while True:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                log.info("closing idle MLLP connection from %s:%d", *peer)
+                return
+            except OSError:
+                return
+            if not data:
+                return
+            for frame in reader.feed(data):
+                if isinstance(frame, Frame):
+                    ack = handler.handle_frame(frame.payload, peer)
+                else:
+                    ack = handler.handle_oversized(frame.head, frame.size, peer)
+                try:
+                    sock.sendall(SB + ack + EB + CR)
+                except OSError as exc:
+                    log.warning("could not send ACK to %s: %s", peer[0], exc)
+                    return

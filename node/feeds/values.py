@@ -1,0 +1,100 @@
+"""Field values both feeds normalise the same way: report status, times, DICOM UIDs."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta, timezone
+
+# DICOM PS3.5 §9.1: digits and dots, no leading zeros in a component, at most 64 characters.
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+
+# HL7 table 0123 (result status) codes, and the words RIS and CSV exports write instead.
+STATUS_CODES = {"O", "I", "S", "A", "P", "C", "R", "F", "X", "Y", "Z", "D"}
+_STATUS_WORDS = {
+    "FINAL": "F",
+    "FINALIZED": "F",
+    "SIGNED": "F",
+    "PRELIM": "P",
+    "PRELIMINARY": "P",
+    # A wet read is the radiologist's first, unsigned read: preliminary by definition.
+    "WET READ": "P",
+    "WETREAD": "P",
+    "CORRECTED": "C",
+    "AMENDED": "C",
+    "ADDENDUM": "C",
+    "CANCELLED": "X",
+    "CANCELED": "X",
+}
+
+_DTM = re.compile(r"^(?P<digits>\d{4}(?:\d{2}){0,5})(?:\.(?P<frac>\d{1,6}))?(?P<tz>[+-]\d{4})?$")
+
+
+def is_uid(value: str) -> bool:
+    """True when ``value`` is a syntactically valid DICOM UID."""
+    return len(value) <= 64 and bool(_UID.match(value))
+
+
+def normalise_status(value: str) -> str | None:
+    """Return the HL7 status code (F, P, C, X...) for a code or a word, None when empty.
+
+    Unknown values are kept, upper-cased and cut to 8 characters, so nothing a sender says
+    about the status is lost without trace.
+    """
+    text = " ".join(value.split()).upper()
+    if not text:
+        return None
+    if text in STATUS_CODES:
+        return text
+    return _STATUS_WORDS.get(text, text[:8])
+
+
+def parse_hl7_datetime(value: str) -> datetime | None:
+    """Parse an HL7 DTM/TS (``YYYY[MM[DD[HH[MM[SS[.S]]]]]][+/-ZZZZ]``), None when empty or bad.
+
+    A time with an offset is converted to UTC; one without is kept as the sender's wall-clock
+    time (HL7 says it is the sender's local time, which the node cannot know). The result is
+    naive either way, as SQLite stores it.
+    """
+    match = _DTM.match(value.strip())
+    if not match:
+        return None
+    digits = match["digits"]
+    numbers = [int(digits[0:4])] + [int(digits[i : i + 2]) for i in range(4, len(digits), 2)]
+    # Missing month and day default to 1, missing hour, minute and second to 0.
+    numbers += [1, 1, 0, 0, 0][len(numbers) - 1 :]
+    micro = int((match["frac"] or "0").ljust(6, "0"))
+    try:
+        moment = datetime(*numbers, microsecond=micro)
+    except ValueError:
+        return None
+    if match["tz"]:
+        sign = -1 if match["tz"][0] == "-" else 1
+        offset = timedelta(hours=int(match["tz"][1:3]), minutes=int(match["tz"][3:5]))
+        moment = moment.replace(tzinfo=timezone(sign * offset))
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment
+
+
+def parse_datetime_text(value: str) -> datetime | None:
+    """Parse a time from a CSV cell: ISO 8601 or HL7 DTM; None when empty.
+
+    Raises
+    ------
+    ValueError
+        The cell holds something that is not a time.
+    """
+    value = value.strip()
+    if not value:
+        return None
+    if value.isdigit() or _DTM.match(value):
+        moment = parse_hl7_datetime(value)
+        if moment is None:
+            raise ValueError(f"{value!r} is not a date/time")
+        return moment
+    try:
+        moment = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an ISO 8601 date/time") from None
+    if moment.tzinfo is not None:
+        moment = moment.astimezone(UTC).replace(tzinfo=None)
+    return moment

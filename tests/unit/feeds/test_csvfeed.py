@@ -1,0 +1,232 @@
+"""The CSV drop folder with real files on disk, a real SQLite file, and the IU X-ray reports."""
+
+from __future__ import annotations
+
+import csv
+import io
+import shutil
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from node.feeds.csvfeed import CsvFeed
+from storage.schema import Report
+
+GOOD = (
+    "accession,patient_id,report,study_uid,status,time\n"
+    "A1,P1,Lungs clear. No effusion.,1.2.826.0.1.3680043.8.498.1,F,2024-03-01T09:30:00Z\n"
+    'A2,P2,"FINDINGS: Cardiomegaly.\nIMPRESSION: Enlarged heart.",,Prelim,20240302101500\n'
+)
+
+
+@pytest.fixture
+def drop(tmp_path: Path) -> Path:
+    folder = tmp_path / "drop"
+    folder.mkdir()
+    return folder
+
+
+@pytest.fixture
+def feed(drop: Path, db) -> CsvFeed:
+    return CsvFeed(drop, db)
+
+
+def settle(feed: CsvFeed):
+    """Two polls: the first sees the files, the second (sizes unchanged) processes them."""
+    assert feed.poll() == []
+    return feed.poll()
+
+
+def reports(db) -> list[Report]:
+    with db.transaction() as session:
+        return list(session.scalars(select(Report).order_by(Report.id)))
+
+
+def actions(audited) -> list[str]:
+    return [e["action"] for e in audited()]
+
+
+def test_good_file_is_stored_and_moved_to_done(drop, feed, db, audited):
+    (drop / "reports.csv").write_text(GOOD, "utf-8")
+    [result] = settle(feed)
+
+    assert (result.outcome, result.stored, result.rejected_rows) == ("done", 2, [])
+    assert (drop / "done" / "reports.csv").exists() and not (drop / "reports.csv").exists()
+    first, second = reports(db)
+    assert (first.accession, first.patient_id, first.status, first.source) == (
+        "A1",
+        "P1",
+        "F",
+        "csv",
+    )
+    assert first.study_uid == "1.2.826.0.1.3680043.8.498.1"
+    assert first.observed_at.isoformat() == "2024-03-01T09:30:00"
+    assert first.message_id.endswith(":2") and second.message_id.endswith(":3")
+    assert second.text == "FINDINGS: Cardiomegaly.\nIMPRESSION: Enlarged heart."
+    assert second.sections == {"FINDINGS": "Cardiomegaly.", "IMPRESSION": "Enlarged heart."}
+    assert (second.status, second.sender, second.state) == ("P", "reports.csv", "waiting")
+    assert actions(audited) == ["csv.received", "csv.received", "csv.file_done"]
+
+
+def test_on_stored_is_called_once_per_file_with_new_rows(drop, db):
+    calls = []
+    feed = CsvFeed(drop, db, on_stored=lambda: calls.append(len(reports(db))))
+    (drop / "reports.csv").write_text(GOOD, "utf-8")
+    settle(feed)
+    (drop / "reports.csv").write_text(GOOD, "utf-8")  # duplicates only: no call
+    settle(feed)
+    assert calls == [2]
+
+
+def test_a_file_still_growing_is_left_alone(drop, feed, db):
+    path = drop / "growing.csv"
+    path.write_text(GOOD.splitlines()[0] + "\n", "utf-8")
+    assert feed.poll() == []
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(GOOD.split("\n", 1)[1])
+    assert feed.poll() == []  # changed since the last poll
+    [result] = feed.poll()
+    assert result.stored == 2
+
+
+def test_a_bad_row_is_rejected_alone_and_audited(drop, feed, db, audited):
+    text = (
+        GOOD + ",P3,no accession\nA4,P4,\nA5,P5,ok,not-a-uid\nA6,P6,fine,,F,yesterday\nA7,P7,good\n"
+    )
+    (drop / "mixed.csv").write_text(text, "utf-8")
+    [result] = settle(feed)
+
+    assert result.outcome == "done" and result.stored == 3
+    # Line numbers are where a record starts in the file (A2's report spans lines 3-4).
+    assert [line for line, _ in result.rejected_rows] == [5, 6, 7, 8]
+    assert [r.accession for r in reports(db)] == ["A1", "A2", "A7"]
+    rejected = [e for e in audited() if e["action"] == "csv.row_rejected"]
+    assert [(e["detail"]["line"], e["accession"]) for e in rejected] == [
+        (5, None),
+        (6, "A4"),
+        (7, "A5"),
+        (8, "A6"),
+    ]
+    assert "accession" in rejected[0]["detail"]["reason"]
+    assert "report text" in rejected[1]["detail"]["reason"]
+    assert "UID" in rejected[2]["detail"]["reason"]
+    assert "time" in rejected[3]["detail"]["reason"]
+
+
+def test_binary_file_is_rejected_with_a_reason(drop, feed, db, shared_data, audited):
+    png = shared_data / "nih-chestxray14-samples" / "00000001_000.png"
+    shutil.copy(png, drop / "scan.csv")  # a misnamed image
+    [result] = settle(feed)
+
+    assert result.outcome == "rejected" and "binary" in result.reason
+    assert (drop / "rejected" / "scan.csv").exists()
+    reason = (drop / "rejected" / "scan.csv.reason.txt").read_text("utf-8")
+    assert "binary" in reason
+    assert reports(db) == [] and actions(audited) == ["csv.file_rejected"]
+
+
+def test_same_file_dropped_twice_gives_no_duplicate_rows(drop, feed, db, audited):
+    (drop / "reports.csv").write_text(GOOD, "utf-8")
+    settle(feed)
+    (drop / "reports.csv").write_text(GOOD, "utf-8")
+    [again] = settle(feed)
+
+    assert (again.outcome, again.stored, again.duplicates) == ("done", 0, 2)
+    assert len(reports(db)) == 2
+    assert len(list((drop / "done").glob("reports*.csv"))) == 2  # both kept, second renamed
+    assert actions(audited).count("csv.duplicate") == 2
+
+
+def test_file_reprocessed_after_a_crash_before_the_move_yields_duplicates(drop, db, monkeypatch):
+    (drop / "reports.csv").write_text(GOOD, "utf-8")
+    crashing = CsvFeed(drop, db)
+    monkeypatch.setattr(crashing, "_move", lambda *a, **k: (_ for _ in ()).throw(SystemExit))
+    with pytest.raises(SystemExit):
+        settle(crashing)  # rows committed, then the process died before moving the file
+    assert len(reports(db)) == 2 and (drop / "reports.csv").exists()
+
+    [result] = settle(CsvFeed(drop, db))  # the node restarted
+    assert (result.stored, result.duplicates) == (0, 2)
+    assert len(reports(db)) == 2 and (drop / "done" / "reports.csv").exists()
+
+
+def test_latin_1_excel_export_with_semicolons_and_aliases(drop, feed, db):
+    text = (
+        "AccessionNumber;PatientID;Findings;Impression;Report Status\r\n"
+        "X-1;PAT 9;Ejection fraction ±60% ÷ 2;Normal;Final\r\n"
+    )
+    (drop / "export.csv").write_bytes(text.encode("latin-1"))
+    [result] = settle(feed)
+
+    assert result.stored == 1
+    [report] = reports(db)
+    assert report.sections == {"FINDINGS": "Ejection fraction ±60% ÷ 2", "IMPRESSION": "Normal"}
+    assert report.text == "FINDINGS:\nEjection fraction ±60% ÷ 2\n\nIMPRESSION:\nNormal"
+    assert report.status == "F"
+
+
+def test_utf_8_with_bom_is_read(drop, feed, db):
+    (drop / "bom.csv").write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    [result] = settle(feed)
+    assert result.stored == 2 and reports(db)[0].accession == "A1"
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        ("uid,findings,impression\n1,Clear,Normal\n", "accession, patient_id"),
+        ("accession,patient_id,report,Accession Number\nA,P,x,B\n", "both mean accession"),
+        ("accession,patient_id,report\n", "no data rows"),
+        ("", "empty file"),
+    ],
+)
+def test_file_without_a_usable_header_is_rejected(drop, feed, content, reason):
+    (drop / "bad.csv").write_text(content, "utf-8")
+    [result] = settle(feed)
+    assert result.outcome == "rejected" and reason in result.reason
+    assert reason in (drop / "rejected" / "bad.csv.reason.txt").read_text("utf-8")
+
+
+def test_file_whose_rows_are_all_bad_goes_to_rejected(drop, feed, db):
+    (drop / "allbad.csv").write_text("accession,patient_id,report\nA1,,text\n,P2,text\n", "utf-8")
+    [result] = settle(feed)
+    assert result.outcome == "rejected" and "all 2 rows rejected" in result.reason
+    assert (drop / "rejected" / "allbad.csv").exists() and reports(db) == []
+
+
+def test_iu_xray_reports_as_a_site_export(drop, feed, db, shared_data):
+    # The IU collection has no accession or patient: a site export adds them. The uid stands
+    # in for both here; the pairing this allows is artificial.
+    source = shared_data / "iu-xray-openi-reports" / "indiana_reports.csv"
+    with source.open(encoding="utf-8", newline="") as handle:
+        rows = list(csv.DictReader(handle))[:200]
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["accession", "patient_id", "indication", "findings", "impression"])
+    for row in rows:
+        writer.writerow(
+            [
+                f"IU{row['uid']}",
+                f"IUP{row['uid']}",
+                row["indication"],
+                row["findings"],
+                row["impression"],
+            ]
+        )
+    (drop / "iu.csv").write_text(out.getvalue(), "utf-8")
+    [result] = settle(feed)
+
+    without_text = [r for r in rows if not (r["findings"].strip() or r["impression"].strip())]
+    assert result.stored == len(rows) - len(without_text)
+    assert len(result.rejected_rows) == len(without_text)
+    first = reports(db)[0]
+    assert first.sections["IMPRESSION"] == rows[0]["impression"]
+    assert first.sections["INDICATION"] == rows[0]["indication"]
+
+
+def test_the_real_iu_file_is_rejected_for_its_missing_key_columns(drop, feed, shared_data):
+    shutil.copy(shared_data / "iu-xray-openi-reports" / "indiana_reports.csv", drop)
+    [result] = settle(feed)
+    assert result.outcome == "rejected"
+    assert "accession, patient_id" in result.reason

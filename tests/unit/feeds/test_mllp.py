@@ -1,0 +1,235 @@
+"""The MLLP server and HL7 feed against real peers on loopback: ``mllp_send`` from the ``hl7``
+package with the public sample messages, and a raw socket for what that client cannot do."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+from sqlalchemy import func, select
+
+from node.feeds.hl7feed import HL7Feed
+from node.feeds.mllp import CR, EB, SB, Frame, FrameReader, MllpServer, OversizedFrame
+from storage.schema import Report
+
+ORU = (
+    b"MSH|^~\\&|RIS|HOSP|CXR|NODE|20240301101500||ORU^R01|%s|P|%s\r"
+    b"PID|1||P123^^^HOSP^MR\r"
+    b"OBR|1|PL1|ACC1|71046^XR CHEST 2V|||20240301093000||||||||||||||||||F\r"
+    b"OBX|1|TX|||%s||||||F\r"
+)
+
+
+def oru(message_id: str, text: bytes = b"No acute disease.", version: bytes = b"2.5.1") -> bytes:
+    return ORU % (message_id.encode(), version, text)
+
+
+def rows(db) -> list[Report]:
+    with db.transaction() as session:
+        return list(session.scalars(select(Report).order_by(Report.id)))
+
+
+def count_rows(db) -> int:
+    with db.transaction() as session:
+        return session.scalar(select(func.count()).select_from(Report))
+
+
+# --- the public samples through mllp_send ---------------------------------------------------
+
+DCM4CHE_EXPECTED = {
+    "ADT^A31-UpdatePersonInfo-Veterinary.hl7": ("AE", "200"),
+    "ADT^A31-UpdatePersonInfo.hl7": ("AE", "200"),
+    "ADT^A40-PatientMerge.hl7": ("AE", "200"),
+    "ADT^A47-ChangePatientID.hl7": ("AE", "200"),
+    "OMG^O19-GeneralClinicalOrder-Eyecare.hl7": ("AE", "200"),
+    "OMI^O23-ImagingOrder.hl7": ("AA", None),
+    "ORM^O01-GeneralOrder.hl7": ("AA", None),  # says OMI^O23 in MSH-9: an imaging order
+    "ORU^R01-CDA.hl7": ("AE", "101"),  # report only as an embedded CDA document
+    "ORU^R01-PDF.hl7": ("AE", "101"),  # report only as a base64 PDF
+    "SIU^S12-NewAppointmentBooking.hl7": ("AE", "200"),
+}
+
+
+def test_dcm4che_samples_get_the_expected_ack_and_orders_are_stored(
+    hl7_server, mllp_send, shared_data, db, audited
+):
+    folder = shared_data / "hl7-dcm4che-testdata"
+    names = sorted(DCM4CHE_EXPECTED)
+    acks = mllp_send(hl7_server, [(folder / n).read_bytes() for n in names])
+
+    assert [(a.code, a.error_code) for a in acks] == [DCM4CHE_EXPECTED[n] for n in names]
+    control_ids = [(folder / n).read_bytes().split(b"\r")[0].split(b"|")[9].decode() for n in names]
+    assert [a.acked_id for a in acks] == control_ids
+    first = acks[names.index("OMI^O23-ImagingOrder.hl7")]
+    # Sender and receiver swapped; version, processing id and character set mirrored.
+    assert first.msh[2:6] == ["MESA_IM", "XYZ_IMAGE_MANAGER", "MESA_OF", "XYZ_RADIOLOGY"]
+    assert (first.msh[8], first.msh[10], first.msh[11], first.msh[17]) == (
+        "ACK^O23^ACK",
+        "P",
+        "2.5.1",
+        "8859/1",
+    )
+    pdf = acks[names.index("ORU^R01-PDF.hl7")]
+    assert "encapsulated" in pdf.user_message and pdf.err[2] == "OBX^1^5"
+
+    stored = rows(db)
+    assert [(r.message_id, r.kind, r.message_type) for r in stored] == [
+        ("1001125", "indication", "OMI^O23"),
+        ("1001126", "indication", "OMI^O23"),
+    ]
+    assert all(r.state == "waiting" and r.patient_id == "PID_1" for r in stored)
+    actions = [e["action"] for e in audited()]
+    assert sorted(actions) == sorted(["hl7.received"] * 2 + ["hl7.unusable"] * 8)
+    assert all(e["actor_ip"] == "127.0.0.1" for e in audited())
+
+
+FHIR_EXPECTED = {
+    "MDM-T02-01.hl7": ("AE", "200"),
+    "MDM-T02-03.hl7": ("AE", "200"),
+    "ORM-O01-01.hl7": ("AA", None),  # UTF-8 BOM, LF segments
+    # Same MSH-10 (MSG00018) and the same first order as ORM-O01-01: a duplicate.
+    "ORM-O01-03.hl7": ("AA", None),
+    "ORU-R01-01.hl7": ("AA", None),  # lab result; its NTE comments are its text
+    "ORU-R01-RMGEAD.hl7": ("AE", "101"),  # numeric (SN) result only: no text
+}
+
+
+def test_fhir_converter_samples_with_bom_and_lf_are_read(
+    hl7_server, mllp_send, shared_data, db, audited
+):
+    folder = shared_data / "hl7-fhir-converter-samples"
+    names = sorted(FHIR_EXPECTED)
+    acks = mllp_send(hl7_server, [(folder / n).read_bytes() for n in names])
+
+    assert [(a.code, a.error_code) for a in acks] == [FHIR_EXPECTED[n] for n in names]
+    assert [(r.message_id, r.accession) for r in rows(db)] == [
+        ("MSG00018", "1201"),
+        ("2.16.840.1.114222.4.3.3.5.1.2-20120314235954.325", "986"),
+    ]
+    assert [e["action"] for e in audited()].count("hl7.duplicate") == 1
+
+
+def test_mllp_send_loose_mode_delivers_an_lf_file(hl7_server, mllp_send, shared_data, db):
+    data = (shared_data / "hl7-fhir-converter-samples" / "ORU-R01-01.hl7").read_bytes()
+    [ack] = mllp_send(hl7_server, [data], loose=True)
+    assert ack.code == "AA" and count_rows(db) == 1
+
+
+# --- duplicates, garbage, oversize -----------------------------------------------------------
+
+
+def test_duplicate_control_id_is_acknowledged_and_stored_once(hl7_server, mllp_send, db, audited):
+    acks = mllp_send(hl7_server, [oru("DUP-1"), oru("DUP-1")])
+    assert [a.code for a in acks] == ["AA", "AA"]
+    assert count_rows(db) == 1
+    assert [e["action"] for e in audited()] == ["hl7.received", "hl7.duplicate"]
+
+
+def test_on_stored_is_called_after_commit_for_new_reports_only(db, connect):
+    calls = []
+    feed = HL7Feed(db, on_stored=lambda: calls.append(count_rows(db)))
+    with MllpServer(feed, "127.0.0.1", 0) as server:
+        client = connect(server)
+        assert [client.exchange(oru("CB-1")).code for _ in range(2)] == ["AA", "AA"]
+    assert calls == [1]  # once, and the row was already visible to another session
+
+
+def test_reused_control_id_with_other_content_is_refused(hl7_server, mllp_send, db):
+    acks = mllp_send(hl7_server, [oru("ID-9"), oru("ID-9", b"Right lower lobe pneumonia.")])
+    assert [(a.code, a.error_code) for a in acks] == [("AA", None), ("AE", "205")]
+    assert [r.text for r in rows(db)] == ["No acute disease."]
+
+
+def test_garbage_is_rejected_and_the_connection_stays_usable(raw_client, db, audited):
+    ack = raw_client.exchange(b"\x00\x01\x02 not hl7 at all")
+    assert ack.code == "AR" and ack.acked_id == "" and ack.err is not None
+    assert raw_client.exchange(oru("AFTER-GARBAGE")).code == "AA"
+    assert [r.message_id for r in rows(db)] == ["AFTER-GARBAGE"]
+    rejected = [e for e in audited() if e["action"] == "hl7.rejected"]
+    assert len(rejected) == 1 and rejected[0]["actor_ip"] == "127.0.0.1"
+    assert rejected[0]["detail"]["ack"] == "AR" and "MSH" in rejected[0]["detail"]["reason"]
+
+
+def test_bytes_invalid_in_the_declared_charset_are_rejected_with_the_msh_echoed(raw_client):
+    data = oru("BAD-UTF8", "Größe".encode("latin-1")).replace(
+        b"|P|2.5.1", b"|P|2.5.1||||||UNICODE UTF-8"
+    )
+    ack = raw_client.exchange(data)
+    assert (ack.code, ack.acked_id, ack.error_code) == ("AR", "BAD-UTF8", "102")
+
+
+def test_oversized_frame_is_rejected_and_the_connection_survives(
+    hl7_server, raw_client, db, audited
+):
+    big = oru("TOO-BIG", b"x" * (hl7_server.max_frame_bytes + 10))
+    ack = raw_client.exchange(big)
+    assert (ack.code, ack.acked_id) == ("AR", "TOO-BIG")
+    assert "exceeds" in ack.user_message
+    assert raw_client.exchange(oru("SMALL")).code == "AA"
+    assert [r.message_id for r in rows(db)] == ["SMALL"]
+    [event] = [e for e in audited() if e["action"] == "hl7.rejected"]
+    assert event["detail"]["size"] == len(big)
+
+
+def test_store_failure_answers_ar_and_stores_nothing(db, audited, connect):
+    def broken_sink(session, report, peer):
+        raise RuntimeError("disk full")
+
+    with MllpServer(HL7Feed(db, sink=broken_sink), "127.0.0.1", 0) as server:
+        ack = connect(server).exchange(oru("NOT-STORED"))
+    assert (ack.code, ack.acked_id, ack.error_code) == ("AR", "NOT-STORED", "207")
+    assert count_rows(db) == 0
+    assert [e["action"] for e in audited()] == ["hl7.rejected"]
+
+
+def test_version_2_3_error_ack_uses_err_1_and_msa_3(raw_client):
+    ack = raw_client.exchange(oru("OLD-1", b"", version=b"2.3"))
+    assert (ack.code, ack.msh[11]) == ("AE", "2.3")
+    assert ack.err[1].startswith("OBX^1^5^101&") and ack.raw.count(b"MSA|AE|OLD-1|no report") == 1
+
+
+# --- framing ------------------------------------------------------------------------------------
+
+
+def test_frames_split_across_packets_with_noise_between_them(raw_client):
+    stream = b"\r\n" + SB + oru("SPLIT-1") + EB + CR + b"\n" + SB + oru("SPLIT-2") + EB + CR
+    for i in range(0, len(stream), 7):
+        raw_client.send(stream[i : i + 7])
+        time.sleep(0.001)
+    assert [raw_client.read_ack().acked_id for _ in range(2)] == ["SPLIT-1", "SPLIT-2"]
+
+
+def test_abandoned_partial_frame_gets_no_ack(raw_client, db):
+    raw_client.send(SB + b"MSH|^~\\&|half a mess" + SB + oru("WHOLE") + EB + CR)
+    assert raw_client.read_ack().acked_id == "WHOLE"
+    assert count_rows(db) == 1
+
+
+def test_idle_connection_is_closed(db):
+    server = MllpServer(HL7Feed(db), "127.0.0.1", 0, idle_timeout_s=0.3)
+    with server, socket.create_connection(server.address, timeout=5) as sock:
+        assert sock.recv(10) == b""  # closed by the server after 0.3 s of silence
+
+
+def test_stop_does_not_wait_for_idle_clients(db, connect):
+    server = MllpServer(HL7Feed(db), "127.0.0.1", 0, idle_timeout_s=60)
+    server.start()
+    assert connect(server).exchange(oru("BEFORE-STOP")).code == "AA"
+    started = time.monotonic()
+    server.stop()
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("chunk", [1, 3, 1000])
+def test_frame_reader_cuts_frames_whatever_the_packet_size(chunk):
+    reader = FrameReader(max_frame_bytes=20)
+    stream = SB + b"first" + EB + CR + SB + b"y" * 50 + EB + CR + SB + b"third" + EB + CR
+    frames = []
+    for i in range(0, len(stream), chunk):
+        frames += reader.feed(stream[i : i + chunk])
+    first, oversized, third = frames
+    assert first == Frame(b"first") and third == Frame(b"third")
+    assert isinstance(oversized, OversizedFrame) and oversized.size == 50
+    assert oversized.head.startswith(b"y" * 20)  # what had arrived when the limit was hit
+    assert reader.partial == 0
