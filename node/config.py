@@ -59,7 +59,18 @@ class Settings:
     db_url: str = ""  # empty: SQLite file <data_dir>/cxrnode.db
     model: str = "default"  # a model package directory or archive; "default": the bundled one
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
+    # Report feeds. hl7_port 0 turns the MLLP listener off; an empty csv_folder, the CSV feed.
+    hl7_host: str = "0.0.0.0"
+    hl7_port: int = 2575
+    hl7_accession_keys: tuple[str, ...] = ("OBR-3", "OBR-2", "OBR-18")
+    hl7_max_frame_bytes: int = 16 * 1024 * 1024
+    hl7_idle_timeout_s: float = 300.0
+    csv_folder: str = ""
+    csv_poll_interval_s: float = 5.0
     stable_age_s: float = 10.0
+    # How long a stable study waits for its report before it runs with the indication or
+    # image-only; 0 runs at once with whatever text is there.
+    pairing_window_s: float = 300.0
     assume_chest_without_body_part: bool = True
     delivery_retry_initial_s: float = 5.0
     delivery_retry_max_s: float = 300.0
@@ -86,8 +97,10 @@ class Settings:
                 raise ConfigError(f"allowed_calling_aes: {ae!r} is not a valid AE title")
         if not 0 < self.dicom_port < 65536:
             raise ConfigError(f"dicom_port {self.dicom_port} out of range")
-        if self.stable_age_s < 0:
-            raise ConfigError("stable_age_s must be >= 0")
+        if not 0 <= self.hl7_port < 65536:
+            raise ConfigError(f"hl7_port {self.hl7_port} out of range (0 turns HL7 off)")
+        if self.stable_age_s < 0 or self.pairing_window_s < 0:
+            raise ConfigError("stable_age_s and pairing_window_s must be >= 0")
         return self
 
 

@@ -25,7 +25,14 @@ def run_demo(workdir: Path | None = None, timeout_s: float = 300.0) -> int:
     from node.service import Node
 
     workdir = Path(workdir or tempfile.mkdtemp(prefix="cxrnode-demo-"))
-    settings = Settings(dicom_host="127.0.0.1", dicom_port=free_port(), data_dir=workdir / "node")
+    # No report feed in the demo: the study runs image-only as soon as it is stable.
+    settings = Settings(
+        dicom_host="127.0.0.1",
+        dicom_port=free_port(),
+        data_dir=workdir / "node",
+        hl7_port=0,
+        pairing_window_s=0,
+    )
     orthanc = Orthanc(
         workdir / "orthanc",
         [Modality("cxrnode", settings.ae_title, "127.0.0.1", settings.dicom_port)],

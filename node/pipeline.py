@@ -17,7 +17,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from io import BytesIO
 
 import numpy as np
@@ -29,11 +29,12 @@ from models.predictor import Predictor
 from models.preprocess import dicom_to_display
 from node.config import Destination, Settings
 from node.dicom.sender import DicomSender
+from node.pairing import ReportPairing, study_ids
 from node.results import AlgorithmInfo, Finding, ImageResult, build_overlay, build_structured_report
 from storage import audit, jobs, outbox
 from storage.audit import Outcome
 from storage.database import Database
-from storage.schema import Job, JobState, OutboxItem, StudyState, utcnow
+from storage.schema import Job, JobState, OutboxItem, StudyState, as_utc, utcnow
 from storage.spool import FileStore
 from storage.studies import processable_instances, stable_studies
 
@@ -50,6 +51,10 @@ class WorkItem:
     accession: str | None
     patient_id: str | None
     images: tuple[tuple[str, str], ...]  # (SOP Instance UID, spool path) of each model input
+    text: str | None  # the report or indication text as received; cleaned by the predictor
+    text_source: str  # "report" | "indication" | "none"
+    reason: str
+    replaces_sr: str | None  # results path of the SR this run supersedes
 
     @property
     def ids(self) -> dict[str, str | None]:
@@ -89,7 +94,9 @@ class Pipeline:
         self.results = results
         self.predictor = predictor
         self.sender = sender
+        self.pairing = ReportPairing(settings)
         config = predictor.package.config
+        self.reads_text = config.uses_text
         self.algorithm = AlgorithmInfo(
             name=config.name,
             version=config.version,
@@ -101,42 +108,30 @@ class Pipeline:
     # 1. assembly --------------------------------------------------------------------------
 
     def assemble(self) -> int:
-        """Queue a run for every study that became stable; return how many were queued."""
-        cutoff = utcnow() - timedelta(seconds=self.settings.stable_age_s)
+        """Schedule every study that became stable, every study whose report arrived or whose
+        pairing window closed, and re-runs for late or corrected reports; return how many runs
+        were queued."""
+        now = utcnow()
+        cutoff = now - timedelta(seconds=self.settings.stable_age_s)
         queued = 0
         with self.db.transaction() as session:
             for study in stable_studies(session, cutoff):
-                ids = {
-                    "study_uid": study.study_uid,
-                    "accession": study.accession,
-                    "patient_id": study.patient_id,
-                }
-                inputs = processable_instances(study)
-                if not inputs:
+                if not processable_instances(study):
                     study.state = StudyState.SKIPPED
                     audit.record(
                         session,
                         "study.skipped",
                         Outcome.WARNING,
-                        **ids,
+                        **study_ids(study),
                         detail={
                             "reason": "no frontal chest radiograph in the study",
                             "instances": len(study.instances),
                         },
                     )
                     continue
-                job = jobs.queue_run(session, study)
-                audit.record(
-                    session,
-                    "study.queued",
-                    **ids,
-                    detail={
-                        "run": job.run,
-                        "images": len(inputs),
-                        "instances": len(study.instances),
-                    },
-                )
-                queued += 1
+                queued += self.pairing.schedule(session, study, now) is not None
+            queued += len(self.pairing.schedule_waiting(session, now))
+            queued += len(self.pairing.rerun_for_late_reports(session))
         return queued
 
     # 2. processing ------------------------------------------------------------------------
@@ -154,6 +149,10 @@ class Pipeline:
                 accession=job.study.accession,
                 patient_id=job.study.patient_id,
                 images=tuple((i.sop_uid, i.path) for i in processable_instances(job.study)),
+                text=job.report.text if job.report else None,
+                text_source=job.text_source,
+                reason=job.reason,
+                replaces_sr=_sr_path(job.replaces),
             )
         try:
             built, summary = self._process(item)
@@ -213,8 +212,9 @@ class Pipeline:
         if not decoded:
             raise JobFailed("no image of the study could be decoded")
 
+        texts = [item.text] * len(decoded) if self.reads_text else None
         clock = time.perf_counter()
-        predictions = self.predictor.predict([display for _, display in decoded])
+        predictions = self.predictor.predict([display for _, display in decoded], texts)
         timings["inference_s"] = time.perf_counter() - clock
 
         labels = self.predictor.package.config.labels
@@ -222,7 +222,9 @@ class Pipeline:
         images = []
         for (ds, display), prediction in zip(decoded, predictions, strict=True):
             top = int(np.argmax(prediction.probabilities))
-            heatmap = self.predictor.explain(display, [top])[0]
+            heatmap = self.predictor.explain(
+                display, [top], item.text if self.reads_text else None
+            )[0]
             findings = tuple(
                 Finding(
                     name=label.name,
@@ -250,6 +252,8 @@ class Pipeline:
                 for image in images
             ],
             "unreadable": len(failures),
+            "text": item.text_source if self.reads_text else "none",
+            "reason": item.reason,
             "timings": {k: round(v, 4) for k, v in timings.items()},
         }
         return built, summary
@@ -261,13 +265,17 @@ class Pipeline:
             return generate_uid(entropy_srcs=["cxrnode", item.study_uid, str(item.run), *parts])
 
         folder = f"{item.study_uid}/run-{item.run}"
+        # A re-run (late or corrected report) is a new series, so viewers hang it beside the
+        # results it replaces rather than mixing the two.
         sr = build_structured_report(
             images,
             self.algorithm,
             sop_instance_uid=uid("sr"),
             series_instance_uid=uid("sr-series"),
             series_number=self.settings.sr_series_number,
-            text_source="none",
+            text_source=item.text_source if self.reads_text else "none",
+            text_note=_text_note(item, self.reads_text),
+            predecessors=[dcmread(self.results.path(item.replaces_sr))] if item.replaces_sr else (),
         )
         built = [self._save("SR", sr, folder)]
         for n, image in enumerate(images, start=1):
@@ -371,7 +379,7 @@ class Pipeline:
 
     def _retry_delay(self, row: OutboxItem) -> timedelta | None:
         """Exponential backoff with jitter; None once the item is older than the give-up age."""
-        age = (utcnow() - _aware(row.created_at)).total_seconds()
+        age = (utcnow() - as_utc(row.created_at)).total_seconds()
         if age > self.settings.delivery_give_up_after_s:
             return None
         base = self.settings.delivery_retry_initial_s * 2 ** min(row.attempts, 20)
@@ -379,6 +387,21 @@ class Pipeline:
         return timedelta(seconds=delay)
 
 
-def _aware(value: datetime) -> datetime:
-    # SQLite returns naive datetimes; every stored time is UTC.
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _sr_path(job: Job | None) -> str | None:
+    """Results path of the SR a job produced, if it got as far as building one."""
+    if job is None:
+        return None
+    return next((o.path for o in job.outbox if o.kind == "SR"), None)
+
+
+def _text_note(item: WorkItem, reads_text: bool) -> str | None:
+    """Why the run read the text it read, in the radiologist's words."""
+    if not reads_text:
+        return "this model reads images only" if item.text else None
+    if item.reason != "first":
+        return f"re-run after a {item.reason}"
+    if item.text_source == "none":
+        return "no report or order arrived within the pairing window"
+    if item.text_source == "indication":
+        return "no report arrived within the pairing window"
+    return None

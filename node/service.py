@@ -16,6 +16,9 @@ from models.predictor import Predictor
 from node.config import Settings, describe
 from node.dicom.receiver import StorageSCP
 from node.dicom.sender import DicomSender
+from node.feeds.csvfeed import CsvFeed
+from node.feeds.hl7feed import HL7Feed
+from node.feeds.mllp import MllpServer
 from node.pipeline import Pipeline
 from storage import audit, jobs
 from storage.database import Database
@@ -39,6 +42,7 @@ class Node:
         self._worker: threading.Thread | None = None
         self.scheduler = BackgroundScheduler(timezone="UTC")
         self.scp: StorageSCP | None = None
+        self.mllp: MllpServer | None = None
         self.pipeline: Pipeline | None = None
 
     def start(self) -> None:
@@ -69,6 +73,7 @@ class Node:
         )
         self.scp = StorageSCP(self.settings, self.db, self.spool)
         self.scp.start()
+        self._start_feeds()
         # Assembly polls: a study becomes stable through the passage of time, not an event.
         self.scheduler.add_job(
             self._assemble,
@@ -98,6 +103,8 @@ class Node:
         self._stopping.set()
         if self.scp:
             self.scp.stop()
+        if self.mllp:
+            self.mllp.stop()
         self._work_available.set()
         if self._worker:
             self._worker.join()
@@ -116,6 +123,42 @@ class Node:
         done.wait()
         log.info("shutting down")
         self.stop()
+
+    def _start_feeds(self) -> None:
+        settings = self.settings
+        if settings.hl7_port:
+            feed = HL7Feed(
+                self.db,
+                accession_keys=settings.hl7_accession_keys,
+                application=settings.ae_title,
+                on_stored=self._assemble_soon,
+            )
+            self.mllp = MllpServer(
+                feed,
+                settings.hl7_host,
+                settings.hl7_port,
+                max_frame_bytes=settings.hl7_max_frame_bytes,
+                idle_timeout_s=settings.hl7_idle_timeout_s,
+            )
+            self.mllp.start()
+            log.info("HL7 MLLP listener on %s:%d", settings.hl7_host, settings.hl7_port)
+        if settings.csv_folder:
+            csv_feed = CsvFeed(Path(settings.csv_folder), self.db, on_stored=self._assemble_soon)
+            self.scheduler.add_job(
+                csv_feed.poll,
+                "interval",
+                seconds=settings.csv_poll_interval_s,
+                id="csv-feed",
+                max_instances=1,
+                coalesce=True,
+            )
+
+    def _assemble_soon(self) -> None:
+        """A report arrived: pair it now rather than on the next assembly tick."""
+        try:
+            self.scheduler.modify_job("assemble", next_run_time=datetime.now(UTC))
+        except Exception:  # not started yet or shutting down; the tick will see the report
+            log.debug("assembly not rescheduled", exc_info=True)
 
     def _model_path(self) -> Path:
         if self.settings.model == "default":

@@ -5,14 +5,38 @@ from __future__ import annotations
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from storage.schema import Job, JobState, OutboxItem, OutboxState, Study, StudyState, utcnow
+from storage.schema import (
+    Job,
+    JobState,
+    OutboxItem,
+    OutboxState,
+    Report,
+    Study,
+    StudyState,
+    utcnow,
+)
 
 
-def queue_run(session: Session, study: Study) -> Job:
-    """Open the next processing run of ``study``."""
+def queue_run(
+    session: Session,
+    study: Study,
+    *,
+    report: Report | None = None,
+    reason: str = "first",
+    replaces: Job | None = None,
+) -> Job:
+    """Open the next processing run of ``study``, reading ``report`` (or no text)."""
     study.runs += 1
     study.state = StudyState.QUEUED
-    job = Job(study=study, run=study.runs, state=JobState.QUEUED)
+    job = Job(
+        study=study,
+        run=study.runs,
+        state=JobState.QUEUED,
+        report=report,
+        text_source=report.kind if report is not None else "none",
+        reason=reason,
+        replaces=replaces,
+    )
     session.add(job)
     return job
 

@@ -24,6 +24,11 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(value: datetime) -> datetime:
+    """A stored time as an aware UTC datetime (SQLite hands back naive ones; all are UTC)."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -33,6 +38,7 @@ UID = String(64)
 
 class StudyState:
     RECEIVING = "receiving"  # instances still arriving; not yet stable
+    AWAITING_REPORT = "awaiting_report"  # stable; waiting for its report up to the pairing window
     QUEUED = "queued"  # a job for the current run is waiting or running
     DONE = "done"  # the latest run delivered its results
     SKIPPED = "skipped"  # nothing processable (no frontal chest image)
@@ -109,12 +115,21 @@ class Job(Base):
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     model_id: Mapped[str | None] = mapped_column(String(200))
+    # The clinical text this run reads: a report, an order's indication, or none (image only).
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("reports.id"))
+    text_source: Mapped[str] = mapped_column(String(16), default="none")
+    # Why this run exists ("first", "late report", "corrected report", "new images") and the
+    # earlier run whose results it replaces.
+    reason: Mapped[str] = mapped_column(String(32), default="first")
+    replaces_job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     # Per-label probabilities of every processed image, as the model produced them.
     result: Mapped[dict | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     outbox: Mapped[list[OutboxItem]] = relationship(back_populates="job")
+    report: Mapped[Report | None] = relationship()
+    replaces: Mapped[Job | None] = relationship(remote_side="Job.id")
 
 
 class OutboxItem(Base):

@@ -48,6 +48,8 @@ def build_structured_report(
     series_number: int = 9901,
     instance_number: int = 1,
     text_source: str = "none",
+    text_note: str | None = None,
+    predecessors: Sequence[Dataset] = (),
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 Comprehensive SR of one model run over a study.
 
@@ -63,6 +65,12 @@ def build_structured_report(
         Numbers of the SR's own series and of the SR within it.
     text_source : {"report", "indication", "none"}
         Which clinical text the model read besides the images.
+    text_note : str or None
+        Why that text (e.g. "no report within the pairing window"), stated beside it.
+    predecessors : sequence of pydicom.Dataset
+        Earlier SRs of this algorithm on this study that this one replaces (after a late or
+        corrected report); referenced in the Predecessor Documents Sequence and named in the
+        report's statements.
 
     Returns
     -------
@@ -95,7 +103,9 @@ def build_structured_report(
     )
     # highdicom builds TID 1500 up to row 8 only; row 12 (Qualitative Evaluations) is appended
     # to the root container it returns.
-    report[0].ContentSequence.append(_report_statements(algorithm, text_source))
+    report[0].ContentSequence.append(
+        _report_statements(algorithm, text_source, text_note, predecessors)
+    )
     return hd.sr.ComprehensiveSR(
         evidence=headers,
         content=report[0],
@@ -115,6 +125,7 @@ def build_structured_report(
         # Notices and identifiers contain non-ASCII (e.g. the em dash); patient names arrive in
         # any character set and are re-encoded from their decoded form.
         specific_character_set="ISO_IR 192",
+        previous_versions=list(predecessors) or None,
     )
 
 
@@ -236,10 +247,18 @@ def _heat_region(
     ]
 
 
-def _report_statements(algorithm: AlgorithmInfo, text_source: str) -> hd.sr.ContainerContentItem:
-    statements = [
-        *notices(algorithm),
-        f"Clinical text used by the algorithm: {TEXT_SOURCES[text_source]}.",
+def _report_statements(
+    algorithm: AlgorithmInfo,
+    text_source: str,
+    text_note: str | None,
+    predecessors: Sequence[Dataset],
+) -> hd.sr.ContainerContentItem:
+    used = f"Clinical text used by the algorithm: {TEXT_SOURCES[text_source]}"
+    statements = [*notices(algorithm), f"{used} ({text_note})." if text_note else f"{used}."]
+    statements += [
+        f"This result replaces the earlier AI result {p.SOPInstanceUID} "
+        f"(series {p.SeriesInstanceUID}, {p.get('ContentDate', '')} {p.get('ContentTime', '')})."
+        for p in predecessors
     ]
     container = hd.sr.ContainerContentItem(
         name=codes.QUALITATIVE_EVALUATIONS,

@@ -51,6 +51,9 @@ def make_node(
             "CXRNODE_DATA_DIR": str(data_dir),
             "CXRNODE_MODEL": str(reference_model),
             "CXRNODE_STABLE_AGE_S": "1",
+            # No report feed unless a test asks for one: studies run as soon as they are stable.
+            "CXRNODE_PAIRING_WINDOW_S": "0",
+            "CXRNODE_HL7_PORT": "0",
             "CXRNODE_DELIVERY_RETRY_INITIAL_S": "1",
             "CXRNODE_LOG_LEVEL": "INFO",
         }
