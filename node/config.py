@@ -51,9 +51,12 @@ class Settings:
     ae_title: str = "CXRNODE"
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
-    # Calling AE titles allowed to associate. The AE titles of the destinations are allowed too:
-    # the PACS we write back to is normally the one that sends.
+    # Calling AE titles allowed to associate, "AE" (any address) or "AE@address". The AE titles
+    # of the destinations are allowed too: the PACS we write back to is normally the one that
+    # sends.
     allowed_calling_aes: tuple[str, ...] = ()
+    # Below this much free space on the spool's disk, associations are refused (transient).
+    min_free_disk_mb: int = 1024
     destinations: tuple[Destination, ...] = (Destination("ORTHANC", "127.0.0.1", 4242),)
     data_dir: Path = Path("var")
     db_url: str = ""  # empty: SQLite file <data_dir>/cxrnode.db
@@ -86,13 +89,15 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'cxrnode.db').resolve()}"
 
     @property
-    def known_calling_aes(self) -> frozenset[str]:
-        return frozenset(self.allowed_calling_aes) | {d.ae_title for d in self.destinations}
+    def known_calling_aes(self) -> tuple[str, ...]:
+        """The allowlist: configured entries plus each destination's AE title."""
+        return tuple(self.allowed_calling_aes) + tuple(d.ae_title for d in self.destinations)
 
     def validate(self) -> Settings:
         if not _AE_TITLE.match(self.ae_title):
             raise ConfigError(f"ae_title {self.ae_title!r} is not a valid AE title (1-16 chars)")
-        for ae in self.allowed_calling_aes:
+        for entry in self.allowed_calling_aes:
+            ae = entry.partition("@")[0]
             if not _AE_TITLE.match(ae):
                 raise ConfigError(f"allowed_calling_aes: {ae!r} is not a valid AE title")
         if not 0 < self.dicom_port < 65536:

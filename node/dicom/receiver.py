@@ -18,6 +18,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from node.config import Settings
+from node.dicom.admission import Admission
 from node.dicom.classify import classify
 from storage import audit
 from storage.audit import Outcome
@@ -67,8 +68,10 @@ class StorageSCP:
         self.db = db
         self.spool = spool
         self.on_received = on_received or (lambda: None)
+        self.admission = Admission(
+            settings.known_calling_aes, spool.root, settings.min_free_disk_mb * 1024 * 1024
+        )
         self.ae = AE(ae_title=settings.ae_title)
-        self.ae.require_calling_aet = sorted(settings.known_calling_aes)
         self.ae.maximum_pdu_size = 0  # accept the peer's PDU size: fewer, larger PDUs
         self.ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
@@ -79,6 +82,7 @@ class StorageSCP:
         handlers = [
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
+            (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         address = (self.settings.dicom_host, self.settings.dicom_port)
@@ -93,18 +97,36 @@ class StorageSCP:
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
 
+    def _on_requested(self, event: evt.Event) -> None:
+        """Apply the association policy before pynetdicom negotiates (PS3.8 A-ASSOCIATE-RJ)."""
+        assoc = event.assoc
+        calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
+        address = assoc.requestor.address
+        refusal = self.admission.check(calling_ae, address)
+        if refusal is None:
+            return
+        assoc.acse.send_reject(*refusal.reject)
+        self._audit_rejection(calling_ae, address, refusal.reason)
+
     def _on_rejected(self, event: evt.Event) -> None:
+        # Rejections pynetdicom makes itself (e.g. an unknown called AE title).
         requestor = event.assoc.requestor
-        with self.db.transaction() as session:
-            audit.record(
-                session,
-                "association.rejected",
-                Outcome.FAILURE,
-                actor_ae=requestor.ae_title,
-                actor_ip=requestor.address,
-                detail={"reason": "calling AE title not allowed", "called_ae": self.ae.ae_title},
-            )
-        log.warning("rejected association from an unknown calling AE at %s", requestor.address)
+        self._audit_rejection(requestor.ae_title, requestor.address, "rejected by negotiation")
+
+    def _audit_rejection(self, calling_ae: str, address: str, reason: str) -> None:
+        try:
+            with self.db.transaction() as session:
+                audit.record(
+                    session,
+                    "association.rejected",
+                    Outcome.FAILURE,
+                    actor_ae=calling_ae,
+                    actor_ip=address,
+                    detail={"reason": reason, "called_ae": self.ae.ae_title},
+                )
+        except Exception:  # the rejection stands even when it cannot be audited
+            log.exception("could not audit a rejected association")
+        log.warning("rejected an association: %s", reason)
 
     def _on_store(self, event: evt.Event) -> int:
         requestor = event.assoc.requestor
@@ -147,6 +169,8 @@ class StorageSCP:
             "accession": header.accession,
             "patient_id": header.patient_id,
         }
+        if not self.admission.has_room():
+            return self._refuse(OUT_OF_RESOURCES, "spool disk nearly full", sop_uid, actor)
         try:
             status = self._store(header, data, verdict.reason, actor, ids)
         except OSError as exc:

@@ -19,15 +19,22 @@ from storage.schema import Instance, Study
 from storage.spool import FileStore
 
 
-@pytest.fixture
-def scp(tmp_path: Path):
+def start_scp(tmp_path: Path, **settings) -> StorageSCP:
     settings = Settings(
-        dicom_host="127.0.0.1", dicom_port=free_port(), allowed_calling_aes=("MODALITY",)
+        dicom_host="127.0.0.1",
+        dicom_port=free_port(),
+        **{"allowed_calling_aes": ("MODALITY",), **settings},
     )
     db = Database(f"sqlite:///{tmp_path / 'node.db'}")
     db.create_schema()
     server = StorageSCP(settings, db, FileStore(tmp_path / "spool"))
     server.start()
+    return server
+
+
+@pytest.fixture
+def scp(tmp_path: Path):
+    server = start_scp(tmp_path)
     yield server
     server.stop()
 
@@ -110,3 +117,28 @@ def test_dataset_without_study_uid_is_refused_with_a_named_status(scp, shared_da
     del ds.StudyInstanceUID
     assert send(scp, [ds]) == [MISSING_UIDS]
     assert events(scp, "instance.refused")[0]["detail"]["status"] == "0xC002"
+
+
+def test_ae_bound_to_another_address_is_rejected(tmp_path, shared_data):
+    scp = start_scp(tmp_path, allowed_calling_aes=("MODALITY@10.99.0.1", "OTHER@127.0.0.1"))
+    try:
+        assert send(scp, [rsna(shared_data)], calling_ae="MODALITY") is None
+        assert send(scp, [rsna(shared_data)], calling_ae="OTHER") == [0x0000]
+        (rejected,) = events(scp, "association.rejected")
+        assert rejected["detail"]["reason"] == "calling AE title not allowed from 127.0.0.1"
+    finally:
+        scp.stop()
+
+
+def test_full_spool_disk_refuses_associations_as_transient(tmp_path, shared_data):
+    scp = start_scp(tmp_path, min_free_disk_mb=1 << 40)  # more than any disk has free
+    try:
+        ae = AE(ae_title="MODALITY")
+        ae.add_requested_context(SecondaryCaptureImageStorage)
+        assoc = ae.associate("127.0.0.1", scp.settings.dicom_port, ae_title="CXRNODE")
+        assert assoc.is_rejected
+        assert (assoc.acceptor.primitive.result, assoc.acceptor.primitive.diagnostic) == (2, 2)
+        (rejected,) = events(scp, "association.rejected")
+        assert rejected["detail"]["reason"] == "spool disk nearly full"
+    finally:
+        scp.stop()

@@ -1,0 +1,64 @@
+"""Who may associate, from where, and whether the node can take more data right now."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+# A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
+REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE unknown
+REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, presentation provider, local limit exceeded
+
+
+@dataclass(frozen=True)
+class Refusal:
+    reason: str
+    reject: tuple[int, int, int]
+
+
+class Admission:
+    """The association policy.
+
+    Parameters
+    ----------
+    allowed:
+        Entries ``AE`` (from any address) or ``AE@address`` (only from that address); several
+        entries for one AE title allow each of their addresses.
+    spool:
+        Where received instances are written; its free space decides whether to take more.
+    min_free_bytes:
+        Below this much free space new associations are refused as "local limit exceeded"
+        (transient: the sender retries later) instead of accepting what cannot be stored.
+    """
+
+    def __init__(self, allowed: Iterable[str], spool: Path, min_free_bytes: int) -> None:
+        self.spool = Path(spool)
+        self.min_free_bytes = min_free_bytes
+        self._anywhere: set[str] = set()
+        self._bound: dict[str, set[str]] = {}
+        for entry in allowed:
+            ae, _, address = entry.partition("@")
+            if address:
+                self._bound.setdefault(ae.strip(), set()).add(address.strip())
+            else:
+                self._anywhere.add(ae.strip())
+
+    def check(self, calling_ae: str, address: str) -> Refusal | None:
+        """Return why an association request must be refused, or None to accept it."""
+        ae = calling_ae.strip()
+        if ae not in self._anywhere and address not in self._bound.get(ae, ()):
+            reason = (
+                f"calling AE title not allowed from {address}"
+                if ae in self._bound
+                else "calling AE title not allowed"
+            )
+            return Refusal(reason, REJECT_UNKNOWN_CALLING_AE)
+        if not self.has_room():
+            return Refusal("spool disk nearly full", REJECT_LOCAL_LIMIT)
+        return None
+
+    def has_room(self) -> bool:
+        """Whether the spool's file system has more than the reserve free."""
+        return shutil.disk_usage(self.spool).free > self.min_free_bytes
