@@ -55,6 +55,13 @@ class Settings:
     # of the destinations are allowed too: the PACS we write back to is normally the one that
     # sends.
     allowed_calling_aes: tuple[str, ...] = ()
+    # TLS: with a certificate and key, the DICOM and MLLP listeners speak TLS only; with a CA
+    # too, peers must present a certificate it signed. tls_destinations sends results over TLS
+    # (trusting tls_ca, presenting the node's certificate).
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_ca: str = ""
+    tls_destinations: bool = False
     # Below this much free space on the spool's disk, associations are refused (transient).
     min_free_disk_mb: int = 1024
     destinations: tuple[Destination, ...] = (Destination("ORTHANC", "127.0.0.1", 4242),)
@@ -89,6 +96,10 @@ class Settings:
         return f"sqlite:///{(self.data_dir / 'cxrnode.db').resolve()}"
 
     @property
+    def tls(self) -> bool:
+        return bool(self.tls_cert)
+
+    @property
     def known_calling_aes(self) -> tuple[str, ...]:
         """The allowlist: configured entries plus each destination's AE title."""
         return tuple(self.allowed_calling_aes) + tuple(d.ae_title for d in self.destinations)
@@ -102,6 +113,10 @@ class Settings:
                 raise ConfigError(f"allowed_calling_aes: {ae!r} is not a valid AE title")
         if not 0 < self.dicom_port < 65536:
             raise ConfigError(f"dicom_port {self.dicom_port} out of range")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if self.tls_destinations and not self.tls_ca:
+            raise ConfigError("tls_destinations needs tls_ca to verify the destinations")
         if not 0 <= self.hl7_port < 65536:
             raise ConfigError(f"hl7_port {self.hl7_port} out of range (0 turns HL7 off)")
         if self.stable_age_s < 0 or self.pairing_window_s < 0:

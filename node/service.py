@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import ssl
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,6 +21,7 @@ from node.feeds.csvfeed import CsvFeed
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
 from node.pipeline import Pipeline
+from node.tls import client_context, server_context
 from storage import audit, jobs
 from storage.database import Database
 from storage.spool import FileStore
@@ -69,7 +71,7 @@ class Node:
             self.spool,
             self.results,
             predictor,
-            DicomSender(self.settings.ae_title),
+            DicomSender(self.settings.ae_title, ssl_context=self._destination_tls()),
         )
         self.scp = StorageSCP(self.settings, self.db, self.spool)
         self.scp.start()
@@ -124,6 +126,12 @@ class Node:
         log.info("shutting down")
         self.stop()
 
+    def _destination_tls(self) -> ssl.SSLContext | None:
+        settings = self.settings
+        if not settings.tls_destinations:
+            return None
+        return client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+
     def _start_feeds(self) -> None:
         settings = self.settings
         if settings.hl7_port:
@@ -139,6 +147,11 @@ class Node:
                 settings.hl7_port,
                 max_frame_bytes=settings.hl7_max_frame_bytes,
                 idle_timeout_s=settings.hl7_idle_timeout_s,
+                ssl_context=(
+                    server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+                    if settings.tls
+                    else None
+                ),
             )
             self.mllp.start()
             log.info("HL7 MLLP listener on %s:%d", settings.hl7_host, settings.hl7_port)

@@ -20,6 +20,7 @@ from pynetdicom.sop_class import Verification
 from node.config import Settings
 from node.dicom.admission import Admission
 from node.dicom.classify import classify
+from node.tls import server_context
 from storage import audit
 from storage.audit import Outcome
 from storage.database import Database
@@ -86,7 +87,14 @@ class StorageSCP:
             (evt.EVT_REJECTED, self._on_rejected),
         ]
         address = (self.settings.dicom_host, self.settings.dicom_port)
-        self._server = self.ae.start_server(address, block=False, evt_handlers=handlers)
+        ssl_context = None
+        if self.settings.tls:
+            ssl_context = server_context(
+                self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca
+            )
+        self._server = self.ae.start_server(
+            address, block=False, evt_handlers=handlers, ssl_context=ssl_context
+        )
         log.info("storage SCP %s listening on %s:%d", self.settings.ae_title, *address)
 
     def stop(self) -> None:
@@ -105,8 +113,12 @@ class StorageSCP:
         refusal = self.admission.check(calling_ae, address)
         if refusal is None:
             return
-        assoc.acse.send_reject(*refusal.reject)
+        # Audit first: once the peer reads the rejection, the event must already be there.
         self._audit_rejection(calling_ae, address, refusal.reason)
+        assoc.acse.send_reject(*refusal.reject)
+        # As pynetdicom's own rejections do: wait until the reject PDU is out and the peer has
+        # closed, or pynetdicom shuts the socket before the PDU leaves.
+        assoc.kill()
 
     def _on_rejected(self, event: evt.Event) -> None:
         # Rejections pynetdicom makes itself (e.g. an unknown called AE title).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import ssl
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,9 +29,12 @@ class Delivery:
 class DicomSender:
     """Sends files with C-STORE as ``ae_title``."""
 
-    def __init__(self, ae_title: str, timeout_s: float = 30.0) -> None:
+    def __init__(
+        self, ae_title: str, timeout_s: float = 30.0, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
         self.ae_title = ae_title
         self.timeout_s = timeout_s
+        self.ssl_context = ssl_context
 
     def send(self, destination: Destination, paths: list[Path]) -> list[Delivery]:
         """Send every file in ``paths`` to ``destination`` over one association.
@@ -46,7 +50,10 @@ class DicomSender:
             contexts.add((str(meta.SOPClassUID), str(meta.file_meta.TransferSyntaxUID)))
         for sop_class, transfer_syntax in sorted(contexts):
             ae.add_requested_context(sop_class, transfer_syntax)
-        assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title)
+        tls_args = (self.ssl_context, destination.host) if self.ssl_context else None
+        assoc = ae.associate(
+            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+        )
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "destination unreachable"
             return [Delivery(p, False, f"{destination}: {reason}") for p in paths]

@@ -13,6 +13,7 @@ import contextlib
 import logging
 import socket
 import socketserver
+import ssl
 import threading
 from dataclasses import dataclass
 from typing import Protocol
@@ -136,6 +137,9 @@ class MllpServer:
         Largest message accepted (default 16 MiB).
     idle_timeout_s:
         A connection with no data for this long is closed.
+    ssl_context:
+        When given, every connection is TLS (MLLP over TLS); the handshake happens on the
+        connection's own thread, so a slow or failing peer never blocks the listener.
     """
 
     def __init__(
@@ -146,10 +150,12 @@ class MllpServer:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         idle_timeout_s: float = 300.0,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.handler = handler
         self.max_frame_bytes = max_frame_bytes
         self.idle_timeout_s = idle_timeout_s
+        self.ssl_context = ssl_context
         self._server = _ThreadingServer((host, port), _Connection, self)
         self._thread: threading.Thread | None = None
 
@@ -219,6 +225,12 @@ class _Connection(socketserver.BaseRequestHandler):
         peer: Peer = (str(self.client_address[0]), int(self.client_address[1]))
         reader = FrameReader(owner.max_frame_bytes)
         sock.settimeout(owner.idle_timeout_s)
+        if owner.ssl_context is not None:
+            try:
+                sock = owner.ssl_context.wrap_socket(sock, server_side=True)
+            except (ssl.SSLError, OSError) as exc:
+                log.warning("TLS handshake with %s failed: %s", peer[0], exc)
+                return
         self.server.track(sock, True)
         log.debug("MLLP connection from %s:%d", *peer)
         try:
