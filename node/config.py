@@ -82,6 +82,10 @@ class Settings:
     # image-only; 0 runs at once with whatever text is there.
     pairing_window_s: float = 300.0
     assume_chest_without_body_part: bool = True
+    # Spooled instances of finished studies are deleted this long after their last arrival
+    # (0 keeps them forever); checked every retention_check_interval_s.
+    retention_days: float = 30.0
+    retention_check_interval_s: float = 3600.0
     delivery_retry_initial_s: float = 5.0
     delivery_retry_max_s: float = 300.0
     delivery_give_up_after_s: float = 86_400.0

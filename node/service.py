@@ -21,6 +21,7 @@ from node.feeds.csvfeed import CsvFeed
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
 from node.pipeline import Pipeline
+from node.retention import Retention
 from node.tls import client_context, server_context
 from storage import audit, jobs
 from storage.database import Database
@@ -39,6 +40,7 @@ class Node:
         self.db = Database(settings.database_url)
         self.spool = FileStore(data_dir / "spool")
         self.results = FileStore(data_dir / "results")
+        self.retention = Retention(settings, self.db, self.spool)
         self._stopping = threading.Event()
         self._work_available = threading.Event()
         self._worker: threading.Thread | None = None
@@ -92,6 +94,15 @@ class Node:
             id="deliver",
             max_instances=1,
             coalesce=True,
+        )
+        self.scheduler.add_job(
+            self._purge,
+            "interval",
+            seconds=self.settings.retention_check_interval_s,
+            id="retention",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
         )
         self.scheduler.start()
         self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
@@ -184,6 +195,12 @@ class Node:
                 self._work_available.set()
         except Exception:
             log.exception("study assembly failed; retrying on the next tick")
+
+    def _purge(self) -> None:
+        try:
+            self.retention.purge()
+        except Exception:
+            log.exception("retention purge failed; retrying on the next tick")
 
     def _deliver(self) -> None:
         try:

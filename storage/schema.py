@@ -97,6 +97,8 @@ class Instance(Base):
     received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     processable: Mapped[bool] = mapped_column(Boolean)
     skip_reason: Mapped[str | None] = mapped_column(Text)
+    # Set when the retention job deleted the spooled file; the row stays for the audit trail.
+    purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     study: Mapped[Study] = relationship(back_populates="instances")
 
