@@ -13,7 +13,6 @@ from collections.abc import Callable
 from io import BytesIO
 
 from pydicom import dcmread
-from pydicom.errors import InvalidDicomError
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
@@ -146,36 +145,14 @@ class StorageSCP:
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         try:
             data = event.encoded_dataset(include_meta=True)
-            ds = dcmread(BytesIO(data))
-        except (InvalidDicomError, ValueError, EOFError, OSError, KeyError) as exc:
-            return self._refuse(CANNOT_PARSE, f"cannot parse dataset: {exc}", sop_uid, actor)
-
-        study_uid = str(ds.get("StudyInstanceUID", "")).strip()
-        if not study_uid or not str(ds.get("SOPInstanceUID", "")).strip():
-            return self._refuse(MISSING_UIDS, "Study or SOP Instance UID missing", sop_uid, actor)
-        if str(ds.SOPInstanceUID) != sop_uid:
-            return self._refuse(
-                UID_MISMATCH, "dataset SOP Instance UID differs from the request", sop_uid, actor
-            )
-
-        verdict = classify(
-            ds, assume_chest_without_body_part=self.settings.assume_chest_without_body_part
-        )
-        header = InstanceHeader(
-            sop_uid=sop_uid,
-            sop_class_uid=str(event.request.AffectedSOPClassUID),
-            study_uid=study_uid,
-            series_uid=str(ds.get("SeriesInstanceUID", "")) or None,
-            modality=str(ds.get("Modality", "")) or None,
-            patient_id=str(ds.get("PatientID", "")) or None,
-            accession=str(ds.get("AccessionNumber", "")) or None,
-            transfer_syntax=str(event.context.transfer_syntax),
-            view=verdict.view,
-            processable=verdict.processable,
-            skip_reason=None if verdict.processable else verdict.reason,
-        )
+            header, note = self._read_header(data, event)
+        except _Refused as refused:
+            return self._refuse(refused.status, refused.reason, sop_uid, actor)
+        except Exception as exc:  # any malformed input: pydicom decodes values lazily
+            reason = f"cannot parse dataset: {type(exc).__name__}: {exc}"[:500]
+            return self._refuse(CANNOT_PARSE, reason, sop_uid, actor)
         ids = {
-            "study_uid": study_uid,
+            "study_uid": header.study_uid,
             "series_uid": header.series_uid,
             "sop_uid": sop_uid,
             "accession": header.accession,
@@ -184,13 +161,43 @@ class StorageSCP:
         if not self.admission.has_room():
             return self._refuse(OUT_OF_RESOURCES, "spool disk nearly full", sop_uid, actor)
         try:
-            status = self._store(header, data, verdict.reason, actor, ids)
+            status = self._store(header, data, note, actor, ids)
         except OSError as exc:
             log.error("spool write failed: %s", exc.strerror)
             return self._refuse(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", sop_uid, actor)
         if status == SUCCESS:
             self.on_received()
         return status
+
+    def _read_header(self, data: bytes, event: evt.Event) -> tuple[InstanceHeader, str | None]:
+        """Parse and check what the node keeps of an instance; raise ``_Refused`` or any
+        parsing error for input that cannot be accepted."""
+        ds = dcmread(BytesIO(data))
+        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        study_uid = str(ds.get("StudyInstanceUID", "")).strip()
+        if not study_uid or not str(ds.get("SOPInstanceUID", "")).strip():
+            raise _Refused(MISSING_UIDS, "Study or SOP Instance UID missing")
+        if str(ds.SOPInstanceUID) != sop_uid:
+            raise _Refused(UID_MISMATCH, "dataset SOP Instance UID differs from the request")
+        if len(study_uid) > 64:
+            raise _Refused(CANNOT_PARSE, "Study Instance UID longer than 64 characters")
+        verdict = classify(
+            ds, assume_chest_without_body_part=self.settings.assume_chest_without_body_part
+        )
+        header = InstanceHeader(
+            sop_uid=sop_uid,
+            sop_class_uid=str(event.request.AffectedSOPClassUID),
+            study_uid=study_uid,
+            series_uid=_short(ds.get("SeriesInstanceUID")),
+            modality=_short(ds.get("Modality"), 16),
+            patient_id=_short(ds.get("PatientID")),
+            accession=_short(ds.get("AccessionNumber")),
+            transfer_syntax=str(event.context.transfer_syntax),
+            view=verdict.view,
+            processable=verdict.processable,
+            skip_reason=None if verdict.processable else verdict.reason,
+        )
+        return header, verdict.reason if verdict.processable else None
 
     def _store(
         self, header: InstanceHeader, data: bytes, note: str | None, actor: dict, ids: dict
@@ -227,7 +234,7 @@ class StorageSCP:
                 calling_ae=actor["actor_ae"],
             )
             detail = {"size": stored.size, "transfer_syntax": header.transfer_syntax}
-            if header.processable and note:
+            if note:
                 detail["note"] = note
             audit.record(
                 session, "instance.received", Outcome.SUCCESS, **actor, **ids, detail=detail
@@ -257,3 +264,17 @@ class StorageSCP:
         except Exception:  # the status must reach the peer even when the database is down
             log.exception("could not audit a refused instance")
         return status
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _short(value: object, limit: int = 64) -> str | None:
+    """A header value as text for a database column, or None; malformed over-long values are
+    cut rather than refused (the spooled file keeps them whole)."""
+    text = str(value).strip() if value is not None else ""
+    return text[:limit] or None
