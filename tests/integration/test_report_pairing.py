@@ -167,3 +167,19 @@ def test_report_acknowledged_before_a_crash_is_paired_after_restart(
     make_node(hl7_port=hl7_port, pairing_window_s=120)
     (sr,) = srs_in_orthanc(orthanc, send_study(orthanc, case), 1)
     assert "radiology report text" in text_used(sr)
+
+
+def test_report_from_the_csv_drop_folder_is_paired(make_node, orthanc, shared_data, tmp_path):
+    inbox = tmp_path / "csv-inbox"
+    inbox.mkdir()
+    node = make_node(csv_folder=inbox, csv_poll_interval_s=0.5, pairing_window_s=120)
+    case = Case(shared_data)
+    text = f"{case.report['findings']} {case.report['impression']}".replace('"', "'")
+    (inbox / "reports.csv").write_text(
+        "accession,patient_id,report,status\n"
+        f'{case.dataset.AccessionNumber},{case.dataset.PatientID},"{text}",F\n'
+    )
+    wait_for(lambda: (inbox / "done" / "reports.csv").exists(), 30, "the CSV file to be done")
+    (sr,) = srs_in_orthanc(orthanc, send_study(orthanc, case), 1)
+    assert "radiology report text" in text_used(sr)
+    assert node.audit("--action", "csv.received")
