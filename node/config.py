@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, fields, replace
@@ -17,6 +18,9 @@ from typing import Any
 from node.errors import ConfigError
 
 ENV_PREFIX = "CXRNODE_"
+ROLES = ("all", "receiver", "worker")
+# Never printed or logged: shown as "***".
+SECRET_SETTINGS = ("admin_token",)
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: printable, no backslash
 _DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
@@ -92,6 +96,21 @@ class Settings:
     sr_series_number: int = 9901
     sc_series_number: int = 9902
     log_level: str = "INFO"
+    # Admin HTTP API and page (read-only): admin_port 0 turns it off; it refuses to start
+    # without an admin_token (16 characters or more), which every request but the health
+    # check must present.
+    admin_host: str = "127.0.0.1"
+    admin_port: int = 0
+    admin_token: str = ""
+    # Several node processes may share one PostgreSQL database: "receiver" (SCP, feeds,
+    # assembly, delivery, retention, no worker), "worker" (claims and runs jobs only) or "all".
+    # Each needs its own node_name (default: the host name); jobs record who claimed them.
+    role: str = "all"
+    node_name: str = ""
+
+    @property
+    def effective_node_name(self) -> str:
+        return self.node_name or socket.gethostname()
 
     @property
     def database_url(self) -> str:
@@ -125,6 +144,10 @@ class Settings:
             raise ConfigError(f"hl7_port {self.hl7_port} out of range (0 turns HL7 off)")
         if self.stable_age_s < 0 or self.pairing_window_s < 0:
             raise ConfigError("stable_age_s and pairing_window_s must be >= 0")
+        if not 0 <= self.admin_port < 65536:
+            raise ConfigError(f"admin_port {self.admin_port} out of range (0 turns it off)")
+        if self.role not in ROLES:
+            raise ConfigError(f"role {self.role!r} is not one of {', '.join(ROLES)}")
         return self
 
 
@@ -213,6 +236,14 @@ def describe(settings: Settings) -> dict[str, Any]:
             value = [str(v) for v in value]
         elif isinstance(value, Path):
             value = str(value)
+        if f.name in SECRET_SETTINGS and value:
+            value = "***"
         out[f.name] = value
-    out["database_url"] = settings.database_url
+    out["db_url"] = _hide_password(settings.db_url)
+    out["database_url"] = _hide_password(settings.database_url)
     return out
+
+
+def _hide_password(url: str) -> str:
+    """``scheme://user:***@host/db``: a database password never reaches a log."""
+    return re.sub(r"^([a-z0-9+]+://[^:/@]*):[^@]*@", r"\1:***@", url)

@@ -37,7 +37,7 @@ class Node:
         self.settings = settings
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        self.db = Database(settings.database_url)
+        self.db = Database(settings.database_url, node_name=settings.effective_node_name)
         self.spool = FileStore(data_dir / "spool")
         self.results = FileStore(data_dir / "results")
         self.retention = Retention(settings, self.db, self.spool)
@@ -48,8 +48,21 @@ class Node:
         self.scp: StorageSCP | None = None
         self.mllp: MllpServer | None = None
         self.pipeline: Pipeline | None = None
+        self.admin = None  # node.admin.server.AdminServer when admin_port is set
+
+    @property
+    def receives(self) -> bool:
+        """Runs the SCP, feeds, assembly, delivery and retention (roles "all", "receiver")."""
+        return self.settings.role != "worker"
+
+    @property
+    def works(self) -> bool:
+        """Runs the inference worker (roles "all", "worker")."""
+        return self.settings.role != "receiver"
 
     def start(self) -> None:
+        # Built first: a bad admin setting must stop the node before it accepts anything.
+        admin = self._admin_server()
         self.db.create_schema()
         with self.db.transaction() as session:
             resumed = jobs.requeue_interrupted(session)
@@ -60,6 +73,8 @@ class Node:
                     "ae_title": self.settings.ae_title,
                     "port": self.settings.dicom_port,
                     "resumed_jobs": len(resumed),
+                    "role": self.settings.role,
+                    "node_name": self.settings.effective_node_name,
                 },
             )
         package = load_package(self._model_path())
@@ -75,9 +90,20 @@ class Node:
             predictor,
             DicomSender(self.settings.ae_title, ssl_context=self._destination_tls()),
         )
-        self.scp = StorageSCP(self.settings, self.db, self.spool)
-        self.scp.start()
-        self._start_feeds()
+        if self.receives:
+            self.scp = StorageSCP(self.settings, self.db, self.spool)
+            self.scp.start()
+            self._start_feeds()
+            self._schedule_receiving()
+        self.scheduler.start()
+        if self.works:
+            self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
+            self._worker.start()
+            self._work_available.set()  # resumed jobs, if any
+        if admin is not None:
+            self.admin = admin.start()
+
+    def _schedule_receiving(self) -> None:
         # Assembly polls: a study becomes stable through the passage of time, not an event.
         self.scheduler.add_job(
             self._assemble,
@@ -104,16 +130,26 @@ class Node:
             coalesce=True,
             next_run_time=datetime.now(UTC),
         )
-        self.scheduler.start()
-        self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
-        self._worker.start()
-        self._work_available.set()  # resumed jobs, if any
+
+    def _admin_server(self):
+        """The admin HTTP server (not started), or None when ``admin_port`` is 0."""
+        if not self.settings.admin_port:
+            return None
+        from node.admin.probe import DestinationProbe
+        from node.admin.server import AdminServer
+
+        probe = DestinationProbe(
+            self.settings.ae_title, self.settings.destinations, self._destination_tls()
+        )
+        return AdminServer(self.settings, self.db, probe)
 
     def stop(self) -> None:
         """Stop accepting, let the worker finish its current job, and exit cleanly."""
         if self._stopping.is_set():
             return
         self._stopping.set()
+        if self.admin:
+            self.admin.stop()
         if self.scp:
             self.scp.stop()
         if self.mllp:

@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, event
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
-from storage.schema import Base
+from storage import migrations
 
 
 def sqlite_url(path: Path) -> str:
@@ -26,11 +26,17 @@ class Database:
     ----------
     url:
         SQLAlchemy database URL. A SQLite file is created with mode 0600 and put in WAL mode,
-        so the SCP, scheduler and worker threads read while one of them writes.
+        so the SCP, scheduler and worker threads read while one of them writes. PostgreSQL
+        (``postgresql+psycopg://user:password@host/db``) lets several node processes share
+        the queue and the audit log.
+    node_name:
+        Which node process this is, when several share the database: the jobs its worker
+        claims carry the name (``session.info["node_name"]``).
     """
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, node_name: str | None = None) -> None:
         self.url = url
+        self.node_name = node_name
         self.is_sqlite = url.startswith("sqlite")
         if self.is_sqlite:
             self._create_private_sqlite_file(url)
@@ -40,19 +46,35 @@ class Database:
             event.listen(self.engine, "connect", _sqlite_pragmas)
             # pysqlite opens transactions lazily; emit BEGIN ourselves so a read-then-write
             # transaction takes the write lock up front instead of failing to upgrade later.
-            event.listen(self.engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
+            event.listen(self.engine, "begin", _sqlite_begin)
         else:
             self.engine = create_engine(url, pool_pre_ping=True)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        info = {"node_name": node_name}
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
+        self._readers = sessionmaker(
+            self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False, info=info
+        )
 
     def create_schema(self) -> None:
-        """Create missing tables (idempotent)."""
-        Base.metadata.create_all(self.engine)
+        """Bring the schema to the current revision with the Alembic migrations (idempotent;
+        one query when it is already there). Several nodes may call it at once."""
+        migrations.upgrade(self.engine)
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """Yield a session whose work commits on exit, or rolls back on an exception."""
         with self._sessions.begin() as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """Yield a session for reads only (admin queries, the chain check).
+
+        On SQLite its transaction is a plain deferred ``BEGIN``: in WAL mode it reads a snapshot
+        without the write lock, so a long query never stalls the receivers and the worker.
+        Writing in it may fail to upgrade the lock; use :meth:`transaction` for writes.
+        """
+        with self._readers.begin() as session:
             yield session
 
     def dispose(self) -> None:
@@ -66,6 +88,15 @@ class Database:
         Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
         os.close(fd)
+
+
+_READ_ONLY = "cxrnode_read_only"
+
+
+def _sqlite_begin(conn) -> None:
+    conn.exec_driver_sql(
+        "BEGIN" if conn.get_execution_options().get(_READ_ONLY) else "BEGIN IMMEDIATE"
+    )
 
 
 def _sqlite_pragmas(dbapi_conn, _record) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from storage.schema import (
@@ -44,7 +44,11 @@ def queue_run(
 def claim_next(session: Session) -> Job | None:
     """Take the oldest queued job for this worker, or return None.
 
-    The conditional UPDATE makes the claim safe when several workers race for one row.
+    Safe with several workers, in threads or in processes sharing a PostgreSQL database: the
+    candidates are row-locked with ``FOR UPDATE SKIP LOCKED`` (a row another worker is claiming
+    is skipped, not waited for), and the conditional UPDATE takes a row only while it is still
+    queued (SQLite, which ignores the lock clause, serialises writers instead). The job records
+    the claiming node (``session.info["node_name"]``).
     """
     candidates = session.scalars(
         select(Job.id)
@@ -57,7 +61,12 @@ def claim_next(session: Session) -> Job | None:
         claimed = session.execute(
             update(Job)
             .where(Job.id == job_id, Job.state == JobState.QUEUED)
-            .values(state=JobState.RUNNING, attempts=Job.attempts + 1, updated_at=utcnow())
+            .values(
+                state=JobState.RUNNING,
+                attempts=Job.attempts + 1,
+                updated_at=utcnow(),
+                claimed_by=session.info.get("node_name"),
+            )
         )
         if claimed.rowcount == 1:
             return session.get(Job, job_id)
@@ -65,8 +74,17 @@ def claim_next(session: Session) -> Job | None:
 
 
 def requeue_interrupted(session: Session) -> list[Job]:
-    """Put jobs that were running when the node stopped back in the queue."""
-    jobs = list(session.scalars(select(Job).where(Job.state == JobState.RUNNING)))
+    """Put jobs that were running when the node stopped back in the queue.
+
+    With a ``node_name`` (several nodes share the queue), only the jobs this node claimed and
+    those claimed before names were recorded: a job another node is running was not
+    interrupted.
+    """
+    stmt = select(Job).where(Job.state == JobState.RUNNING)
+    node_name = session.info.get("node_name")
+    if node_name:
+        stmt = stmt.where(or_(Job.claimed_by == node_name, Job.claimed_by.is_(None)))
+    jobs = list(session.scalars(stmt))
     for job in jobs:
         job.state = JobState.QUEUED
         job.updated_at = utcnow()

@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
     Boolean,
     DateTime,
     ForeignKey,
@@ -127,6 +128,9 @@ class Job(Base):
     # Per-label probabilities of every processed image, as the model produced them.
     result: Mapped[dict | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
+    # The node (``node_name``) whose worker claimed the run: a restarting node re-queues only
+    # its own interrupted runs, never those other workers sharing the queue are running.
+    claimed_by: Mapped[str | None] = mapped_column(String(64))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     outbox: Mapped[list[OutboxItem]] = relationship(back_populates="job")
@@ -188,18 +192,47 @@ class Report(Base):
 
 
 class AuditEvent(Base):
+    """One step in the life of a study, a report or the node, or an admin action.
+
+    Sealed rows form a hash chain (``storage.audit_chain``): ``chain_seq`` numbers them without
+    gaps, ``prev_hash`` is the ``row_hash`` of the row before, and ``row_hash`` covers every
+    other field, so an edited, deleted or inserted row is detectable.
+    """
+
     __tablename__ = "audit_events"
-    __table_args__ = (Index("ix_audit_time", "time"),)
+    __table_args__ = (
+        Index("ix_audit_time", "time"),
+        Index("ux_audit_chain_seq", "chain_seq", unique=True),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     time: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     actor_ae: Mapped[str | None] = mapped_column(String(16))
     actor_ip: Mapped[str | None] = mapped_column(String(64))
+    actor_user: Mapped[str | None] = mapped_column(String(64))  # an admin's OS or API user
     action: Mapped[str] = mapped_column(String(64), index=True)
     outcome: Mapped[str] = mapped_column(String(16), index=True)
     study_uid: Mapped[str | None] = mapped_column(UID, index=True)
     series_uid: Mapped[str | None] = mapped_column(UID)
     sop_uid: Mapped[str | None] = mapped_column(UID)
     accession: Mapped[str | None] = mapped_column(String(64), index=True)
-    patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64), index=True)
     detail: Mapped[dict | None] = mapped_column(JSON)
+    chain_seq: Mapped[int | None] = mapped_column(BigInteger)
+    prev_hash: Mapped[str | None] = mapped_column(String(64))
+    row_hash: Mapped[str | None] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The one row saying where the audit hash chain ends.
+
+    Sealing locks it, so writers append to the chain one at a time; it also lets ``verify``
+    notice rows deleted from the end of the chain.
+    """
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_hash: Mapped[str] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

@@ -1,0 +1,181 @@
+"""The admin HTTP API and pages on a real uvicorn server over loopback, on SQLite and
+PostgreSQL: token refusals, every query, health without identifiers, the browser's cookie."""
+
+from __future__ import annotations
+
+import csv
+import http.client
+import io
+import json
+from dataclasses import replace
+
+import pytest
+from unit.admin.history import DAY1, DAY2, REFERENCE, STUDY_A, STUDY_C, StudyIds
+
+from node.admin.auth import COOKIE
+from node.admin.probe import DestinationProbe
+from node.admin.server import AdminServer
+from node.config import Destination, Settings
+from node.errors import ConfigError
+from node.orthanc import free_port
+from storage import audit
+
+TOKEN = "test-token-0123456789abcdef"
+
+
+class Client:
+    def __init__(self, port: int) -> None:
+        self.port = port
+
+    def get(self, path: str, token: str | None = None, cookie: str | None = None):
+        headers = {}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        if cookie:
+            headers["Cookie"] = f"{COOKIE}={cookie}"
+        return self.request("GET", path, headers=headers)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers=None):
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        data = response.read()
+        conn.close()
+        return response.status, dict(response.getheaders()), data.decode("utf-8")
+
+
+@pytest.fixture
+def admin(db, history):
+    nobody = Destination("NOBODY", "127.0.0.1", free_port())  # nothing listens there
+    settings = Settings(admin_token=TOKEN, destinations=(nobody,), node_name="test-node")
+    probe = DestinationProbe("CXRNODE", settings.destinations, timeout_s=2)
+    server = AdminServer(settings, db, probe, port=0).start()
+    yield Client(server.port)
+    server.stop()
+
+
+PROTECTED = [
+    "/api/audit",
+    "/api/audit?patient_id=P1",
+    "/api/audit/verify",
+    "/api/studies",
+    f"/api/studies/{STUDY_A.study_uid}/timeline",
+    "/api/stats",
+]
+
+
+@pytest.mark.parametrize("path", PROTECTED)
+def test_api_refuses_requests_without_the_token(admin, path):
+    status, headers, body = admin.get(path)
+    assert status == 401 and headers.get("www-authenticate") == "Bearer"
+    assert "P1" not in body and "ACC1" not in body
+    assert admin.get(path, token="wrong-token-0123456789abcdef")[0] == 401
+    assert admin.get(path, cookie="forged")[0] == 401
+
+
+def test_refused_requests_are_audited(admin, db):
+    admin.get("/api/audit")
+    with db.transaction() as session:
+        (event,) = audit.query(session, audit.AuditFilter(action="admin.auth_failed"))
+    assert event.outcome == "failure" and event.actor_ip == "127.0.0.1"
+    assert event.detail["path"] == "/api/audit"
+
+
+def test_health_is_open_and_shows_no_identifiers(admin):
+    status, headers, body = admin.get("/api/health")
+    assert status == 200
+    health = json.loads(body)
+    assert health["status"] == "degraded"  # the destination does not answer
+    (destination,) = health["destinations"]
+    assert destination["reachable"] is False and destination["destination"].startswith("NOBODY@")
+    assert health["queue"]["jobs"] == {"queued": 0, "running": 0, "sending": 0}
+    assert health["queue"]["last_study_state"] == "skipped"
+    assert health["node"]["node_name"] == "test-node"
+    for identifier in ("ACC", "1.2.826", "P1", "P2"):
+        assert identifier not in body
+    assert headers["cache-control"] == "no-store"
+
+
+def test_audit_query_with_filters(admin, db):
+    status, _, body = admin.get("/api/audit?patient_id=P1&action=inference.completed", TOKEN)
+    assert status == 200
+    events = json.loads(body)
+    assert [e["study_uid"] for e in events] == [STUDY_A.study_uid, STUDY_C.study_uid]
+    assert events[0]["detail"]["model"] == REFERENCE
+    since, until = DAY1.isoformat().replace("+00:00", "Z"), DAY2.isoformat().replace("+00:00", "Z")
+    _, _, body = admin.get(f"/api/audit?outcome=failure&since={since}&until={until}", TOKEN)
+    assert [e["action"] for e in json.loads(body)] == ["job.failed", "association.rejected"]
+    _, _, body = admin.get("/api/audit?model=chest-densenet@2.0.0", TOKEN)
+    assert [e["study_uid"] for e in json.loads(body)] == [STUDY_C.study_uid]
+    assert admin.get("/api/audit?since=last-tuesday", TOKEN)[0] == 400
+    with db.transaction() as session:
+        access = audit.query(session, audit.AuditFilter(action="admin.query"))
+    assert access[0].actor_ip == "127.0.0.1"
+    assert access[0].detail["filters"] == {"patient_id": "P1", "action": "inference.completed"}
+
+
+def test_audit_csv_export(admin):
+    status, headers, body = admin.get(f"/api/audit?accession={STUDY_A.accession}&format=csv", TOKEN)
+    assert status == 200 and headers["content-type"].startswith("text/csv")
+    rows = list(csv.DictReader(io.StringIO(body)))
+    assert rows[0]["action"] == "hl7.received" and rows[-1]["action"] == "study.done"
+
+
+def test_timeline_stats_studies_and_verify(admin):
+    status, _, body = admin.get(f"/api/studies/{STUDY_A.accession}/timeline", TOKEN)
+    timeline = json.loads(body)
+    assert status == 200 and timeline["study"]["study_uid"] == STUDY_A.study_uid
+    assert timeline["study"]["runs"][0]["present"][0] == {
+        "name": "Effusion",
+        "probability": 0.81,
+        "present": True,
+    }
+    assert admin.get("/api/studies/9.9.9/timeline", TOKEN)[0] == 404
+    stats = json.loads(admin.get("/api/stats?since=2026-03-01", TOKEN)[2])
+    assert [d["day"] for d in stats["days"]][:2] == ["2026-03-02", "2026-03-03"]
+    assert stats["turnaround_s"]["count"] == 2
+    studies = json.loads(admin.get("/api/studies?q=P1", TOKEN)[2])
+    assert [s["accession"] for s in studies] == ["ACC3", "ACC1"]
+    assert json.loads(admin.get("/api/audit/verify", TOKEN)[2])["ok"] is True
+
+
+def test_page_needs_the_token_then_a_cookie(admin):
+    status, _, body = admin.get("/")
+    assert status == 401 and 'name="token"' in body and "ACC1" not in body
+    status, headers, _ = admin.get(f"/?token={TOKEN}&q=P1")
+    assert status == 303 and headers["location"] == "/?q=P1"  # the token leaves the address
+    cookie = headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and TOKEN not in cookie
+    value = cookie.split(";")[0].split("=", 1)[1]
+    status, headers, body = admin.get("/", cookie=value)
+    assert status == 200 and "ACC1" in body and "Effusion 0.81" in body
+    assert "default-src 'none'" in headers["content-security-policy"]
+    assert admin.get(f"/?token=wrong-{TOKEN}")[0] == 401
+
+
+def test_login_form_sets_the_cookie(admin):
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    bad = admin.request("POST", "/login", b"token=nope&next=/", form)
+    assert bad[0] == 401 and "not valid" in bad[2]
+    status, headers, _ = admin.request(
+        "POST", "/login", f"token={TOKEN}&next=//evil.example/".encode(), form
+    )
+    assert status == 303 and headers["location"] == "/"
+    value = headers["set-cookie"].split(";")[0].split("=", 1)[1]
+    status, _, body = admin.get(f"/studies/{STUDY_A.study_uid}", cookie=value)
+    assert status == 200 and "Effusion" in body and "hl7.received" in body
+
+
+def test_page_escapes_what_peers_sent(admin, history):
+    hostile = StudyIds("1.2.826.9.9", "<script>x()</script>", "<b>P</b>")
+    history.receive(hostile, DAY2)
+    _, _, body = admin.get("/", TOKEN)
+    assert "<script>x()" not in body and "&lt;script&gt;x()&lt;/script&gt;" in body
+    assert "&lt;b&gt;P&lt;/b&gt;" in body
+
+
+def test_admin_server_refuses_to_start_without_a_proper_token(db):
+    with pytest.raises(ConfigError, match="admin_token"):
+        AdminServer(Settings(admin_port=8080), db)
+    with pytest.raises(ConfigError, match="16 characters"):
+        AdminServer(replace(Settings(), admin_port=8080, admin_token="short"), db)
