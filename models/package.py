@@ -2,18 +2,26 @@
 
 Layout::
 
-    model.safetensors   the state dict
-    config.json         name, version, architecture, preprocessing, labels with codes and
-                        thresholds, trained flag, disclaimer, weights sha256, provenance
+    model.safetensors   the state dict (without a frozen external text encoder's weights)
+    config.json         name, version, architecture (text encoder included), preprocessing of
+                        images and of report text, labels with codes and thresholds, trained
+                        flag, disclaimer, weights sha256, provenance
     MODEL_CARD.md       what the model is, its data and measured metrics, its limits
+    vocabulary.json     only with a ``token_ffn`` text encoder: its word list
+    text_encoder/       only with a trainable ``hf`` text encoder: its config and tokenizer
+
+A frozen ``hf`` text encoder (``"trainable": false``) stays where it is installed: the config
+records its location (``"minilm"`` or a path) and the sha256 of its weights, and loading finds
+it there and checks that sha256. A trainable one is part of the model and travels inside.
 
 Loading verifies everything it can before the model serves a single image: all files present,
-config complete, weights hash as recorded, state dict matching the declared architecture.
+config complete, every recorded sha256 as recorded, state dict matching the declared
+architecture.
 """
 
 from __future__ import annotations
 
-import hashlib
+import copy
 import json
 import tarfile
 import tempfile
@@ -26,17 +34,46 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.encoders.text import (
+    HfTextEncoder,
+    TokenFfnTextEncoder,
+    WordVocabulary,
+    hf_weights_digest,
+    resolve_hf_source,
+    sha256_file,
+)
 from models.errors import ModelPackageError
-from models.labels import Label
-from models.network import ARCHITECTURE_DEFAULTS, CxrClassifier, build_model
+from models.labels import VOCABULARIES, Label
+from models.network import CxrClassifier, build_model, normalize_architecture
 from models.preprocess import PreprocessSpec
+from models.targets import UncertainPolicy
+from models.text import TextCleaning
+
+__all__ = [
+    "CARD_FILE",
+    "CONFIG_FILE",
+    "VOCABULARY_FILE",
+    "WEIGHTS_FILE",
+    "LabelConfig",
+    "LoadedPackage",
+    "ModelConfig",
+    "load_package",
+    "save_package",
+    "sha256_file",
+]
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 CARD_FILE = "MODEL_CARD.md"
+VOCABULARY_FILE = "vocabulary.json"
+TEXT_ENCODER_DIR = "text_encoder"
 PACKAGE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Format 1: image-only models, before text encoders ("text_dim": 0, backbone under "encoder.").
+READABLE_FORMATS = (1, 2)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# State-dict prefix of an hf text encoder's own weights.
+_HF_PREFIX = "text_encoder.model."
 
 
 @dataclass(frozen=True)
@@ -69,7 +106,10 @@ class ModelConfig:
     """Everything ``config.json`` says about a model.
 
     ``weights_sha256`` is filled in by :func:`save_package`; leave it empty when building a
-    config for a model that has not been saved yet.
+    config for a model that has not been saved yet. ``text_cleaning`` is how report text is
+    prepared for the model, in training and serving alike. ``label_vocabulary`` names the
+    :data:`models.labels.VOCABULARIES` entry the labels come from ("" for a custom set), and
+    ``uncertain_policy`` records how uncertain labels were trained (CheXpert/MIMIC-CXR).
     """
 
     name: str
@@ -82,6 +122,9 @@ class ModelConfig:
     training_data: str
     weights_sha256: str = ""
     created: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    text_cleaning: TextCleaning = field(default_factory=TextCleaning)
+    label_vocabulary: str = ""
+    uncertain_policy: str | None = None
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
@@ -93,11 +136,28 @@ class ModelConfig:
             raise ValueError(f"label names must be unique: {names}")
         if not self.disclaimer.strip():
             raise ValueError("model config needs a disclaimer, shown in every output")
+        if self.label_vocabulary:
+            vocabulary = VOCABULARIES.get(self.label_vocabulary)
+            if vocabulary is None:
+                raise ValueError(
+                    f"unknown label vocabulary {self.label_vocabulary!r}; "
+                    f"known: {sorted(VOCABULARIES)}"
+                )
+            if [label.name for label in vocabulary] != names:
+                raise ValueError(f"labels are not those of vocabulary {self.label_vocabulary!r}")
+        if self.uncertain_policy is not None:
+            UncertainPolicy(self.uncertain_policy)  # raises ValueError naming the bad value
 
     @property
     def package_id(self) -> str:
         """Identity of the exact weights: ``name@version+sha256[:12]``."""
         return f"{self.name}@{self.version}+{self.weights_sha256[:12]}"
+
+    @property
+    def uses_text(self) -> bool:
+        """Whether the model reads report text besides the images."""
+        entry = self.architecture.get("text_encoder") or {"kind": "none"}
+        return entry.get("kind", "none") != "none"
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -127,6 +187,9 @@ class ModelConfig:
             "training_data": self.training_data,
             "weights_sha256": self.weights_sha256,
             "created": self.created,
+            "text_cleaning": self.text_cleaning.to_dict(),
+            "label_vocabulary": self.label_vocabulary,
+            "uncertain_policy": self.uncertain_policy,
         }
 
     @classmethod
@@ -153,10 +216,10 @@ class ModelConfig:
         missing = [key for key in required if key not in data]
         if missing:
             raise ModelPackageError(f"{CONFIG_FILE} lacks required keys: {missing}")
-        if data.get("format_version", FORMAT_VERSION) != FORMAT_VERSION:
+        if data.get("format_version", FORMAT_VERSION) not in READABLE_FORMATS:
             raise ModelPackageError(
                 f"{CONFIG_FILE} has format_version {data['format_version']!r}; "
-                f"this version of cxrnode reads {FORMAT_VERSION}"
+                f"this version of cxrnode reads {' and '.join(map(str, READABLE_FORMATS))}"
             )
         try:
             return cls(
@@ -170,6 +233,9 @@ class ModelConfig:
                 training_data=str(data["training_data"]),
                 weights_sha256=str(data["weights_sha256"]),
                 created=str(data["created"]),
+                text_cleaning=TextCleaning.from_dict(data.get("text_cleaning") or {}),
+                label_vocabulary=str(data.get("label_vocabulary") or ""),
+                uncertain_policy=data.get("uncertain_policy"),
             )
         except (TypeError, ValueError) as exc:
             raise ModelPackageError(f"{CONFIG_FILE} is invalid: {exc}") from exc
@@ -191,15 +257,6 @@ class LoadedPackage:
     source: Path
 
 
-def sha256_file(path: Path) -> str:
-    """Return the hex sha256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def save_package(
     model: CxrClassifier, config: ModelConfig, path: str | Path, card_markdown: str
 ) -> ModelConfig:
@@ -208,9 +265,11 @@ def save_package(
     Parameters
     ----------
     model : CxrClassifier
-        The model whose state dict is saved.
+        The model whose state dict is saved (a frozen external text encoder's weights are
+        left out: the config records where they are and their sha256).
     config : ModelConfig
-        Its description; ``weights_sha256`` is computed here and need not be set.
+        Its description; ``weights_sha256`` is computed here and need not be set, and the
+        architecture may be partial (defaults and recorded values are filled in).
     path : str or pathlib.Path
         Directory to create; it must not exist yet or be empty.
     card_markdown : str
@@ -219,7 +278,7 @@ def save_package(
     Returns
     -------
     ModelConfig
-        The config as written: ``weights_sha256`` filled in, architecture with its defaults.
+        The config as written: ``weights_sha256`` filled in, the full architecture.
 
     Raises
     ------
@@ -228,10 +287,11 @@ def save_package(
     FileExistsError
         If ``path`` exists and is not an empty directory.
     """
-    if {**ARCHITECTURE_DEFAULTS, **config.architecture} != model.architecture:
+    mismatch = _architecture_mismatch(config.architecture, model.architecture)
+    if mismatch:
         raise ValueError(
             f"config architecture {config.architecture} does not describe the model "
-            f"({model.architecture})"
+            f"({model.architecture}): {mismatch}"
         )
     if len(config.labels) != model.n_labels:
         raise ValueError(f"config has {len(config.labels)} labels, model {model.n_labels} outputs")
@@ -242,16 +302,52 @@ def save_package(
         raise FileExistsError(f"{target} exists and is not an empty directory")
     target.mkdir(parents=True, exist_ok=True)
 
-    state = {key: value.detach().cpu().contiguous() for key, value in model.state_dict().items()}
+    architecture = copy.deepcopy(model.architecture)
+    text_entry = architecture["text_encoder"]
+    encoder = model.text_encoder
+    if isinstance(encoder, TokenFfnTextEncoder):
+        (target / VOCABULARY_FILE).write_text(encoder.vocabulary.to_json())
+        text_entry["vocabulary_sha256"] = sha256_file(target / VOCABULARY_FILE)
+    elif isinstance(encoder, HfTextEncoder) and encoder.trainable:
+        text_entry["files"] = encoder.save_structure(target / TEXT_ENCODER_DIR)
+
+    state = {
+        key: value.detach().cpu().contiguous().clone()
+        for key, value in model.state_dict().items()
+        if not _is_external(model, key)
+    }
     save_file(state, str(target / WEIGHTS_FILE))
     written = replace(
         config,
-        architecture=dict(model.architecture),
+        architecture=architecture,
         weights_sha256=sha256_file(target / WEIGHTS_FILE),
     )
     (target / CONFIG_FILE).write_text(json.dumps(written.to_dict(), indent=2) + "\n")
     (target / CARD_FILE).write_text(card_markdown)
     return written
+
+
+def _architecture_mismatch(given: dict[str, Any], actual: dict[str, Any]) -> str:
+    """Return what of ``given`` (partial, as a user writes it) ``actual`` contradicts, or ""."""
+    try:
+        expected = normalize_architecture(given)
+    except ValueError as exc:
+        return str(exc)
+    for key, value in expected.items():
+        if key == "text_encoder":
+            for text_key, text_value in value.items():
+                if actual["text_encoder"].get(text_key) != text_value:
+                    return f"text_encoder.{text_key}"
+        elif actual.get(key) != value:
+            return key
+    return ""
+
+
+def _is_external(model: CxrClassifier, key: str) -> bool:
+    encoder = model.text_encoder
+    return (
+        isinstance(encoder, HfTextEncoder) and not encoder.trainable and key.startswith(_HF_PREFIX)
+    )
 
 
 def load_package(path: str | Path) -> LoadedPackage:
@@ -270,8 +366,11 @@ def load_package(path: str | Path) -> LoadedPackage:
     Raises
     ------
     ModelPackageError
-        If the path does not exist, a file is missing, the config is invalid, the weights do
-        not match the recorded sha256, or the state dict does not match the architecture.
+        If the path does not exist, a file is missing, the config is invalid, the weights (or
+        the vocabulary, or a packaged text encoder's files) do not match their recorded
+        sha256, a frozen text encoder the package names is not installed here or has other
+        weights than the package was built with, or the state dict does not match the
+        architecture.
     """
     source = Path(path)
     if not source.exists():
@@ -327,20 +426,94 @@ def _load_directory(directory: Path) -> tuple[ModelConfig, CxrClassifier]:
             "or belong to another package"
         )
     try:
-        model = build_model(config.architecture, len(config.labels))
+        architecture = normalize_architecture(config.architecture)
     except ValueError as exc:
         raise ModelPackageError(f"{CONFIG_FILE} architecture is invalid: {exc}") from exc
+    text_entry = architecture["text_encoder"]
+    vocabulary = _read_vocabulary(directory, text_entry)
+    structure = _check_text_encoder(directory, text_entry)
+    try:
+        model = build_model(
+            architecture,
+            len(config.labels),
+            in_channels=config.preprocessing.channels,
+            vocabulary=vocabulary,
+            text_structure_from=structure,
+        )
+    except ValueError as exc:
+        raise ModelPackageError(f"{CONFIG_FILE} architecture is invalid: {exc}") from exc
+    except OSError as exc:
+        raise ModelPackageError(f"cannot load the text encoder of {directory}: {exc}") from exc
     try:
         state = load_file(str(directory / WEIGHTS_FILE))
     except (SafetensorError, OSError) as exc:
         raise ModelPackageError(f"cannot read {directory / WEIGHTS_FILE}: {exc}") from exc
+    if raw.get("format_version", FORMAT_VERSION) == 1:
+        state = {_format1_key(key): value for key, value in state.items()}
     _check_state_dict(model, state)
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(state, strict=False)
     return config, model.eval()
 
 
+def _format1_key(key: str) -> str:
+    return "image_encoder.body." + key[len("encoder.") :] if key.startswith("encoder.") else key
+
+
+def _read_vocabulary(directory: Path, entry: dict[str, Any]) -> WordVocabulary | None:
+    if entry["kind"] != "token_ffn":
+        return None
+    path = directory / VOCABULARY_FILE
+    if not path.is_file():
+        raise ModelPackageError(f"model package {directory} is missing {VOCABULARY_FILE}")
+    recorded = entry.get("vocabulary_sha256", "")
+    if sha256_file(path) != recorded:
+        raise ModelPackageError(
+            f"{path} does not match its recorded sha256 ({recorded or 'none recorded'})"
+        )
+    try:
+        return WordVocabulary.from_json(path.read_text())
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ModelPackageError(f"{path} is not a word vocabulary: {exc}") from exc
+
+
+def _check_text_encoder(directory: Path, entry: dict[str, Any]) -> Path | None:
+    """Verify an hf text encoder's files; return the package's copy of its structure, if any."""
+    if entry["kind"] != "hf":
+        return None
+    if entry["trainable"]:
+        files = entry.get("files") or {}
+        folder = directory / TEXT_ENCODER_DIR
+        if not files:
+            raise ModelPackageError(f"{CONFIG_FILE} lists no files of its trainable text encoder")
+        for name, recorded in sorted(files.items()):
+            path = folder / name
+            if not path.is_file():
+                raise ModelPackageError(
+                    f"model package {directory} is missing {TEXT_ENCODER_DIR}/{name}"
+                )
+            if sha256_file(path) != recorded:
+                raise ModelPackageError(f"{path} does not match its recorded sha256")
+        return folder
+    source = entry["path"]
+    try:
+        location = resolve_hf_source(source)
+        actual = hf_weights_digest(location)
+    except (FileNotFoundError, KeyError, ValueError, OSError) as exc:
+        raise ModelPackageError(
+            f"the package's frozen text encoder {source!r} is not available here: {exc}"
+        ) from exc
+    recorded = entry.get("weights_sha256", "")
+    if actual != recorded:
+        raise ModelPackageError(
+            f"text encoder {source!r} at {location} does not match the package: its weights' "
+            f"sha256 is {actual}, the package was built with {recorded or '(none recorded)'}; "
+            "install the encoder the package names"
+        )
+    return None
+
+
 def _check_state_dict(model: CxrClassifier, state: dict[str, torch.Tensor]) -> None:
-    expected = model.state_dict()
+    expected = {k: v for k, v in model.state_dict().items() if not _is_external(model, k)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = [

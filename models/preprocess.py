@@ -1,7 +1,8 @@
 """The one preprocessing truth: DICOM pixels to a display image, display image to model input.
 
 Serving and training both call these functions. Any other route from pixels to tensors is a
-training/serving skew waiting to happen, which in this field is a silent clinical bug.
+training/serving skew waiting to happen, which in this field is a silent clinical bug. Report
+text has its one route too, :func:`models.text.clean_report_text`, re-exported here.
 
 The pipeline follows the DICOM grayscale pipeline (PS3.3 C.11): modality LUT, then VOI LUT,
 then the presentation polarity, so that the display is what a radiologist would see: bright means
@@ -27,6 +28,18 @@ from pydicom.uid import (
 )
 
 from models.errors import PreprocessingError
+from models.text import clean_report_text
+
+__all__ = [
+    "GRAY_MEAN",
+    "GRAY_STD",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "PreprocessSpec",
+    "clean_report_text",
+    "dicom_to_display",
+    "to_model_input",
+]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -272,22 +285,3 @@ def to_model_input(display: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
     mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
     std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
     return ((resized - mean) / std).contiguous()
-
-
-def clean_report_text(text: str | None) -> str | None:
-    """Normalise report text for a text encoder: collapse whitespace, lowercase, strip.
-
-    Parameters
-    ----------
-    text : str or None
-        Free report text as received.
-
-    Returns
-    -------
-    str or None
-        The cleaned text, or ``None`` when there is no text left.
-    """
-    if text is None:
-        return None
-    cleaned = " ".join(text.split()).lower()
-    return cleaned or None

@@ -259,7 +259,8 @@ def test_preprocess_spec_round_trips_and_validates():
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
-        ("  FINDINGS:\n\tNo acute   disease. ", "findings: no acute disease."),
+        ("  FINDINGS:\n\tNo acute   disease. ", "no acute disease."),
+        ("No acute   disease.", "no acute disease."),
         ("", None),
         (" \n\t ", None),
         (None, None),

@@ -1,0 +1,1 @@
+"""Image and text encoders: the two branches a classifier fuses."""
