@@ -364,7 +364,19 @@ class Pipeline:
                     },
                 )
                 if retry_in is None:
+                    # The alert: an admin must resend by hand. The health endpoint counts these.
                     jobs.fail(session, job, f"delivery to {destination} abandoned")
+                    audit.record(
+                        session,
+                        "result.abandoned",
+                        Outcome.FAILURE,
+                        **ids,
+                        detail={
+                            "destination": destination,
+                            "attempts": row.attempts,
+                            "give_up_after_s": self.settings.delivery_give_up_after_s,
+                        },
+                    )
             for job in touched.values():
                 if jobs.finish_if_delivered(session, job):
                     audit.record(

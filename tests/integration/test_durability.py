@@ -176,3 +176,33 @@ def test_sigterm_stops_gracefully(make_node):
     assert node.stop() == 0
     events = node.audit("--action", "node.stopped")
     assert len(events) == 1
+
+
+def test_delivery_is_abandoned_and_alerted_after_the_give_up_time(make_node, orthanc, shared_data):
+    node = make_node(
+        delivery_retry_initial_s=0.5, delivery_retry_max_s=1, delivery_give_up_after_s=3
+    )
+    orthanc.stop()
+    ds = new_study(next((shared_data / "nih-chestxray14-dicom-gcp").glob("*.dcm")))
+    path = Path(node.workdir) / "study.dcm"
+    ds.save_as(path)
+    sent = subprocess.run(
+        [
+            need("storescu"),
+            "-aet",
+            "ORTHANC",
+            "-aec",
+            NODE_AE,
+            "127.0.0.1",
+            str(node.port),
+            str(path),
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert sent.returncode == 0, sent.stderr
+    abandoned = wait_for(
+        lambda: node.audit("--action", "result.abandoned"), 60, "the delivery to be abandoned"
+    )
+    assert abandoned[0]["outcome"] == "failure"
+    assert abandoned[0]["study_uid"] == ds.StudyInstanceUID
