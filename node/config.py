@@ -22,6 +22,10 @@ ROLES = ("all", "receiver", "worker")
 # Never printed or logged: shown as "***".
 SECRET_SETTINGS = ("admin_token",)
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: printable, no backslash
+# What can be sent to a destination: the SR, the captures (overview and one per finding), the
+# presentation states.
+OUTPUT_KINDS = ("SR", "SC", "GSPS")
+_LO_MAX = 64  # Series Description is LO
 _DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 
@@ -93,8 +97,23 @@ class Settings:
     delivery_retry_initial_s: float = 5.0
     delivery_retry_max_s: float = 300.0
     delivery_give_up_after_s: float = 86_400.0
+    # Result series: SR, overview captures, per-finding captures, presentation states. An
+    # empty description is generated (the AI's name and "not for diagnostic use without review").
     sr_series_number: int = 9901
     sc_series_number: int = 9902
+    finding_sc_series_number: int = 9903
+    gsps_series_number: int = 9904
+    sr_series_description: str = ""
+    sc_series_description: str = ""
+    finding_sc_series_description: str = ""
+    gsps_series_description: str = ""
+    # A finding's region (SR SCOORD, GSPS outline, capture outline) encloses the Grad-CAM heat
+    # at or above this fraction of its peak.
+    region_level: float = 0.5
+    # What each destination gets: `outputs` for every destination not named in
+    # `destination_outputs`, whose entries are "AE=SR+GSPS" or "AE@host:port=SC".
+    outputs: tuple[str, ...] = OUTPUT_KINDS
+    destination_outputs: tuple[str, ...] = ()
     log_level: str = "INFO"
     # Admin HTTP API and page (read-only): admin_port 0 turns it off; it refuses to start
     # without an admin_token (16 characters or more), which every request but the health
@@ -127,6 +146,20 @@ class Settings:
         """The allowlist: configured entries plus each destination's AE title."""
         return tuple(self.allowed_calling_aes) + tuple(d.ae_title for d in self.destinations)
 
+    def outputs_for(self, destination: Destination) -> tuple[str, ...]:
+        """The result kinds (`OUTPUT_KINDS`) sent to ``destination``."""
+        chosen = tuple(kind.strip().upper() for kind in self.outputs)
+        for key, kinds in _destination_outputs(self.destination_outputs):
+            if key in (destination.ae_title, str(destination)):
+                chosen = kinds
+        return tuple(kind for kind in OUTPUT_KINDS if kind in chosen)
+
+    @property
+    def wanted_outputs(self) -> tuple[str, ...]:
+        """The result kinds at least one destination gets: the ones worth building."""
+        wanted = {kind for d in self.destinations for kind in self.outputs_for(d)}
+        return tuple(kind for kind in OUTPUT_KINDS if kind in wanted)
+
     def validate(self) -> Settings:
         if not _AE_TITLE.match(self.ae_title):
             raise ConfigError(f"ae_title {self.ae_title!r} is not a valid AE title (1-16 chars)")
@@ -146,9 +179,56 @@ class Settings:
             raise ConfigError("stable_age_s and pairing_window_s must be >= 0")
         if not 0 <= self.admin_port < 65536:
             raise ConfigError(f"admin_port {self.admin_port} out of range (0 turns it off)")
+        self._validate_results()
         if self.role not in ROLES:
             raise ConfigError(f"role {self.role!r} is not one of {', '.join(ROLES)}")
         return self
+
+    def _validate_results(self) -> None:
+        _check_kinds("outputs", self.outputs)
+        names = {d.ae_title for d in self.destinations} | {str(d) for d in self.destinations}
+        for key, kinds in _destination_outputs(self.destination_outputs):
+            if key not in names:
+                raise ConfigError(
+                    f"destination_outputs names {key!r}, which is not one of the destinations "
+                    f"({', '.join(str(d) for d in self.destinations)})"
+                )
+            _check_kinds(f"destination_outputs {key!r}", kinds)
+        for destination in self.destinations:
+            if not self.outputs_for(destination):
+                raise ConfigError(f"destination {destination} would get no result at all")
+        if not 0.0 < self.region_level <= 1.0:
+            raise ConfigError(f"region_level {self.region_level} is not a fraction in (0, 1]")
+        for kind in ("sr", "sc", "finding_sc", "gsps"):
+            number = getattr(self, f"{kind}_series_number")
+            if not 0 <= number <= 2**31 - 1:
+                raise ConfigError(f"{kind}_series_number {number} is not a DICOM IS value")
+            text = getattr(self, f"{kind}_series_description")
+            if len(text) > _LO_MAX or "\\" in text:
+                raise ConfigError(
+                    f"{kind}_series_description is longer than {_LO_MAX} characters or holds "
+                    "a backslash (DICOM LO)"
+                )
+
+
+def _destination_outputs(entries: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
+    """("AE" or "AE@host:port", kinds) of each ``destination_outputs`` entry."""
+    parsed = []
+    for entry in entries:
+        key, sep, value = entry.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"destination_outputs entry {entry!r} is not of the form AE=SR+SC+GSPS"
+            )
+        kinds = tuple(k.strip().upper() for k in value.split("+") if k.strip())
+        parsed.append((key.strip(), kinds))
+    return parsed
+
+
+def _check_kinds(what: str, kinds: tuple[str, ...]) -> None:
+    unknown = [kind for kind in kinds if kind.strip().upper() not in OUTPUT_KINDS]
+    if unknown:
+        raise ConfigError(f"{what}: {unknown} not among {', '.join(OUTPUT_KINDS)}")
 
 
 def load_settings(

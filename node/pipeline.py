@@ -6,7 +6,8 @@ transaction:
 1. ``assemble``: a study no instance arrived for during the stable age gets a job (or is skipped
    when it holds no frontal chest radiograph).
 2. ``process_next``: a worker claims a job, decodes and preprocesses the images, runs the model
-   and Grad-CAM, writes the SR and overlays durably and puts them in the outbox.
+   and Grad-CAM, writes the SR, presentation states and captures durably and puts each in the
+   outbox of the destinations configured to get its kind.
 3. ``deliver``: the outbox is sent to each destination; a job is done only when every
    destination confirmed every object.
 """
@@ -30,7 +31,15 @@ from models.preprocess import dicom_to_display
 from node.config import Destination, Settings
 from node.dicom.sender import DicomSender
 from node.pairing import ReportPairing, study_ids
-from node.results import AlgorithmInfo, Finding, ImageResult, build_overlay, build_structured_report
+from node.results import (
+    AlgorithmInfo,
+    Finding,
+    ImageResult,
+    build_finding_capture,
+    build_overview,
+    build_presentation_state,
+    build_structured_report,
+)
 from storage import audit, jobs, outbox
 from storage.audit import Outcome
 from storage.database import Database
@@ -67,7 +76,7 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class BuiltResult:
-    kind: str  # "SR" | "SC"
+    kind: str  # "SR" | "SC" | "GSPS" (node.config.OUTPUT_KINDS)
     sop_uid: str
     relpath: str
 
@@ -170,7 +179,8 @@ class Pipeline:
             job.result = summary
             job.updated_at = utcnow()
             for destination in self.settings.destinations:
-                for result in built:
+                kinds = self.settings.outputs_for(destination)
+                for result in (r for r in built if r.kind in kinds):
                     outbox.add(
                         session,
                         item.job_id,
@@ -221,10 +231,13 @@ class Pipeline:
         clock = time.perf_counter()
         images = []
         for (ds, display), prediction in zip(decoded, predictions, strict=True):
+            # Every present finding gets its region and capture; the top one is explained
+            # even when absent, for the overview.
             top = int(np.argmax(prediction.probabilities))
-            heatmap = self.predictor.explain(
-                display, [top], item.text if self.reads_text else None
-            )[0]
+            explained = sorted({top, *(int(i) for i in np.flatnonzero(prediction.present))})
+            maps = self.predictor.explain(
+                display, explained, item.text if self.reads_text else None
+            )
             findings = tuple(
                 Finding(
                     name=label.name,
@@ -236,7 +249,8 @@ class Pipeline:
                 )
                 for label, p in zip(labels, prediction.probabilities, strict=True)
             )
-            images.append(ImageResult(ds, display, findings, heatmap, labels[top].name))
+            heatmaps = {labels[i].name: m for i, m in zip(explained, maps, strict=True)}
+            images.append(ImageResult(ds, display, findings, heatmaps))
         timings["gradcam_s"] = time.perf_counter() - clock
 
         clock = time.perf_counter()
@@ -265,29 +279,74 @@ class Pipeline:
             return generate_uid(entropy_srcs=["cxrnode", item.study_uid, str(item.run), *parts])
 
         folder = f"{item.study_uid}/run-{item.run}"
-        # A re-run (late or corrected report) is a new series, so viewers hang it beside the
-        # results it replaces rather than mixing the two.
-        sr = build_structured_report(
-            images,
-            self.algorithm,
-            sop_instance_uid=uid("sr"),
-            series_instance_uid=uid("sr-series"),
-            series_number=self.settings.sr_series_number,
-            text_source=item.text_source if self.reads_text else "none",
-            text_note=_text_note(item, self.reads_text),
-            predecessors=[dcmread(self.results.path(item.replaces_sr))] if item.replaces_sr else (),
-        )
-        built = [self._save("SR", sr, folder)]
+        settings = self.settings
+        wanted = settings.wanted_outputs
+        level = settings.region_level
+        # A re-run (late or corrected report) is a new series of each kind, so viewers hang it
+        # beside the results it replaces rather than mixing the two.
+        sr_uid = uid("sr")
+        built = []
+        if "SR" in wanted:
+            sr = build_structured_report(
+                images,
+                self.algorithm,
+                sop_instance_uid=sr_uid,
+                series_instance_uid=uid("sr-series"),
+                series_number=settings.sr_series_number,
+                text_source=item.text_source if self.reads_text else "none",
+                text_note=_text_note(item, self.reads_text),
+                predecessors=(
+                    [dcmread(self.results.path(item.replaces_sr))] if item.replaces_sr else ()
+                ),
+                region_level=level,
+                description=settings.sr_series_description or None,
+            )
+            built.append(self._save("SR", sr, folder))
+        finding_number = 0
         for n, image in enumerate(images, start=1):
-            sc = build_overlay(
+            source_uid = str(image.source.SOPInstanceUID)
+            if "GSPS" in wanted:
+                state = build_presentation_state(
+                    image,
+                    self.algorithm,
+                    sop_instance_uid=uid("gsps", source_uid),
+                    series_instance_uid=uid("gsps-series"),
+                    series_number=settings.gsps_series_number,
+                    instance_number=n,
+                    region_level=level,
+                    description=settings.gsps_series_description or None,
+                    sr_instance_uid=sr_uid,
+                )
+                built.append(self._save("GSPS", state, folder))
+            if "SC" not in wanted:
+                continue
+            overview = build_overview(
                 image,
                 self.algorithm,
-                sop_instance_uid=uid("sc", str(image.source.SOPInstanceUID)),
+                sop_instance_uid=uid("sc", source_uid),
                 series_instance_uid=uid("sc-series"),
-                series_number=self.settings.sc_series_number,
+                series_number=settings.sc_series_number,
                 instance_number=n,
+                region_level=level,
+                description=settings.sc_series_description or None,
             )
-            built.append(self._save("SC", sc, folder))
+            built.append(self._save("SC", overview, folder))
+            for finding in image.present:
+                if finding.name not in image.heatmaps:
+                    continue
+                finding_number += 1
+                capture = build_finding_capture(
+                    image,
+                    finding.name,
+                    self.algorithm,
+                    sop_instance_uid=uid("sc-finding", source_uid, finding.name),
+                    series_instance_uid=uid("sc-finding-series"),
+                    series_number=settings.finding_sc_series_number,
+                    instance_number=finding_number,
+                    region_level=level,
+                    description=settings.finding_sc_series_description or None,
+                )
+                built.append(self._save("SC", capture, folder))
         return built
 
     def _save(self, kind: str, ds, folder: str) -> BuiltResult:

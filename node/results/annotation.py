@@ -1,4 +1,4 @@
-"""Text burned into the overlay: what the heatmap shows, the top findings, and the notices."""
+"""What is burned into a capture: the notices, the findings by probability, outlines, legend."""
 
 from __future__ import annotations
 
@@ -12,7 +12,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from node.results.findings import AlgorithmInfo, ImageResult
 from node.results.notices import notices
+from node.results.region import HeatRegion
 
+# At least this many findings are listed, and every present one.
 TOP_FINDINGS = 5
 
 _WHITE = (255, 255, 255, 255)
@@ -39,36 +41,130 @@ class Line:
     colour: tuple[int, int, int, int] = _WHITE
 
 
-def caption(image: ImageResult, algorithm: AlgorithmInfo) -> tuple[list[Line], list[Line]]:
-    """Say what the overlay shows: a header block and a footer block.
+def caption(
+    image: ImageResult, algorithm: AlgorithmInfo, shown: str | None, overview: bool
+) -> tuple[list[Line], list[Line]]:
+    """Say what a capture shows: a header block and a footer block.
 
     Parameters
     ----------
     image : ImageResult
-        The image, its findings and the finding its heatmap explains.
+        The image and its findings.
     algorithm : AlgorithmInfo
         The model; its disclaimer goes into the footer when it is not trained.
+    shown : str or None
+        The finding whose Grad-CAM heatmap is blended in, if any.
+    overview : bool
+        Whether this is the overview capture (every region outlined) or one finding's.
 
     Returns
     -------
     tuple of (list of Line, list of Line)
-        Header lines (notice, model, heatmap finding, top findings) and footer lines.
+        Header lines (notice, model, what is shown, findings by probability) and footer lines.
     """
     review, *disclaimer = notices(algorithm)
     header = [Line(review, _YELLOW), Line(f"Model: {algorithm.name} {algorithm.version}")]
-    if image.heatmap is not None and image.heatmap_finding is not None:
-        explained = image.finding(image.heatmap_finding)
+    if shown is not None:
+        explained = image.finding(shown)
         header.append(Line(f"Heatmap: {explained.name} {explained.probability:.2f}", _CYAN))
     else:
         header.append(Line("Heatmap: none", _CYAN))
-    header.append(Line("Top findings (probability):"))
-    ranked = sorted(image.findings, key=lambda finding: finding.probability, reverse=True)
-    for finding in ranked[:TOP_FINDINGS]:
-        call = "  present" if finding.present else ""
-        colour = _ORANGE if finding.present else _WHITE
-        header.append(Line(f"  {finding.name} {finding.probability:.2f}{call}", colour))
+    if overview:
+        header.append(Line("Overview: outlined regions numbered as listed"))
+    header.append(Line("Findings by probability:"))
+    ranked = image.ranked
+    shown_lines = max(TOP_FINDINGS, len(image.present))
+    number = 0
+    for finding in ranked[:shown_lines]:
+        if finding.present:
+            number += 1
+            header.append(
+                Line(f"  {number}. {finding.name} {finding.probability:.2f}  present", _ORANGE)
+            )
+        else:
+            header.append(Line(f"  {finding.name} {finding.probability:.2f}"))
+    if len(ranked) > shown_lines:
+        header.append(Line(f"  (+{len(ranked) - shown_lines} more below threshold)"))
     footer = [Line(text, _ORANGE) for text in disclaimer]
     return header, footer
+
+
+def draw_regions(
+    rgb: np.ndarray, regions: Sequence[tuple[int, HeatRegion]], scale: float = 1.0
+) -> np.ndarray:
+    """Outline each region and put its number (its rank among present findings) beside it.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        uint8 (rows, cols, 3).
+    regions : sequence of (int, HeatRegion)
+        Each region with the number it has in the findings list.
+    scale : float
+        Capture pixels per source pixel (below 1 when the capture was shrunk).
+
+    Returns
+    -------
+    numpy.ndarray
+        A new uint8 array with the outlines drawn.
+    """
+    canvas = Image.fromarray(rgb)
+    draw = ImageDraw.Draw(canvas)
+    rows, cols = rgb.shape[:2]
+    width = max(2, round(min(rows, cols) / 300))
+    font = _font(max(_MIN_FONT_PX, round(1.5 * _FONT_FRACTION * min(rows, cols))))
+    for number, region in regions:
+        points = [(float(x) * scale, float(y) * scale) for x, y in region.points]
+        draw.line(points, fill=_ORANGE[:3], width=width, joint="curve")
+        left, top = min(x for x, _ in points), min(y for _, y in points)
+        anchor = (left + width, max(0.0, top - font.size - width))
+        draw.text(
+            anchor, str(number), font=font, fill=_ORANGE[:3], stroke_width=2, stroke_fill=(0, 0, 0)
+        )
+    return np.asarray(canvas)
+
+
+def draw_legend(rgb: np.ndarray, ramp: np.ndarray) -> np.ndarray:
+    """A vertical colour scale at the right edge: the heat colours from low to high.
+
+    Parameters
+    ----------
+    rgb : numpy.ndarray
+        uint8 (rows, cols, 3).
+    ramp : numpy.ndarray
+        uint8 (n, 3) colours of increasing heat, as blended into the image.
+
+    Returns
+    -------
+    numpy.ndarray
+        A new uint8 array with the legend drawn.
+    """
+    rows, cols = rgb.shape[:2]
+    font = _font(max(_MIN_FONT_PX, round(_FONT_FRACTION * min(rows, cols))))
+    margin = max(4, font.size // 2)
+    bar_width = max(8, cols // 40)
+    bar_height = max(3 * font.size, rows // 3)
+    label_width = round(max(font.getlength(t) for t in ("Grad-CAM", "high", "low")))
+    right = cols - margin
+    left = right - max(bar_width, label_width) - 2 * margin
+    top = rows // 2 - bar_height // 2
+    canvas = Image.fromarray(rgb).convert("RGBA")
+    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    step = round(font.size * 1.25)
+    draw.rectangle(
+        (left, top - 2 * step - margin, right, top + bar_height + step + 2 * margin),
+        fill=_PANEL,
+    )
+    draw.text((left + margin, top - 2 * step), "Grad-CAM", font=font, fill=_WHITE)
+    draw.text((left + margin, top - step), "high", font=font, fill=_WHITE)
+    bar_left = left + margin
+    for y in range(bar_height):
+        # Top of the bar is the hottest colour.
+        colour = ramp[round((len(ramp) - 1) * (1 - y / max(1, bar_height - 1)))]
+        draw.line((bar_left, top + y, bar_left + bar_width, top + y), fill=(*map(int, colour), 255))
+    draw.text((left + margin, top + bar_height + margin // 2), "low", font=font, fill=_WHITE)
+    return np.asarray(Image.alpha_composite(canvas, layer).convert("RGB"))
 
 
 def burn_in(rgb: np.ndarray, header: Sequence[Line], footer: Sequence[Line]) -> np.ndarray:

@@ -37,5 +37,13 @@ DEVICE_OBSERVER = CodedConcept(*codes.DCM.Device)
 QUALITATIVE_EVALUATIONS = CodedConcept("C0034375", "UMLS", "Qualitative Evaluations")
 COMMENT = CodedConcept(*codes.DCM.Comment)
 
+# The summary finding of the report (row 13 of TID 1500's Qualitative Evaluations, a CODE):
+# DCM 121071 "Finding" valued SNOMED CT "Abnormal" when any label is present, otherwise SNOMED
+# CT 281900007 "No abnormality detected" (what the algorithm saw, not "Normal", a clinical
+# judgement it cannot make).
+SUMMARY_FINDING = CodedConcept(*codes.DCM.Finding)
+ABNORMAL = CodedConcept(*codes.SCT.Abnormal)
+NO_ABNORMALITY = CodedConcept("281900007", "SCT", "No abnormality detected")
+
 # Purpose of reference of the overlay's Source Image Sequence (CID 7202).
 SOURCE_FOR_IMAGE_PROCESSING = CodedConcept(*codes.DCM.SourceImageForImageProcessingOperation)

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import pydicom
@@ -109,17 +110,15 @@ class ImageResult:
         already windowed and inverted where needed.
     findings : tuple of Finding
         Every label of the model, in model order.
-    heatmap : numpy.ndarray or None
-        float32 in [0, 1], same shape as `display`: Grad-CAM for `heatmap_finding`.
-    heatmap_finding : str or None
-        Name of the finding the heatmap explains.
+    heatmaps : mapping of str to numpy.ndarray
+        Finding name to its Grad-CAM map, float32 in [0, 1], same shape as `display`: at
+        least every present finding and the top finding, where the model can explain them.
     """
 
     source: pydicom.Dataset
     display: np.ndarray
     findings: tuple[Finding, ...]
-    heatmap: np.ndarray | None
-    heatmap_finding: str | None
+    heatmaps: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         uid = self.source.get("SOPInstanceUID", "<no SOPInstanceUID>")
@@ -134,13 +133,23 @@ class ImageResult:
         names = [finding.name for finding in self.findings]
         if len(set(names)) != len(names):
             raise ResultInputError(f"ImageResult.findings of {uid} repeats a label: {names}")
-        if self.heatmap is not None:
-            _check_unit_image("heatmap", self.heatmap, grid, uid)
-            if self.heatmap_finding not in names:
+        for name, heatmap in self.heatmaps.items():
+            if name not in names:
                 raise ResultInputError(
-                    f"ImageResult.heatmap_finding {self.heatmap_finding!r} of {uid} is not one "
+                    f"ImageResult.heatmaps has a map for {name!r} of {uid}, which is not one "
                     f"of its findings {names}"
                 )
+            _check_unit_image(f"heatmaps[{name!r}]", heatmap, grid, uid)
+
+    @property
+    def ranked(self) -> list[Finding]:
+        """The findings, highest probability first (model order among equals)."""
+        return sorted(self.findings, key=lambda finding: finding.probability, reverse=True)
+
+    @property
+    def present(self) -> list[Finding]:
+        """The present findings, highest probability first."""
+        return [finding for finding in self.ranked if finding.present]
 
     def finding(self, name: str) -> Finding:
         """Return the finding called `name`."""

@@ -55,3 +55,15 @@ def blend_heatmap(display: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray
         opacity = (opacity * _MAX_OPACITY)[..., None]
         rgb = rgb * (1.0 - opacity) + jet(heat * _JET_TOP) * opacity
     return np.round(rgb * 255.0).astype(np.uint8)
+
+
+def legend_ramp(steps: int = 256) -> np.ndarray:
+    """The colours heat from `HEAT_FLOOR` to 1 takes at full opacity, for the legend.
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 (steps, 3), coolest first.
+    """
+    heat = np.linspace(HEAT_FLOOR, 1.0, steps, dtype=np.float32)
+    return np.round(jet(heat * _JET_TOP) * 255.0).astype(np.uint8)

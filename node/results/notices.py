@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from node.results.findings import AlgorithmInfo
+from collections.abc import Sequence
+
+from node.results.findings import AlgorithmInfo, ImageResult
 
 REVIEW_NOTICE = "AI result — requires review by a radiologist"
 NOT_FOR_DIAGNOSIS = "not for diagnostic use without review"
@@ -59,3 +61,38 @@ def series_description(algorithm: AlgorithmInfo) -> str:
             return head + tail
     room = _LO_MAX - len(tail) - len(marker) - 1
     return f"{marker} {algorithm.name[: room - 3]}...{tail}"
+
+
+def summary(images: Sequence[ImageResult]) -> tuple[bool, str]:
+    """The report's summary finding: abnormal or not, and the highest probability, in words.
+
+    Parameters
+    ----------
+    images : sequence of ImageResult
+        The processed images of one study, numbered from 1 in this order.
+
+    Returns
+    -------
+    tuple of (bool, str)
+        Whether any finding is present on any image, and a sentence saying so.
+    """
+    ranked = sorted(
+        (
+            (finding.probability, number, finding)
+            for number, image in enumerate(images, start=1)
+            for finding in image.findings
+        ),
+        key=lambda entry: (-entry[0], entry[1]),
+    )
+    probability, number, top = ranked[0]
+    present = list(dict.fromkeys(finding.name for _, _, finding in ranked if finding.present))
+    where = f" (image {number})" if len(images) > 1 else ""
+    if present:
+        return True, (
+            f"Summary: abnormal. Highest probability: {top.name} {probability:.2f}{where}. "
+            f"Present: {', '.join(present)}."
+        )
+    return False, (
+        f"Summary: no finding at or above its threshold. Highest probability: {top.name} "
+        f"{probability:.2f}{where}."
+    )

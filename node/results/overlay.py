@@ -1,4 +1,9 @@
-"""One Secondary Capture per processed image: the heatmap blended in, the findings burned in."""
+"""Secondary Captures per processed image: an overview, and one per present finding.
+
+The overview outlines every finding region and blends in the top finding's heatmap; each
+finding capture shows that finding's heatmap and outline. All carry the colour scale (when a
+heatmap is shown), the findings by probability, the model and the review notice, burned in.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,11 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian
 
 from node.results import codes
-from node.results.annotation import burn_in, caption
-from node.results.findings import AlgorithmInfo, ImageResult
-from node.results.heatmap import blend_heatmap
+from node.results.annotation import burn_in, caption, draw_legend, draw_regions
+from node.results.findings import AlgorithmInfo, ImageResult, ResultInputError
+from node.results.heatmap import blend_heatmap, legend_ramp
 from node.results.notices import notices, series_description
+from node.results.region import DEFAULT_REGION_LEVEL, HeatRegion, finding_regions
 from node.results.source import reference_header
 
 # Larger sources are shrunk so the uncompressed RGB stays within what PACS accept readily.
@@ -21,7 +27,7 @@ MAX_SIDE = 4096
 _ORIENTATION_LETTERS = {member.value for member in hd.PatientOrientationValuesBiped}
 
 
-def build_overlay(
+def build_overview(
     image: ImageResult,
     algorithm: AlgorithmInfo,
     *,
@@ -29,8 +35,14 @@ def build_overlay(
     series_instance_uid: str,
     series_number: int = 9902,
     instance_number: int = 1,
+    region_level: float = DEFAULT_REGION_LEVEL,
+    description: str | None = None,
 ) -> hd.sc.SCImage:
-    """Build the Secondary Capture showing one image with its Grad-CAM and findings.
+    """Build the overview capture of one image: every finding region outlined and numbered.
+
+    The heatmap of the highest-probability finding is blended in (when there is one), with its
+    colour scale; the findings are listed by probability, present ones numbered as their
+    outlines.
 
     Parameters
     ----------
@@ -42,6 +54,10 @@ def build_overlay(
         UIDs of the capture, chosen by the caller so that a rebuild is identical.
     series_number, instance_number : int
         Numbers of the captures' series and of this capture within it.
+    region_level : float
+        Fraction of the Grad-CAM peak a region encloses (as in the SR).
+    description : str or None
+        Series Description; None names the AI and the review warning.
 
     Returns
     -------
@@ -49,10 +65,97 @@ def build_overlay(
         RGB, 8-bit, on the source pixel grid (shrunk only beyond `MAX_SIDE`), in the source's
         study, with BurnedInAnnotation YES.
     """
+    top = image.ranked[0].name
+    shown = top if top in image.heatmaps else None
+    regions = list(enumerate(finding_regions(image, region_level), start=1))
+    return _capture(
+        image,
+        algorithm,
+        shown,
+        regions,
+        True,
+        sop_instance_uid,
+        series_instance_uid,
+        series_number,
+        instance_number,
+        description,
+    )
+
+
+def build_finding_capture(
+    image: ImageResult,
+    finding: str,
+    algorithm: AlgorithmInfo,
+    *,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    series_number: int = 9903,
+    instance_number: int = 1,
+    region_level: float = DEFAULT_REGION_LEVEL,
+    description: str | None = None,
+) -> hd.sc.SCImage:
+    """Build the capture of one present finding: its heatmap, colour scale and outline.
+
+    Parameters
+    ----------
+    image : ImageResult
+        The processed image.
+    finding : str
+        A present finding of the image that has a heatmap.
+    algorithm, sop_instance_uid, series_instance_uid, series_number, instance_number,
+    region_level, description
+        As for `build_overview`.
+
+    Returns
+    -------
+    highdicom.sc.SCImage
+        As `build_overview`, showing this finding only.
+
+    Raises
+    ------
+    ResultInputError
+        If the finding is not present on the image or has no heatmap.
+    """
+    if finding not in image.heatmaps or not image.finding(finding).present:
+        raise ResultInputError(
+            f"a finding capture needs a present finding with a heatmap; {finding!r} of "
+            f"{image.source.SOPInstanceUID} is not one"
+        )
+    numbered = list(enumerate(finding_regions(image, region_level), start=1))
+    regions = [(n, region) for n, region in numbered if region.finding == finding]
+    return _capture(
+        image,
+        algorithm,
+        finding,
+        regions,
+        False,
+        sop_instance_uid,
+        series_instance_uid,
+        series_number,
+        instance_number,
+        description,
+    )
+
+
+def _capture(
+    image: ImageResult,
+    algorithm: AlgorithmInfo,
+    shown: str | None,
+    regions: list[tuple[int, HeatRegion]],
+    overview: bool,
+    sop_instance_uid: str,
+    series_instance_uid: str,
+    series_number: int,
+    instance_number: int,
+    description: str | None,
+) -> hd.sc.SCImage:
     header = reference_header(image.source)
-    display, heatmap = _fit(image.display, image.heatmap)
-    header_lines, footer_lines = caption(image, algorithm)
-    pixels = burn_in(blend_heatmap(display, heatmap), header_lines, footer_lines)
+    display, heatmap, scale = _fit(image.display, image.heatmaps.get(shown) if shown else None)
+    header_lines, footer_lines = caption(image, algorithm, shown, overview)
+    pixels = draw_regions(blend_heatmap(display, heatmap), regions, scale)
+    if heatmap is not None:
+        pixels = draw_legend(pixels, legend_ramp())
+    pixels = burn_in(pixels, header_lines, footer_lines)
     orientation = _orientation(header)
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,
@@ -67,7 +170,7 @@ def build_overlay(
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
-        series_description=series_description(algorithm),
+        series_description=description or series_description(algorithm),
         # highdicom insists on single-letter orientations for the PATIENT coordinate system;
         # the source's actual value is written below, whatever it is.
         patient_orientation=orientation or ("L", "F"),
@@ -78,23 +181,26 @@ def build_overlay(
     # Patient and General Study modules in full (age, study description, other IDs), as the
     # SR gets them; from_ref_dataset copies only the attributes it has parameters for.
     capture.copy_patient_and_study_information(header)
-    _describe_derivation(capture, header, image, algorithm)
+    _describe_derivation(capture, header, shown, overview, algorithm)
     return capture
 
 
-def _fit(display: np.ndarray, heatmap: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
-    """The display and heatmap, shrunk together when the source is larger than `MAX_SIDE`."""
+def _fit(
+    display: np.ndarray, heatmap: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray | None, float]:
+    """The display and heatmap, shrunk together when the source is larger than `MAX_SIDE`,
+    and the scale applied."""
     rows, cols = display.shape
     scale = MAX_SIDE / max(rows, cols)
     if scale >= 1.0:
-        return display, heatmap
+        return display, heatmap, 1.0
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
 
     def shrink(array: np.ndarray) -> np.ndarray:
         resized = Image.fromarray(array.astype(np.float32)).resize(size, Image.Resampling.BOX)
         return np.asarray(resized)
 
-    return shrink(display), None if heatmap is None else shrink(heatmap)
+    return shrink(display), None if heatmap is None else shrink(heatmap), size[0] / cols
 
 
 def _orientation(header: Dataset) -> tuple[str, str] | None:
@@ -105,7 +211,11 @@ def _orientation(header: Dataset) -> tuple[str, str] | None:
 
 
 def _describe_derivation(
-    capture: hd.sc.SCImage, header: Dataset, image: ImageResult, algorithm: AlgorithmInfo
+    capture: hd.sc.SCImage,
+    header: Dataset,
+    shown: str | None,
+    overview: bool,
+    algorithm: AlgorithmInfo,
 ) -> None:
     """Attributes highdicom's SCImage has no parameter for; each names its module."""
     # SC Equipment (PS3.3 C.8.6.1), Type 1: a workstation rendered this image ("WSD"); highdicom
@@ -120,14 +230,14 @@ def _describe_derivation(
     # General Image, Type 2C: the source's orientation, possibly compound ("FL") or unknown ("").
     capture.PatientOrientation = list(header.get("PatientOrientation") or [])
     # General Image, Type 3 (ST, 1024 characters): how the pixels came about.
-    if image.heatmap is not None:
-        shown = f"the Grad-CAM heatmap for {image.heatmap_finding} blended in and "
-    else:
-        shown = ""
+    blended = f"the Grad-CAM heatmap for {shown} blended in and " if shown else ""
+    outlined = "every finding region" if overview else f"the region of {shown}"
     capture.DerivationDescription = (
-        f"Source image with {shown}the findings of {algorithm.name} {algorithm.version} "
-        "burned in. " + " ".join(notices(algorithm))
+        f"Source image with {blended}{outlined} outlined; the findings of {algorithm.name} "
+        f"{algorithm.version} burned in. " + " ".join(notices(algorithm))
     )[:1024]
+    # General Image, Type 3: which capture of the result set this is, for hanging protocols.
+    capture.ImageType = ["DERIVED", "SECONDARY", "OVERVIEW" if overview else "FINDING"]
     # General Image, Type 3 (LT): viewers that show image comments show the notices too.
     capture.ImageComments = "\n".join(notices(algorithm))
     # General Reference (C.12.4), Type 3: the image these pixels were derived from.

@@ -4,13 +4,15 @@ Tree (row numbers of TID 1500):
 
 - 1 Imaging Measurement Report, with language (2), the algorithm as device observer (3),
   procedure reported (4) and the image library of every source image (5)
-- 6 Imaging Measurements: one TID 1501 group per label per image, holding the tracking
-  identifier, the algorithm (TID 4019: name, version, threshold, package digest, text input),
-  the finding's code, its probability (TID 300), the present/absent call and the source image;
-  for a present finding that the Grad-CAM explains, the probability is inferred from the
-  region where the heat lies (SCOORD), so SR-aware viewers draw it on the original
-- 12 Qualitative Evaluations: the review notice, the disclaimer of an untrained model and which
-  clinical text the model read, as TEXT items (row 14)
+- 6 Imaging Measurements: one group per label per image, holding the tracking identifier, the
+  algorithm (TID 4019: name, version, threshold, package digest, text input), the finding's
+  code, its probability (TID 300) and the present/absent call. A present finding whose Grad-CAM
+  has a region is a TID 1410 planar-ROI group whose region (SCOORD polyline around the heat
+  mass, on the source image's pixel grid) SR-aware viewers draw on the original; every other
+  label is a TID 1501 group naming its source image
+- 12 Qualitative Evaluations: the summary finding (abnormal or not, with the highest
+  probability) as a CODE and in words, the review notice, the disclaimer of an untrained model
+  and which clinical text the model read, as TEXT items (row 14)
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from collections.abc import Sequence
 from copy import deepcopy
 
 import highdicom as hd
-import numpy as np
 from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from highdicom.sr import RelationshipTypeValues
 from pydicom import Dataset
@@ -27,16 +28,13 @@ from pydicom.uid import generate_uid
 
 from node.results import codes
 from node.results.findings import AlgorithmInfo, Finding, ImageResult, ResultInputError
-from node.results.notices import TEXT_SOURCES, notices, series_description
+from node.results.notices import TEXT_SOURCES, notices, series_description, summary
+from node.results.region import DEFAULT_REGION_LEVEL, HeatRegion, finding_regions, tracking_uid
 from node.results.source import reference_header
 
 # Probabilities are written to 4 decimals: float32 model outputs carry noise beyond that, and
 # viewers show NumericValue (DS) as written.
 _PROBABILITY_DECIMALS = 4
-
-# The Grad-CAM region written as SCOORD is the bounding box of heat at or above this fraction
-# of the map's maximum: the "mass" of the explanation, not its faint tails.
-_REGION_FRACTION = 0.5
 
 
 def build_structured_report(
@@ -50,6 +48,8 @@ def build_structured_report(
     text_source: str = "none",
     text_note: str | None = None,
     predecessors: Sequence[Dataset] = (),
+    region_level: float = DEFAULT_REGION_LEVEL,
+    description: str | None = None,
 ) -> hd.sr.ComprehensiveSR:
     """Build the TID 1500 Comprehensive SR of one model run over a study.
 
@@ -71,6 +71,10 @@ def build_structured_report(
         Earlier SRs of this algorithm on this study that this one replaces (after a late or
         corrected report); referenced in the Predecessor Documents Sequence and named in the
         report's statements.
+    region_level : float
+        Fraction of the Grad-CAM peak a finding's region encloses (see `heat_region`).
+    description : str or None
+        Series Description; None names the AI and the review warning.
 
     Returns
     -------
@@ -89,11 +93,21 @@ def build_structured_report(
             f"text_source is {text_source!r}; expected one of {sorted(TEXT_SOURCES)}"
         )
     headers = [reference_header(image.source) for image in images]
-    groups = [
-        _finding_group(image, number, header, finding, algorithm, text_source, sop_instance_uid)
-        for number, (image, header) in enumerate(zip(images, headers, strict=True), start=1)
-        for finding in image.findings
-    ]
+    groups = []
+    for number, (image, header) in enumerate(zip(images, headers, strict=True), start=1):
+        regions = {region.finding: region for region in finding_regions(image, region_level)}
+        groups += [
+            _finding_group(
+                number,
+                header,
+                finding,
+                regions.get(finding.name),
+                algorithm,
+                text_source,
+                sop_instance_uid,
+            )
+            for finding in image.findings
+        ]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.PROCEDURE_CHEST_XRAY,
@@ -104,7 +118,7 @@ def build_structured_report(
     # highdicom builds TID 1500 up to row 8 only; row 12 (Qualitative Evaluations) is appended
     # to the root container it returns.
     report[0].ContentSequence.append(
-        _report_statements(algorithm, text_source, text_note, predecessors)
+        _report_statements(images, algorithm, text_source, text_note, predecessors)
     )
     return hd.sr.ComprehensiveSR(
         evidence=headers,
@@ -116,7 +130,7 @@ def build_structured_report(
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
-        series_description=series_description(algorithm),
+        series_description=description or series_description(algorithm),
         coding_schemes=_local_coding_schemes(images),
         # The content is complete, but no human verified it and it is not the final word.
         is_complete=True,
@@ -177,17 +191,20 @@ def _library_view(header: Dataset) -> Dataset:
 
 
 def _finding_group(
-    image: ImageResult,
     number: int,
     header: Dataset,
     finding: Finding,
+    region: HeatRegion | None,
     algorithm: AlgorithmInfo,
     text_source: str,
     sop_instance_uid: str,
-) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+) -> (
+    hd.sr.MeasurementsAndQualitativeEvaluations
+    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+):
     concept = hd.sr.CodedConcept(finding.code_value, finding.coding_scheme, finding.code_meaning)
     tracking = hd.sr.TrackingIdentifier(
-        uid=generate_uid(entropy_srcs=[sop_instance_uid, header.SOPInstanceUID, finding.name]),
+        uid=tracking_uid(sop_instance_uid, header.SOPInstanceUID, finding.name),
         identifier=f"{finding.name} — image {number}",
     )
     algorithm_id = hd.sr.AlgorithmIdentification(
@@ -204,11 +221,23 @@ def _finding_group(
         name=codes.PROBABILITY,
         value=round(float(finding.probability), _PROBABILITY_DECIMALS),
         unit=codes.NO_UNITS,
-        referenced_coordinates=_heat_region(image, finding, header),
     )
     call = hd.sr.QualitativeEvaluation(
         name=concept, value=codes.PRESENT if finding.present else codes.ABSENT
     )
+    if region is not None:
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking,
+            referenced_region=hd.sr.ImageRegion(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=region.points,
+                source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
+            ),
+            finding_type=concept,
+            algorithm_id=algorithm_id,
+            measurements=[probability],
+            qualitative_evaluations=[call],
+        )
     return hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         finding_type=concept,
@@ -221,40 +250,20 @@ def _finding_group(
     )
 
 
-def _heat_region(
-    image: ImageResult, finding: Finding, header: Dataset
-) -> list[hd.sr.CoordinatesForMeasurement] | None:
-    """Closed polyline around the Grad-CAM mass, for the present finding the heatmap explains."""
-    if image.heatmap is None or image.heatmap_finding != finding.name or not finding.present:
-        return None
-    peak = float(image.heatmap.max())
-    if peak <= 0.0:
-        return None
-    rows, cols = np.nonzero(image.heatmap >= _REGION_FRACTION * peak)
-    # SCOORD image coordinates put (0, 0) at the top-left corner of the first pixel, so the
-    # box runs from the first hot pixel's corner to the far corner of the last one.
-    left, top, right, bottom = cols.min(), rows.min(), cols.max() + 1, rows.max() + 1
-    corners = np.array(
-        [[left, top], [right, top], [right, bottom], [left, bottom], [left, top]],
-        dtype=np.float32,
-    )
-    return [
-        hd.sr.CoordinatesForMeasurement(
-            graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-            graphic_data=corners,
-            source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
-        )
-    ]
-
-
 def _report_statements(
+    images: tuple[ImageResult, ...],
     algorithm: AlgorithmInfo,
     text_source: str,
     text_note: str | None,
     predecessors: Sequence[Dataset],
 ) -> hd.sr.ContainerContentItem:
     used = f"Clinical text used by the algorithm: {TEXT_SOURCES[text_source]}"
-    statements = [*notices(algorithm), f"{used} ({text_note})." if text_note else f"{used}."]
+    abnormal, summary_text = summary(images)
+    statements = [
+        summary_text,
+        *notices(algorithm),
+        f"{used} ({text_note})." if text_note else f"{used}.",
+    ]
     statements += [
         f"This result replaces the earlier AI result {p.SOPInstanceUID} "
         f"(series {p.SeriesInstanceUID}, {p.get('ContentDate', '')} {p.get('ContentTime', '')})."
@@ -264,14 +273,22 @@ def _report_statements(
         name=codes.QUALITATIVE_EVALUATIONS,
         relationship_type=RelationshipTypeValues.CONTAINS,
     )
+    overall = hd.sr.CodeContentItem(
+        name=codes.SUMMARY_FINDING,
+        value=codes.ABNORMAL if abnormal else codes.NO_ABNORMALITY,
+        relationship_type=RelationshipTypeValues.CONTAINS,
+    )
     container.ContentSequence = hd.sr.ContentSequence(
         [
-            hd.sr.TextContentItem(
-                name=codes.COMMENT,
-                value=text,
-                relationship_type=RelationshipTypeValues.CONTAINS,
-            )
-            for text in statements
+            overall,
+            *(
+                hd.sr.TextContentItem(
+                    name=codes.COMMENT,
+                    value=text,
+                    relationship_type=RelationshipTypeValues.CONTAINS,
+                )
+                for text in statements
+            ),
         ]
     )
     return container

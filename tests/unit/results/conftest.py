@@ -108,8 +108,8 @@ def _image_result(
     heatmap_finding: str | None = "Pneumothorax",
 ) -> ImageResult:
     display = _display_of(ds)
-    heatmap = None if heatmap_finding is None else _heat_blob(display.shape)
-    return ImageResult(ds, display, _findings(probabilities), heatmap, heatmap_finding)
+    heatmaps = {} if heatmap_finding is None else {heatmap_finding: _heat_blob(display.shape)}
+    return ImageResult(ds, display, _findings(probabilities), heatmaps)
 
 
 @pytest.fixture(scope="session")
@@ -123,7 +123,8 @@ def make_result() -> Callable[..., ImageResult]:
     """Build an ImageResult from a source dataset.
 
     Takes the dataset, optionally ``probabilities`` (one per label of the test vocabulary) and
-    ``heatmap_finding`` (None for no heatmap).
+    ``heatmap_finding`` (the one finding that gets the heat blob as its Grad-CAM; None for no
+    heatmap at all).
     """
     return _image_result
 

@@ -7,14 +7,14 @@ import pydicom
 import pytest
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from node.results import build_overlay
+from node.results import build_overview
 
 # The staged sources carry single-component patient names; they are copied as received.
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
 
 def _build(image, algorithm, uids, **kwargs):
-    return build_overlay(
+    return build_overview(
         image,
         algorithm,
         sop_instance_uid=uids(f"sc-{image.source.SOPInstanceUID}"),
@@ -72,11 +72,11 @@ def test_heatmap_is_coloured_where_hot_and_the_image_stays_gray_elsewhere(
     _, back = _written(_build(image, untrained, uids), tmp_path)
     pixels = back.pixel_array
 
-    row, col = _peak(image.heatmap)
+    row, col = _peak(image.heatmaps["Pneumothorax"])
     assert _chroma(pixels[row, col]) > 100
     assert pixels[row, col, 0] > pixels[row, col, 2]  # hot is red, not blue
     # Right of the spine, mid-height: no heat, no text panel; gray as the display.
-    gray = pixels[image.heatmap.shape[0] // 2, int(0.8 * image.heatmap.shape[1])]
+    gray = pixels[image.heatmaps["Pneumothorax"].shape[0] // 2, int(0.8 * image.display.shape[1])]
     assert _chroma(gray) == 0
 
 
@@ -94,7 +94,7 @@ def test_findings_notice_and_disclaimer_are_burned_in(
     def orange(block):  # present findings and the disclaimer are drawn in orange
         return int(np.sum((block[..., 0] > 200) & (block[..., 1] < 170) & (block[..., 2] < 90)))
 
-    top, bottom = slice(0, rows // 8), slice(rows - rows // 12, rows)
+    top, bottom = slice(0, rows // 4), slice(rows - rows // 12, rows)
     assert yellow(untrained_pixels[top]) > 100
     assert orange(untrained_pixels[top]) > 100  # Pneumothorax, Atelectasis... present
     assert orange(untrained_pixels[bottom]) > 100
@@ -112,7 +112,7 @@ def test_monochrome1_acr_nema_source_gives_a_valid_capture(
     assert (back.Rows, back.Columns) == (440, 440)
     assert back.StudyInstanceUID == source.StudyInstanceUID
     assert back.PatientOrientation == ""
-    row, col = _peak(image.heatmap)
+    row, col = _peak(image.heatmaps["Pneumothorax"])
     assert _chroma(back.pixel_array[row, col]) > 100
     # MONOCHROME1 arrives inverted in the display: the lung is dark in the capture as well.
     lung = back.pixel_array[int(0.45 * 440), int(0.75 * 440)]

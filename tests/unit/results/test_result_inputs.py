@@ -12,7 +12,7 @@ from node.results import (
     Finding,
     ImageResult,
     ResultInputError,
-    build_overlay,
+    build_overview,
     build_structured_report,
 )
 from node.results.notices import series_description
@@ -29,15 +29,15 @@ def test_probability_outside_zero_to_one_is_refused(probability):
 def test_heatmap_on_another_grid_is_refused(sources, read_source, make_result):
     image = make_result(read_source(sources.barre))
 
-    with pytest.raises(ResultInputError, match="heatmap .* shape"):
-        dataclasses.replace(image, heatmap=np.zeros((224, 224), np.float32))
+    with pytest.raises(ResultInputError, match="heatmaps.* shape"):
+        dataclasses.replace(image, heatmaps={"Pneumothorax": np.zeros((224, 224), np.float32)})
 
 
 def test_heatmap_must_explain_one_of_the_findings(sources, read_source, make_result):
     image = make_result(read_source(sources.barre))
 
-    with pytest.raises(ResultInputError, match="heatmap_finding"):
-        ImageResult(image.source, image.display, image.findings, image.heatmap, "Fracture")
+    with pytest.raises(ResultInputError, match="'Fracture'.* not one of its findings"):
+        ImageResult(image.source, image.display, image.findings, {"Fracture": image.display})
 
 
 def test_untrained_algorithm_needs_its_disclaimer():
@@ -65,7 +65,7 @@ def test_writers_leave_the_received_dataset_untouched(
     build_structured_report(
         [image], untrained, sop_instance_uid=uids("sr"), series_instance_uid=uids("s")
     )
-    build_overlay(image, untrained, sop_instance_uid=uids("sc"), series_instance_uid=uids("c"))
+    build_overview(image, untrained, sop_instance_uid=uids("sc"), series_instance_uid=uids("c"))
 
     after = source.to_json_dict(bulk_data_threshold=1, bulk_data_element_handler=lambda _: "")
     assert after == before

@@ -42,6 +42,16 @@ def _child(group: pydicom.Dataset, value_type: str, meaning: str | None = None) 
     return matches[0]
 
 
+def _group_source(group: pydicom.Dataset) -> str:
+    """The SOP Instance UID a measurement group is about: its source image (TID 1501) or the
+    image its region was selected from (TID 1410)."""
+    images = [i for i in group.ContentSequence if i.ValueType == "IMAGE"]
+    for region in (i for i in group.ContentSequence if i.ValueType == "SCOORD"):
+        images += [i for i in region.ContentSequence if i.ValueType == "IMAGE"]
+    assert len(images) == 1, "expected one source image per group"
+    return images[0].ReferencedSOPSequence[0].ReferencedSOPInstanceUID
+
+
 def _texts(sr: pydicom.Dataset) -> list[str]:
     return [item.TextValue for item in _items(sr.ContentSequence) if item.ValueType == "TEXT"]
 
@@ -117,11 +127,8 @@ def test_sr_references_every_source_and_has_one_group_per_label_per_image(
         for finding in image.findings
     }
     for group in groups:
-        source = _child(group, "IMAGE", "Source of Measurement")
         code = _child(group, "CODE", "Finding").ConceptCodeSequence[0]
-        finding = expected.pop(
-            (source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID, code.CodeValue)
-        )
+        finding = expected.pop((_group_source(group), code.CodeValue))
         probability = _child(group, "NUM", "Probability").MeasuredValueSequence[0]
         assert 0.0 <= float(probability.NumericValue) <= 1.0
         assert float(probability.NumericValue) == pytest.approx(finding.probability, abs=1e-4)
@@ -250,11 +257,11 @@ def test_present_finding_explained_by_the_heatmap_gets_its_region(
     assert len(regions) == 1
     assert regions[0].GraphicType == "POLYLINE"
     columns, rows = regions[0].GraphicData[0::2], regions[0].GraphicData[1::2]
-    peak_row, peak_col = divmod(int(image.heatmap.argmax()), image.heatmap.shape[1])
+    peak_row, peak_col = divmod(int(image.heatmaps["Pneumothorax"].argmax()), image.display.shape[1])
     assert min(columns) <= peak_col < max(columns)
     assert min(rows) <= peak_row < max(rows)
     # The box hugs the hot core, not the whole image.
-    assert (max(columns) - min(columns)) < 0.5 * image.heatmap.shape[1]
+    assert (max(columns) - min(columns)) < 0.5 * image.heatmaps["Pneumothorax"].shape[1]
 
 
 def test_no_region_for_an_absent_finding(sources, read_source, make_result, untrained, uids):
