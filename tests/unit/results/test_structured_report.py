@@ -257,7 +257,8 @@ def test_present_finding_explained_by_the_heatmap_gets_its_region(
     assert len(regions) == 1
     assert regions[0].GraphicType == "POLYLINE"
     columns, rows = regions[0].GraphicData[0::2], regions[0].GraphicData[1::2]
-    peak_row, peak_col = divmod(int(image.heatmaps["Pneumothorax"].argmax()), image.display.shape[1])
+    heat = image.heatmaps["Pneumothorax"]
+    peak_row, peak_col = divmod(int(heat.argmax()), heat.shape[1])
     assert min(columns) <= peak_col < max(columns)
     assert min(rows) <= peak_row < max(rows)
     # The box hugs the hot core, not the whole image.
