@@ -7,7 +7,7 @@ An ``architecture`` dict (a package's ``config.json`` holds one) names every par
       "image_weights": null | "imagenet" | "<path of a torchvision state dict>",
       "text_encoder": {"kind": "none"}
                     | {"kind": "hf", "path": "minilm" | "<model dir>", "pooling": "mean" | "cls",
-                       "max_length": 256, "trainable": false}
+                       "max_length": 256, "trainable": false, "trainable_layers": 0}
                     | {"kind": "token_ffn", "vocab_size": 5000, "max_length": 100,
                        "hidden": 128, "out": 64},
       "fusion": "concat" | "cross_attention",
@@ -58,7 +58,13 @@ ARCHITECTURE_DEFAULTS: dict[str, Any] = {
 }
 TEXT_ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
-    "hf": {"path": None, "pooling": "mean", "max_length": 256, "trainable": False},
+    "hf": {
+        "path": None,
+        "pooling": "mean",
+        "max_length": 256,
+        "trainable": False,
+        "trainable_layers": 0,
+    },
     "token_ffn": {"vocab_size": 5000, "max_length": 100, "hidden": 128, "out": 64},
 }
 # Filled in when a model is built or saved, never chosen by hand.
@@ -412,6 +418,9 @@ def _normalize_text_encoder(entry: Any) -> dict[str, Any]:
         if not isinstance(merged["trainable"], bool):
             raise ValueError("text_encoder 'trainable' must be true or false")
         merged["max_length"] = int(merged["max_length"])
+        merged["trainable_layers"] = int(merged["trainable_layers"])
+        if merged["trainable_layers"] < 0:
+            raise ValueError("text_encoder 'trainable_layers' must be >= 0")
     elif kind == "token_ffn":
         for key in ("vocab_size", "max_length", "hidden", "out"):
             merged[key] = int(merged[key])
@@ -460,6 +469,7 @@ def build_text_encoder(
             pooling=entry["pooling"],
             max_length=entry["max_length"],
             trainable=entry["trainable"],
+            trainable_layers=entry["trainable_layers"],
             structure_from=structure_from,
         )
 

@@ -12,12 +12,16 @@ dense, whatever the photometric interpretation.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+from pydicom import dcmread
 from pydicom.dataset import Dataset
+from pydicom.errors import InvalidDicomError
 from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, apply_modality_lut, apply_voi, get_decoder
 from pydicom.uid import (
@@ -38,6 +42,7 @@ __all__ = [
     "PreprocessSpec",
     "clean_report_text",
     "dicom_to_display",
+    "image_file_to_display",
     "to_model_input",
 ]
 
@@ -165,6 +170,55 @@ def dicom_to_display(ds: Dataset) -> np.ndarray:
     if photometric == "MONOCHROME1":
         display = 1.0 - display
     return np.ascontiguousarray(np.clip(display, 0.0, 1.0), dtype=np.float32)
+
+
+def image_file_to_display(path: str | Path) -> np.ndarray:
+    """Read an image file (DICOM, or a PNG/JPEG export) into a display image.
+
+    DICOM files (with or without a preamble) go through :func:`dicom_to_display`. Other image
+    files are taken as already windowed exports, as the public datasets distribute them (NIH
+    ChestX-ray14, Open-i): colour becomes luma, values are scaled by the bit depth's maximum.
+
+    Parameters
+    ----------
+    path : str or pathlib.Path
+        The file.
+
+    Returns
+    -------
+    numpy.ndarray
+        2-D float32 array in [0, 1].
+
+    Raises
+    ------
+    PreprocessingError
+        If the file cannot be read as an image.
+    """
+    path = Path(path)
+    if path.suffix.lower() in (".dcm", ".dicom", "") or _has_dicom_preamble(path):
+        try:
+            return dicom_to_display(dcmread(path, force=True))
+        except (InvalidDicomError, OSError, AttributeError, KeyError) as exc:
+            raise PreprocessingError(f"{path.name}: not a readable DICOM image: {exc}") from exc
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                pixels = np.asarray(image, dtype=np.float32) / 65535.0
+            else:
+                pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
+    except (OSError, UnidentifiedImageError) as exc:
+        raise PreprocessingError(f"{path.name}: not a readable image: {exc}") from exc
+    return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
+
+
+def _has_dicom_preamble(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(128)
+            return handle.read(4) == b"DICM"
+    except OSError:
+        return False
 
 
 def _transfer_syntax(ds: Dataset) -> UID:

@@ -11,6 +11,7 @@ from pathlib import Path
 from node.admin.commands import add_audit_command
 from node.config import describe, load_settings
 from node.errors import CxrNodeError
+from training.cli import add_training_commands
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,6 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     config.set_defaults(run=_config)
 
     add_audit_command(commands)
+    add_training_commands(commands)
 
     demo = commands.add_parser(
         "demo", help="start a private Orthanc and the node, send a synthetic study, show results"

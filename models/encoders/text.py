@@ -186,6 +186,10 @@ class HfTextEncoder(TextEncoder):
         Longer reports are truncated to this many tokens.
     trainable : bool
         Whether training updates the encoder (then its weights go into the package).
+    trainable_layers : int
+        With ``trainable``: update only the top this many transformer layers (and the pooler),
+        keeping the embeddings and lower layers as pretrained; 0 updates all. Back-propagation
+        then stops at the lowest trainable layer, which on a CPU makes fine-tuning affordable.
     weights_sha256 : str
         sha256 of the weights it was loaded from (:func:`hf_weights_digest`), or "" when built
         from a config only.
@@ -202,6 +206,7 @@ class HfTextEncoder(TextEncoder):
         pooling: str = "mean",
         max_length: int = 256,
         trainable: bool = False,
+        trainable_layers: int = 0,
         weights_sha256: str = "",
     ) -> None:
         super().__init__()
@@ -216,6 +221,7 @@ class HfTextEncoder(TextEncoder):
         self.pooling = pooling
         self.max_length = max_length
         self.trainable = trainable
+        self.trainable_layers = int(trainable_layers)
         self.weights_sha256 = weights_sha256
         self.out_dim = int(model.config.hidden_size)
         self._input_names = set(getattr(tokenizer, "model_input_names", ())) or {
@@ -225,6 +231,19 @@ class HfTextEncoder(TextEncoder):
         if not trainable:
             self.model.requires_grad_(False)
             self.model.eval()
+        elif self.trainable_layers > 0:
+            layers = _transformer_layers(model)
+            if not 0 < self.trainable_layers <= len(layers):
+                raise ValueError(
+                    f"trainable_layers must be 1..{len(layers)} for this encoder, "
+                    f"not {self.trainable_layers}"
+                )
+            self.model.requires_grad_(False)
+            for layer in list(layers)[-self.trainable_layers :]:
+                layer.requires_grad_(True)
+            pooler = getattr(model, "pooler", None)
+            if pooler is not None:
+                pooler.requires_grad_(True)
 
     @classmethod
     def load(
@@ -234,6 +253,7 @@ class HfTextEncoder(TextEncoder):
         pooling: str = "mean",
         max_length: int = 256,
         trainable: bool = False,
+        trainable_layers: int = 0,
         structure_from: Path | None = None,
     ) -> HfTextEncoder:
         """Load an encoder with its pretrained weights, or only its structure.
@@ -242,7 +262,7 @@ class HfTextEncoder(TextEncoder):
         ----------
         source : str
             ``"minilm"`` or a model directory (see :func:`resolve_hf_source`).
-        pooling, max_length, trainable
+        pooling, max_length, trainable, trainable_layers
             See the class.
         structure_from : pathlib.Path, optional
             Build config and tokenizer from this directory (a package's ``text_encoder/``)
@@ -276,6 +296,7 @@ class HfTextEncoder(TextEncoder):
             pooling=pooling,
             max_length=max_length,
             trainable=trainable,
+            trainable_layers=trainable_layers,
             weights_sha256=digest,
         )
 
@@ -353,6 +374,8 @@ class HfTextEncoder(TextEncoder):
             "trainable": self.trainable,
             "hidden_size": self.out_dim,
         }
+        if self.trainable and self.trainable_layers:
+            entry["trainable_layers"] = self.trainable_layers
         if not self.trainable:
             entry["weights_sha256"] = self.weights_sha256
         elif self.weights_sha256:
@@ -372,6 +395,15 @@ class HfTextEncoder(TextEncoder):
 # --- seed 002: word ids into a feed-forward network --------------------------------------------
 
 _WORD = re.compile(r"[a-z0-9]+(?:'[a-z]+)?")
+
+
+def _transformer_layers(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer layers of a BERT-family encoder."""
+    encoder = getattr(model, "encoder", None)
+    layers = getattr(encoder, "layer", None) or getattr(encoder, "layers", None)
+    if not isinstance(layers, nn.ModuleList):
+        raise ValueError(f"cannot find the transformer layers of {type(model).__name__}")
+    return layers
 
 
 class WordVocabulary:

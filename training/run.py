@@ -1,0 +1,440 @@
+"""What ``cxrnode train`` and ``cxrnode evaluate`` do, from a :class:`training.config.RunConfig`.
+
+``train``: read the data, split it by patient (or take the dataset's split), check for
+leakage, build the model, fit, choose per-label thresholds on validation, evaluate on test
+(metrics with bootstrap CIs, ROC curves, calibration), and export a model package the node
+loads unchanged, with its model card.
+
+``crossval``: k patient-level folds; each fold trains on the rest (a tenth of it held out for
+early stopping and the threshold) and is evaluated on its own part. Variants (other encoders,
+the indication-only ablation, the TF-IDF baseline) run on the very same folds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.encoders.text import WordVocabulary
+from models.labels import VOCABULARIES
+from models.network import CxrClassifier, build_model
+from models.package import LabelConfig, ModelConfig, load_package, save_package
+from models.preprocess import PreprocessSpec
+from models.presets import PRESETS
+from models.text import TextCleaning, label_mask_words
+from training.baselines import tfidf_logreg_probabilities
+from training.card import model_card, split_table
+from training.config import RunConfig
+from training.datasets import LabelledData, Sample
+from training.errors import TrainingError
+from training.loader import SampleDataset, sample_text
+from training.losses import build_loss
+from training.metrics import Evaluation, choose_threshold, evaluate, save_roc_curves
+from training.splits import check_for_leakage, patient_folds, patient_split
+from training.textmodel import TextOnlyClassifier
+from training.trainer import Trainer, predict, seed_everything
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelPlan:
+    """What the config says the model is, before it is built."""
+
+    architecture: dict[str, Any]
+    spec: PreprocessSpec | None  # None: text-only
+    cleaning: TextCleaning
+    vocabulary: str
+    text_only: bool
+
+
+def plan_model(config: RunConfig, data: LabelledData) -> ModelPlan:
+    """Resolve the preset, architecture overrides, preprocessing and text cleaning."""
+    model = config.model
+    preset = PRESETS.get(str(model.get("preset", "")))
+    if model.get("preset") and preset is None:
+        raise TrainingError(f"[model] preset must be one of {sorted(PRESETS)}")
+    architecture = dict(preset.architecture) if preset else {}
+    architecture.update(model.get("architecture", {}))
+    text = dict(architecture.get("text_encoder") or {"kind": "none"})
+    if text.get("kind") == "hf":
+        text["path"] = text.get("path") or model.get("text_encoder_path")
+        if not text["path"]:
+            raise TrainingError(
+                f"{config.name}: the hf text encoder needs [model] text_encoder_path "
+                f"({preset.text_encoder_hint if preset else 'a model directory'}, or 'minilm')"
+            )
+    architecture["text_encoder"] = text
+    cleaning = preset.text_cleaning if preset else TextCleaning()
+    if model.get("mask_label_words"):
+        names = [label.name for label in VOCABULARIES[data.vocabulary]]
+        extra = tuple(model.get("mask_extra_words", ("normal", "abnormal")))
+        cleaning = TextCleaning(
+            cleaning.sections, label_mask_words(names, extra), cleaning.lowercase
+        )
+    spec = preset.preprocessing if preset else PreprocessSpec()
+    if "image_size" in model:
+        spec = PreprocessSpec(int(model["image_size"]), spec.channels)
+    text_only = bool(model.get("text_only", False))
+    return ModelPlan(
+        architecture, None if text_only else spec, cleaning, data.vocabulary, text_only
+    )
+
+
+def build_classifier(plan: ModelPlan, train: list[Sample], text_source: str) -> torch.nn.Module:
+    """Build a fresh model for a training part (a word vocabulary is fitted on it)."""
+    n_labels = len(VOCABULARIES[plan.vocabulary])
+    vocabulary = None
+    if plan.architecture["text_encoder"].get("kind") == "token_ffn":
+        size = int(plan.architecture["text_encoder"].get("vocab_size", 5000))
+        texts = [t for t in (sample_text(s, text_source, plan.cleaning) for s in train) if t]
+        vocabulary = WordVocabulary.fit(texts, size)
+    if plan.text_only:
+        return TextOnlyClassifier(plan.architecture, n_labels, vocabulary)
+    assert plan.spec is not None
+    model = build_model(
+        plan.architecture,
+        n_labels,
+        in_channels=plan.spec.channels,
+        load_image_weights=True,
+        vocabulary=vocabulary,
+    )
+    if not model.image_encoder.pretrained:
+        log.warning(
+            "%s starts from random weights: no ImageNet weights in the torch cache or by path",
+            plan.architecture["image_encoder"],
+        )
+    return model
+
+
+def _splits(config: RunConfig, data: LabelledData) -> dict[str, list[Sample]]:
+    how = config.data.get("split", "patient")
+    if how == "given":
+        parts = {name: data.split(name) for name in ("train", "val", "test")}
+        if not parts["train"] or not parts["test"]:
+            raise TrainingError(f"{data.name} has no given train/test split")
+        if not parts["val"]:
+            carved = patient_split(parts["train"], {"train": 0.9, "val": 0.1}, config.train.seed)
+            parts["train"], parts["val"] = carved["train"], carved["val"]
+    elif how == "patient":
+        fractions = config.data.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1})
+        parts = patient_split(data.samples, fractions, config.train.seed)
+    else:
+        raise TrainingError("[data] split must be 'given' or 'patient'")
+    check_for_leakage(parts)
+    return parts
+
+
+def _arrays(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
+    return np.stack([s.targets for s in samples]), np.stack([s.mask for s in samples])
+
+
+def _thresholds(
+    config: RunConfig, targets: np.ndarray, mask: np.ndarray, probabilities: np.ndarray
+) -> list[float]:
+    method = str(config.export.get("threshold", "youden"))
+    target = float(config.export.get("target_sensitivity", 0.9))
+    return [
+        choose_threshold(
+            targets[mask[:, j] > 0, j], probabilities[mask[:, j] > 0, j], method, target
+        )
+        for j in range(targets.shape[1])
+    ]
+
+
+def _fit(
+    config: RunConfig,
+    plan: ModelPlan,
+    train: list[Sample],
+    val: list[Sample],
+    run_dir: Path,
+    resume: bool,
+) -> tuple[Trainer, Any]:
+    seed_everything(config.train.seed)
+    model = build_classifier(plan, train, config.text_source)
+    loss = build_loss(
+        str(config.loss.get("name", "bce")),
+        train,
+        **{k: v for k, v in config.loss.items() if k != "name"},
+    )
+    trainer = Trainer(
+        model, loss, config.train, run_dir, device=str(config.model.get("device", "auto"))
+    )
+    train_set = SampleDataset(
+        train, plan.spec, plan.cleaning, config.text_source, config.train.augment
+    )
+    val_set = SampleDataset(val, plan.spec, plan.cleaning, config.text_source)
+    result = trainer.fit(train_set, val_set, resume=resume)
+    return trainer, result
+
+
+def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
+    """Train, evaluate and export one model; return the results written to ``results.json``."""
+    began = time.monotonic()
+    data = config.read_data()
+    log.info("%s", data.summary())
+    for line in data.missing[:20]:
+        log.warning("missing: %s", line)
+    parts = _splits(config, data)
+    plan = plan_model(config, data)
+    run_dir = config.output
+    run_dir.mkdir(parents=True, exist_ok=True)
+    trainer, fit = _fit(config, plan, parts["train"], parts["val"], run_dir, resume)
+    names = [label.name for label in VOCABULARIES[data.vocabulary]]
+
+    val_set = SampleDataset(parts["val"], plan.spec, plan.cleaning, config.text_source)
+    val_targets, val_mask = _arrays(parts["val"])
+    thresholds = _thresholds(config, val_targets, val_mask, trainer.predict(val_set))
+    test_set = SampleDataset(parts["test"], plan.spec, plan.cleaning, config.text_source)
+    test_probabilities = trainer.predict(test_set)
+    test_targets, test_mask = _arrays(parts["test"])
+    evaluation = evaluate(
+        test_targets, test_mask, test_probabilities, names, thresholds, seed=config.train.seed
+    )
+    roc_png = save_roc_curves(
+        test_targets,
+        test_mask,
+        test_probabilities,
+        names,
+        run_dir / "roc_test.png",
+        f"{config.name}: test ROC",
+    )
+    seconds = time.monotonic() - began
+    results = {
+        "name": config.name,
+        "data": data.summary(),
+        "splits": split_table(parts),
+        "best_epoch": fit.best_epoch + 1,
+        "epochs_run": len(fit.history),
+        "stopped_early": fit.stopped_early,
+        "test": evaluation.to_dict(),
+        "thresholds": dict(zip(names, thresholds, strict=True)),
+        "seconds": round(seconds, 1),
+        "device": str(trainer.device),
+        "roc_png": str(roc_png),
+        "image_pretrained": bool(
+            isinstance(trainer.model, CxrClassifier) and trainer.model.image_encoder.pretrained
+        ),
+    }
+    if config.export and isinstance(trainer.model, CxrClassifier):
+        results["package"] = str(
+            _export(config, plan, trainer.model, data, parts, evaluation, thresholds, results)
+        )
+    (run_dir / "results.json").write_text(
+        json.dumps(results, indent=2, default=_json_default) + "\n"
+    )
+    return results
+
+
+def _export(
+    config: RunConfig,
+    plan: ModelPlan,
+    model: CxrClassifier,
+    data: LabelledData,
+    parts: dict[str, list[Sample]],
+    evaluation: Evaluation,
+    thresholds: list[float],
+    results: dict[str, Any],
+) -> Path:
+    export = config.export
+    assert plan.spec is not None
+    labels = tuple(
+        LabelConfig.from_label(label, threshold)
+        for label, threshold in zip(VOCABULARIES[data.vocabulary], thresholds, strict=True)
+    )
+    package_config = ModelConfig(
+        name=str(export.get("name", config.name)),
+        version=str(export.get("version", "0.1.0")),
+        architecture=model.architecture,
+        preprocessing=plan.spec,
+        labels=labels,
+        trained=True,
+        disclaimer=str(
+            export.get(
+                "disclaimer",
+                "Research model, not a medical device: every result requires review by a "
+                "radiologist",
+            )
+        ),
+        training_data=f"{data.name}: {data.source}",
+        text_cleaning=plan.cleaning,
+        label_vocabulary=data.vocabulary,
+        uncertain_policy=config.data.get("uncertain") if data.vocabulary == "chexpert-14" else None,
+    )
+    path = Path(export.get("path", config.output / "package"))
+    if path.exists():
+        import shutil
+
+        shutil.rmtree(path)
+    model.cpu().eval()
+    card = model_card(package_config, config, data, parts, evaluation, results)
+    written = save_package(model, package_config, path, card)
+    load_package(path)  # the node's own loader must accept it, or the export failed
+    log.info("exported %s to %s", written.package_id, path)
+    return path
+
+
+def run_crossval(config: RunConfig) -> dict[str, Any]:
+    """K-fold cross-validation of the config and its variants on the same patient folds."""
+    began = time.monotonic()
+    data = config.read_data()
+    log.info("%s", data.summary())
+    k = int(config.data.get("folds", 5))
+    folds = patient_folds(data.samples, k, config.train.seed)
+    variants = [{"name": "model"}] + config.variants
+    names = [label.name for label in VOCABULARIES[data.vocabulary]]
+    results: dict[str, Any] = {
+        "name": config.name,
+        "data": data.summary(),
+        "folds": k,
+        "variants": {},
+    }
+    for overrides in variants:
+        variant = config.variant(overrides) if overrides["name"] != "model" else config
+        kind = overrides.get("kind", "model")
+        per_fold = []
+        for fold, (train_all, test) in enumerate(folds):
+            carved = patient_split(train_all, {"train": 0.9, "val": 0.1}, config.train.seed + fold)
+            train, val = carved["train"], carved["val"]
+            check_for_leakage({"train": train, "val": val, "test": test})
+            plan = plan_model(variant, data)
+            if kind == "tfidf_logreg":
+                val_p, test_p = _tfidf(variant, plan, train, val, test)
+            elif kind == "model":
+                run_dir = config.output / overrides["name"] / f"fold{fold + 1}"
+                trainer, _ = _fit(variant, plan, train, val, run_dir, resume=True)
+                val_p = trainer.predict(
+                    SampleDataset(val, plan.spec, plan.cleaning, variant.text_source)
+                )
+                test_p = trainer.predict(
+                    SampleDataset(test, plan.spec, plan.cleaning, variant.text_source)
+                )
+            else:
+                raise TrainingError(f"variant kind must be 'model' or 'tfidf_logreg', not {kind!r}")
+            val_t, val_m = _arrays(val)
+            thresholds = _thresholds(variant, val_t, val_m, val_p)
+            test_t, test_m = _arrays(test)
+            evaluation = evaluate(test_t, test_m, test_p, names, thresholds, bootstrap=0)
+            per_fold.append(evaluation.to_dict())
+            log.info(
+                "%s fold %d: macro AUROC %.4f", variant.name, fold + 1, evaluation.macro("auroc")
+            )
+        results["variants"][overrides["name"]] = _summarise_folds(per_fold, overrides)
+    results["seconds"] = round(time.monotonic() - began, 1)
+    config.output.mkdir(parents=True, exist_ok=True)
+    (config.output / "results.json").write_text(
+        json.dumps(results, indent=2, default=_json_default) + "\n"
+    )
+    (config.output / "report.md").write_text(crossval_markdown(results))
+    return results
+
+
+def _tfidf(
+    config: RunConfig, plan: ModelPlan, train: list[Sample], val: list[Sample], test: list[Sample]
+) -> tuple[np.ndarray, np.ndarray]:
+    def texts(samples: list[Sample]) -> list[str | None]:
+        return [sample_text(s, config.text_source, plan.cleaning) for s in samples]
+
+    targets, _ = _arrays(train)
+    return (
+        tfidf_logreg_probabilities(texts(train), targets, texts(val)),
+        tfidf_logreg_probabilities(texts(train), targets, texts(test)),
+    )
+
+
+def _summarise_folds(per_fold: list[dict[str, Any]], overrides: dict[str, Any]) -> dict[str, Any]:
+    keys = ("auroc", "average_precision", "accuracy", "precision", "recall", "f1")
+    summary: dict[str, Any] = {"description": overrides.get("description", ""), "macro": {}}
+    for key in keys:
+        values = [fold["macro"][key] for fold in per_fold if not math.isnan(fold["macro"][key])]
+        summary["macro"][key] = {"mean": float(np.mean(values)), "sd": float(np.std(values))}
+    if len(per_fold[0]["labels"]) == 1:
+        summary["specificity"] = float(np.mean([f["labels"][0]["specificity"] for f in per_fold]))
+    summary["per_fold_auroc"] = [fold["macro"]["auroc"] for fold in per_fold]
+    return summary
+
+
+def crossval_markdown(results: dict[str, Any]) -> str:
+    """The cross-validation results as a markdown table."""
+    lines = [
+        f"# {results['name']}",
+        "",
+        f"{results['data']}; {results['folds']}-fold patient-level cross-validation.",
+        "",
+        "| variant | AUROC | accuracy | recall (abnormal) | precision | F1 |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, summary in results["variants"].items():
+        m = summary["macro"]
+        cells = [
+            f"{m[k]['mean']:.3f} ± {m[k]['sd']:.3f}"
+            for k in ("auroc", "accuracy", "recall", "precision", "f1")
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "Macro means over labels, then mean ± sd over folds; thresholds by Youden's J on each "
+        "fold's validation part.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run_evaluate(package_path: Path, config: RunConfig, split: str = "test") -> dict[str, Any]:
+    """Evaluate a model package on a config's data (its test part, or ``all``)."""
+    package = load_package(package_path)
+    data = config.read_data()
+    if data.vocabulary != package.config.label_vocabulary:
+        raise TrainingError(
+            f"package predicts {package.config.label_vocabulary!r}, "
+            f"data is labelled {data.vocabulary!r}"
+        )
+    samples = data.samples if split == "all" else _splits(config, data)[split]
+    dataset = SampleDataset(
+        samples,
+        package.config.preprocessing,
+        package.config.text_cleaning,
+        config.text_source if package.config.uses_text else "none",
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    probabilities = predict(package.model.to(device), dataset, 32, device)
+    targets, mask = _arrays(samples)
+    names = [label.name for label in package.config.labels]
+    evaluation = evaluate(targets, mask, probabilities, names, package.config.thresholds)
+    out = config.output / "evaluate"
+    png = save_roc_curves(
+        targets,
+        mask,
+        probabilities,
+        names,
+        out / f"roc_{split}.png",
+        f"{package.config.package_id}: {split}",
+    )
+    results = {
+        "package": package.config.package_id,
+        "data": data.summary(),
+        "split": split,
+        "n": len(samples),
+        "metrics": evaluation.to_dict(),
+        "roc_png": str(png),
+        "host": platform.node(),
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
+    return results
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
