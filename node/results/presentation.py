@@ -73,19 +73,6 @@ def build_presentation_state(
     )
     rows, cols = int(header.Rows), int(header.Columns)
     height = max(12.0, _LABEL_FRACTION * min(rows, cols))
-    region_annotation = hd.pr.GraphicAnnotation(
-        referenced_images=[header],
-        graphic_layer=outlines,
-        graphic_objects=[
-            _outline(region, n, sr_instance_uid or sop_instance_uid, header.SOPInstanceUID)
-            for n, region in enumerate(regions, start=1)
-        ]
-        or None,
-        text_objects=[
-            _label(region, n, rows, cols, height) for n, region in enumerate(regions, start=1)
-        ]
-        or None,
-    )
     notice_lines = [*notices(algorithm), f"Model: {algorithm.name} {algorithm.version}"]
     if not regions:
         notice_lines.append("No finding region above threshold")
@@ -103,7 +90,20 @@ def build_presentation_state(
         ],
     )
     annotations = [notice_annotation]
+    # highdicom refuses an annotation with nothing in it: no region, no region layer content.
     if regions:
+        report_uid = sr_instance_uid or sop_instance_uid
+        region_annotation = hd.pr.GraphicAnnotation(
+            referenced_images=[header],
+            graphic_layer=outlines,
+            graphic_objects=[
+                _outline(region, n, report_uid, header.SOPInstanceUID)
+                for n, region in enumerate(regions, start=1)
+            ],
+            text_objects=[
+                _label(region, n, rows, cols, height) for n, region in enumerate(regions, start=1)
+            ],
+        )
         annotations.insert(0, region_annotation)
     state = hd.pr.GrayscaleSoftcopyPresentationState(
         referenced_images=[_display_view(header)],
