@@ -116,8 +116,9 @@ def draw_regions(
     for number, region in regions:
         points = [(float(x) * scale, float(y) * scale) for x, y in region.points]
         draw.line(points, fill=_ORANGE[:3], width=width, joint="curve")
-        left, top = min(x for x, _ in points), min(y for _, y in points)
-        anchor = (left + width, max(0.0, top - font.size - width))
+        # The number sits just above the outline's topmost vertex, so it touches its region.
+        x, top = min(points, key=lambda point: point[1])
+        anchor = (x, max(0.0, top - font.size - width))
         draw.text(
             anchor, str(number), font=font, fill=_ORANGE[:3], stroke_width=2, stroke_fill=(0, 0, 0)
         )
