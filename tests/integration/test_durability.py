@@ -57,11 +57,11 @@ def result_counts(orthanc, study_uid: str) -> tuple[int, int]:
         series[instance["ParentSeries"]] += 1
     srs = scs = 0
     for series_id, count in series.items():
-        modality = orthanc.get(f"/series/{series_id}")["MainDicomTags"].get("Modality")
-        if modality == "SR":
+        tags = orthanc.get(f"/series/{series_id}")["MainDicomTags"]
+        if tags.get("Modality") == "SR":
             srs += count
-        elif modality == "OT":
-            scs += count
+        elif tags.get("Modality") == "OT" and tags.get("SeriesNumber") == "9902":
+            scs += count  # the overview capture (9903 holds one capture per present finding)
     return srs, scs
 
 

@@ -86,7 +86,9 @@ def test_study_sent_by_orthanc_comes_back_as_sr_and_overlay(
     instances = wait_for(
         lambda: results_in_orthanc(orthanc, study_id, expected=3), 120, "SR + SC in Orthanc"
     )
-    srs, scs = split_results(orthanc, instances, {source_uid})
+    srs, others = split_results(orthanc, instances, {source_uid})
+    # Besides the SR: the overview capture, one capture per present finding, the GSPS.
+    scs = [ds for ds in others if ds.SOPClassUID == SC_STORAGE and ds.ImageType[-1] == "OVERVIEW"]
     assert len(srs) == 1 and len(scs) == 1
 
     sr = srs[0]
