@@ -78,7 +78,9 @@ def _send_and_show(orthanc: Orthanc, node, workdir: Path, timeout_s: float) -> i
             print(f"\n  SR  {ds.SeriesDescription}")
             for line in _sr_lines(ds):
                 print(f"      {line}")
-        else:
+        elif "PixelData" not in ds:
+            print(f"\n  {ds.Modality}  {ds.SeriesDescription}")  # the presentation state
+        elif ds.ImageType[-1] == "OVERVIEW":
             png = workdir / "overlay.png"
             Image.fromarray(np.asarray(ds.pixel_array, dtype=np.uint8)).save(png)
             print(f"\n  SC  {ds.SeriesDescription}\n      overlay saved as {png}")
