@@ -2,15 +2,22 @@
 time; time from the last instance received to the SR stored in Orthanc (the node's audit log
 records both: ``instance.received`` and the ``result.sent`` Orthanc confirmed).
 
-    .venv/bin/python benchmarks/latency.py [--studies 10] [--stable-age 10]
+    .venv/bin/python benchmarks/latency.py [--studies 10] [--stable-age 10] [--pairing-window 0]
+
+The node runs on its defaults except: no report feed (``hl7_port = 0``) and a pairing window of
+0 s, so a study runs image-only as soon as it is stable instead of waiting the default 300 s for
+a report that never comes. The stable age (default 10 s, the node's default) is part of the
+figure: a study is processed only once no instance arrived for that long.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import json
 import os
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -36,17 +43,27 @@ def chest_files() -> list[Path]:
     return sorted((SHARED / "rsna-pneumonia-sample" / "stage_1_train_images").glob("*.dcm"))
 
 
-def renamed(path: Path) -> bytes:
+def renamed(path: Path) -> tuple[str, bytes]:
     """The file as a new study: fresh Study/Series/SOP Instance UIDs, same pixels."""
     ds = pydicom.dcmread(path)
     ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
     buffer = io.BytesIO()
     ds.save_as(buffer)
-    return buffer.getvalue()
+    return ds.StudyInstanceUID, buffer.getvalue()
 
 
-def wait_echo(port: int, timeout_s: float = 120) -> None:
+def study_state(db_path: Path, study_uid: str) -> str | None:
+    """The node's state of a study, read from its SQLite file (read-only)."""
+    if not db_path.exists():
+        return None
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
+        db.execute("PRAGMA busy_timeout = 5000")
+        row = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+    return row[0] if row else None
+
+
+def wait_echo(port: int, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         ae = AE(ae_title="ORTHANC")
@@ -80,9 +97,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=10)
     parser.add_argument("--stable-age", type=float, default=10.0)
+    parser.add_argument("--pairing-window", type=float, default=0.0)
+    parser.add_argument("--timeout", type=float, default=600.0, help="per study, seconds")
     args = parser.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="cxrnode-latency-"))
+    db_path = workdir / "node" / "cxrnode.db"
     node_port = free_port()
     orthanc = Orthanc(workdir / "orthanc", [Modality("cxrnode", "CXRNODE", "127.0.0.1", node_port)])
     env = {
@@ -90,7 +110,11 @@ def main() -> None:
         "CXRNODE_DICOM_HOST": "127.0.0.1",
         "CXRNODE_DICOM_PORT": str(node_port),
         "CXRNODE_DATA_DIR": str(workdir / "node"),
+        "CXRNODE_DB_URL": f"sqlite:///{db_path}",
         "CXRNODE_STABLE_AGE_S": str(args.stable_age),
+        "CXRNODE_PAIRING_WINDOW_S": str(args.pairing_window),
+        "CXRNODE_HL7_PORT": "0",
+        "CXRNODE_ADMIN_PORT": "0",
         "PYTHONPATH": str(REPO),
     }
     with orthanc:
@@ -107,10 +131,18 @@ def main() -> None:
             wait_echo(node_port)
             files = chest_files()
             for n in range(args.studies):
-                uploaded = orthanc.upload(renamed(files[n % len(files)]))
+                study_uid, data = renamed(files[n % len(files)])
+                uploaded = orthanc.upload(data)
                 orthanc.send_study("cxrnode", uploaded["ParentStudy"])
-                while len(orthanc.study_instances(uploaded["ParentStudy"])) < 3:
-                    time.sleep(0.05)
+                # One study at a time: the next is sent once every result of this one was
+                # confirmed (the node's study state "done"), so runs never overlap.
+                deadline = time.monotonic() + args.timeout
+                while (state := study_state(db_path, study_uid)) != "done":
+                    if state in ("failed", "skipped") or node.poll() is not None:
+                        raise SystemExit(f"study {n + 1}: {state}; see {log.name}")
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"study {n + 1}: not done in time; see {log.name}")
+                    time.sleep(0.1)
         finally:
             node.terminate()
             node.wait(timeout=60)
@@ -133,6 +165,8 @@ def main() -> None:
 
     print(f"studies: {len(total)} (RSNA chest CR 1024x1024 JPEG baseline)")
     print(f"stable age: {args.stable_age} s (a study waits this long after its last instance)")
+    print(f"pairing window: {args.pairing_window} s (no report feed: image-only runs)")
+    print(f"load average at the end: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
     summarize("last instance received -> SR stored in Orthanc", total)
     summarize("study queued (stable) -> SR stored in Orthanc", processing)
     for stage, values in stages.items():
