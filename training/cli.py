@@ -80,7 +80,8 @@ def _print_train(results: dict[str, Any]) -> None:
     print(results["data"])
     for name, row in results["splits"].items():
         print(
-            f"  {name}: {row['samples']} samples, {row['patients']} patients, positives {row['positives']}"
+            f"  {name}: {row['samples']} samples, {row['patients']} patients, "
+            f"positives {row['positives']}"
         )
     print(
         f"best epoch {results['best_epoch']} of {results['epochs_run']} run, on {results['device']}"
@@ -94,6 +95,8 @@ def _print_train(results: dict[str, Any]) -> None:
         )
     if "package" in results:
         print(f"package: {results['package']}")
+    if results.get("leaked_samples_dropped"):
+        print(f"dropped {results['leaked_samples_dropped']} val/test samples of leaked patients")
 
 
 def _evaluate(args: argparse.Namespace, settings: Any) -> int:

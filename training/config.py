@@ -59,9 +59,10 @@ READERS = {
     "nih_chestxray14": datasets.read_nih_chestxray14,
     "nih_folders": datasets.read_nih_folders,
     "manifest": datasets.read_manifest,
+    "rsna_pneumonia": datasets.read_rsna_pneumonia,
 }
 # [data] keys that are not reader arguments.
-_DATA_KEYS = {"reader", "split", "fractions", "folds", "text_source", "val_fraction", "limit"}
+_DATA_KEYS = {"reader", "split", "fractions", "folds", "text_source", "leakage", "limit"}
 _PATH_KEYS = {
     "reports_csv",
     "projections_csv",
@@ -153,7 +154,11 @@ def _settings_dict(settings: TrainSettings) -> dict[str, Any]:
 def _deep_merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     merged = copy.deepcopy(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+        # A table of another "kind" (a token_ffn text encoder over an hf one) replaces it.
+        same_kind = isinstance(merged.get(key), dict) and merged[key].get("kind") == (
+            value.get("kind", merged[key].get("kind")) if isinstance(value, dict) else None
+        )
+        if isinstance(value, dict) and same_kind:
             merged[key] = _deep_merge(merged[key], value)
         else:
             merged[key] = value

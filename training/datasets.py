@@ -17,6 +17,7 @@ read_openi_xml      the original Open-i ``ecgen-radiology`` XML reports (+ PNGs)
 read_mimic_cxr      MIMIC-CXR layout: DICOM + report txt + CheXpert label CSV (-1/0/1)
 read_nih_chestxray14  ``Data_Entry_2017*.csv`` + PNG folders
 read_nih_folders    NIH images sorted into ``{split}/{0_normal,1_abnormal}/`` folders
+read_rsna_pneumonia the RSNA Pneumonia Detection Challenge DICOMs with their class file
 read_manifest       a generic CSV manifest: image, report, labels, patient id
 """
 
@@ -562,6 +563,53 @@ def _folder_target(name: str) -> float:
     if "normal" in lowered:
         return 0.0
     raise DatasetError(f"class folder {name!r} is neither normal nor abnormal")
+
+
+# --- RSNA Pneumonia Detection Challenge ------------------------------------------------------
+
+RSNA_TERMS = (
+    "RSNA Pneumonia Detection Challenge (2018; NIH ChestX-ray14 images re-encoded as DICOM): "
+    "research and commercial use with attribution to RSNA"
+)
+
+
+def read_rsna_pneumonia(
+    root: str | Path,
+    *,
+    class_csv: str = "example_detailed_class_info.csv",
+    images: str = "stage_1_train_images",
+) -> LabelledData:
+    """Read RSNA Pneumonia DICOMs as normal (class "Normal") or abnormal (any other class).
+
+    A patient listed in the class file without a DICOM on disk goes to ``missing``.
+    """
+    base = Path(root)
+    classes: dict[str, set[str]] = {}
+    for row in _rows(base / class_csv):
+        classes.setdefault(row["patientId"].strip(), set()).add(row["class"].strip())
+    samples, missing = [], []
+    for patient, names in sorted(classes.items()):
+        path = base / images / f"{patient}.dcm"
+        if not path.exists():
+            missing.append(str(path))
+            continue
+        target = 0.0 if names == {"Normal"} else 1.0
+        samples.append(
+            Sample(
+                key=patient,
+                patient_id=patient,
+                targets=np.array([target], dtype=np.float32),
+                mask=_ones(1),
+                image=path,
+            )
+        )
+    return LabelledData(
+        "RSNA Pneumonia Detection Challenge sample",
+        NORMAL_ABNORMAL,
+        samples,
+        missing,
+        source=RSNA_TERMS,
+    )
 
 
 # --- generic manifest --------------------------------------------------------------------------

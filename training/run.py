@@ -39,7 +39,7 @@ from training.errors import TrainingError
 from training.loader import SampleDataset, sample_text
 from training.losses import build_loss
 from training.metrics import Evaluation, choose_threshold, evaluate, save_roc_curves
-from training.splits import check_for_leakage, patient_folds, patient_split
+from training.splits import check_for_leakage, drop_leaked, patient_folds, patient_split
 from training.textmodel import TextOnlyClassifier
 from training.trainer import Trainer, predict, seed_everything
 
@@ -116,8 +116,10 @@ def build_classifier(plan: ModelPlan, train: list[Sample], text_source: str) -> 
     return model
 
 
-def _splits(config: RunConfig, data: LabelledData) -> dict[str, list[Sample]]:
+def _splits(config: RunConfig, data: LabelledData) -> tuple[dict[str, list[Sample]], int]:
+    """The train/val/test parts the config asks for, and how many leaked samples were dropped."""
     how = config.data.get("split", "patient")
+    dropped = 0
     if how == "given":
         parts = {name: data.split(name) for name in ("train", "val", "test")}
         if not parts["train"] or not parts["test"]:
@@ -125,13 +127,24 @@ def _splits(config: RunConfig, data: LabelledData) -> dict[str, list[Sample]]:
         if not parts["val"]:
             carved = patient_split(parts["train"], {"train": 0.9, "val": 0.1}, config.train.seed)
             parts["train"], parts["val"] = carved["train"], carved["val"]
+        policy = config.data.get("leakage", "fail")
+        if policy == "drop":
+            parts, dropped = drop_leaked(parts)
+            log.warning(
+                "%s: the given split puts patients in more than one split; dropped %d samples "
+                "of val/test whose patient is in an earlier split",
+                data.name,
+                dropped,
+            )
+        elif policy != "fail":
+            raise TrainingError("[data] leakage must be 'fail' or 'drop'")
     elif how == "patient":
         fractions = config.data.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1})
         parts = patient_split(data.samples, fractions, config.train.seed)
     else:
         raise TrainingError("[data] split must be 'given' or 'patient'")
     check_for_leakage(parts)
-    return parts
+    return parts, dropped
 
 
 def _arrays(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
@@ -184,7 +197,7 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     log.info("%s", data.summary())
     for line in data.missing[:20]:
         log.warning("missing: %s", line)
-    parts = _splits(config, data)
+    parts, dropped = _splits(config, data)
     plan = plan_model(config, data)
     run_dir = config.output
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -213,6 +226,7 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
         "name": config.name,
         "data": data.summary(),
         "splits": split_table(parts),
+        "leaked_samples_dropped": dropped,
         "best_epoch": fit.best_epoch + 1,
         "epochs_run": len(fit.history),
         "stopped_early": fit.stopped_early,
@@ -398,7 +412,7 @@ def run_evaluate(package_path: Path, config: RunConfig, split: str = "test") -> 
             f"package predicts {package.config.label_vocabulary!r}, "
             f"data is labelled {data.vocabulary!r}"
         )
-    samples = data.samples if split == "all" else _splits(config, data)[split]
+    samples = data.samples if split == "all" else _splits(config, data)[0][split]
     dataset = SampleDataset(
         samples,
         package.config.preprocessing,

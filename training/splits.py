@@ -41,6 +41,27 @@ def check_for_leakage(splits: Mapping[str, Sequence[Sample]]) -> None:
         raise LeakageError("patients appear in more than one split: " + "; ".join(parts))
 
 
+def drop_leaked(splits: Mapping[str, Sequence[Sample]]) -> tuple[dict[str, list[Sample]], int]:
+    """Repair a given split: drop from each later split the samples of patients an earlier one
+    holds (the order of ``splits``: train, then val, then test).
+
+    Returns
+    -------
+    (dict, int)
+        The repaired splits and how many samples were dropped.
+    """
+    seen: set[str] = set()
+    repaired: dict[str, list[Sample]] = {}
+    dropped = 0
+    for name, samples in splits.items():
+        kept = [s for s in samples if s.patient_id not in seen]
+        dropped += len(samples) - len(kept)
+        repaired[name] = kept
+        seen |= {s.patient_id for s in kept}
+    check_for_leakage(repaired)
+    return repaired, dropped
+
+
 def _patients(samples: Sequence[Sample]) -> dict[str, list[Sample]]:
     by_patient: dict[str, list[Sample]] = defaultdict(list)
     for sample in samples:

@@ -246,6 +246,8 @@ class Trainer:
             generator=generator,
             collate_fn=collate,
             pin_memory=self.device.type == "cuda",
+            # A last batch of one would break batch normalisation.
+            drop_last=train and len(dataset) > self.settings.batch_size,
         )
 
     # --- the loop --------------------------------------------------------------------------

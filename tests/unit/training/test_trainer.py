@@ -1,0 +1,123 @@
+"""The trainer on a tiny real subset: it learns, resumes exactly, exports what the node loads."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from models.network import build_model
+from models.package import load_package
+from models.predictor import Predictor
+from models.preprocess import PreprocessSpec, image_file_to_display
+from models.text import TextCleaning
+from training.cli import parse_overrides
+from training.config import load_run_config
+from training.datasets import read_nih_folders
+from training.loader import SampleDataset
+from training.losses import build_loss
+from training.run import run_train
+from training.splits import patient_split
+from training.trainer import Trainer, TrainSettings, seed_everything
+
+SPEC = PreprocessSpec(image_size=32, channels=3)
+ARCH = {"image_encoder": "resnet18", "hidden_dim": 0, "dropout": 0.1}
+
+
+@pytest.fixture(scope="module")
+def parts(nih_thumbs: Path, nih_data_entry: Path):
+    data = read_nih_folders(nih_thumbs, data_entry_csv=nih_data_entry)
+    return patient_split(data.samples[::10], {"train": 0.7, "val": 0.3}, seed=0)
+
+
+def _trainer(
+    parts, run_dir: Path, epochs: int, **settings
+) -> tuple[Trainer, SampleDataset, SampleDataset]:
+    seed_everything(0)
+    model = build_model(ARCH, 1, in_channels=3)
+    options = {"epochs": epochs, "batch_size": 16, "lr": 3e-3, "schedule": "cosine", "patience": 0}
+    trainer = Trainer(
+        model,
+        build_loss("weighted_bce", parts["train"]),
+        TrainSettings(**{**options, **settings}),
+        run_dir,
+        device="cpu",
+        progress=False,
+    )
+    cleaning = TextCleaning()
+    train = SampleDataset(parts["train"], SPEC, cleaning, "none", augment=True)
+    return trainer, train, SampleDataset(parts["val"], SPEC, cleaning, "none")
+
+
+def test_training_loss_goes_down(parts, tmp_path: Path) -> None:
+    trainer, train, val = _trainer(parts, tmp_path, epochs=6)
+    result = trainer.fit(train, val)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < losses[0]
+    assert (tmp_path / "epochs.csv").read_text().count("\n") == 7  # header + 6 epochs
+    assert (tmp_path / "best.pt").exists() and (tmp_path / "last.pt").exists()
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_resume_from_a_checkpoint_continues_identically(parts, tmp_path: Path) -> None:
+    straight, train, val = _trainer(parts, tmp_path / "straight", epochs=3, ema_decay=0.9)
+    straight.fit(train, val)
+
+    def crash_after_first_epoch(row: dict) -> None:
+        raise Interrupted
+
+    first, train, val = _trainer(parts, tmp_path / "resumed", epochs=3, ema_decay=0.9)
+    with pytest.raises(Interrupted):
+        first.fit(train, val, on_epoch=crash_after_first_epoch)
+    # A new process: a fresh model and trainer read last.pt and run the remaining epochs.
+    second, train, val = _trainer(parts, tmp_path / "resumed", epochs=3, ema_decay=0.9)
+    result = second.fit(train, val)
+    assert [row["epoch"] for row in result.history] == [0, 1, 2]
+    pairs = zip(
+        straight.model.state_dict().items(), second.model.state_dict().values(), strict=True
+    )
+    for (name, a), b in pairs:
+        assert torch.equal(a, b), name
+
+
+def test_exported_package_loads_and_predicts_like_the_node(
+    shared_data: Path, tmp_path: Path
+) -> None:
+    config = load_run_config(
+        Path(__file__).parents[3] / "training" / "configs" / "default-nih-normal-abnormal.toml",
+        parse_overrides(
+            [
+                f'run.output="{tmp_path / "run"}"',
+                f'export.path="{tmp_path / "package"}"',
+                'data.split="patient"',
+                "data.limit=120",
+                "model.image_size=32",
+                "train.epochs=2",
+                "train.batch_size=16",
+            ]
+        ),
+    )
+    results = run_train(config)
+    assert Path(results["roc_png"]).stat().st_size > 1000
+    package = load_package(results["package"])
+    assert package.config.trained and package.config.label_vocabulary == "normal-abnormal"
+    threshold = package.config.labels[0].threshold
+    assert threshold == pytest.approx(results["thresholds"]["Abnormal"])
+    card = (Path(results["package"]) / "MODEL_CARD.md").read_text()
+    assert "AUROC (95% CI)" in card and "random initialisation" in card
+    # The node's predictor serves it on a real DICOM.
+    display = image_file_to_display(
+        shared_data
+        / "nih-chestxray14-dicom-gcp"
+        / next(
+            p.name
+            for p in (shared_data / "nih-chestxray14-dicom-gcp").iterdir()
+            if p.suffix == ".dcm"
+        )
+    )
+    (prediction,) = Predictor(package, device="cpu").predict([display])
+    assert 0.0 <= float(prediction.probabilities[0]) <= 1.0
