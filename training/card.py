@@ -29,6 +29,20 @@ def split_table(parts: dict[str, list[Sample]]) -> dict[str, dict[str, Any]]:
     return table
 
 
+def _leakage_line(dropped: int) -> str:
+    if dropped < 0:
+        return (
+            f"**{-dropped} patients are in more than one split (the dataset's own split, kept "
+            "to reproduce its figures): the test metrics below are inflated by leakage.**"
+        )
+    if dropped:
+        return (
+            f"The dataset's split put patients in more than one split; {dropped} val/test "
+            "samples of such patients were dropped, so no patient is in two splits."
+        )
+    return "Splits are by patient; the leakage check found no patient in two splits."
+
+
 def _f(value: float) -> str:
     return (
         "n/a"
@@ -81,7 +95,7 @@ def model_card(
         lines.append(f"| {name} | {row['samples']} | {row['patients']} | {row['positives']} |")
     lines += [
         "",
-        "Splits are by patient; the leakage check found no patient in two splits.",
+        _leakage_line(results.get("leaked_samples_dropped", 0)),
         f"Loss `{config.loss.get('name', 'bce')}`; {results['epochs_run']} epochs run, best epoch "
         f"{results['best_epoch']} by validation {config.train.monitor}; "
         f"{results['seconds']:.0f} s on {results['device']}.",

@@ -95,8 +95,11 @@ def _print_train(results: dict[str, Any]) -> None:
         )
     if "package" in results:
         print(f"package: {results['package']}")
-    if results.get("leaked_samples_dropped"):
-        print(f"dropped {results['leaked_samples_dropped']} val/test samples of leaked patients")
+    leaked = results.get("leaked_samples_dropped", 0)
+    if leaked > 0:
+        print(f"dropped {leaked} val/test samples of patients in an earlier split")
+    elif leaked < 0:
+        print(f"WARNING: {-leaked} patients are in more than one split: metrics are inflated")
 
 
 def _evaluate(args: argparse.Namespace, settings: Any) -> int:

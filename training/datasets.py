@@ -188,6 +188,13 @@ class _FileIndex:
 # --- IU X-ray / Open-i ---------------------------------------------------------------------
 
 
+def _iu_sample(
+    uid: str, targets: np.ndarray, image: Path | None, report: str | None, indication: str | None
+) -> Sample:
+    """An IU X-ray study: one per patient, so the report uid is also the patient key."""
+    return Sample(uid, uid, targets, _ones(len(targets)), image, report or None, indication)
+
+
 def read_iu_xray(
     reports_csv: str | Path,
     *,
@@ -234,17 +241,7 @@ def read_iu_xray(
             image = index.find(name, f"CXR{name.replace('.dcm.png', '.png')}")
             if image is None:
                 missing.append(name)
-        samples.append(
-            Sample(
-                key=uid,
-                patient_id=uid,
-                targets=targets,
-                mask=_ones(len(targets)),
-                image=image,
-                report=report or None,
-                indication=_clean(row.get("indication")),
-            )
-        )
+        samples.append(_iu_sample(uid, targets, image, report, _clean(row.get("indication"))))
     return LabelledData("IU X-ray (Open-i) reports", vocabulary, samples, missing, source=IU_TERMS)
 
 
@@ -286,17 +283,8 @@ def read_r2gen(
                 image = index.find(Path(entry["image_path"][0]).name)
                 if image is None:
                     missing.append(entry["image_path"][0])
-            samples.append(
-                Sample(
-                    key=uid,
-                    patient_id=uid,
-                    targets=targets,
-                    mask=_ones(len(targets)),
-                    image=image,
-                    report=_clean(entry.get("report")),
-                    indication=_clean(row.get("indication")),
-                )
-            )
+            report, indication = _clean(entry.get("report")), _clean(row.get("indication"))
+            samples.append(_iu_sample(uid, targets, image, report, indication))
             split[uid] = split_name
     return LabelledData(
         "IU X-ray (R2Gen split)", vocabulary, samples, missing, given_split=split, source=IU_TERMS
@@ -345,17 +333,7 @@ def read_openi_xml(
         report = compose_report(
             {"findings": texts.get("findings"), "impression": texts.get("impression")}
         )
-        samples.append(
-            Sample(
-                key=uid,
-                patient_id=uid,
-                targets=targets,
-                mask=_ones(len(targets)),
-                image=image,
-                report=report or None,
-                indication=texts.get("indication"),
-            )
-        )
+        samples.append(_iu_sample(uid, targets, image, report, texts.get("indication")))
     return LabelledData("Open-i XML reports", vocabulary, samples, missing, source=IU_TERMS)
 
 

@@ -41,6 +41,17 @@ def check_for_leakage(splits: Mapping[str, Sequence[Sample]]) -> None:
         raise LeakageError("patients appear in more than one split: " + "; ".join(parts))
 
 
+def leaked_patients(splits: Mapping[str, Sequence[Sample]]) -> set[str]:
+    """Patients found in more than one split."""
+    seen: dict[str, str] = {}
+    leaked = set()
+    for name, samples in splits.items():
+        for patient in {s.patient_id for s in samples}:
+            if seen.setdefault(patient, name) != name:
+                leaked.add(patient)
+    return leaked
+
+
 def drop_leaked(splits: Mapping[str, Sequence[Sample]]) -> tuple[dict[str, list[Sample]], int]:
     """Repair a given split: drop from each later split the samples of patients an earlier one
     holds (the order of ``splits``: train, then val, then test).

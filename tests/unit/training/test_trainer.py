@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -32,7 +33,7 @@ def parts(nih_thumbs: Path, nih_data_entry: Path):
 
 
 def _trainer(
-    parts, run_dir: Path, epochs: int, **settings
+    parts, run_dir: Path, epochs: int, device: str = "cpu", **settings
 ) -> tuple[Trainer, SampleDataset, SampleDataset]:
     seed_everything(0)
     model = build_model(ARCH, 1, in_channels=3)
@@ -42,7 +43,7 @@ def _trainer(
         build_loss("weighted_bce", parts["train"]),
         TrainSettings(**{**options, **settings}),
         run_dir,
-        device="cpu",
+        device=device,
         progress=False,
     )
     cleaning = TextCleaning()
@@ -121,3 +122,14 @@ def test_exported_package_loads_and_predicts_like_the_node(
     )
     (prediction,) = Predictor(package, device="cpu").predict([display])
     assert 0.0 <= float(prediction.probabilities[0]) <= 1.0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_mixed_precision_training_on_the_gpu_matches_the_cpu_closely(parts, tmp_path: Path) -> None:
+    cpu, train, val = _trainer(parts, tmp_path / "cpu", epochs=1, amp="off")
+    cpu.fit(train, val)
+    gpu, train, val = _trainer(parts, tmp_path / "gpu", epochs=1, device="cuda")
+    assert gpu._amp_dtype() is torch.bfloat16
+    gpu.fit(train, val)
+    assert np.allclose(cpu.predict(val), gpu.predict(val), atol=0.05)
