@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 _UNSAFE = re.compile(r"[^0-9A-Za-z.\-]")
+_NAME_MAX = 80  # a 64-character UID, a dot and a 12-digit content hash, with room to spare
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,14 @@ def instance_relpath(study_uid: str, sop_uid: str) -> str:
 
 def _safe(uid: str) -> str:
     # UIDs are digits and dots; anything else (from a malformed header) must not form a path.
-    return _UNSAFE.sub("_", uid)[:64] or "_"
+    # A name that had to be changed or cut keeps a digest of the original, so two different
+    # values never share a file (the caller's content hash at the end is never cut away).
+    # A leading "_" keeps "." and ".." (and hidden-file names) from being what the path says.
+    safe = _UNSAFE.sub("_", uid)
+    if safe == uid and 0 < len(uid) <= _NAME_MAX and not uid.startswith("."):
+        return uid
+    digest = hashlib.sha256(uid.encode("utf-8", "surrogateescape")).hexdigest()[:16]
+    return f"_{safe[: _NAME_MAX - 18]}_{digest}"
 
 
 def _fsync_dir(path: Path) -> None:
