@@ -4,7 +4,9 @@ A frame is ``<VT> payload <FS><CR>`` (0x0B ... 0x1C 0x0D). The server knows fram
 sockets only; what a frame means and what to answer is the handler's (``HL7Feed``), the way
 pynetdicom leaves C-STORE to its event handlers. One thread per connection; a connection
 survives bad messages, is closed after ``idle_timeout_s`` without data, and a frame larger
-than ``max_frame_bytes`` is drained and answered without being held in memory.
+than ``max_frame_bytes`` is drained and answered without being held in memory. At most
+``max_connections`` connections are served at once (each may buffer up to one frame): a
+connection beyond them is closed at once, so memory stays bounded whatever peers do.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ SB = b"\x0b"  # start block (VT)
 EB = b"\x1c"  # end block (FS)
 CR = b"\x0d"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_CONNECTIONS = 32
 _HEAD_BYTES = 4096  # kept of an oversized frame, enough for its MSH
 
 Peer = tuple[str, int]
@@ -137,6 +140,8 @@ class MllpServer:
         Largest message accepted (default 16 MiB).
     idle_timeout_s:
         A connection with no data for this long is closed.
+    max_connections:
+        Connections served at once; one more is closed as soon as it is accepted.
     ssl_context:
         When given, every connection is TLS (MLLP over TLS); the handshake happens on the
         connection's own thread, so a slow or failing peer never blocks the listener.
@@ -151,10 +156,14 @@ class MllpServer:
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         idle_timeout_s: float = 300.0,
         ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = DEFAULT_MAX_CONNECTIONS,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.handler = handler
         self.max_frame_bytes = max_frame_bytes
         self.idle_timeout_s = idle_timeout_s
+        self.max_connections = max_connections
         self.ssl_context = ssl_context
         self._server = _ThreadingServer((host, port), _Connection, self)
         self._thread: threading.Thread | None = None
@@ -201,7 +210,37 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
         self.owner = owner
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._active = 0  # connections accepted and not yet finished
         super().__init__(address, handler_class)
+
+    def process_request(self, request, client_address) -> None:
+        with self._lock:
+            full = self._active >= self.owner.max_connections
+            if not full:
+                self._active += 1
+        if full:
+            log.warning(
+                "MLLP connection from %s refused: %d connections already open",
+                client_address[0],
+                self.owner.max_connections,
+            )
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._finished()
+            raise
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._finished()
+
+    def _finished(self) -> None:
+        with self._lock:
+            self._active -= 1
 
     def track(self, sock: socket.socket, open_: bool) -> None:
         with self._lock:

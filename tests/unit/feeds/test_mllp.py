@@ -233,3 +233,27 @@ def test_frame_reader_cuts_frames_whatever_the_packet_size(chunk):
     assert isinstance(oversized, OversizedFrame) and oversized.size == 50
     assert oversized.head.startswith(b"y" * 20)  # what had arrived when the limit was hit
     assert reader.partial == 0
+
+
+def test_connections_beyond_the_limit_are_closed_and_the_open_ones_keep_working(db, connect):
+    server = MllpServer(HL7Feed(db), "127.0.0.1", 0, idle_timeout_s=60, max_connections=2)
+    with server:
+        first, second = connect(server), connect(server)
+        assert first.exchange(oru("LIMIT-1")).code == "AA"
+        assert second.exchange(oru("LIMIT-2")).code == "AA"
+        with socket.create_connection(server.address, timeout=30) as third:
+            assert third.recv(10) == b""  # closed by the server: two already open
+        assert first.exchange(oru("LIMIT-3")).code == "AA"
+        first.close()
+
+        def fresh_connection_is_served() -> bool:
+            client = connect(server)
+            try:
+                return client.exchange(oru("LIMIT-4")).code == "AA"
+            except (ConnectionError, OSError):
+                time.sleep(0.1)
+                return False
+
+        # The freed slot is given back once the server thread has seen the close.
+        assert any(fresh_connection_is_served() for _ in range(300))
+    assert count_rows(db) == 4
