@@ -74,7 +74,7 @@ def model_card(
         f"**{package.disclaimer}.**",
         "",
         "## What this is",
-        f"A {'multimodal' if text != 'none' else 'image-only'} chest X-ray classifier trained by "
+        f"A{' multimodal' if text != 'none' else 'n image-only'} chest X-ray classifier trained by "
         f"`cxrnode train --config {config.source}`: image encoder `{arch['image_encoder']}` "
         f"({init}"
         f"), text encoder `{text}`, fusion `{arch.get('fusion')}`, head hidden size "

@@ -61,7 +61,8 @@ class SampleDataset(Dataset):
     text_source : str
         One of :data:`TEXT_SOURCES`.
     augment : bool
-        Random horizontal flips (seed 004), drawn from the generator the trainer seeds.
+        Random horizontal flips (seed 004) and small affine and contrast changes, drawn from
+        the generator the trainer seeds (see :meth:`_augment`).
     cache_images : bool
         Keep decoded display images in memory (small datasets are read once, not per epoch).
     """
@@ -100,6 +101,32 @@ class SampleDataset(Dataset):
                 self._cache[index] = cached
         return cached
 
+    def _augment(self, image: torch.Tensor) -> torch.Tensor:
+        """A horizontal flip half the time (seed 004), then a small random shift, zoom and
+        rotation and a contrast/brightness change, all drawn from the trainer-seeded generator.
+
+        Applied to the normalised input: the affine fills with the image's own mean so the
+        border looks like tissue, not like a black frame the model could learn from.
+        """
+        from torchvision.transforms.v2 import functional as TF
+
+        def uniform(low: float, high: float) -> float:
+            return low + (high - low) * float(torch.rand((), generator=self.generator))
+
+        if uniform(0, 1) < 0.5:
+            image = image.flip(-1)
+        size = image.shape[-1]
+        image = TF.affine(
+            image,
+            angle=uniform(-7, 7),
+            translate=[round(uniform(-0.06, 0.06) * size), round(uniform(-0.06, 0.06) * size)],
+            scale=uniform(0.92, 1.08),
+            shear=[0.0, 0.0],
+            fill=float(image.mean()),
+        )
+        mean = image.mean()
+        return (image - mean) * uniform(0.9, 1.1) + mean + uniform(-0.1, 0.1)
+
     def __getitem__(
         self, index: int
     ) -> tuple[torch.Tensor | None, str | None, np.ndarray, np.ndarray]:
@@ -107,8 +134,8 @@ class SampleDataset(Dataset):
         image = None
         if self.spec is not None:
             image = self.image(index)
-            if self.augment and bool(torch.rand((), generator=self.generator) < 0.5):
-                image = image.flip(-1)
+            if self.augment:
+                image = self._augment(image)
         return image, self.texts[index], sample.targets, sample.mask
 
 
