@@ -6,6 +6,7 @@ import logging
 import signal
 import ssl
 import threading
+import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -30,10 +31,21 @@ from storage.spool import FileStore
 log = logging.getLogger(__name__)
 
 
+def keep_identifiers_out_of_the_log() -> None:
+    """Identifiers belong in the audit log, not the application log: silence what libraries
+    would print with them (highdicom logs a UID per copied module at INFO; pydicom warns with
+    the patient's name when it has a single component)."""
+    logging.getLogger("highdicom").setLevel(logging.WARNING)
+    warnings.filterwarnings(
+        "ignore", message=r"(?s)The string .* is unlikely to represent the intended person name"
+    )
+
+
 class Node:
     """One node process. ``start`` resumes unfinished work from the database first."""
 
     def __init__(self, settings: Settings) -> None:
+        keep_identifiers_out_of_the_log()
         self.settings = settings
         data_dir = settings.data_dir
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -106,6 +106,18 @@ def test_report_first_then_study(make_node, orthanc, shared_data, hl7_port, tmp_
     assert "radiology report text" in text_used(sr)
     assert node.audit("--accession", case.dataset.AccessionNumber, "--action", "pairing.paired")
 
+    # No PHI in the application log at INFO: identifiers and report text belong in the audit log.
+    logged = node.log_path.read_text(errors="replace")
+    assert "INFO" in logged
+    phrase = max(case.report["findings"].split("."), key=len).strip()
+    for identifier in (
+        case.dataset.PatientID,
+        str(case.dataset.PatientName),
+        case.dataset.AccessionNumber,
+        phrase,
+    ):
+        assert identifier and identifier not in logged, identifier
+
 
 def test_study_first_then_report(make_node, orthanc, shared_data, hl7_port, tmp_path):
     node = make_node(hl7_port=hl7_port, pairing_window_s=120)
