@@ -113,6 +113,11 @@ def test_study_sent_by_orthanc_comes_back_as_sr_and_overlay(
     assert dump.returncode == 0, dump.stderr
     assert "Imaging Measurement Report" in dump.stdout
 
+    wait_for(
+        lambda: node.audit("--study", sr.StudyInstanceUID, "--action", "study.done"),
+        300,
+        "the study to be done",
+    )
     actions = [e["action"] for e in node.audit("--study", sr.StudyInstanceUID)]
     for expected in ("instance.received", "study.queued", "inference.completed", "result.sent"):
         assert expected in actions
@@ -225,4 +230,5 @@ def test_study_received_before_a_restart_is_processed_after_it(make_node, orthan
         120,
         "results after the restart",
     )
-    assert restarted.audit("--action", "study.done")
+    # Done once every result object is confirmed, a moment after the first three are in Orthanc.
+    wait_for(lambda: restarted.audit("--action", "study.done"), 300, "the study to be done")
