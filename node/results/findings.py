@@ -119,6 +119,10 @@ class ImageResult:
     display: np.ndarray
     findings: tuple[Finding, ...]
     heatmaps: Mapping[str, np.ndarray] = field(default_factory=dict)
+    # Regions by level, computed once: the SR, the GSPS and every capture draw the same ones.
+    regions_cache: dict[float, list] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         uid = self.source.get("SOPInstanceUID", "<no SOPInstanceUID>")

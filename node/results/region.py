@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
+from scipy import ndimage
 from pydicom.uid import generate_uid
 
 from node.results.findings import ImageResult, ResultInputError
@@ -117,13 +118,18 @@ def heat_region(
 
 def finding_regions(image: ImageResult, level: float = DEFAULT_REGION_LEVEL) -> list[HeatRegion]:
     """The region of every present finding that has a heatmap, highest probability first."""
+    cached = image.regions_cache.get(level)
+    if cached is not None:
+        return list(cached)
     present = sorted(
         (f for f in image.findings if f.present and f.name in image.heatmaps),
         key=lambda f: f.probability,
         reverse=True,
     )
     regions = (heat_region(image.heatmaps[f.name], f.name, f.probability, level) for f in present)
-    return [region for region in regions if region is not None]
+    found = [region for region in regions if region is not None]
+    image.regions_cache[level] = found
+    return list(found)
 
 
 def tracking_uid(report_uid: str, image_uid: str, finding: str) -> str:
@@ -133,10 +139,9 @@ def tracking_uid(report_uid: str, image_uid: str, finding: str) -> str:
 
 def _connected_from(mask: np.ndarray, seed: tuple[int, int]) -> np.ndarray:
     """The 4-connected component of ``mask`` containing ``seed`` (row, col)."""
-    # fromarray shares the array's memory read-only; floodfill needs an image of its own.
-    canvas = Image.fromarray(mask.astype(np.uint8) * 255).copy()
-    ImageDraw.floodfill(canvas, (seed[1], seed[0]), 128, thresh=0)
-    return np.asarray(canvas) == 128
+    # scipy labels a 1024^2 mask in milliseconds; PIL's floodfill, in Python, took 0.7 s.
+    labels, _ = ndimage.label(mask)
+    return labels == labels[seed]
 
 
 def _hull_of_mask(mask: np.ndarray) -> np.ndarray:
