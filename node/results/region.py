@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw
-from scipy import ndimage
 from pydicom.uid import generate_uid
+from scipy import ndimage
 
 from node.results.findings import ImageResult, ResultInputError
 
