@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch
 from models.encoders.text import WordVocabulary
 from models.labels import VOCABULARIES
 from models.network import CxrClassifier, build_model
-from models.package import LabelConfig, ModelConfig, load_package, save_package
+from models.package import CONFIG_FILE, LabelConfig, ModelConfig, load_package, save_package
 from models.preprocess import PreprocessSpec
 from models.presets import PRESETS
 from models.text import TextCleaning, label_mask_words
@@ -297,9 +298,10 @@ def _export(
         uncertain_policy=config.data.get("uncertain") if data.vocabulary == "chexpert-14" else None,
     )
     path = Path(export.get("path", config.output / "package"))
-    if path.exists():
-        import shutil
-
+    if path.exists() and any(path.iterdir()):
+        # Replace an earlier export of a package, never anything else that happens to be there.
+        if not (path / CONFIG_FILE).is_file():
+            raise TrainingError(f"export path {path} exists and is not a model package")
         shutil.rmtree(path)
     model.cpu().eval()
     card = model_card(package_config, config, data, parts, evaluation, results)
