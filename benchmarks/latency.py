@@ -63,6 +63,26 @@ def study_state(db_path: Path, study_uid: str) -> str | None:
     return row[0] if row else None
 
 
+def node_env(
+    workdir: Path, port: int, stable_age_s: float, pairing_window_s: float, **extra: str
+) -> dict[str, str]:
+    """The environment of a benchmarked node: loopback SCP, SQLite file and data under
+    ``workdir/node``, no report feed and no admin API; ``extra`` adds CXRNODE_* settings."""
+    return {
+        **os.environ,
+        "CXRNODE_DICOM_HOST": "127.0.0.1",
+        "CXRNODE_DICOM_PORT": str(port),
+        "CXRNODE_DATA_DIR": str(workdir / "node"),
+        "CXRNODE_DB_URL": f"sqlite:///{workdir / 'node' / 'cxrnode.db'}",
+        "CXRNODE_STABLE_AGE_S": str(stable_age_s),
+        "CXRNODE_PAIRING_WINDOW_S": str(pairing_window_s),
+        "CXRNODE_HL7_PORT": "0",
+        "CXRNODE_ADMIN_PORT": "0",
+        "PYTHONPATH": str(REPO),
+        **extra,
+    }
+
+
 def wait_echo(port: int, timeout_s: float = 300) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -105,18 +125,7 @@ def main() -> None:
     db_path = workdir / "node" / "cxrnode.db"
     node_port = free_port()
     orthanc = Orthanc(workdir / "orthanc", [Modality("cxrnode", "CXRNODE", "127.0.0.1", node_port)])
-    env = {
-        **os.environ,
-        "CXRNODE_DICOM_HOST": "127.0.0.1",
-        "CXRNODE_DICOM_PORT": str(node_port),
-        "CXRNODE_DATA_DIR": str(workdir / "node"),
-        "CXRNODE_DB_URL": f"sqlite:///{db_path}",
-        "CXRNODE_STABLE_AGE_S": str(args.stable_age),
-        "CXRNODE_PAIRING_WINDOW_S": str(args.pairing_window),
-        "CXRNODE_HL7_PORT": "0",
-        "CXRNODE_ADMIN_PORT": "0",
-        "PYTHONPATH": str(REPO),
-    }
+    env = node_env(workdir, node_port, args.stable_age, args.pairing_window)
     with orthanc:
         env["CXRNODE_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
         log = open(workdir / "node.log", "wb")  # noqa: SIM115

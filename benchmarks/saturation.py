@@ -30,7 +30,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ingest import Receiver, replicate, send  # noqa: E402
-from latency import SHARED, audit, seconds, wait_echo  # noqa: E402
+from latency import SHARED, audit, node_env, seconds, wait_echo  # noqa: E402
 
 from node.orthanc import Modality, Orthanc, free_port  # noqa: E402
 
@@ -84,22 +84,9 @@ def main() -> None:
     ingest = ingest_floor(files, work)
     model = model_floor(files)
 
-    db_path = work / "node" / "cxrnode.db"
     node_port = free_port()
     orthanc = Orthanc(work / "orthanc", [Modality("cxrnode", "CXRNODE", "127.0.0.1", node_port)])
-    env = {
-        **os.environ,
-        "CXRNODE_DICOM_HOST": "127.0.0.1",
-        "CXRNODE_DICOM_PORT": str(node_port),
-        "CXRNODE_DATA_DIR": str(work / "node"),
-        "CXRNODE_DB_URL": f"sqlite:///{db_path}",
-        "CXRNODE_STABLE_AGE_S": "2",
-        "CXRNODE_PAIRING_WINDOW_S": "0",
-        "CXRNODE_HL7_PORT": "0",
-        "CXRNODE_ADMIN_PORT": "0",
-        "CXRNODE_ALLOWED_CALLING_AES": "BENCH",
-        "PYTHONPATH": str(REPO),
-    }
+    env = node_env(work, node_port, 2.0, 0.0, CXRNODE_ALLOWED_CALLING_AES="BENCH")
     with orthanc:
         env["CXRNODE_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
         with (work / "node.log").open("wb") as log:
