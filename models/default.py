@@ -217,7 +217,3 @@ def _reference_version(directory: Path) -> str | None:
     except (OSError, ValueError):
         return None
     return str(config.get("version")) if isinstance(config, dict) else None
-
-
-# The name this function had while the reference was the node's default.
-ensure_default_package = ensure_reference_package

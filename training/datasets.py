@@ -42,7 +42,7 @@ from models.targets import (
     openi_mesh_targets,
     uncertain_targets,
 )
-from models.text import compose_report
+from models.text import compose_report, extract_sections
 from training.errors import DatasetError
 
 NORMAL_ABNORMAL = "normal-abnormal"
@@ -413,8 +413,6 @@ def _chexpert_value(value: str | None) -> float:
 
 
 def _report_sections(report: str | None) -> dict[str, str]:
-    from models.text import extract_sections
-
     return extract_sections(report) if report else {}
 
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from torchvision.transforms.v2 import functional as TF
 
 from models.preprocess import PreprocessSpec, image_file_to_display, to_model_input
 from models.text import TextCleaning
@@ -108,7 +109,6 @@ class SampleDataset(Dataset):
         Applied to the normalised input: the affine fills with the image's own mean so the
         border looks like tissue, not like a black frame the model could learn from.
         """
-        from torchvision.transforms.v2 import functional as TF
 
         def uniform(low: float, high: float) -> float:
             return low + (high - low) * float(torch.rand((), generator=self.generator))

@@ -45,6 +45,17 @@ def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
+def macro_auroc(targets: np.ndarray, mask: np.ndarray, probabilities: np.ndarray) -> float:
+    """Mean AUROC over the labels of ``(N, L)`` arrays, masked entries and one-class labels
+    left out (as :meth:`Evaluation.macro` reports it); ``nan`` when no label has both classes."""
+    aucs = [
+        roc_auc(targets[mask[:, j] > 0, j], probabilities[mask[:, j] > 0, j])
+        for j in range(targets.shape[1])
+    ]
+    aucs = [a for a in aucs if not math.isnan(a)]
+    return float(np.mean(aucs)) if aucs else float("nan")
+
+
 def roc_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """False and true positive rates at each distinct score taken as threshold (descending)."""
     y, s = _checked(y, s)

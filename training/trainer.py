@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 from models.network import CxrClassifier
 from training.errors import TrainingError
 from training.loader import Batch, SampleDataset, collate
-from training.metrics import roc_auc
+from training.metrics import macro_auroc
 from training.splits import balanced_sampler
 from training.textmodel import TextOnlyClassifier
 
@@ -363,12 +363,7 @@ class Trainer:
                     torch.from_numpy(mask).to(self.device),
                 )
             )
-        aucs = [
-            roc_auc(targets[mask[:, j] > 0, j], probabilities[mask[:, j] > 0, j])
-            for j in range(targets.shape[1])
-        ]
-        aucs = [a for a in aucs if not math.isnan(a)]
-        return loss, float(np.mean(aucs)) if aucs else float("nan")
+        return loss, macro_auroc(targets, mask, probabilities)
 
     def _step_schedule(self, value: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

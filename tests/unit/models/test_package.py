@@ -16,7 +16,7 @@ from models.default import (
     REFERENCE_NAME,
     REFERENCE_VERSION,
     build_reference_package,
-    ensure_default_package,
+    ensure_reference_package,
     reference_config,
 )
 from models.encoders.text import WordVocabulary
@@ -218,10 +218,10 @@ def test_reference_build_leaves_the_global_random_state_alone(tmp_path: Path):
 
 
 def test_default_package_is_built_once_and_atomically(tmp_path: Path):
-    first = ensure_default_package(tmp_path)
+    first = ensure_reference_package(tmp_path)
     assert first == tmp_path / "models" / REFERENCE_NAME
     stamp = (first / WEIGHTS_FILE).stat().st_mtime_ns
-    assert ensure_default_package(tmp_path) == first
+    assert ensure_reference_package(tmp_path) == first
     assert (first / WEIGHTS_FILE).stat().st_mtime_ns == stamp
     assert [child.name for child in (tmp_path / "models").iterdir()] == [REFERENCE_NAME]
     load_package(first)
@@ -233,7 +233,7 @@ def test_an_outdated_default_package_is_replaced(tmp_path: Path, reference_packa
     config = json.loads((target / CONFIG_FILE).read_text())
     config["version"] = "0.1.0"
     (target / CONFIG_FILE).write_text(json.dumps(config))
-    assert ensure_default_package(tmp_path) == target
+    assert ensure_reference_package(tmp_path) == target
     assert load_package(target).config.version == REFERENCE_VERSION
     assert [child.name for child in (tmp_path / "models").iterdir()] == [REFERENCE_NAME]
 
@@ -243,7 +243,7 @@ def test_a_half_written_default_package_is_reported_not_loaded(tmp_path: Path):
     leftover.mkdir(parents=True)
     (leftover / WEIGHTS_FILE).write_bytes(b"partial")
     with pytest.raises(ModelPackageError, match="not a complete model package"):
-        ensure_default_package(tmp_path)
+        ensure_reference_package(tmp_path)
 
 
 def test_save_records_the_full_architecture_from_a_partial_description(tmp_path: Path):
