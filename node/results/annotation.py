@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -149,8 +150,7 @@ def draw_legend(rgb: np.ndarray, ramp: np.ndarray) -> np.ndarray:
     right = cols - margin
     left = right - max(bar_width, label_width) - 2 * margin
     top = rows // 2 - bar_height // 2
-    canvas = Image.fromarray(rgb).convert("RGBA")
-    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    layer = _layer(rgb)
     draw = ImageDraw.Draw(layer)
     step = round(font.size * 1.25)
     draw.rectangle(
@@ -165,7 +165,7 @@ def draw_legend(rgb: np.ndarray, ramp: np.ndarray) -> np.ndarray:
         colour = ramp[round((len(ramp) - 1) * (1 - y / max(1, bar_height - 1)))]
         draw.line((bar_left, top + y, bar_left + bar_width, top + y), fill=(*map(int, colour), 255))
     draw.text((left + margin, top + bar_height + margin // 2), "low", font=font, fill=_WHITE)
-    return np.asarray(Image.alpha_composite(canvas, layer).convert("RGB"))
+    return _composited(rgb.copy(), layer)
 
 
 def burn_in(rgb: np.ndarray, header: Sequence[Line], footer: Sequence[Line]) -> np.ndarray:
@@ -189,16 +189,17 @@ def burn_in(rgb: np.ndarray, header: Sequence[Line], footer: Sequence[Line]) -> 
     width = cols - 4 * margin
     header_lines = _wrap(header, font, width)
     footer_lines = _wrap(footer, font, width)
-    canvas = Image.fromarray(rgb).convert("RGBA")
-    layer = Image.new("RGBA", canvas.size, (0, 0, 0, 0))
+    layer = _layer(rgb)
     draw = ImageDraw.Draw(layer)
     step = round(font.size * 1.25)
     if header_lines:
         _draw_block(draw, header_lines, font, (margin, margin), step, margin)
+    top = rows - margin - step * len(footer_lines) - margin
     if footer_lines:
-        top = rows - margin - step * len(footer_lines) - margin
         _draw_block(draw, footer_lines, font, (margin, top), step, margin)
-    return np.asarray(Image.alpha_composite(canvas, layer).convert("RGB"))
+    # Cut where the footer starts, so the header's and the footer's boxes are composited apart
+    # rather than as one box spanning the image.
+    return _composited(rgb.copy(), layer, cuts=(top,))
 
 
 def _draw_block(
@@ -225,6 +226,32 @@ def _draw_block(
             stroke_width=stroke,
             stroke_fill=(0, 0, 0, 255),
         )
+
+
+def _layer(rgb: np.ndarray) -> Image.Image:
+    """A transparent RGBA layer the size of the image, to draw semi-opaque panels on."""
+    rows, cols = rgb.shape[:2]
+    return Image.new("RGBA", (cols, rows), (0, 0, 0, 0))
+
+
+def _composited(rgb: np.ndarray, layer: Image.Image, cuts: Sequence[int] = ()) -> np.ndarray:
+    """Composite the layer over `rgb` in place and return it.
+
+    Only the drawn bounding box of each band between the row `cuts` is converted and
+    blended: where the layer is fully transparent the image is unchanged anyway, and
+    converting the whole 1024² image to RGBA and back cost more than the text on it.
+    """
+    rows, cols = rgb.shape[:2]
+    edges = sorted({0, rows, *(min(max(cut, 0), rows) for cut in cuts)})
+    for band_top, band_bottom in itertools.pairwise(edges):
+        box = layer.crop((0, band_top, cols, band_bottom)).getbbox()
+        if box is None:
+            continue
+        left, top, right, bottom = box[0], box[1] + band_top, box[2], box[3] + band_top
+        patch = Image.fromarray(rgb[top:bottom, left:right]).convert("RGBA")
+        drawn = layer.crop((left, top, right, bottom))
+        rgb[top:bottom, left:right] = np.asarray(Image.alpha_composite(patch, drawn).convert("RGB"))
+    return rgb
 
 
 def _wrap(lines: Sequence[Line], font: ImageFont.FreeTypeFont, width: int) -> list[Line]:

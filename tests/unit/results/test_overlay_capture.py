@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pydicom
 import pytest
+from PIL import Image, ImageDraw
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from node.results import build_overview
+from node.results.annotation import _composited
 
 # The staged sources carry single-component patient names; they are copied as received.
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
@@ -147,3 +149,15 @@ def test_sources_taller_than_4096_are_shrunk_keeping_their_aspect(
     capture = _build(make_result(source), untrained, uids)
 
     assert (capture.Rows, capture.Columns) == (4096, 410)
+
+
+def test_compositing_only_the_drawn_boxes_equals_compositing_the_whole_image():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (120, 90, 3), dtype=np.uint8)
+    layer = Image.new("RGBA", (90, 120), (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    draw.rectangle((5, 4, 60, 50), fill=(0, 0, 0, 170))
+    draw.rectangle((30, 40, 85, 115), fill=(0, 0, 0, 170))  # overlaps the first, across the cut
+    draw.text((8, 6), "Findings", fill=(255, 214, 0, 255), stroke_width=1, stroke_fill=(0, 0, 0))
+    whole = Image.alpha_composite(Image.fromarray(rgb).convert("RGBA"), layer).convert("RGB")
+    assert (_composited(rgb.copy(), layer, cuts=(45,)) == np.asarray(whole)).all()
