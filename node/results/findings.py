@@ -123,6 +123,11 @@ class ImageResult:
     regions_cache: dict[float, list] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
+    # Blended capture pixels by shown finding, computed once: the overview and the top finding's
+    # own capture show the same heatmap.
+    blend_cache: dict[str | None, tuple[np.ndarray, float]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     def __post_init__(self) -> None:
         uid = self.source.get("SOPInstanceUID", "<no SOPInstanceUID>")

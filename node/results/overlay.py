@@ -150,10 +150,10 @@ def _capture(
     description: str | None,
 ) -> hd.sc.SCImage:
     header = reference_header(image.source)
-    display, heatmap, scale = _fit(image.display, image.heatmaps.get(shown) if shown else None)
+    blended, scale = _blended(image, shown)
     header_lines, footer_lines = caption(image, algorithm, shown, overview)
-    pixels = draw_regions(blend_heatmap(display, heatmap), regions, scale)
-    if heatmap is not None:
+    pixels = draw_regions(blended, regions, scale)
+    if shown is not None:
         pixels = draw_legend(pixels, legend_ramp())
     pixels = burn_in(pixels, header_lines, footer_lines)
     orientation = _orientation(header)
@@ -183,6 +183,20 @@ def _capture(
     capture.copy_patient_and_study_information(header)
     _describe_derivation(capture, header, shown, overview, algorithm)
     return capture
+
+
+def _blended(image: ImageResult, shown: str | None) -> tuple[np.ndarray, float]:
+    """The capture's gray image with `shown`'s heatmap blended in (read-only), and its scale.
+
+    Kept on the image, as the overview and the top finding's capture blend the same heatmap.
+    """
+    cached = image.blend_cache.get(shown)
+    if cached is None:
+        display, heatmap, scale = _fit(image.display, image.heatmaps.get(shown) if shown else None)
+        blended = blend_heatmap(display, heatmap)
+        blended.setflags(write=False)
+        cached = image.blend_cache[shown] = (blended, scale)
+    return cached
 
 
 def _fit(

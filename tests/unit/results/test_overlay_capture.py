@@ -8,7 +8,7 @@ import pytest
 from PIL import Image, ImageDraw
 from pydicom.uid import SecondaryCaptureImageStorage
 
-from node.results import build_overview
+from node.results import build_finding_capture, build_overview
 from node.results.annotation import _composited
 
 # The staged sources carry single-component patient names; they are copied as received.
@@ -161,3 +161,22 @@ def test_compositing_only_the_drawn_boxes_equals_compositing_the_whole_image():
     draw.text((8, 6), "Findings", fill=(255, 214, 0, 255), stroke_width=1, stroke_fill=(0, 0, 0))
     whole = Image.alpha_composite(Image.fromarray(rgb).convert("RGBA"), layer).convert("RGB")
     assert (_composited(rgb.copy(), layer, cuts=(45,)) == np.asarray(whole)).all()
+
+
+def test_finding_capture_is_the_same_built_after_the_overview_that_shares_its_blend(
+    sources, read_source, make_result, untrained, uids
+):
+    def finding_pixels(image):
+        uid, series = uids("f"), uids("f-series")
+        capture = build_finding_capture(
+            image, "Pneumothorax", untrained, sop_instance_uid=uid, series_instance_uid=series
+        )
+        return capture.pixel_array
+
+    alone = finding_pixels(make_result(read_source(sources.rsna)))
+    image = make_result(read_source(sources.rsna))
+    overview = _build(image, untrained, uids).pixel_array
+    after = finding_pixels(image)
+    assert (after == alone).all()
+    # The overview outlines every region and the capture one: they differ, from one blend.
+    assert (overview != after).any()
