@@ -44,7 +44,7 @@ class ReportPairing:
         reports = [r for r in matching if r.kind == "report"]
         if reports:
             return self._queue(session, study, reports[-1], "first")
-        if now < as_utc(study.last_received_at) + self.stable_age + self.window:
+        if now < self._stable_since(study) + self.window:
             if study.state != StudyState.AWAITING_REPORT:
                 study.state = StudyState.AWAITING_REPORT
                 audit.record(
@@ -63,6 +63,13 @@ class ReportPairing:
             detail={"runs_with": "indication" if indications else "image only"},
         )
         return self._queue(session, study, indications[-1] if indications else None, "first")
+
+    def _stable_since(self, study: Study) -> datetime:
+        """When the study became stable: its sender released the association, or the stable
+        age passed after its last instance."""
+        if study.completed_at is not None:
+            return as_utc(study.completed_at)
+        return as_utc(study.last_received_at) + self.stable_age
 
     def schedule_waiting(self, session: Session, now: datetime) -> list[Job]:
         """Re-check every study waiting for its report."""

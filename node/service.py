@@ -103,7 +103,9 @@ class Node:
             DicomSender(self.settings.ae_title, ssl_context=self._destination_tls()),
         )
         if self.receives:
-            self.scp = StorageSCP(self.settings, self.db, self.spool)
+            self.scp = StorageSCP(
+                self.settings, self.db, self.spool, on_complete=self._assemble_soon
+            )
             self.scp.start()
             self._start_feeds()
             self._schedule_receiving()
@@ -264,7 +266,7 @@ class Node:
             self._work_available.clear()
             while not self._stopping.is_set():
                 try:
-                    if not self.pipeline.process_next():
+                    if not self.pipeline.process_next(self.settings.batch_studies):
                         break
                 except Exception:
                     log.exception("worker step failed")

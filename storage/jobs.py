@@ -13,6 +13,7 @@ from storage.schema import (
     Report,
     Study,
     StudyState,
+    as_utc,
     utcnow,
 )
 
@@ -104,8 +105,7 @@ def finish_if_delivered(session: Session, job: Job) -> bool:
         return False
     job.state = JobState.DONE
     job.updated_at = utcnow()
-    if job.study.state == StudyState.QUEUED and job.run == job.study.runs:
-        job.study.state = StudyState.DONE
+    _close_study(job, StudyState.DONE)
     return True
 
 
@@ -114,5 +114,14 @@ def fail(session: Session, job: Job, error: str) -> None:
     job.state = JobState.FAILED
     job.error = error
     job.updated_at = utcnow()
-    if job.study.state == StudyState.QUEUED and job.run == job.study.runs:
-        job.study.state = StudyState.FAILED
+    _close_study(job, StudyState.FAILED)
+
+
+def _close_study(job: Job, state: str) -> None:
+    """Give the study of its latest run ``state``; a study that received instances after the
+    run was queued goes back to receiving instead, so a new run reads every image."""
+    study = job.study
+    if study.state != StudyState.QUEUED or job.run != study.runs:
+        return
+    grew = as_utc(study.last_received_at) > as_utc(job.created_at)
+    study.state = StudyState.RECEIVING if grew else state

@@ -71,6 +71,10 @@ class Study(Base):
     state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     last_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # When the sender released the last association that carried instances of the study: from
+    # then on it is complete and assembled without waiting out the stable age. Null while an
+    # association is open, after an abort, or when the node waits for the stable age only.
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     # Bumped by every accepted instance; a job records the value it saw, so a study that grew
     # while queued is noticed.
     instance_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from storage.schema import Instance, Study, StudyState, utcnow
@@ -70,6 +71,7 @@ def add_instance(
         )
         session.add(study)
     study.last_received_at = now
+    study.completed_at = None  # complete again only once this instance's association ends
     study.instance_count += 1
     if study.state != StudyState.QUEUED:
         study.state = StudyState.RECEIVING
@@ -94,13 +96,28 @@ def add_instance(
 
 
 def stable_studies(session: Session, received_before: datetime) -> list[Study]:
-    """Studies still receiving whose last instance arrived before ``received_before``."""
+    """Studies still receiving that are complete (their sender released the association) or
+    whose last instance arrived before ``received_before``."""
     stmt = (
         select(Study)
-        .where(Study.state == StudyState.RECEIVING, Study.last_received_at <= received_before)
+        .where(
+            Study.state == StudyState.RECEIVING,
+            or_(Study.completed_at.is_not(None), Study.last_received_at <= received_before),
+        )
         .order_by(Study.last_received_at)
     )
     return list(session.scalars(stmt))
+
+
+def complete_studies(session: Session, study_uids: Iterable[str]) -> list[Study]:
+    """Mark the studies a released association sent as complete and return them. A study
+    already queued keeps the mark: if it grew meanwhile, its next run starts without waiting
+    for the stable age."""
+    now = utcnow()
+    studies = list(session.scalars(select(Study).where(Study.study_uid.in_(list(study_uids)))))
+    for study in studies:
+        study.completed_at = now
+    return studies
 
 
 def processable_instances(study: Study) -> list[Instance]:

@@ -3,12 +3,18 @@
 The C-STORE handler does one thing: spool and record. It never decodes pixels or runs
 inference; a failure anywhere becomes a DICOM status and an audit event, never an exception
 into pynetdicom.
+
+A sender that releases its association has sent the study: the studies it carried are marked
+complete then (unless another open association is still sending to one of them), so they are
+processed at once instead of after the stable age. An aborted association completes nothing.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import threading
+from collections import Counter
 from collections.abc import Callable
 from io import BytesIO
 
@@ -28,6 +34,7 @@ from storage.studies import (
     InstanceHeader,
     ReceiveOutcome,
     add_instance,
+    complete_studies,
     duplicate_outcome,
     find_instance,
 )
@@ -52,9 +59,9 @@ class StorageSCP:
         AE title, port, allowed calling AEs.
     db, spool:
         Where instances are recorded and stored.
-    on_received:
-        Called (outside the database transaction) after each stored instance, e.g. to wake the
-        study assembler.
+    on_complete:
+        Called (outside the database transaction) when a released association completed at
+        least one study, e.g. to wake the study assembler.
     """
 
     def __init__(
@@ -62,12 +69,17 @@ class StorageSCP:
         settings: Settings,
         db: Database,
         spool: FileStore,
-        on_received: Callable[[], None] | None = None,
+        on_complete: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
-        self.on_received = on_received or (lambda: None)
+        self.on_complete = on_complete or (lambda: None)
+        # Studies each open association stored instances of, and how many open associations
+        # are sending each study: a study is complete when the last of them is released.
+        self._sent_by: dict[object, Counter[str]] = {}
+        self._senders: Counter[str] = Counter()
+        self._tracking = threading.Lock()
         self.admission = Admission(
             settings.known_calling_aes, spool.root, settings.min_free_disk_mb * 1024 * 1024
         )
@@ -84,6 +96,8 @@ class StorageSCP:
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REQUESTED, self._on_requested),
             (evt.EVT_REJECTED, self._on_rejected),
+            (evt.EVT_RELEASED, self._on_released),
+            (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         address = (self.settings.dicom_host, self.settings.dicom_port)
         ssl_context = None
@@ -166,8 +180,55 @@ class StorageSCP:
             log.error("spool write failed: %s", exc.strerror)
             return self._refuse(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", sop_uid, actor)
         if status == SUCCESS:
-            self.on_received()
+            self._track(event.assoc, header.study_uid)
         return status
+
+    def _track(self, assoc: object, study_uid: str) -> None:
+        with self._tracking:
+            studies = self._sent_by.setdefault(assoc, Counter())
+            if study_uid not in studies:
+                self._senders[study_uid] += 1
+            studies[study_uid] += 1
+
+    def _untrack(self, assoc: object) -> dict[str, int]:
+        """Forget an ended association; return the studies it was the last sender of, with the
+        number of instances it stored of each."""
+        with self._tracking:
+            studies = self._sent_by.pop(assoc, Counter())
+            last = {}
+            for study_uid, count in studies.items():
+                self._senders[study_uid] -= 1
+                if self._senders[study_uid] <= 0:
+                    del self._senders[study_uid]
+                    last[study_uid] = count
+            return last
+
+    def _on_released(self, event: evt.Event) -> None:
+        finished = self._untrack(event.assoc)
+        if not finished or not self.settings.complete_on_release:
+            return
+        requestor = event.assoc.requestor
+        try:
+            with self.db.transaction() as session:
+                for study in complete_studies(session, finished):
+                    audit.record(
+                        session,
+                        "study.complete",
+                        actor_ae=requestor.ae_title,
+                        actor_ip=requestor.address,
+                        study_uid=study.study_uid,
+                        accession=study.accession,
+                        patient_id=study.patient_id,
+                        detail={"instances": finished[study.study_uid]},
+                    )
+        except Exception:  # the study still becomes stable after the stable age
+            log.exception("could not mark released studies complete")
+            return
+        self.on_complete()
+
+    def _on_closed(self, event: evt.Event) -> None:
+        # After an abort (or a release already handled): nothing completes, only forget.
+        self._untrack(event.assoc)
 
     def _read_header(self, data: bytes, event: evt.Event) -> tuple[InstanceHeader, str | None]:
         """Parse and check what the node keeps of an instance; raise ``_Refused`` or any
@@ -202,53 +263,54 @@ class StorageSCP:
     def _store(
         self, header: InstanceHeader, data: bytes, note: str | None, actor: dict, ids: dict
     ) -> int:
+        # The file first, then one transaction. The content hash in the name means a second,
+        # different object with the same UID never overwrites the one already accepted, and
+        # an identical one rewrites the same bytes.
         sha256 = hashlib.sha256(data).hexdigest()
-        with self.db.transaction() as session:
-            existing = find_instance(session, header.sop_uid)
-            if existing is not None:
-                outcome = duplicate_outcome(existing, sha256)
-                if outcome == ReceiveOutcome.DUPLICATE:
-                    audit.record(session, "instance.duplicate", Outcome.SUCCESS, **actor, **ids)
-                    return SUCCESS
-                audit.record(
-                    session,
-                    "instance.refused",
-                    Outcome.FAILURE,
-                    **actor,
-                    **ids,
-                    detail={"reason": "SOP Instance UID already received with different content"},
-                )
-                return CONFLICTING_DUPLICATE
-
-        # The content hash in the name means a second, different object with the same UID can
-        # never overwrite the one already accepted.
         relpath = instance_relpath(header.study_uid, f"{header.sop_uid}.{sha256[:12]}")
         stored = self.spool.write(relpath, data)
         with self.db.transaction() as session:
-            add_instance(
-                session,
-                header,
-                relpath=stored.relpath,
-                size=stored.size,
-                sha256=sha256,
-                calling_ae=actor["actor_ae"],
-            )
-            detail = {"size": stored.size, "transfer_syntax": header.transfer_syntax}
-            if note:
-                detail["note"] = note
+            existing = find_instance(session, header.sop_uid)
+            if existing is None:
+                self._record(session, header, stored, sha256, note, actor, ids)
+                return SUCCESS
+            if duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
+                audit.record(session, "instance.duplicate", Outcome.SUCCESS, **actor, **ids)
+                return SUCCESS
             audit.record(
-                session, "instance.received", Outcome.SUCCESS, **actor, **ids, detail=detail
+                session,
+                "instance.refused",
+                Outcome.FAILURE,
+                **actor,
+                **ids,
+                detail={"reason": "SOP Instance UID already received with different content"},
             )
-            if not header.processable:
-                audit.record(
-                    session,
-                    "instance.skipped",
-                    Outcome.WARNING,
-                    **actor,
-                    **ids,
-                    detail={"reason": header.skip_reason},
-                )
-        return SUCCESS
+        self.spool.remove(stored.relpath)  # the refused copy; the accepted one is untouched
+        return CONFLICTING_DUPLICATE
+
+    @staticmethod
+    def _record(session, header, stored, sha256, note, actor: dict, ids: dict) -> None:
+        add_instance(
+            session,
+            header,
+            relpath=stored.relpath,
+            size=stored.size,
+            sha256=sha256,
+            calling_ae=actor["actor_ae"],
+        )
+        detail = {"size": stored.size, "transfer_syntax": header.transfer_syntax}
+        if note:
+            detail["note"] = note
+        audit.record(session, "instance.received", Outcome.SUCCESS, **actor, **ids, detail=detail)
+        if not header.processable:
+            audit.record(
+                session,
+                "instance.skipped",
+                Outcome.WARNING,
+                **actor,
+                **ids,
+                detail={"reason": header.skip_reason},
+            )
 
     def _refuse(self, status: int, reason: str, sop_uid: str, actor: dict) -> int:
         try:

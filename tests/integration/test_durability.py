@@ -149,7 +149,7 @@ def test_results_wait_for_a_pacs_that_was_down(make_node, orthanc, shared_data):
 
 
 def test_eight_concurrent_associations_lose_nothing(make_node, shared_data):
-    node = make_node(stable_age_s=600)  # receive only: this test is about ingest
+    node = make_node(stable_age_s=600, complete_on_release=False)  # ingest only
     files = chest_files(shared_data)
     statuses: list[int] = []
     lock = threading.Lock()

@@ -214,9 +214,23 @@ def test_non_chest_instance_is_stored_audited_and_skipped(make_node, shared_data
     assert len(spooled) == 1
 
 
+def test_study_is_processed_when_orthanc_releases_the_association(make_node, orthanc, shared_data):
+    # A stable age far beyond the wait: only the release can make the study ready in time.
+    node = make_node(stable_age_s=3600)
+    uploaded = orthanc.upload(rsna_files(shared_data)[1].read_bytes())
+    orthanc.send_study("cxrnode", uploaded["ParentStudy"])
+    wait_for(
+        lambda: results_in_orthanc(orthanc, uploaded["ParentStudy"], expected=3),
+        120,
+        "results without waiting for the stable age",
+    )
+    (complete,) = node.audit("--action", "study.complete")
+    assert complete["actor_ae"] == "ORTHANC" and complete["detail"]["instances"] == 1
+
+
 def test_study_received_before_a_restart_is_processed_after_it(make_node, orthanc, shared_data):
-    # A long stable age: the node is killed while the study waits to become stable.
-    node = make_node(stable_age_s=30)
+    # Neither the release nor a short stable age: the node is killed while the study waits.
+    node = make_node(stable_age_s=30, complete_on_release=False)
     source = rsna_files(shared_data)[2]
     uploaded = orthanc.upload(source.read_bytes())
     orthanc.send_study("cxrnode", uploaded["ParentStudy"])

@@ -13,7 +13,7 @@ from storage import audit
 from storage.database import Database
 from storage.reports import store_report
 from storage.schema import Job, JobState, Report, ReportState, Study, StudyState, utcnow
-from storage.studies import InstanceHeader, add_instance
+from storage.studies import InstanceHeader, add_instance, complete_studies
 
 WINDOW_S = 300.0
 
@@ -169,3 +169,13 @@ def test_pairing_by_study_uid_when_the_accession_differs(db, pairing):
         )
     receive(db)
     assert schedule(db, pairing) == ("report", "first")
+
+
+def test_window_of_a_completed_study_starts_when_its_association_ended(db):
+    # A long stable age: the window runs from the release, not from the stable age.
+    pairing = ReportPairing(Settings(stable_age_s=3600, pairing_window_s=WINDOW_S))
+    receive(db)
+    with db.transaction() as session:
+        complete_studies(session, ["1.2.3"])
+    assert schedule(db, pairing, after_s=WINDOW_S - 5) is None
+    assert schedule(db, pairing, after_s=WINDOW_S + 5) == ("none", "first")

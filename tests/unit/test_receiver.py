@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 
 import pydicom
@@ -17,9 +18,10 @@ from storage import audit
 from storage.database import Database
 from storage.schema import Instance, Study
 from storage.spool import FileStore
+from tests.support.peers import wait_for
 
 
-def start_scp(tmp_path: Path, **settings) -> StorageSCP:
+def start_scp(tmp_path: Path, on_complete=None, **settings) -> StorageSCP:
     settings = Settings(
         dicom_host="127.0.0.1",
         dicom_port=free_port(),
@@ -27,7 +29,7 @@ def start_scp(tmp_path: Path, **settings) -> StorageSCP:
     )
     db = Database(f"sqlite:///{tmp_path / 'node.db'}")
     db.create_schema()
-    server = StorageSCP(settings, db, FileStore(tmp_path / "spool"))
+    server = StorageSCP(settings, db, FileStore(tmp_path / "spool"), on_complete=on_complete)
     server.start()
     return server
 
@@ -39,11 +41,15 @@ def scp(tmp_path: Path):
     server.stop()
 
 
-def send(scp: StorageSCP, datasets, calling_ae: str = "MODALITY"):
+def associate(scp: StorageSCP, datasets, calling_ae: str = "MODALITY"):
     ae = AE(ae_title=calling_ae)
     for ds in datasets:
         ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
-    assoc = ae.associate("127.0.0.1", scp.settings.dicom_port, ae_title=scp.settings.ae_title)
+    return ae.associate("127.0.0.1", scp.settings.dicom_port, ae_title=scp.settings.ae_title)
+
+
+def send(scp: StorageSCP, datasets, calling_ae: str = "MODALITY"):
+    assoc = associate(scp, datasets, calling_ae)
     if not assoc.is_established:
         return None
     statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
@@ -184,3 +190,63 @@ def test_every_common_transfer_syntax_is_accepted_and_stored_byte_for_byte(
         assert spooled.file_meta.TransferSyntaxUID == meta.TransferSyntaxUID
         assert spooled.PixelData == original.PixelData, path.name
     assert len(events(scp, "instance.skipped")) == len(paths)
+
+
+def completed_at(scp: StorageSCP, study_uid: str):
+    with scp.db.transaction() as session:
+        return session.scalar(select(Study.completed_at).where(Study.study_uid == study_uid))
+
+
+def test_released_association_completes_its_studies(tmp_path, shared_data):
+    woken = threading.Event()
+    scp = start_scp(tmp_path, on_complete=woken.set)
+    try:
+        first, second = rsna(shared_data, 0), rsna(shared_data, 1)
+        assert send(scp, [first, second]) == [0x0000, 0x0000]
+        assert woken.wait(10)
+        complete = events(scp, "study.complete")
+        studies = {first.StudyInstanceUID, second.StudyInstanceUID}
+        assert {e["study_uid"] for e in complete} == studies
+        assert [e["detail"]["instances"] for e in complete] == [1, 1]
+        assert complete[0]["actor_ae"] == "MODALITY"
+        assert completed_at(scp, first.StudyInstanceUID) is not None
+    finally:
+        scp.stop()
+
+
+def test_aborted_association_completes_nothing(scp, shared_data):
+    ds = rsna(shared_data)
+    assoc = associate(scp, [ds])
+    assert int(assoc.send_c_store(ds).Status) == 0x0000
+    assoc.abort()
+    wait_for(lambda: not scp._sent_by, 10, "the aborted association to be forgotten")
+    assert events(scp, "study.complete") == []
+    assert completed_at(scp, ds.StudyInstanceUID) is None
+
+
+def test_study_sent_over_two_open_associations_completes_when_the_last_is_released(
+    scp, shared_data
+):
+    ds, other = rsna(shared_data, 0), rsna(shared_data, 1)
+    other.StudyInstanceUID = ds.StudyInstanceUID  # one study, two senders at once
+    first, second = associate(scp, [ds]), associate(scp, [other])
+    assert int(first.send_c_store(ds).Status) == 0x0000
+    assert int(second.send_c_store(other).Status) == 0x0000
+    first.release()
+    wait_for(lambda: len(scp._sent_by) == 1, 10, "the first association to be forgotten")
+    assert completed_at(scp, ds.StudyInstanceUID) is None
+    second.release()
+    wait_for(lambda: events(scp, "study.complete"), 10, "study.complete")
+    assert completed_at(scp, ds.StudyInstanceUID) is not None
+
+
+def test_release_completes_nothing_when_turned_off(tmp_path, shared_data):
+    scp = start_scp(tmp_path, complete_on_release=False)
+    try:
+        ds = rsna(shared_data)
+        assert send(scp, [ds]) == [0x0000]
+        wait_for(lambda: not scp._sent_by, 10, "the association to be forgotten")
+        assert events(scp, "study.complete") == []
+        assert completed_at(scp, ds.StudyInstanceUID) is None
+    finally:
+        scp.stop()

@@ -10,7 +10,7 @@ import pytest
 from storage import jobs, outbox
 from storage.database import Database
 from storage.schema import Job, JobState, OutboxState, StudyState, utcnow
-from storage.studies import InstanceHeader, add_instance, stable_studies
+from storage.studies import InstanceHeader, add_instance, complete_studies, stable_studies
 
 
 @pytest.fixture
@@ -110,3 +110,30 @@ def test_new_instance_after_processing_reopens_the_study(db: Database):
     with db.transaction() as session:
         (study,) = stable_studies(session, utcnow())
         assert study.state == StudyState.RECEIVING and study.instance_count == 2
+
+
+def test_a_completed_study_is_stable_before_its_stable_age(db: Database):
+    receive(db, "1.1", "1.1.1")
+    receive(db, "2.2", "2.2.1")
+    long_ago = utcnow() - timedelta(hours=1)
+    with db.transaction() as session:
+        assert [s.study_uid for s in complete_studies(session, ["1.1"])] == ["1.1"]
+    with db.transaction() as session:
+        assert [s.study_uid for s in stable_studies(session, long_ago)] == ["1.1"]
+    # A new instance makes the study incomplete again, until its own association ends.
+    receive(db, "1.1", "1.1.2")
+    with db.transaction() as session:
+        assert stable_studies(session, long_ago) == []
+
+
+def test_a_study_that_grew_while_its_run_was_queued_is_received_again(db: Database):
+    receive(db, "1.1", "1.1.1")
+    with db.transaction() as session:
+        job = jobs.queue_run(session, stable_studies(session, utcnow())[0])
+        job.state = JobState.SENDING
+    receive(db, "1.1", "1.1.2")  # after the run was queued: that run never read it
+    with db.transaction() as session:
+        job = session.get(Job, job.id)
+        assert jobs.finish_if_delivered(session, job)
+        assert job.state == JobState.DONE
+        assert job.study.state == StudyState.RECEIVING
