@@ -35,7 +35,7 @@ class Retention:
                 per_study: Counter = Counter()
                 studies = {}
                 for instance in batch:
-                    self.spool.path(instance.path).unlink(missing_ok=True)
+                    self.spool.remove(instance.path)
                     mark_purged(instance)
                     per_study[instance.study_id] += 1
                     studies[instance.study_id] = instance.study

@@ -47,6 +47,10 @@ class FileStore:
         _fsync_dir(target.parent)
         return StoredFile(relpath, len(data))
 
+    def remove(self, relpath: str) -> None:
+        """Delete the file at ``relpath`` if it is there."""
+        (self.root / relpath).unlink(missing_ok=True)
+
     def path(self, relpath: str) -> Path:
         return self.root / relpath
 
