@@ -41,8 +41,10 @@ __all__ = [
     "IMAGENET_STD",
     "PreprocessSpec",
     "clean_report_text",
+    "decode_pixels",
     "dicom_to_display",
     "image_file_to_display",
+    "pixels_to_display",
     "to_model_input",
 ]
 
@@ -129,7 +131,8 @@ def dicom_to_display(ds: Dataset) -> np.ndarray:
     MONOCHROME1. Colour images (RGB, YBR, palette) become their luma. Of a multi-frame image
     only the first frame is used. Every transfer syntax the installed pydicom decoding plugins
     support is accepted; a dataset without File Meta is decoded with the encoding it was read
-    with.
+    with. The two halves, :func:`decode_pixels` and :func:`pixels_to_display`, may be called
+    apart (e.g. to time them).
 
     Parameters
     ----------
@@ -146,6 +149,17 @@ def dicom_to_display(ds: Dataset) -> np.ndarray:
     PreprocessingError
         If there is no pixel data, it cannot be decoded, or it is not a 2-D image.
     """
+    return pixels_to_display(ds, *decode_pixels(ds))
+
+
+def decode_pixels(ds: Dataset) -> tuple[np.ndarray, str]:
+    """The first frame's stored values, decompressed, and its photometric interpretation.
+
+    Raises
+    ------
+    PreprocessingError
+        If there is no pixel data or it cannot be decoded.
+    """
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         raise PreprocessingError("dataset has no PixelData: not an image")
     syntax = _transfer_syntax(ds)
@@ -154,10 +168,20 @@ def dicom_to_display(ds: Dataset) -> np.ndarray:
         pixels, properties = get_decoder(syntax).as_array(ds, index=0)
     except Exception as exc:  # any decoder failure means the same thing to the caller
         raise PreprocessingError(f"cannot decode pixel data ({syntax.name}): {exc}") from exc
-
     photometric = str(
         properties.get("photometric_interpretation") or ds.get("PhotometricInterpretation", "")
     ).upper()
+    return pixels, photometric
+
+
+def pixels_to_display(ds: Dataset, pixels: np.ndarray, photometric: str) -> np.ndarray:
+    """Decoded pixels (:func:`decode_pixels`) to the display image of :func:`dicom_to_display`.
+
+    Raises
+    ------
+    PreprocessingError
+        If the pixels are not a 2-D image.
+    """
     if photometric == "PALETTE COLOR":
         pixels, photometric = apply_color_lut(pixels, ds), "RGB"
     if pixels.ndim == 3 and pixels.shape[-1] == 3:

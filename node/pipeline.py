@@ -5,9 +5,10 @@ transaction:
 
 1. ``assemble``: a study no instance arrived for during the stable age gets a job (or is skipped
    when it holds no frontal chest radiograph).
-2. ``process_next``: a worker claims a job, decodes and preprocesses the images, runs the model
-   and Grad-CAM, writes the SR, presentation states and captures durably and puts each in the
-   outbox of the destinations configured to get its kind.
+2. ``process_next``: a worker claims queued jobs (up to ``batch_studies`` at once), decodes and
+   preprocesses their images, runs the model and Grad-CAM over all of them in one batch, writes
+   each job's SR, presentation states and captures durably and puts each in the outbox of the
+   destinations configured to get its kind.
 3. ``deliver``: the outbox is sent to each destination; a job is done only when every
    destination confirmed every object.
 """
@@ -17,17 +18,18 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from io import BytesIO
 
 import numpy as np
 from pydicom import dcmread
+from pydicom.dataset import Dataset
 from pydicom.uid import generate_uid
 
 from models.errors import PreprocessingError
 from models.predictor import Predictor
-from models.preprocess import dicom_to_display
+from models.preprocess import decode_pixels, pixels_to_display
 from node.config import Destination, Settings
 from node.dicom.sender import DicomSender
 from node.pairing import ReportPairing, study_ids
@@ -79,6 +81,21 @@ class BuiltResult:
     kind: str  # "SR" | "SC" | "GSPS" (node.config.OUTPUT_KINDS)
     sop_uid: str
     relpath: str
+
+
+@dataclass(eq=False)
+class _Run:
+    """A claimed job on its way through the worker: decoded images, then model results."""
+
+    item: WorkItem
+    images: list[tuple[Dataset, np.ndarray]] = field(default_factory=list)  # (source, display)
+    results: list[ImageResult] = field(default_factory=list)
+    unreadable: int = 0
+    batch_studies: int = 0  # how many studies shared its forward pass
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def add_time(self, stage: str, seconds: float) -> None:
+        self.timings[stage] = self.timings.get(stage, 0.0) + seconds
 
 
 class JobFailed(Exception):
@@ -145,38 +162,146 @@ class Pipeline:
 
     # 2. processing ------------------------------------------------------------------------
 
-    def process_next(self) -> bool:
-        """Claim and process one job; return False when the queue was empty."""
+    def process_next(self, limit: int = 1) -> int:
+        """Claim up to ``limit`` queued jobs and process them together: their images go through
+        one batched forward pass and one batched Grad-CAM. Return how many jobs were claimed
+        (0: the queue was empty). A job that fails fails alone."""
+        clock = time.perf_counter()
+        items = self._claim(limit)
+        if not items:
+            return 0
+        claim_s = time.perf_counter() - clock
+        runs = []
+        for item in items:
+            try:
+                runs.append(self._decode(item))
+            except JobFailed as exc:
+                self._fail(item, str(exc))
+        for run in self._infer_isolating(runs):
+            run.timings["database_s"] = claim_s / len(items)
+            self._finish(run)
+        return len(items)
+
+    def _claim(self, limit: int) -> list[WorkItem]:
         with self.db.transaction() as session:
-            job = jobs.claim_next(session)
-            if job is None:
-                return False
-            item = WorkItem(
-                job_id=job.id,
-                run=job.run,
-                study_uid=job.study.study_uid,
-                accession=job.study.accession,
-                patient_id=job.study.patient_id,
-                images=tuple((i.sop_uid, i.path) for i in processable_instances(job.study)),
-                text=job.report.text if job.report else None,
-                text_source=job.text_source,
-                reason=job.reason,
-                replaces_sr=_sr_path(job.replaces),
-            )
+            items = []
+            while len(items) < limit and (job := jobs.claim_next(session)) is not None:
+                items.append(
+                    WorkItem(
+                        job_id=job.id,
+                        run=job.run,
+                        study_uid=job.study.study_uid,
+                        accession=job.study.accession,
+                        patient_id=job.study.patient_id,
+                        images=tuple((i.sop_uid, i.path) for i in processable_instances(job.study)),
+                        text=job.report.text if job.report else None,
+                        text_source=job.text_source,
+                        reason=job.reason,
+                        replaces_sr=_sr_path(job.replaces),
+                    )
+                )
+            return items
+
+    def _decode(self, item: WorkItem) -> _Run:
+        """Read and decode every model input of a job; raise ``JobFailed`` when none decodes."""
+        run = _Run(item)
+        failures = []
+        for sop_uid, relpath in item.images:
+            try:
+                clock = time.perf_counter()
+                ds = dcmread(self.spool.path(relpath), force=True)
+                pixels, photometric = decode_pixels(ds)
+                decoded = time.perf_counter()
+                display = pixels_to_display(ds, pixels, photometric)
+                run.add_time("decode_s", decoded - clock)
+                run.add_time("preprocess_s", time.perf_counter() - decoded)
+                run.images.append((ds, display))
+            except (PreprocessingError, ValueError, OSError, NotImplementedError) as exc:
+                failures.append({"sop_uid": sop_uid, "reason": str(exc)})
+        run.unreadable = len(failures)
+        if failures:
+            with self.db.transaction() as session:
+                for failure in failures:
+                    audit.record(
+                        session,
+                        "image.unreadable",
+                        Outcome.FAILURE,
+                        **{**item.ids, "sop_uid": failure["sop_uid"]},
+                        detail={"reason": failure["reason"]},
+                    )
+        if not run.images:
+            raise JobFailed("no image of the study could be decoded")
+        return run
+
+    def _infer_isolating(self, runs: list[_Run]) -> list[_Run]:
+        """Run the model over ``runs`` together; when the batch fails, each run again alone,
+        so that one bad study fails only itself. Return the runs that have predictions."""
         try:
-            built, summary = self._process(item)
-        except JobFailed as exc:
-            self._fail(item, str(exc))
-            return True
+            self._infer(runs)
+            return runs
         except Exception as exc:  # a bug or a resource error must not stop the worker
+            if len(runs) > 1:
+                return [ok for run in runs for ok in self._infer_isolating([run])]
+            log.exception("job %d failed", runs[0].item.job_id)
+            self._fail(runs[0].item, f"internal error: {type(exc).__name__}: {exc}")
+            return []
+
+    def _infer(self, runs: list[_Run]) -> None:
+        displays = [display for run in runs for _, display in run.images]
+        texts = None
+        if self.reads_text:
+            texts = [run.item.text for run in runs for _ in run.images]
+        clock = time.perf_counter()
+        predictions = self.predictor.predict(displays, texts)
+        inferred = time.perf_counter()
+        # Every present finding gets its region and capture; the top one is explained even
+        # when absent, for the overview.
+        explained = [
+            sorted({int(np.argmax(p.probabilities)), *(int(i) for i in np.flatnonzero(p.present))})
+            for p in predictions
+        ]
+        maps = self.predictor.explain_many(displays, explained, texts)
+        explained_at = time.perf_counter()
+        labels = self.predictor.package.config.labels
+        results = iter(zip(predictions, explained, maps, strict=True))
+        for run in runs:
+            run.batch_studies = len(runs)
+            # The batch's model time, shared out by images.
+            share = len(run.images) / len(displays)
+            run.add_time("inference_s", (inferred - clock) * share)
+            run.add_time("gradcam_s", (explained_at - inferred) * share)
+            for ds, display in run.images:
+                prediction, indices, image_maps = next(results)
+                findings = tuple(
+                    Finding(
+                        name=label.name,
+                        code_value=label.code_value,
+                        coding_scheme=label.coding_scheme,
+                        code_meaning=label.code_meaning,
+                        probability=float(p),
+                        threshold=float(label.threshold),
+                    )
+                    for label, p in zip(labels, prediction.probabilities, strict=True)
+                )
+                heatmaps = {labels[i].name: m for i, m in zip(indices, image_maps, strict=True)}
+                run.results.append(ImageResult(ds, display, findings, heatmaps))
+
+    def _finish(self, run: _Run) -> None:
+        """Write a run's result objects and put them in the outbox, in one transaction."""
+        item = run.item
+        try:
+            clock = time.perf_counter()
+            built = self._write_results(item, run.results)
+            run.add_time("build_s", time.perf_counter() - clock)
+        except Exception as exc:
             log.exception("job %d failed", item.job_id)
             self._fail(item, f"internal error: {type(exc).__name__}: {exc}")
-            return True
+            return
+        clock = time.perf_counter()
         with self.db.transaction() as session:
             job = session.get(Job, item.job_id)
             job.state = JobState.SENDING
             job.model_id = self.predictor.package.config.package_id
-            job.result = summary
             job.updated_at = utcnow()
             for destination in self.settings.destinations:
                 kinds = self.settings.outputs_for(destination)
@@ -189,88 +314,35 @@ class Pipeline:
                         result.sop_uid,
                         result.relpath,
                     )
+            session.flush()
+            # The commit's own time is not in the record it commits.
+            run.add_time("database_s", time.perf_counter() - clock)
+            summary = self._summary(run)
+            job.result = summary
             audit.record(
                 session,
                 "inference.completed",
                 **item.ids,
                 detail={"run": item.run, "model": job.model_id, **summary},
             )
-        return True
 
-    def _process(self, item: WorkItem) -> tuple[list[BuiltResult], dict]:
-        timings: dict[str, float] = {}
-        clock = time.perf_counter()
-        decoded = []
-        failures = []
-        for sop_uid, relpath in item.images:
-            try:
-                ds = dcmread(self.spool.path(relpath), force=True)
-                decoded.append((ds, dicom_to_display(ds)))
-            except (PreprocessingError, ValueError, OSError, NotImplementedError) as exc:
-                failures.append({"sop_uid": sop_uid, "reason": str(exc)})
-        timings["decode_s"] = time.perf_counter() - clock
-        if failures:
-            with self.db.transaction() as session:
-                for failure in failures:
-                    audit.record(
-                        session,
-                        "image.unreadable",
-                        Outcome.FAILURE,
-                        **{**item.ids, "sop_uid": failure["sop_uid"]},
-                        detail={"reason": failure["reason"]},
-                    )
-        if not decoded:
-            raise JobFailed("no image of the study could be decoded")
-
-        texts = [item.text] * len(decoded) if self.reads_text else None
-        clock = time.perf_counter()
-        predictions = self.predictor.predict([display for _, display in decoded], texts)
-        timings["inference_s"] = time.perf_counter() - clock
-
-        labels = self.predictor.package.config.labels
-        clock = time.perf_counter()
-        images = []
-        for (ds, display), prediction in zip(decoded, predictions, strict=True):
-            # Every present finding gets its region and capture; the top one is explained
-            # even when absent, for the overview.
-            top = int(np.argmax(prediction.probabilities))
-            explained = sorted({top, *(int(i) for i in np.flatnonzero(prediction.present))})
-            maps = self.predictor.explain(
-                display, explained, item.text if self.reads_text else None
-            )
-            findings = tuple(
-                Finding(
-                    name=label.name,
-                    code_value=label.code_value,
-                    coding_scheme=label.coding_scheme,
-                    code_meaning=label.code_meaning,
-                    probability=float(p),
-                    threshold=float(label.threshold),
-                )
-                for label, p in zip(labels, prediction.probabilities, strict=True)
-            )
-            heatmaps = {labels[i].name: m for i, m in zip(explained, maps, strict=True)}
-            images.append(ImageResult(ds, display, findings, heatmaps))
-        timings["gradcam_s"] = time.perf_counter() - clock
-
-        clock = time.perf_counter()
-        built = self._write_results(item, images)
-        timings["build_s"] = time.perf_counter() - clock
-        summary = {
+    def _summary(self, run: _Run) -> dict:
+        item = run.item
+        return {
             "images": [
                 {
                     "sop_uid": str(image.source.SOPInstanceUID),
                     "probabilities": {f.name: round(f.probability, 4) for f in image.findings},
                     "present": [f.name for f in image.findings if f.present],
                 }
-                for image in images
+                for image in run.results
             ],
-            "unreadable": len(failures),
+            "unreadable": run.unreadable,
             "text": item.text_source if self.reads_text else "none",
             "reason": item.reason,
-            "timings": {k: round(v, 4) for k, v in timings.items()},
+            "batch_studies": run.batch_studies,
+            "timings": {k: round(v, 4) for k, v in run.timings.items()},
         }
-        return built, summary
 
     def _write_results(self, item: WorkItem, images: list[ImageResult]) -> list[BuiltResult]:
         # UIDs derive from the study and run, so rebuilding after a crash produces the same

@@ -1,0 +1,136 @@
+"""The worker's batch: several queued studies through one forward pass and Grad-CAM, each getting
+its own results, and a study that fails failing alone (real SQLite file, real bundled model)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import ExplicitVRLittleEndian
+
+from models.default import bundled_default_package
+from models.package import load_package
+from models.predictor import Predictor
+from models.preprocess import dicom_to_display
+from node.config import Settings
+from node.dicom.sender import DicomSender
+from node.pipeline import Pipeline
+from storage import jobs
+from storage.database import Database
+from storage.schema import Job, JobState, OutboxItem, utcnow
+from storage.spool import FileStore
+from storage.studies import InstanceHeader, add_instance, stable_studies
+
+
+@pytest.fixture(scope="module")
+def predictor() -> Predictor:
+    return Predictor(load_package(bundled_default_package()), device="cpu")
+
+
+@pytest.fixture
+def pipeline(tmp_path: Path, predictor: Predictor) -> Pipeline:
+    settings = Settings(data_dir=tmp_path, outputs=("SR", "SC"))
+    db = Database(settings.database_url)
+    db.create_schema()
+    return Pipeline(
+        settings,
+        db,
+        FileStore(tmp_path / "spool"),
+        FileStore(tmp_path / "results"),
+        predictor,
+        DicomSender("CXRNODE"),
+    )
+
+
+def queue_study(pipeline: Pipeline, study_uid: str, source: Path | bytes) -> None:
+    """A one-image study, spooled and queued as the SCP and the assembler would."""
+    relpath = f"{study_uid}/image.dcm"
+    data = source if isinstance(source, bytes) else source.read_bytes()
+    pipeline.spool.write(relpath, data)
+    header = InstanceHeader(
+        sop_uid=f"{study_uid}.1",
+        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
+        study_uid=study_uid,
+        series_uid=f"{study_uid}.0",
+        modality="CR",
+        patient_id="P1",
+        accession=None,
+        transfer_syntax=None,
+        view="frontal",
+        processable=True,
+        skip_reason=None,
+    )
+    with pipeline.db.transaction() as session:
+        add_instance(session, header, relpath=relpath, size=len(data), sha256="0", calling_ae="X")
+        (study,) = [s for s in stable_studies(session, utcnow()) if s.study_uid == study_uid]
+        jobs.queue_run(session, study)
+
+
+def job_states(pipeline: Pipeline) -> list[tuple[str, dict | None]]:
+    with pipeline.db.transaction() as session:
+        return [(job.state, job.result) for job in session.query(Job).order_by(Job.id)]
+
+
+def rsna(shared_data: Path) -> list[Path]:
+    return sorted((shared_data / "rsna-pneumonia-sample" / "stage_1_train_images").glob("*.dcm"))
+
+
+def test_a_batch_gives_each_study_the_results_of_its_own_image(pipeline, predictor, shared_data):
+    files = rsna(shared_data)[:3]
+    for n, path in enumerate(files):
+        queue_study(pipeline, f"1.2.{n}", path)
+    assert pipeline.process_next(limit=8) == 3
+    assert pipeline.process_next(limit=8) == 0
+    states = job_states(pipeline)
+    assert [state for state, _ in states] == [JobState.SENDING] * 3
+    for path, (_, result) in zip(files, states, strict=True):
+        alone = predictor.predict([dicom_to_display(pydicom.dcmread(path))])[0]
+        batched = np.array(list(result["images"][0]["probabilities"].values()))
+        np.testing.assert_allclose(batched, alone.probabilities, atol=1e-3)
+        assert result["batch_studies"] == 3
+        assert {"decode_s", "preprocess_s", "inference_s", "gradcam_s", "build_s"} <= set(
+            result["timings"]
+        )
+    with pipeline.db.transaction() as session:
+        for job in session.query(Job):
+            kinds = [o.kind for o in session.query(OutboxItem).filter_by(job_id=job.id)]
+            assert kinds.count("SR") == 1 and "SC" in kinds  # overview, + one per finding
+
+
+def test_an_undecodable_study_fails_alone(pipeline, shared_data, tmp_path):
+    files = rsna(shared_data)
+    queue_study(pipeline, "1.2.0", files[0])
+    queue_study(pipeline, "1.2.1", files[1].read_bytes()[:4000])  # cut inside the pixel data
+    assert pipeline.process_next(limit=8) == 2
+    (first, _), (second, _) = job_states(pipeline)
+    assert (first, second) == (JobState.SENDING, JobState.FAILED)
+
+
+def test_when_the_batch_fails_each_study_runs_alone(pipeline, predictor, shared_data, monkeypatch):
+    files = rsna(shared_data)
+    half = pydicom.dcmread(files[1])
+    half.PixelData = half.pixel_array[::2, ::2].copy().tobytes()
+    half.Rows, half.Columns = 512, 512
+    half.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    path = shutil.copy(files[1], pipeline.spool.root / "half.dcm")
+    half.save_as(path, enforce_file_format=True)
+    queue_study(pipeline, "1.2.0", files[0])
+    queue_study(pipeline, "1.2.1", Path(path))
+    queue_study(pipeline, "1.2.2", files[2])
+
+    real_predict = predictor.predict
+
+    def predict(displays, texts=None):  # the model cannot take the half-size image
+        if any(d.shape != (1024, 1024) for d in displays):
+            raise RuntimeError("shape mismatch")
+        return real_predict(displays, texts)
+
+    monkeypatch.setattr(predictor, "predict", predict)
+    assert pipeline.process_next(limit=8) == 3
+    states = job_states(pipeline)
+    assert [state for state, _ in states] == [JobState.SENDING, JobState.FAILED, JobState.SENDING]
+    # Each ran alone once the batch of three had failed.
+    assert [result["batch_studies"] for state, result in states if result] == [1, 1]
