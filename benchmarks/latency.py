@@ -1,13 +1,16 @@
 """End-to-end latency: real chest DICOMs sent by a real Orthanc through the node, one study at a
-time; time from the last instance received to the SR stored in Orthanc (the node's audit log
-records both: ``instance.received`` and the ``result.sent`` Orthanc confirmed).
+time; per study, the time from the study complete (Orthanc released the association) to its SR
+and overview capture stored in Orthanc, beside the pure model time for the same image.
 
-    .venv/bin/python benchmarks/latency.py [--studies 10] [--stable-age 10] [--pairing-window 0]
+    .venv/bin/python benchmarks/latency.py [--studies 10] [--input uncompressed|jpeg]
 
-The node runs on its defaults except: no report feed (``hl7_port = 0``) and a pairing window of
-0 s, so a study runs image-only as soon as it is stable instead of waiting the default 300 s for
-a report that never comes. The stable age (default 10 s, the node's default) is part of the
-figure: a study is processed only once no instance arrived for that long.
+Times come from the node's audit log: ``study.complete`` (the release), ``study.queued``, the
+worker's stage timings in ``inference.completed`` and the ``result.sent`` Orthanc confirmed.
+The node runs on its defaults except: no report feed (``hl7_port = 0``) and a pairing window
+of 0 s, so a study runs image-only at once instead of waiting 300 s for a report that never
+comes. Inputs: ``uncompressed`` is the NIH ChestX-ray14 DX (1024x1024, Implicit VR), ``jpeg``
+the RSNA CRs (JPEG baseline). JPEG 2000 decoding is timed apart, on the NIH image compressed
+losslessly, because no public sample arrives that way.
 """
 
 from __future__ import annotations
@@ -116,6 +119,7 @@ def seconds(a: str, b: str) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=10)
+    parser.add_argument("--input", choices=("uncompressed", "jpeg"), default="uncompressed")
     parser.add_argument("--stable-age", type=float, default=10.0)
     parser.add_argument("--pairing-window", type=float, default=0.0)
     parser.add_argument("--timeout", type=float, default=600.0, help="per study, seconds")
@@ -126,6 +130,8 @@ def main() -> None:
     node_port = free_port()
     orthanc = Orthanc(workdir / "orthanc", [Modality("cxrnode", "CXRNODE", "127.0.0.1", node_port)])
     env = node_env(workdir, node_port, args.stable_age, args.pairing_window)
+    files = input_files(args.input)
+    receive_s = []
     with orthanc:
         env["CXRNODE_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
         log = open(workdir / "node.log", "wb")  # noqa: SIM115
@@ -138,11 +144,12 @@ def main() -> None:
         )
         try:
             wait_echo(node_port)
-            files = chest_files()
             for n in range(args.studies):
                 study_uid, data = renamed(files[n % len(files)])
                 uploaded = orthanc.upload(data)
+                clock = time.perf_counter()
                 orthanc.send_study("cxrnode", uploaded["ParentStudy"])
+                receive_s.append(time.perf_counter() - clock)
                 # One study at a time: the next is sent once every result of this one was
                 # confirmed (the node's study state "done"), so runs never overlap.
                 deadline = time.monotonic() + args.timeout
@@ -151,35 +158,96 @@ def main() -> None:
                         raise SystemExit(f"study {n + 1}: {state}; see {log.name}")
                     if time.monotonic() > deadline:
                         raise SystemExit(f"study {n + 1}: not done in time; see {log.name}")
-                    time.sleep(0.1)
+                    time.sleep(0.05)
         finally:
             node.terminate()
             node.wait(timeout=60)
 
-    received = {
-        e["study_uid"]: e["time"] for e in audit(env, workdir, "--action", "instance.received")
-    }
-    queued = {e["study_uid"]: e["time"] for e in audit(env, workdir, "--action", "study.queued")}
+    def times(action: str) -> dict[str, str]:
+        return {e["study_uid"]: e["time"] for e in audit(env, workdir, "--action", action)}
+
+    complete, queued = times("study.complete"), times("study.queued")
     inferred = {e["study_uid"]: e for e in audit(env, workdir, "--action", "inference.completed")}
-    sr_sent = {}
+    sent: dict[str, dict[str, str]] = {}
     for e in audit(env, workdir, "--action", "result.sent"):
-        if e["detail"]["kind"] == "SR":
-            sr_sent[e["study_uid"]] = e["time"]
-    total, processing, stages = [], [], {}
-    for study, t_received in received.items():
-        total.append(seconds(t_received, sr_sent[study]))
-        processing.append(seconds(queued[study], sr_sent[study]))
+        sent.setdefault(e["study_uid"], {})
+        kind = e["detail"]["kind"]
+        # The overview is the first capture of a study; the SR is sent before it.
+        sent[e["study_uid"]].setdefault(kind, e["time"])
+    to_sr, to_both, stages = [], [], {"receive_s": receive_s}
+    for study, t_complete in complete.items():
+        to_sr.append(seconds(t_complete, sent[study]["SR"]))
+        to_both.append(seconds(t_complete, max(sent[study]["SR"], sent[study]["SC"])))
+        stages.setdefault("assembly_s", []).append(seconds(t_complete, queued[study]))
         for stage, value in inferred[study]["detail"]["timings"].items():
             stages.setdefault(stage, []).append(value)
+        stages.setdefault("send_s", []).append(
+            seconds(inferred[study]["time"], max(sent[study]["SR"], sent[study]["SC"]))
+        )
+    model_s = model_time(files[0])
 
-    print(f"studies: {len(total)} (RSNA chest CR 1024x1024 JPEG baseline)")
-    print(f"stable age: {args.stable_age} s (a study waits this long after its last instance)")
-    print(f"pairing window: {args.pairing_window} s (no report feed: image-only runs)")
+    print(f"studies: {len(to_sr)} one-image studies, {INPUTS[args.input]}")
     print(f"load average at the end: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f}")
-    summarize("last instance received -> SR stored in Orthanc", total)
-    summarize("study queued (stable) -> SR stored in Orthanc", processing)
+    summarize("study complete (association released) -> SR stored in Orthanc", to_sr)
+    summarize("study complete -> SR and overview capture stored in Orthanc", to_both)
+    print("breakdown (median per study):")
     for stage, values in stages.items():
-        print(f"  {stage:<12} median {statistics.median(values) * 1000:7.1f} ms")
+        print(f"  {stage.removesuffix('_s'):<12} {statistics.median(values) * 1000:8.1f} ms")
+    print(f"pure model time, same image (forward + Grad-CAM, warm): {model_s * 1000:.1f} ms")
+    print(f"end-to-end / model time = {statistics.median(to_both) / model_s:.1f}x")
+    print(f"JPEG 2000 lossless decode, NIH 1024x1024: {j2k_decode_time() * 1000:.1f} ms")
+
+
+INPUTS = {
+    "uncompressed": "NIH ChestX-ray14 DX 1024x1024 8-bit, Implicit VR Little Endian",
+    "jpeg": "RSNA CR 1024x1024, JPEG baseline",
+}
+
+
+def input_files(kind: str) -> list[Path]:
+    if kind == "jpeg":
+        return chest_files()
+    return sorted((SHARED / "nih-chestxray14-dicom-gcp").glob("*.dcm"))
+
+
+def model_time(path: Path, repeats: int = 10) -> float:
+    """Median seconds of the default predictor's forward pass plus Grad-CAM of the top label,
+    on the image of ``path`` (what the worker runs for one study)."""
+    import numpy as np
+
+    from models.default import bundled_default_package
+    from models.package import load_package
+    from models.predictor import Predictor
+    from models.preprocess import dicom_to_display
+
+    predictor = Predictor(load_package(bundled_default_package()))
+    display = dicom_to_display(pydicom.dcmread(path))
+    runs = []
+    for _ in range(repeats + 1):  # the first is the warm-up
+        clock = time.perf_counter()
+        (prediction,) = predictor.predict([display])
+        top = int(np.argmax(prediction.probabilities))
+        predictor.explain_many([display], [[top, *np.flatnonzero(prediction.present)]])
+        runs.append(time.perf_counter() - clock)
+    return statistics.median(runs[1:])
+
+
+def j2k_decode_time(repeats: int = 5) -> float:
+    """Median seconds to decode the NIH image once compressed as JPEG 2000 lossless."""
+    from pydicom.uid import JPEG2000Lossless
+
+    from models.preprocess import decode_pixels
+
+    ds = pydicom.dcmread(input_files("uncompressed")[0])
+    ds.compress(JPEG2000Lossless)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    runs = []
+    for _ in range(repeats):
+        clock = time.perf_counter()
+        decode_pixels(pydicom.dcmread(io.BytesIO(buffer.getvalue())))
+        runs.append(time.perf_counter() - clock)
+    return statistics.median(runs)
 
 
 def summarize(label: str, values: list[float]) -> None:
