@@ -7,6 +7,7 @@ node, started and stopped like any other process.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -52,6 +53,10 @@ class Orthanc:
         Peers Orthanc may send to and accept from.
     ae_title:
         Orthanc's own AE title.
+    tcp_nodelay:
+        Start Orthanc with ``TCP_NODELAY=1``: dcmtk, which Orthanc's DICOM side is built on,
+        leaves Nagle's algorithm on unless told, and its C-STORE responses then wait out the
+        peer's delayed ACK (~40 ms an instance). A PACS tuned for throughput runs with it.
     """
 
     def __init__(
@@ -62,6 +67,7 @@ class Orthanc:
         http_port: int | None = None,
         dicom_port: int | None = None,
         executable: str | None = None,
+        tcp_nodelay: bool = True,
     ) -> None:
         self.workdir = Path(workdir)
         self.ae_title = ae_title
@@ -69,6 +75,7 @@ class Orthanc:
         self.dicom_port = dicom_port or free_port()
         self.modalities = list(modalities)
         self.executable = executable or shutil.which("Orthanc") or "/usr/sbin/Orthanc"
+        self.tcp_nodelay = tcp_nodelay
         self._process: subprocess.Popen | None = None
 
     @property
@@ -105,7 +112,10 @@ class Orthanc:
         config_path.write_text(json.dumps(self.config(), indent=2))
         log = open(self.workdir / "orthanc.log", "ab")  # noqa: SIM115 - owned by the process
         self._process = subprocess.Popen(
-            [self.executable, str(config_path)], stdout=log, stderr=subprocess.STDOUT
+            [self.executable, str(config_path)],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "TCP_NODELAY": "1" if self.tcp_nodelay else "0"},
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -25,6 +25,7 @@ from pynetdicom.sop_class import Verification
 from node.config import Settings
 from node.dicom.admission import Admission
 from node.dicom.classify import classify
+from node.dicom.tcp import no_delay
 from node.tls import server_context
 from storage import audit
 from storage.audit import Outcome
@@ -92,6 +93,7 @@ class StorageSCP:
 
     def start(self) -> None:
         handlers = [
+            (evt.EVT_CONN_OPEN, no_delay),
             (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_C_ECHO, self._on_echo),
             (evt.EVT_REQUESTED, self._on_requested),

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pynetdicom import AE
+from pynetdicom import AE, evt
 
 from node.config import Destination
+from node.dicom.tcp import no_delay
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,11 @@ class DicomSender:
             ae.add_requested_context(sop_class, transfer_syntax)
         tls_args = (self.ssl_context, destination.host) if self.ssl_context else None
         assoc = ae.associate(
-            destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls_args
+            destination.host,
+            destination.port,
+            ae_title=destination.ae_title,
+            tls_args=tls_args,
+            evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],
         )
         if not assoc.is_established:
             reason = "association rejected" if assoc.is_rejected else "destination unreachable"

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE
+from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 from sqlalchemy import select
 
 from node.config import Settings
 from node.dicom.receiver import CONFLICTING_DUPLICATE, MISSING_UIDS, StorageSCP
+from node.dicom.tcp import no_delay
 from node.orthanc import free_port
 from storage import audit
 from storage.database import Database
@@ -250,3 +252,22 @@ def test_release_completes_nothing_when_turned_off(tmp_path, shared_data):
         assert completed_at(scp, ds.StudyInstanceUID) is None
     finally:
         scp.stop()
+
+
+def test_both_ends_of_an_association_turn_nagle_off(scp, shared_data):
+    ds = rsna(shared_data)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)
+    assoc = ae.associate(
+        "127.0.0.1",
+        scp.settings.dicom_port,
+        ae_title=scp.settings.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, no_delay)],  # as the node's sender associates
+    )
+    try:
+        assert assoc.is_established
+        (acceptor,) = scp.ae.active_associations
+        for end in (assoc, acceptor):
+            assert end.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        assoc.release()
