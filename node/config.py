@@ -100,6 +100,10 @@ class Settings:
     # Queued studies the worker takes at once: their images share one batched forward pass and
     # one batched Grad-CAM (the gain is large on a GPU, small on a CPU); 1: a study at a time.
     batch_studies: int = 8
+    # Processes that build the result objects (SR, presentation states, captures) beside the
+    # worker, so that one batch's building overlaps the next batch's inference; 0 builds them
+    # in the worker thread.
+    build_processes: int = 1
     # Spooled instances of finished studies are deleted this long after their last arrival
     # (0 keeps them forever); checked every retention_check_interval_s.
     retention_days: float = 30.0
@@ -187,6 +191,8 @@ class Settings:
             raise ConfigError(f"hl7_port {self.hl7_port} out of range (0 turns HL7 off)")
         if self.stable_age_s < 0 or self.pairing_window_s < 0:
             raise ConfigError("stable_age_s and pairing_window_s must be >= 0")
+        if self.build_processes < 0:
+            raise ConfigError(f"build_processes {self.build_processes} must be 0 or more")
         if self.batch_studies < 1:
             raise ConfigError(f"batch_studies {self.batch_studies} must be at least 1")
         if not 0 <= self.admin_port < 65536:

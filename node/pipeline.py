@@ -6,8 +6,9 @@ transaction:
 1. ``assemble``: a study no instance arrived for during the stable age gets a job (or is skipped
    when it holds no frontal chest radiograph).
 2. ``process_next``: a worker claims queued jobs (up to ``batch_studies`` at once), decodes and
-   preprocesses their images, runs the model and Grad-CAM over all of them in one batch, writes
-   each job's SR, presentation states and captures durably and puts each in the outbox of the
+   preprocesses their images, runs the model and Grad-CAM over all of them in one batch; a
+   builder process writes each job's SR, presentation states and captures durably
+   (``node.build``) while the next batch is inferred, then each is put in the outbox of the
    destinations configured to get its kind.
 3. ``deliver``: the outbox is sent to each destination; a job is done only when every
    destination confirmed every object.
@@ -16,32 +17,31 @@ transaction:
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import random
 import time
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from datetime import timedelta
-from io import BytesIO
 
 import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
-from pydicom.uid import generate_uid
 
 from models.errors import PreprocessingError
 from models.predictor import Predictor
 from models.preprocess import decode_pixels, pixels_to_display
+from node.build import (
+    ResultJob,
+    WorkItem,
+    build_in_process,
+    keep_identifiers_out_of_the_log,
+)
 from node.config import Destination, Settings
 from node.dicom.sender import DicomSender
 from node.pairing import ReportPairing, study_ids
-from node.results import (
-    AlgorithmInfo,
-    Finding,
-    ImageResult,
-    build_finding_capture,
-    build_overview,
-    build_presentation_state,
-    build_structured_report,
-)
+from node.results import AlgorithmInfo, Finding, ImageResult
 from storage import audit, jobs, outbox
 from storage.audit import Outcome
 from storage.database import Database
@@ -50,37 +50,6 @@ from storage.spool import FileStore
 from storage.studies import processable_instances, stable_studies
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class WorkItem:
-    """What a worker needs of a claimed job, detached from the database session."""
-
-    job_id: int
-    run: int
-    study_uid: str
-    accession: str | None
-    patient_id: str | None
-    images: tuple[tuple[str, str], ...]  # (SOP Instance UID, spool path) of each model input
-    text: str | None  # the report or indication text as received; cleaned by the predictor
-    text_source: str  # "report" | "indication" | "none"
-    reason: str
-    replaces_sr: str | None  # results path of the SR this run supersedes
-
-    @property
-    def ids(self) -> dict[str, str | None]:
-        return {
-            "study_uid": self.study_uid,
-            "accession": self.accession,
-            "patient_id": self.patient_id,
-        }
-
-
-@dataclass(frozen=True)
-class BuiltResult:
-    kind: str  # "SR" | "SC" | "GSPS" (node.config.OUTPUT_KINDS)
-    sop_uid: str
-    relpath: str
 
 
 @dataclass(eq=False)
@@ -130,6 +99,8 @@ class Pipeline:
             trained=config.trained,
             disclaimer=config.disclaimer,
         )
+        self._builders = _builder_pool(settings.build_processes)
+        self._building: list[tuple[_Run, Future]] = []  # runs whose objects are being built
 
     # 1. assembly --------------------------------------------------------------------------
 
@@ -164,12 +135,12 @@ class Pipeline:
 
     def process_next(self, limit: int = 1) -> int:
         """Claim up to ``limit`` queued jobs and process them together: their images go through
-        one batched forward pass and one batched Grad-CAM. Return how many jobs were claimed
-        (0: the queue was empty). A job that fails fails alone."""
+        one batched forward pass and one batched Grad-CAM, then their result objects are built
+        (in a builder process, when there is one) while the next call infers the next batch.
+        Commit the previous call's runs; return how many jobs were claimed (0: the queue was
+        empty). A job that fails fails alone."""
         clock = time.perf_counter()
         items = self._claim(limit)
-        if not items:
-            return 0
         claim_s = time.perf_counter() - clock
         runs = []
         for item in items:
@@ -177,10 +148,49 @@ class Pipeline:
                 runs.append(self._decode(item))
             except JobFailed as exc:
                 self._fail(item, str(exc))
+            except Exception as exc:  # a bug or a resource error must not stop the worker
+                log.exception("job %d failed", item.job_id)
+                self._fail(item, f"internal error: {type(exc).__name__}: {exc}")
+        building = []
         for run in self._infer_isolating(runs):
             run.timings["database_s"] = claim_s / len(items)
-            self._finish(run)
+            building.append((run, self._build(run)))
+        self.flush()
+        self._building = building
+        if self._builders is None:
+            self.flush()
         return len(items)
+
+    def flush(self) -> int:
+        """Wait for the result objects being built, put each run's in the outbox, and return
+        how many runs were committed."""
+        building, self._building = self._building, []
+        for run, future in building:
+            self._finish(run, future)
+        return len(building)
+
+    def close(self) -> None:
+        """Commit what is being built and stop the builder processes."""
+        self.flush()
+        if self._builders is not None:
+            self._builders.shutdown()
+            self._builders = None
+
+    def _build(self, run: _Run) -> Future:
+        job = ResultJob(run.item, self.settings, self.results, self.algorithm, self.reads_text)
+        if self._builders is None:
+            future: Future = Future()
+            try:
+                future.set_result(build_in_process(job, run.results))
+            except Exception as exc:
+                future.set_exception(exc)
+            return future
+        try:
+            return self._builders.submit(build_in_process, job, run.results)
+        except BrokenProcessPool:  # a builder died (e.g. killed for memory): start afresh
+            log.error("a result builder process died; starting new ones")
+            self._builders = _builder_pool(self.settings.build_processes)
+            return self._builders.submit(build_in_process, job, run.results)
 
     def _claim(self, limit: int) -> list[WorkItem]:
         with self.db.transaction() as session:
@@ -264,12 +274,9 @@ class Pipeline:
         explained_at = time.perf_counter()
         labels = self.predictor.package.config.labels
         results = iter(zip(predictions, explained, maps, strict=True))
+        per_run = []
         for run in runs:
-            run.batch_studies = len(runs)
-            # The batch's model time, shared out by images.
-            share = len(run.images) / len(displays)
-            run.add_time("inference_s", (inferred - clock) * share)
-            run.add_time("gradcam_s", (explained_at - inferred) * share)
+            images = []
             for ds, display in run.images:
                 prediction, indices, image_maps = next(results)
                 findings = tuple(
@@ -284,19 +291,27 @@ class Pipeline:
                     for label, p in zip(labels, prediction.probabilities, strict=True)
                 )
                 heatmaps = {labels[i].name: m for i, m in zip(indices, image_maps, strict=True)}
-                run.results.append(ImageResult(ds, display, findings, heatmaps))
+                images.append(ImageResult(ds, display, findings, heatmaps))
+            per_run.append(images)
+        # Only now, when nothing can fail any more: a batch that failed is retried run by run.
+        for run, images in zip(runs, per_run, strict=True):
+            run.results = images
+            run.batch_studies = len(runs)
+            # The batch's model time, shared out by images.
+            share = len(run.images) / len(displays)
+            run.add_time("inference_s", (inferred - clock) * share)
+            run.add_time("gradcam_s", (explained_at - inferred) * share)
 
-    def _finish(self, run: _Run) -> None:
-        """Write a run's result objects and put them in the outbox, in one transaction."""
+    def _finish(self, run: _Run, building: Future) -> None:
+        """Put a run's built result objects in the outbox, in one transaction."""
         item = run.item
         try:
-            clock = time.perf_counter()
-            built = self._write_results(item, run.results)
-            run.add_time("build_s", time.perf_counter() - clock)
+            built, build_s = building.result()
         except Exception as exc:
-            log.exception("job %d failed", item.job_id)
+            log.error("job %d failed", item.job_id, exc_info=exc)
             self._fail(item, f"internal error: {type(exc).__name__}: {exc}")
             return
+        run.add_time("build_s", build_s)
         clock = time.perf_counter()
         with self.db.transaction() as session:
             job = session.get(Job, item.job_id)
@@ -343,90 +358,6 @@ class Pipeline:
             "batch_studies": run.batch_studies,
             "timings": {k: round(v, 4) for k, v in run.timings.items()},
         }
-
-    def _write_results(self, item: WorkItem, images: list[ImageResult]) -> list[BuiltResult]:
-        # UIDs derive from the study and run, so rebuilding after a crash produces the same
-        # objects and a destination that already stored them sees a harmless duplicate.
-        def uid(*parts: str) -> str:
-            return generate_uid(entropy_srcs=["cxrnode", item.study_uid, str(item.run), *parts])
-
-        folder = f"{item.study_uid}/run-{item.run}"
-        settings = self.settings
-        wanted = settings.wanted_outputs
-        level = settings.region_level
-        # A re-run (late or corrected report) is a new series of each kind, so viewers hang it
-        # beside the results it replaces rather than mixing the two.
-        sr_uid = uid("sr")
-        built = []
-        if "SR" in wanted:
-            sr = build_structured_report(
-                images,
-                self.algorithm,
-                sop_instance_uid=sr_uid,
-                series_instance_uid=uid("sr-series"),
-                series_number=settings.sr_series_number,
-                text_source=item.text_source if self.reads_text else "none",
-                text_note=_text_note(item, self.reads_text),
-                predecessors=(
-                    [dcmread(self.results.path(item.replaces_sr))] if item.replaces_sr else ()
-                ),
-                region_level=level,
-                description=settings.sr_series_description or None,
-            )
-            built.append(self._save("SR", sr, folder))
-        finding_number = 0
-        for n, image in enumerate(images, start=1):
-            source_uid = str(image.source.SOPInstanceUID)
-            if "GSPS" in wanted:
-                state = build_presentation_state(
-                    image,
-                    self.algorithm,
-                    sop_instance_uid=uid("gsps", source_uid),
-                    series_instance_uid=uid("gsps-series"),
-                    series_number=settings.gsps_series_number,
-                    instance_number=n,
-                    region_level=level,
-                    description=settings.gsps_series_description or None,
-                    sr_instance_uid=sr_uid,
-                )
-                built.append(self._save("GSPS", state, folder))
-            if "SC" not in wanted:
-                continue
-            overview = build_overview(
-                image,
-                self.algorithm,
-                sop_instance_uid=uid("sc", source_uid),
-                series_instance_uid=uid("sc-series"),
-                series_number=settings.sc_series_number,
-                instance_number=n,
-                region_level=level,
-                description=settings.sc_series_description or None,
-            )
-            built.append(self._save("SC", overview, folder))
-            for finding in image.present:
-                if finding.name not in image.heatmaps:
-                    continue
-                finding_number += 1
-                capture = build_finding_capture(
-                    image,
-                    finding.name,
-                    self.algorithm,
-                    sop_instance_uid=uid("sc-finding", source_uid, finding.name),
-                    series_instance_uid=uid("sc-finding-series"),
-                    series_number=settings.finding_sc_series_number,
-                    instance_number=finding_number,
-                    region_level=level,
-                    description=settings.finding_sc_series_description or None,
-                )
-                built.append(self._save("SC", capture, folder))
-        return built
-
-    def _save(self, kind: str, ds, folder: str) -> BuiltResult:
-        buffer = BytesIO()
-        ds.save_as(buffer, enforce_file_format=True)
-        relpath = f"{folder}/{kind}-{ds.SOPInstanceUID}.dcm"
-        self.results.write(relpath, buffer.getvalue())
-        return BuiltResult(kind, str(ds.SOPInstanceUID), relpath)
 
     def _fail(self, item: WorkItem, reason: str) -> None:
         with self.db.transaction() as session:
@@ -537,14 +468,14 @@ def _sr_path(job: Job | None) -> str | None:
     return next((o.path for o in job.outbox if o.kind == "SR"), None)
 
 
-def _text_note(item: WorkItem, reads_text: bool) -> str | None:
-    """Why the run read the text it read, in the radiologist's words."""
-    if not reads_text:
-        return "this model reads images only" if item.text else None
-    if item.reason != "first":
-        return f"re-run after a {item.reason}"
-    if item.text_source == "none":
-        return "no report or order arrived within the pairing window"
-    if item.text_source == "indication":
-        return "no report arrived within the pairing window"
-    return None
+def _builder_pool(processes: int) -> ProcessPoolExecutor | None:
+    """Processes that build result objects, or None to build them in the worker thread.
+
+    Spawned, not forked: a fork of a process running torch's thread pools can deadlock."""
+    if processes == 0:
+        return None
+    return ProcessPoolExecutor(
+        processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=keep_identifiers_out_of_the_log,
+    )

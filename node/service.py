@@ -6,7 +6,6 @@ import logging
 import signal
 import ssl
 import threading
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from models.default import bundled_default_package, ensure_reference_package
 from models.package import load_package
 from models.predictor import Predictor
+from node.build import keep_identifiers_out_of_the_log
 from node.config import Settings, describe
 from node.dicom.receiver import StorageSCP
 from node.dicom.sender import DicomSender
@@ -29,16 +29,6 @@ from storage.database import Database
 from storage.spool import FileStore
 
 log = logging.getLogger(__name__)
-
-
-def keep_identifiers_out_of_the_log() -> None:
-    """Identifiers belong in the audit log, not the application log: silence what libraries
-    would print with them (highdicom logs a UID per copied module at INFO; pydicom warns with
-    the patient's name when it has a single component)."""
-    logging.getLogger("highdicom").setLevel(logging.WARNING)
-    warnings.filterwarnings(
-        "ignore", message=r"(?s)The string .* is unlikely to represent the intended person name"
-    )
 
 
 class Node:
@@ -171,6 +161,8 @@ class Node:
         self._work_available.set()
         if self._worker:
             self._worker.join()
+        if self.pipeline:
+            self.pipeline.close()
         self.scheduler.shutdown(wait=True)
         with self.db.transaction() as session:
             audit.record(session, "node.stopped")
@@ -266,12 +258,16 @@ class Node:
             self._work_available.clear()
             while not self._stopping.is_set():
                 try:
-                    if not self.pipeline.process_next(self.settings.batch_studies):
-                        break
+                    claimed = self.pipeline.process_next(self.settings.batch_studies)
+                    if not claimed:
+                        self.pipeline.flush()  # the last batch's results
                 except Exception:
                     log.exception("worker step failed")
-                    break
+                    claimed = 0
                 self._deliver_soon()
+                if not claimed:
+                    break
+        self.pipeline.flush()  # the batch being built when the node was told to stop
 
     def _deliver_soon(self) -> None:
         """Results are in the outbox: send now rather than on the next delivery tick."""

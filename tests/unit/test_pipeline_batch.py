@@ -4,6 +4,7 @@ its own results, and a study that fails failing alone (real SQLite file, real bu
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,12 +31,12 @@ def predictor() -> Predictor:
     return Predictor(load_package(bundled_default_package()), device="cpu")
 
 
-@pytest.fixture
-def pipeline(tmp_path: Path, predictor: Predictor) -> Pipeline:
-    settings = Settings(data_dir=tmp_path, outputs=("SR", "SC"))
+@pytest.fixture(params=[1, 0], ids=["builder process", "in the worker"])
+def pipeline(request, tmp_path: Path, predictor: Predictor) -> Iterator[Pipeline]:
+    settings = Settings(data_dir=tmp_path, outputs=("SR", "SC"), build_processes=request.param)
     db = Database(settings.database_url)
     db.create_schema()
-    return Pipeline(
+    pipeline = Pipeline(
         settings,
         db,
         FileStore(tmp_path / "spool"),
@@ -43,6 +44,8 @@ def pipeline(tmp_path: Path, predictor: Predictor) -> Pipeline:
         predictor,
         DicomSender("CXRNODE"),
     )
+    yield pipeline
+    pipeline.close()
 
 
 def queue_study(pipeline: Pipeline, study_uid: str, source: Path | bytes) -> None:
@@ -83,7 +86,7 @@ def test_a_batch_gives_each_study_the_results_of_its_own_image(pipeline, predict
     for n, path in enumerate(files):
         queue_study(pipeline, f"1.2.{n}", path)
     assert pipeline.process_next(limit=8) == 3
-    assert pipeline.process_next(limit=8) == 0
+    assert pipeline.process_next(limit=8) == 0  # and commits what the first call built
     states = job_states(pipeline)
     assert [state for state, _ in states] == [JobState.SENDING] * 3
     for path, (_, result) in zip(files, states, strict=True):
@@ -105,6 +108,7 @@ def test_an_undecodable_study_fails_alone(pipeline, shared_data, tmp_path):
     queue_study(pipeline, "1.2.0", files[0])
     queue_study(pipeline, "1.2.1", files[1].read_bytes()[:4000])  # cut inside the pixel data
     assert pipeline.process_next(limit=8) == 2
+    pipeline.flush()
     (first, _), (second, _) = job_states(pipeline)
     assert (first, second) == (JobState.SENDING, JobState.FAILED)
 
@@ -130,7 +134,18 @@ def test_when_the_batch_fails_each_study_runs_alone(pipeline, predictor, shared_
 
     monkeypatch.setattr(predictor, "predict", predict)
     assert pipeline.process_next(limit=8) == 3
+    pipeline.flush()
     states = job_states(pipeline)
     assert [state for state, _ in states] == [JobState.SENDING, JobState.FAILED, JobState.SENDING]
     # Each ran alone once the batch of three had failed.
     assert [result["batch_studies"] for state, result in states if result] == [1, 1]
+
+
+def test_the_results_of_a_batch_are_committed_by_the_next_call_or_a_flush(pipeline, shared_data):
+    queue_study(pipeline, "1.2.0", rsna(shared_data)[0])
+    assert pipeline.process_next(limit=8) == 1
+    building = pipeline.settings.build_processes > 0
+    # With a builder process the run is still being built; in the worker, it is committed.
+    assert job_states(pipeline)[0][0] == (JobState.RUNNING if building else JobState.SENDING)
+    pipeline.flush()
+    assert job_states(pipeline)[0][0] == JobState.SENDING
