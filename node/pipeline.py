@@ -474,8 +474,13 @@ def _builder_pool(processes: int) -> ProcessPoolExecutor | None:
     Spawned, not forked: a fork of a process running torch's thread pools can deadlock."""
     if processes == 0:
         return None
-    return ProcessPoolExecutor(
+    pool = ProcessPoolExecutor(
         processes,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=keep_identifiers_out_of_the_log,
     )
+    # Start them now: a spawned builder takes seconds to import what it needs, which the first
+    # study would otherwise wait for.
+    for _ in range(processes):
+        pool.submit(keep_identifiers_out_of_the_log)
+    return pool
