@@ -51,6 +51,9 @@ from storage.studies import processable_instances, stable_studies
 
 log = logging.getLogger(__name__)
 
+# Claims of a job interrupted by a dying builder before it is failed for good.
+MAX_ATTEMPTS = 3
+
 
 @dataclass(eq=False)
 class _Run:
@@ -189,6 +192,7 @@ class Pipeline:
             return self._builders.submit(build_in_process, job, run.results)
         except BrokenProcessPool:  # a builder died (e.g. killed for memory): start afresh
             log.error("a result builder process died; starting new ones")
+            self._builders.shutdown(wait=False)
             self._builders = _builder_pool(self.settings.build_processes)
             return self._builders.submit(build_in_process, job, run.results)
 
@@ -307,6 +311,11 @@ class Pipeline:
         item = run.item
         try:
             built, build_s = building.result()
+        except BrokenProcessPool:
+            # The builder died under the run (killed for memory, say), not because of it:
+            # run it again, as after a crash of the node, unless it keeps happening.
+            self._requeue_or_fail(item, "a result builder process died")
+            return
         except Exception as exc:
             log.error("job %d failed", item.job_id, exc_info=exc)
             self._fail(item, f"internal error: {type(exc).__name__}: {exc}")
@@ -358,6 +367,25 @@ class Pipeline:
             "batch_studies": run.batch_studies,
             "timings": {k: round(v, 4) for k, v in run.timings.items()},
         }
+
+    def _requeue_or_fail(self, item: WorkItem, reason: str) -> None:
+        with self.db.transaction() as session:
+            job = session.get(Job, item.job_id)
+            if job.attempts >= MAX_ATTEMPTS:
+                reason = f"{reason}, {job.attempts} times"
+                jobs.fail(session, job, reason)
+                action, outcome = "job.failed", Outcome.FAILURE
+            else:
+                jobs.requeue(session, job)
+                action, outcome = "job.requeued", Outcome.WARNING
+            audit.record(
+                session,
+                action,
+                outcome,
+                **item.ids,
+                detail={"run": item.run, "reason": reason, "attempts": job.attempts},
+            )
+        log.warning("job %d: %s (%s)", item.job_id, reason, action)
 
     def _fail(self, item: WorkItem, reason: str) -> None:
         with self.db.transaction() as session:

@@ -87,9 +87,14 @@ def requeue_interrupted(session: Session) -> list[Job]:
         stmt = stmt.where(or_(Job.claimed_by == node_name, Job.claimed_by.is_(None)))
     jobs = list(session.scalars(stmt))
     for job in jobs:
-        job.state = JobState.QUEUED
-        job.updated_at = utcnow()
+        requeue(session, job)
     return jobs
+
+
+def requeue(session: Session, job: Job) -> None:
+    """Put a job whose run was interrupted back in the queue, to be claimed again."""
+    job.state = JobState.QUEUED
+    job.updated_at = utcnow()
 
 
 def finish_if_delivered(session: Session, job: Job) -> bool:

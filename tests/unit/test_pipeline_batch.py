@@ -3,6 +3,7 @@ its own results, and a study that fails failing alone (real SQLite file, real bu
 
 from __future__ import annotations
 
+import multiprocessing
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from models.preprocess import dicom_to_display
 from node.config import Settings
 from node.dicom.sender import DicomSender
 from node.pipeline import Pipeline
-from storage import jobs
+from storage import audit, jobs
 from storage.database import Database
 from storage.schema import Job, JobState, OutboxItem, utcnow
 from storage.spool import FileStore
@@ -149,3 +150,19 @@ def test_the_results_of_a_batch_are_committed_by_the_next_call_or_a_flush(pipeli
     assert job_states(pipeline)[0][0] == (JobState.RUNNING if building else JobState.SENDING)
     pipeline.flush()
     assert job_states(pipeline)[0][0] == JobState.SENDING
+
+
+@pytest.mark.parametrize("pipeline", [1], indirect=True, ids=["builder process"])
+def test_a_run_whose_builder_dies_is_run_again(pipeline, shared_data):
+    queue_study(pipeline, "1.2.0", rsna(shared_data)[0])
+    assert pipeline.process_next(limit=8) == 1
+    for builder in multiprocessing.active_children():  # mid-build: it takes ~100 ms
+        builder.kill()
+    assert pipeline.process_next(limit=8) == 0  # commits the killed run: back in the queue
+    with pipeline.db.transaction() as session:
+        (requeued,) = audit.query(session, audit.AuditFilter(action="job.requeued"))
+        assert requeued.detail["reason"] == "a result builder process died"
+    assert pipeline.process_next(limit=8) == 1  # claimed again, built by a new builder
+    pipeline.flush()
+    ((state, result),) = job_states(pipeline)
+    assert state == JobState.SENDING and result["images"]
