@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +79,7 @@ class DicomSender:
     @staticmethod
     def _store_one(assoc, path: Path) -> Delivery:
         try:
+            _pause_reactor(assoc)
             status = assoc.send_c_store(path)
         except (ValueError, RuntimeError, OSError) as exc:
             return Delivery(path, False, f"cannot send: {exc}")
@@ -87,3 +89,27 @@ class DicomSender:
         if code in _KEPT:
             return Delivery(path, True)
         return Delivery(path, False, f"refused with status 0x{code:04X}")
+
+
+def _pause_reactor(assoc) -> None:
+    """Make sure the association's reactor thread is parked before a request is sent.
+
+    pynetdicom (3.0.4) pauses its reactor for ``send_c_store`` by clearing a checkpoint and
+    waiting for a flag the reactor sets just before it waits on that checkpoint; but the flag
+    is still set for a moment after the wait returned, so the sender may go ahead while the
+    reactor is about to poll for DIMSE messages. When the peer answers fast (TCP_NODELAY on
+    both ends), the reactor then takes the C-STORE response for itself ("Received unexpected
+    C-STORE service message", pynetdicom issue #875) and the sender waits out the DIMSE timeout:
+    30 s here, a few times per thousand objects. So: clear the checkpoint, see the reactor run
+    on (flag down), then see it park (flag up again, now blocked on the cleared checkpoint).
+    pynetdicom's own pause in ``send_c_store`` then finds it parked.
+    """
+    assoc._reactor_checkpoint.clear()
+    _wait_until(lambda: not assoc._is_paused, 0.02)  # stays up only if already parked
+    _wait_until(lambda: assoc._is_paused, 1.0)
+
+
+def _wait_until(condition, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition() and time.monotonic() < deadline:
+        time.sleep(0.0001)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from pathlib import Path
 
 import pydicom
@@ -14,6 +15,7 @@ from sqlalchemy import select
 
 from node.config import Settings
 from node.dicom.receiver import CONFLICTING_DUPLICATE, MISSING_UIDS, StorageSCP
+from node.dicom.sender import _pause_reactor
 from node.dicom.tcp import no_delay
 from node.orthanc import free_port
 from storage import audit
@@ -269,5 +271,22 @@ def test_both_ends_of_an_association_turn_nagle_off(scp, shared_data):
         (acceptor,) = scp.ae.active_associations
         for end in (assoc, acceptor):
             assert end.dul.socket.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        assoc.release()
+
+
+def test_the_senders_reactor_is_parked_before_each_request(scp, shared_data):
+    # The workaround for pynetdicom's pause race (node.dicom.sender._pause_reactor) relies on
+    # pynetdicom internals: this fails first if an upgrade changes them.
+    ds = rsna(shared_data)
+    assoc = associate(scp, [ds])
+    try:
+        for _ in range(20):
+            _pause_reactor(assoc)
+            parked_for = time.monotonic() + 0.01
+            while time.monotonic() < parked_for:
+                assert assoc._is_paused and not assoc._reactor_checkpoint.is_set()
+            assert int(assoc.send_c_store(ds).Status) == 0x0000
+            assert assoc._reactor_checkpoint.is_set()  # send_c_store let it run again
     finally:
         assoc.release()
