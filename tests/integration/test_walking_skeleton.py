@@ -79,13 +79,18 @@ def test_study_sent_by_orthanc_comes_back_as_sr_and_overlay(
     node = make_node()
     source = rsna_files(shared_data)[0]
     uploaded = orthanc.upload(source.read_bytes())
-    source_uid = pydicom.dcmread(source, stop_before_pixels=True).SOPInstanceUID
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    source_uid = header.SOPInstanceUID
     study_id = uploaded["ParentStudy"]
 
     orthanc.send_study("cxrnode", study_id)
-    instances = wait_for(
-        lambda: results_in_orthanc(orthanc, study_id, expected=3), 120, "SR + SC in Orthanc"
+    # Done once Orthanc confirmed every result object: SR, GSPS, overview, finding captures.
+    wait_for(
+        lambda: node.audit("--study", header.StudyInstanceUID, "--action", "study.done"),
+        300,
+        "the study to be done",
     )
+    instances = orthanc.study_instances(study_id)
     srs, others = split_results(orthanc, instances, {source_uid})
     # Besides the SR: the overview capture, one capture per present finding, the GSPS.
     scs = [ds for ds in others if ds.SOPClassUID == SC_STORAGE and ds.ImageType[-1] == "OVERVIEW"]
@@ -101,7 +106,7 @@ def test_study_sent_by_orthanc_comes_back_as_sr_and_overlay(
     sc = scs[0]
     assert sc.BurnedInAnnotation == "YES"
     assert sc.StudyInstanceUID == sr.StudyInstanceUID
-    assert sc.PatientID == pydicom.dcmread(source, stop_before_pixels=True).PatientID
+    assert sc.PatientID == header.PatientID
     assert sc.SeriesInstanceUID != sr.SeriesInstanceUID
 
     for name, ds in (("sr.dcm", sr), ("sc.dcm", sc)):
@@ -113,11 +118,6 @@ def test_study_sent_by_orthanc_comes_back_as_sr_and_overlay(
     assert dump.returncode == 0, dump.stderr
     assert "Imaging Measurement Report" in dump.stdout
 
-    wait_for(
-        lambda: node.audit("--study", sr.StudyInstanceUID, "--action", "study.done"),
-        300,
-        "the study to be done",
-    )
     actions = [e["action"] for e in node.audit("--study", sr.StudyInstanceUID)]
     for expected in ("instance.received", "study.queued", "inference.completed", "result.sent"):
         assert expected in actions
