@@ -102,7 +102,7 @@ class Pipeline:
             trained=config.trained,
             disclaimer=config.disclaimer,
         )
-        self._builders = _builder_pool(settings.build_processes)
+        self._builders: ProcessPoolExecutor | None = None  # started by start_builders
         self._building: list[tuple[_Run, Future]] = []  # runs whose objects are being built
 
     # 1. assembly --------------------------------------------------------------------------
@@ -179,8 +179,18 @@ class Pipeline:
             self._builders.shutdown()
             self._builders = None
 
+    def start_builders(self) -> None:
+        """Start the builder processes, if the settings want any and they are not running.
+
+        A worker calls it when it starts: a spawned builder takes seconds to import what it
+        needs, which the first study would otherwise wait for. A node that only receives never
+        starts them."""
+        if self._builders is None and self.settings.build_processes:
+            self._builders = _builder_pool(self.settings.build_processes)
+
     def _build(self, run: _Run) -> Future:
         job = ResultJob(run.item, self.settings, self.results, self.algorithm, self.reads_text)
+        self.start_builders()
         if self._builders is None:
             future: Future = Future()
             try:
@@ -496,19 +506,16 @@ def _sr_path(job: Job | None) -> str | None:
     return next((o.path for o in job.outbox if o.kind == "SR"), None)
 
 
-def _builder_pool(processes: int) -> ProcessPoolExecutor | None:
-    """Processes that build result objects, or None to build them in the worker thread.
+def _builder_pool(processes: int) -> ProcessPoolExecutor:
+    """Processes that build result objects.
 
     Spawned, not forked: a fork of a process running torch's thread pools can deadlock."""
-    if processes == 0:
-        return None
     pool = ProcessPoolExecutor(
         processes,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=keep_identifiers_out_of_the_log,
     )
-    # Start them now: a spawned builder takes seconds to import what it needs, which the first
-    # study would otherwise wait for.
+    # Spawn them all now rather than one by one as work arrives.
     for _ in range(processes):
         pool.submit(keep_identifiers_out_of_the_log)
     return pool

@@ -101,6 +101,7 @@ class Node:
             self._schedule_receiving()
         self.scheduler.start()
         if self.works:
+            self.pipeline.start_builders()
             self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
             self._worker.start()
             self._work_available.set()  # resumed jobs, if any
