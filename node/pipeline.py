@@ -158,8 +158,9 @@ class Pipeline:
         for run in self._infer_isolating(runs):
             run.timings["database_s"] = claim_s / len(items)
             building.append((run, self._build(run)))
-        self.flush()
-        self._building = building
+        # The previous call's runs were built while this batch was decoded and inferred.
+        previous, self._building = self._building, building
+        self._commit(previous)
         if self._builders is None:
             self.flush()
         return len(items)
@@ -168,9 +169,12 @@ class Pipeline:
         """Wait for the result objects being built, put each run's in the outbox, and return
         how many runs were committed."""
         building, self._building = self._building, []
+        self._commit(building)
+        return len(building)
+
+    def _commit(self, building: list[tuple[_Run, Future]]) -> None:
         for run, future in building:
             self._finish(run, future)
-        return len(building)
 
     def close(self) -> None:
         """Commit what is being built and stop the builder processes."""
