@@ -13,7 +13,8 @@ from storage import audit
 from storage.database import Database
 from storage.reports import store_report
 from storage.schema import Job, JobState, Report, ReportState, Study, StudyState, utcnow
-from storage.studies import InstanceHeader, add_instance, complete_studies
+from storage.studies import add_instance, complete_studies
+from support.instances import frontal_cr
 
 WINDOW_S = 300.0
 
@@ -31,19 +32,7 @@ def pairing() -> ReportPairing:
 
 
 def receive(db: Database, *, accession="ACC1", patient="P1", study_uid="1.2.3") -> None:
-    header = InstanceHeader(
-        sop_uid=f"{study_uid}.1",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        study_uid=study_uid,
-        series_uid=f"{study_uid}.0",
-        modality="CR",
-        patient_id=patient,
-        accession=accession,
-        transfer_syntax="1.2.840.10008.1.2.1",
-        view="frontal",
-        processable=True,
-        skip_reason=None,
-    )
+    header = frontal_cr(study_uid, patient_id=patient, accession=accession)
     with db.transaction() as session:
         add_instance(session, header, relpath="x.dcm", size=1, sha256="0", calling_ae="PACS")
 

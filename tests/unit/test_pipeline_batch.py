@@ -24,7 +24,8 @@ from storage import audit, jobs
 from storage.database import Database
 from storage.schema import Job, JobState, OutboxItem, utcnow
 from storage.spool import FileStore
-from storage.studies import InstanceHeader, add_instance, stable_studies
+from storage.studies import add_instance, stable_studies
+from support.instances import frontal_cr
 
 
 @pytest.fixture(scope="module")
@@ -54,19 +55,7 @@ def queue_study(pipeline: Pipeline, study_uid: str, source: Path | bytes) -> Non
     relpath = f"{study_uid}/image.dcm"
     data = source if isinstance(source, bytes) else source.read_bytes()
     pipeline.spool.write(relpath, data)
-    header = InstanceHeader(
-        sop_uid=f"{study_uid}.1",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        study_uid=study_uid,
-        series_uid=f"{study_uid}.0",
-        modality="CR",
-        patient_id="P1",
-        accession=None,
-        transfer_syntax=None,
-        view="frontal",
-        processable=True,
-        skip_reason=None,
-    )
+    header = frontal_cr(study_uid, transfer_syntax=None)
     with pipeline.db.transaction() as session:
         add_instance(session, header, relpath=relpath, size=len(data), sha256="0", calling_ae="X")
         (study,) = [s for s in stable_studies(session, utcnow()) if s.study_uid == study_uid]

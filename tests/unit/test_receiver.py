@@ -22,7 +22,7 @@ from storage import audit
 from storage.database import Database
 from storage.schema import Instance, Study
 from storage.spool import FileStore
-from tests.support.peers import wait_for
+from support.peers import wait_for
 
 
 def start_scp(tmp_path: Path, on_complete=None, **settings) -> StorageSCP:

@@ -11,23 +11,12 @@ from storage import audit
 from storage.database import Database
 from storage.schema import Instance, StudyState, utcnow
 from storage.spool import FileStore
-from storage.studies import InstanceHeader, add_instance
+from storage.studies import add_instance
+from support.instances import frontal_cr
 
 
 def spool_study(db: Database, spool: FileStore, study_uid: str, state: str, age: timedelta):
-    header = InstanceHeader(
-        sop_uid=f"{study_uid}.1",
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        study_uid=study_uid,
-        series_uid=None,
-        modality="CR",
-        patient_id="P",
-        accession=None,
-        transfer_syntax=None,
-        view="frontal",
-        processable=True,
-        skip_reason=None,
-    )
+    header = frontal_cr(study_uid, series_uid=None, patient_id="P", transfer_syntax=None)
     stored = spool.write(f"{study_uid}/i.dcm", b"DICM")
     with db.transaction() as session:
         instance = add_instance(

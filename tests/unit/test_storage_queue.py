@@ -10,7 +10,8 @@ import pytest
 from storage import jobs, outbox
 from storage.database import Database
 from storage.schema import Job, JobState, OutboxState, StudyState, utcnow
-from storage.studies import InstanceHeader, add_instance, complete_studies, stable_studies
+from storage.studies import add_instance, complete_studies, stable_studies
+from support.instances import frontal_cr
 
 
 @pytest.fixture
@@ -21,19 +22,7 @@ def db(tmp_path: Path) -> Database:
 
 
 def receive(db: Database, study_uid: str, sop_uid: str) -> None:
-    header = InstanceHeader(
-        sop_uid=sop_uid,
-        sop_class_uid="1.2.840.10008.5.1.4.1.1.1",
-        study_uid=study_uid,
-        series_uid="1.2.3",
-        modality="CR",
-        patient_id="P1",
-        accession="A1",
-        transfer_syntax="1.2.840.10008.1.2.1",
-        view="frontal",
-        processable=True,
-        skip_reason=None,
-    )
+    header = frontal_cr(study_uid, sop_uid, series_uid="1.2.3", accession="A1")
     with db.transaction() as session:
         add_instance(session, header, relpath=f"{sop_uid}.dcm", size=1, sha256="0", calling_ae="X")
 
