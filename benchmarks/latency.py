@@ -56,14 +56,31 @@ def renamed(path: Path) -> tuple[str, bytes]:
     return ds.StudyInstanceUID, buffer.getvalue()
 
 
-def study_state(db_path: Path, study_uid: str) -> str | None:
-    """The node's state of a study, read from its SQLite file (read-only)."""
+def node_db_row(db_path: Path, sql: str, *params: object) -> tuple | None:
+    """The first row of a query on the node's SQLite file, read-only (None before the node made
+    the file): polling this way costs the measured node nothing, unlike `cxrnode audit`."""
     if not db_path.exists():
         return None
     with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
         db.execute("PRAGMA busy_timeout = 5000")
-        row = db.execute("SELECT state FROM studies WHERE study_uid = ?", (study_uid,)).fetchone()
+        return db.execute(sql, params).fetchone()
+
+
+def study_state(db_path: Path, study_uid: str) -> str | None:
+    """The node's state of a study."""
+    row = node_db_row(db_path, "SELECT state FROM studies WHERE study_uid = ?", study_uid)
     return row[0] if row else None
+
+
+def start_node(env: dict[str, str], workdir: Path, log) -> subprocess.Popen:
+    """``cxrnode serve`` with ``env``, its output to the open file ``log``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "node.cli", "serve"],
+        env=env,
+        cwd=workdir,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
 
 
 def node_env(
@@ -135,13 +152,7 @@ def main() -> None:
     with orthanc:
         env["CXRNODE_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
         log = open(workdir / "node.log", "wb")  # noqa: SIM115
-        node = subprocess.Popen(
-            [sys.executable, "-m", "node.cli", "serve"],
-            env=env,
-            cwd=workdir,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        node = start_node(env, workdir, log)
         try:
             wait_echo(node_port)
             for n in range(args.studies):

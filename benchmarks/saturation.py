@@ -15,10 +15,7 @@ Floors, measured in the same run on the same files:
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +29,15 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "benchmarks"))
 
 from ingest import Receiver, replicate, send  # noqa: E402
-from latency import SHARED, audit, node_env, seconds, wait_echo  # noqa: E402
+from latency import (  # noqa: E402
+    SHARED,
+    audit,
+    node_db_row,
+    node_env,
+    seconds,
+    start_node,
+    wait_echo,
+)
 
 from node.orthanc import Modality, Orthanc, free_port  # noqa: E402
 
@@ -58,9 +63,8 @@ def model_floor(paths: list[Path], batch: int = 8) -> float:
 
 
 def done_studies(db_path: Path) -> int:
-    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as db:
-        db.execute("PRAGMA busy_timeout = 5000")
-        return db.execute("SELECT count(*) FROM studies WHERE state = 'done'").fetchone()[0]
+    row = node_db_row(db_path, "SELECT count(*) FROM studies WHERE state = 'done'")
+    return row[0] if row else 0
 
 
 def ingest_floor(paths: list[Path], work: Path) -> float:
@@ -98,19 +102,11 @@ def main() -> None:
     with orthanc:
         env["CXRNODE_DESTINATIONS"] = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
         with (work / "node.log").open("wb") as log:
-            node = subprocess.Popen(
-                [sys.executable, "-m", "node.cli", "serve"],
-                env=env,
-                cwd=work,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+            node = start_node(env, work, log)
             try:
                 wait_echo(node_port)
                 sent_in = send(node_port, "CXRNODE", files, 1, PROPOSAL)
                 deadline = time.monotonic() + args.timeout
-                # Polled from the SQLite file: a `cxrnode audit` process every few seconds
-                # would take CPU from the node it measures.
                 while done_studies(work / "node" / "cxrnode.db") < args.studies:
                     if node.poll() is not None or time.monotonic() > deadline:
                         raise SystemExit(f"the node did not finish; see {log.name}")
