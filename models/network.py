@@ -3,8 +3,9 @@
 An ``architecture`` dict (a package's ``config.json`` holds one) names every part::
 
     {
-      "image_encoder": "resnet18" | "resnet50" | "densenet121" | "swin_t",
-      "image_weights": null | "imagenet" | "<path of a torchvision state dict>",
+      "image_encoder": "resnet18" | "resnet50" | "densenet121" | "swin_t"
+                     | "efficientnet_lite0" | "efficientnet_lite1" | "efficientnet_lite2",
+      "image_weights": null | "imagenet" | "<path of a state dict of the same network>",
       "text_encoder": {"kind": "none"}
                     | {"kind": "hf", "path": "minilm" | "<model dir>", "pooling": "mean" | "cls",
                        "max_length": 256, "trainable": false, "trainable_layers": 0}
@@ -19,7 +20,9 @@ An ``architecture`` dict (a package's ``config.json`` holds one) names every par
     }
 
 Missing keys take :data:`ARCHITECTURE_DEFAULTS`. ``image_weights`` is read only when a model is
-built to be trained (``load_image_weights=True``); a saved package carries its own weights.
+built to be trained (``load_image_weights=True``); a saved package carries its own weights. A
+model built to be trained records what it really started from: ``"imagenet"`` asked for where
+this machine has no ImageNet weights for the encoder becomes ``null`` (and a warning says so).
 """
 
 from __future__ import annotations
@@ -520,6 +523,8 @@ def build_model(
         if load_image_weights
         else None
     )
+    if load_image_weights and image_state is None:
+        arch = {**arch, "image_weights": None}  # never claim weights it did not start from
     image_encoder = ImageEncoder(arch["image_encoder"], in_channels, image_state)
     text_encoder = build_text_encoder(
         arch["text_encoder"], vocabulary=vocabulary, structure_from=text_structure_from
