@@ -51,6 +51,74 @@ def _f(value: float) -> str:
     )
 
 
+def _ci(entry: dict[str, Any]) -> str:
+    low, high = (
+        entry.get("ci", (None, None))
+        if "ci" in entry
+        else (
+            entry.get("auroc_ci_low"),
+            entry.get("auroc_ci_high"),
+        )
+    )
+    return f"{_f(entry.get('auroc'))} ({_f(low)}–{_f(high)})"
+
+
+def _by_source_lines(by_source: dict[str, Any]) -> list[str]:
+    if not by_source:
+        return []
+    lines = [
+        "",
+        "### Test metrics by source",
+        "Each source's own test part (a paediatric and an adult population are reported apart).",
+        "",
+        "| source | label | n | positives | AUROC (95% CI) | recall | specificity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for source, evaluation in by_source.items():
+        for row in evaluation["labels"]:
+            if row["n"] == 0:
+                continue
+            lines.append(
+                f"| {source} | {row['label']} | {row['n']} | {row['positives']} | {_ci(row)} | "
+                f"{_f(row['recall'])} | {_f(row['specificity'])} |"
+            )
+    return lines
+
+
+def _view_lines(check: dict[str, Any]) -> list[str]:
+    if not check:
+        return []
+    lines = [
+        "",
+        "### View-position check",
+        f"Test images whose dataset gives the view ({', '.join(check.get('sources', []))}): "
+        f"{check['ap']} AP, {check['pa']} PA. *View alone* scores an image 1 if AP, 0 if PA: "
+        "its AUROC far from 0.5 means the view predicts the label in this data, so a model "
+        "could score well by detecting the view. The model's AUROC *within* one view cannot "
+        "come from the view.",
+        "",
+        "| label | view alone | model, all | model within AP | model within PA |",
+        "|---|---|---|---|---|",
+    ]
+    for label, row in check["labels"].items():
+        lines.append(
+            f"| {label} | {_ci(row['view_alone'])} | {_ci(row['model_all'])} | "
+            f"{_ci(row['model_within_ap'])} (n={row['model_within_ap']['n']}) | "
+            f"{_ci(row['model_within_pa'])} (n={row['model_within_pa']['n']}) |"
+        )
+    return lines
+
+
+def _external_lines(external: dict[str, Any]) -> list[str]:
+    """Checks on data the model never saw in any split (e.g. RSNA DICOMs, serving route)."""
+    if not external:
+        return []
+    lines = ["", "### External checks", ""]
+    for name, entry in external.items():
+        lines.append(f"- {name}: {entry}")
+    return lines
+
+
 def model_card(
     package: ModelConfig,
     config: RunConfig,
@@ -121,6 +189,9 @@ def model_card(
     lines += ["", "Confusion at the threshold (TP / FP / TN / FN):", ""]
     for row in evaluation.rows():
         lines.append(f"- {row['label']}: {row['tp']} / {row['fp']} / {row['tn']} / {row['fn']}")
+    lines += _by_source_lines(results.get("test_by_source") or {})
+    lines += _view_lines(results.get("view_check") or {})
+    lines += _external_lines(results.get("external") or {})
     limits = config.export.get("limits", "")
     intended = config.export.get(
         "intended_use", "Research and integration testing of cxrnode; not for clinical use."
