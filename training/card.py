@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.encoders.image import weights_provenance
 from models.package import ModelConfig
 from training.datasets import LabelledData, Sample
 from training.metrics import Evaluation
@@ -132,7 +133,7 @@ def model_card(
     text = arch.get("text_encoder", {}).get("kind", "none")
     splits = results["splits"]
     init = (
-        "ImageNet-initialised"
+        f"initialised from {weights_provenance(arch['image_encoder'])}"
         if results.get("image_pretrained")
         else "trained from random initialisation: no ImageNet weights were available"
     )
@@ -147,7 +148,9 @@ def model_card(
         f"({init}"
         f"), text encoder `{text}`, fusion `{arch.get('fusion')}`, head hidden size "
         f"{arch.get('hidden_dim')}; input {package.preprocessing.image_size}² px, "
-        f"{package.preprocessing.channels} channel(s); labels: "
+        f"{package.preprocessing.channels} channel(s), normalised with mean "
+        f"{[round(v, 4) for v in package.preprocessing.mean]} and std "
+        f"{[round(v, 4) for v in package.preprocessing.std]}; labels: "
         + ", ".join(
             f"{label.name} ({label.coding_scheme} {label.code_value})" for label in package.labels
         )
@@ -166,7 +169,8 @@ def model_card(
         _leakage_line(results.get("leaked_samples_dropped", 0)),
         f"Loss `{config.loss.get('name', 'bce')}`; {results['epochs_run']} epochs run, best epoch "
         f"{results['best_epoch']} by validation {config.train.monitor}; "
-        f"{results['seconds']:.0f} s on {results['device']}.",
+        f"{results.get('train_seconds', results['seconds']):.0f} s of training epochs "
+        f"on {results['device']}.",
         "",
         "## Test metrics",
         "Thresholds chosen on the validation split by "

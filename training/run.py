@@ -29,13 +29,20 @@ from models.encoders.image import input_statistics
 from models.encoders.text import WordVocabulary
 from models.labels import VOCABULARIES
 from models.network import CxrClassifier, build_model
-from models.package import CONFIG_FILE, LabelConfig, ModelConfig, load_package, save_package
+from models.package import (
+    CARD_FILE,
+    CONFIG_FILE,
+    LabelConfig,
+    ModelConfig,
+    load_package,
+    save_package,
+)
 from models.preprocess import PreprocessSpec
 from models.presets import PRESETS
 from models.text import TextCleaning, label_mask_words
 from training.baselines import tfidf_logreg_probabilities
 from training.card import model_card, split_table
-from training.config import RunConfig
+from training.config import REPO, RunConfig, load_run_config
 from training.datasets import LabelledData, Sample
 from training.errors import TrainingError
 from training.loader import SampleDataset, sample_text
@@ -306,6 +313,7 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
             isinstance(trainer.model, CxrClassifier) and trainer.model.image_encoder.pretrained
         ),
     }
+    results["train_seconds"] = round(sum(row["seconds"] for row in fit.history), 1)
     if config.export and isinstance(trainer.model, CxrClassifier):
         results["package"] = str(
             _export(config, plan, trainer.model, data, parts, evaluation, thresholds, results)
@@ -396,7 +404,31 @@ def _export(
     written = save_package(model, package_config, path, card)
     load_package(path)  # the node's own loader must accept it, or the export failed
     log.info("exported %s to %s", written.package_id, path)
+    external = _external_checks(config, path)
+    if external:
+        # The card gains what the exported package scored on data no split of the run held.
+        results["external"] = external
+        card = model_card(package_config, config, data, parts, evaluation, results)
+        (path / CARD_FILE).write_text(card, encoding="utf-8")
     return path
+
+
+def _external_checks(config: RunConfig, package: Path) -> dict[str, Any]:
+    """Run each ``[[export.external]]`` check (``name``, ``config``, ``split``) on the
+    exported package, the way ``cxrnode evaluate`` does: AUROC with its 95% CI per label."""
+    checks = {}
+    for entry in config.export.get("external", []):
+        check = load_run_config(REPO / entry["config"])
+        results = run_evaluate(package, check, str(entry.get("split", "all")))
+        cells = [
+            f"{row['label']} AUROC {row['auroc']:.3f} "
+            f"({row['auroc_ci_low']:.3f}–{row['auroc_ci_high']:.3f}), "
+            f"n {row['n']}, {row['positives']} positive"
+            for row in results["metrics"]["labels"]
+        ]
+        source = f" (`cxrnode evaluate` on {entry['config']})"
+        checks[str(entry["name"])] = "; ".join(cells) + source
+    return checks
 
 
 def run_crossval(config: RunConfig) -> dict[str, Any]:

