@@ -1,5 +1,7 @@
-"""Do the node's Grad-CAM regions mean something? Measured on the 12 RSNA Pneumonia DICOMs,
-the only staged images with localised labels (lung-opacity boxes on 6 of them).
+"""Do the node's Grad-CAM regions mean something? Measured on the staged images with localised
+labels: the 12 RSNA Pneumonia DICOMs (lung-opacity boxes on 2 of them), and the NIH images of
+the 512 px set that NIH's ``BBox_List_2017`` boxes (39 Pneumonia boxes; coordinates halved to
+the staged size; the Pneumonia label's map is measured against them).
 
 For every image and label the package calls present (probability at or above its threshold),
 the node's own route makes the region: ``models.preprocess.image_file_to_display``, the
@@ -13,7 +15,8 @@ node's default level. Printed per package:
 - the same for every label's map whatever the call (``all maps``), so a model that calls
   nothing present is still measured.
 
-    .venv/bin/python benchmarks/regions.py [--package DIR ...] [--level 0.5] [--json OUT]
+    .venv/bin/python benchmarks/regions.py [--package DIR ...] [--cam-stride 32 --cam-stride 16]
+        [--config TRAINING_CONFIG] [--level 0.5] [--json OUT]
 """
 
 from __future__ import annotations
@@ -34,7 +37,10 @@ from models.predictor import Predictor  # noqa: E402
 from models.preprocess import image_file_to_display  # noqa: E402
 from node.results.region import DEFAULT_REGION_LEVEL, heat_region  # noqa: E402
 
-RSNA = REPO.parent / "shared" / "data" / "rsna-pneumonia-sample"
+SHARED = REPO.parent / "shared" / "data"
+RSNA = SHARED / "rsna-pneumonia-sample"
+NIH512 = SHARED / "nih-chestxray14-1000-darkcovidnet"
+NIH_BOXES = SHARED / "nih-chestxray14-samples" / "BBox_List_2017.csv.gz"
 
 
 def rsna_boxes(folder: Path) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -45,6 +51,21 @@ def rsna_boxes(folder: Path) -> dict[str, list[tuple[float, float, float, float]
             entry = boxes.setdefault(row["patientId"], [])
             if row["Target"] == "1":
                 entry.append(tuple(float(row[k]) for k in ("x", "y", "width", "height")))
+    return boxes
+
+
+def nih_pneumonia_boxes(scale: float = 0.5) -> dict[str, list[tuple[float, float, float, float]]]:
+    """NIH's Pneumonia boxes of the images in the 512 px set, scaled to the staged size."""
+    import gzip
+
+    with (NIH512 / "labels.csv").open() as handle:
+        paths = {row["Image Index"]: row["path"] for row in csv.DictReader(handle)}
+    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
+    with gzip.open(NIH_BOXES, "rt") as handle:
+        for row in csv.reader(handle):
+            if row[0] in paths and row[1] == "Pneumonia":
+                x, y, w, h = (float(v) * scale for v in row[2:6])
+                boxes.setdefault(paths[row[0]], []).append((x, y, w, h))
     return boxes
 
 
@@ -61,9 +82,18 @@ def touches_border(bounds: tuple[float, float, float, float], shape: tuple[int, 
     return left <= 1.0 or top <= 1.0 or right >= cols - 1.0 or bottom >= rows - 1.0
 
 
-def measure(package_dir: Path, level: float, folder: Path = RSNA) -> dict:
-    """Region figures of one package on the RSNA sample."""
+def measure(
+    package_dir: Path,
+    level: float,
+    folder: Path = RSNA,
+    cam_stride: int | None = None,
+    test_images: set[Path] | None = None,
+) -> dict:
+    """Region figures of one package on the RSNA sample (Grad-CAM at the package's own layer,
+    or at ``cam_stride``, which changes only the explanation)."""
     package = load_package(package_dir)
+    if cam_stride is not None:
+        package.model.image_encoder.cam_stride = cam_stride
     predictor = Predictor(package, device="cpu")
     labels = package.config.labels
     boxes = rsna_boxes(folder)
@@ -98,7 +128,59 @@ def measure(package_dir: Path, level: float, folder: Path = RSNA) -> dict:
             figures["all"].append(entry)
             if prediction.probabilities[index] >= label.threshold:
                 figures["present"].append(entry)
-    return {"package": package.config.package_id, "level": level, **summarise(figures)}
+    nih = []
+    pneumonia = (
+        [label.name for label in labels].index("Pneumonia")
+        if any(label.name == "Pneumonia" for label in labels)
+        else None
+    )
+    if pneumonia is not None and NIH_BOXES.exists():
+        for relative, image_boxes in sorted(nih_pneumonia_boxes().items()):
+            display = image_file_to_display(NIH512 / relative)
+            (prediction,) = predictor.predict([display])
+            (heat,) = predictor.explain(display, [pneumonia])
+            probability = float(prediction.probabilities[pneumonia])
+            region = heat_region(heat, "Pneumonia", probability, level)
+            if region is None:
+                continue
+            mask, target = region.mask(display.shape), box_mask(display.shape, image_boxes)
+            peak_col, peak_row = (int(v) for v in region.peak)
+            nih.append(
+                {
+                    "image": relative,
+                    "probability": round(probability, 4),
+                    "present": probability >= labels[pneumonia].threshold,
+                    "border": touches_border(region.bounds, display.shape),
+                    "area": round(float(mask.mean()), 4),
+                    "iou": float((mask & target).sum() / (mask | target).sum()),
+                    "peak_in_box": bool(target[peak_row, peak_col]),
+                }
+            )
+    figures["nih_pneumonia_boxes"] = nih
+    if test_images is not None:
+        figures["nih_pneumonia_boxes_test"] = [
+            e for e in nih if (NIH512 / e["image"]).resolve() in test_images
+        ]
+    stride = package.model.image_encoder.cam_stride
+    return {
+        "package": package.config.package_id,
+        "level": level,
+        "cam_stride": stride,
+        **summarise(figures),
+    }
+
+
+KINDS = ("present", "all", "nih_pneumonia_boxes", "nih_pneumonia_boxes_test")
+
+
+def test_part(config_path: Path) -> set[Path]:
+    """The images of a training config's test part (the split is a function of the config)."""
+    from training.config import load_run_config
+    from training.run import _splits
+
+    config = load_run_config(config_path)
+    parts, _ = _splits(config, config.read_data())
+    return {sample.image.resolve() for sample in parts["test"] if sample.image is not None}
 
 
 def summarise(figures: dict[str, list]) -> dict:
@@ -125,13 +207,28 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--package", type=Path, action="append", default=[])
     parser.add_argument("--level", type=float, default=DEFAULT_REGION_LEVEL)
+    parser.add_argument(
+        "--cam-stride", type=int, action="append", help="measure at this Grad-CAM stride (32, 16)"
+    )
+    parser.add_argument(
+        "--config", type=Path, help="the package's training config: NIH test images apart"
+    )
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    test_images = test_part(args.config) if args.config else None
     packages = args.package or sorted((REPO / "models" / "bundled").iterdir())
-    results = [measure(path, args.level) for path in packages]
+    strides = args.cam_stride or [None]
+    results = [
+        measure(path, args.level, cam_stride=s, test_images=test_images)
+        for path in packages
+        for s in strides
+    ]
     for result in results:
-        print(f"\n{result['package']} (region level {result['level']})")
-        for kind in ("present", "all"):
+        print(
+            f"\n{result['package']} (Grad-CAM stride {result['cam_stride']}, "
+            f"region level {result['level']})"
+        )
+        for kind in [k for k in result if k in KINDS]:
             s = result[kind]
             print(
                 f"  {kind:>7} maps: {s['regions']:3d} regions, border share {s['border_share']}, "
