@@ -187,3 +187,14 @@ def test_view_check_separates_a_view_detector_from_a_finding_detector():
     assert 0.35 < row["model_within_ap"]["auroc"] < 0.65  # ...and is chance within a view
     assert 0.35 < row["model_within_pa"]["auroc"] < 0.65
     assert check["ap"] == check["pa"] == 100
+
+
+def test_the_committed_all_sources_config_reads_and_splits_without_leakage(shared_data: Path):
+    config = load_run_config(
+        Path(__file__).parents[3] / "training" / "configs" / "mixed-all-sources.toml"
+    )
+    data = config.read_data()
+    assert len({s.source for s in data.samples}) == 4
+    parts, dropped = _splits(config, data)
+    assert dropped == 0 and all(parts.values())
+    check_for_leakage(parts)
