@@ -261,3 +261,39 @@ def test_connections_beyond_the_limit_are_closed_and_the_open_ones_keep_working(
         # The freed slot is given back once the server thread has seen the close.
         assert any(fresh_connection_is_served() for _ in range(300))
     assert count_rows(db) == 4
+
+
+# --- what the parser or the ACK builder did not expect -----------------------------------------
+
+
+def test_impossible_utc_offset_in_msh_7_is_acknowledged_and_the_connection_kept(
+    raw_client, db, audited
+):
+    # Found by fuzzing: timezone() refuses offsets of 24 h or more, and the error escaped
+    # handle_frame: no ACK, no audit event, the connection dropped.
+    bad_time = oru("TZ-24H").replace(b"20240301101500|", b"20240301101500+2400|", 1)
+    ack = raw_client.exchange(bad_time)
+    assert (ack.code, ack.acked_id) == ("AA", "TZ-24H")
+    assert raw_client.exchange(oru("AFTER-TZ")).code == "AA"
+    assert [r.message_id for r in rows(db)] == ["TZ-24H", "AFTER-TZ"]
+    assert [e["action"] for e in audited()] == ["hl7.received", "hl7.received"]
+
+
+def test_unexpected_failure_handling_a_frame_is_answered_ar_audited_and_survived(
+    db, audited, connect, monkeypatch
+):
+    import node.feeds.hl7feed as hl7feed
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug nobody has found yet")
+
+    # The parser and the lenient header reader both fail, as they did on the MSH-7 offset.
+    monkeypatch.setattr(hl7feed, "parse_message", broken)
+    monkeypatch.setattr(hl7feed, "read_header_leniently", broken)
+    with MllpServer(HL7Feed(db), "127.0.0.1", 0) as server:
+        client = connect(server)
+        first, second = client.exchange(oru("BUG-1")), client.exchange(oru("BUG-2"))
+    assert [(a.code, a.error_code) for a in (first, second)] == [("AR", "207"), ("AR", "207")]
+    events = audited()
+    assert [e["action"] for e in events] == ["hl7.rejected", "hl7.rejected"]
+    assert events[0]["actor_ip"] == "127.0.0.1" and events[0]["detail"]["code"] == 207
