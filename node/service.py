@@ -97,7 +97,11 @@ class Node:
         )
         if self.receives:
             self.scp = StorageSCP(
-                self.settings, self.db, self.spool, on_complete=self._assemble_soon
+                self.settings,
+                self.db,
+                self.spool,
+                on_complete=self._assemble_soon,
+                refusals=self.refusals,
             )
             self.scp.start()
             self._start_feeds()
