@@ -59,7 +59,7 @@ _SECURITY_HEADERS = {
 _SESSION_HOURS = 12
 # Bounds of the numeric query parameters; outside them the answer is 422 naming the bound
 # (an unbounded integer once reached the database and came back as a 500).
-MAX_AUDIT_EVENTS = 100_000
+MAX_AUDIT_EVENTS = 10_000  # a JSON answer of about 10 MB at most
 MAX_STUDIES = 500
 
 

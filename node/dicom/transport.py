@@ -222,7 +222,6 @@ class _Deadlines:
         self._sockets: dict[int, tuple[object, socket.socket]] = {}
         self._expired: set[int] = set()
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
 
