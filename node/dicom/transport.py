@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import heapq
+import itertools
 import logging
 import socket
 import ssl
@@ -214,13 +215,16 @@ class _Deadlines:
     """Shuts the sockets of connections that missed their deadline, from one thread.
 
     A blocked ``recv`` (pynetdicom's reactor, an SSL handshake) returns once its socket is
-    shut down, and the connection ends through its ordinary error path.
+    shut down, and the connection ends through its ordinary error path. Only the socket is
+    kept until the deadline, never the association: a finished one is not held in memory.
     """
 
     def __init__(self) -> None:
-        self._due: list[tuple[float, int, object]] = []
-        self._sockets: dict[int, tuple[object, socket.socket]] = {}
-        self._expired: set[int] = set()
+        self._due: list[tuple[float, int]] = []  # (deadline, ticket)
+        self._entries: dict[int, tuple[int, socket.socket]] = {}  # ticket: (key id, socket)
+        self._tickets: dict[int, int] = {}  # key id: its pending ticket
+        self._expired: set[int] = set()  # key ids whose deadline passed
+        self._next_ticket = itertools.count()
         self._lock = threading.Lock()
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
@@ -237,16 +241,22 @@ class _Deadlines:
             self._thread = None
 
     def add(self, key: object, deadline: float, sock: socket.socket) -> None:
+        """Shut ``sock`` at ``deadline`` unless ``key`` is discarded first."""
         with self._lock:
-            self._sockets[id(key)] = (key, sock)
-            heapq.heappush(self._due, (deadline, id(key), key))
+            ticket = next(self._next_ticket)
+            self._tickets[id(key)] = ticket
+            self._entries[ticket] = (id(key), sock)
+            heapq.heappush(self._due, (deadline, ticket))
 
     def discard(self, key: object) -> None:
         with self._lock:
-            self._sockets.pop(id(key), None)
+            ticket = self._tickets.pop(id(key), None)
+            if ticket is not None:
+                self._entries.pop(ticket, None)
             self._expired.discard(id(key))
 
     def expired(self, key: object) -> bool:
+        """Whether ``key``'s deadline passed (and its socket was shut)."""
         with self._lock:
             return id(key) in self._expired
 
@@ -262,11 +272,15 @@ class _Deadlines:
         due = []
         with self._lock:
             while self._due and self._due[0][0] <= now:
-                _, key_id, key = heapq.heappop(self._due)
-                entry = self._sockets.pop(key_id, None)
-                if entry is not None and entry[0] is key:
+                _, ticket = heapq.heappop(self._due)
+                entry = self._entries.pop(ticket, None)
+                if entry is None:  # discarded in time
+                    continue
+                key_id, sock = entry
+                if self._tickets.get(key_id) == ticket:
+                    del self._tickets[key_id]
                     self._expired.add(key_id)
-                    due.append(entry[1])
+                due.append(sock)
         return due
 
 
