@@ -247,8 +247,10 @@ def test_grad_cam_at_stride_16_sees_a_map_twice_as_fine(name):
     for stride in (32, 16):
         torch.manual_seed(0)
         encoder = ImageEncoder(name, cam_stride=stride).eval()
-        seen = []
-        handle = encoder.target_layer().register_forward_hook(lambda m, i, out: seen.append(out))
+        seen: list[torch.Tensor] = []
+        handle = encoder.target_layer().register_forward_hook(
+            lambda m, i, out, seen=seen: seen.append(out)
+        )
         with torch.no_grad():
             features = encoder(torch.rand(1, 3, 224, 224))
         handle.remove()
