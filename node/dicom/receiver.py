@@ -18,7 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from io import BytesIO
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
@@ -27,6 +27,7 @@ from node.dicom.admission import Admission
 from node.dicom.classify import classify
 from node.dicom.tcp import no_delay
 from node.tls import server_context
+from node.uids import uid_problem
 from storage import audit
 from storage.audit import Outcome
 from storage.database import Database
@@ -38,6 +39,7 @@ from storage.studies import (
     complete_studies,
     duplicate_outcome,
     find_instance,
+    patient_conflict,
 )
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,8 @@ CANNOT_PARSE = 0xC001
 MISSING_UIDS = 0xC002
 UID_MISMATCH = 0xC003
 CONFLICTING_DUPLICATE = 0xC004
+PATIENT_MISMATCH = 0xC005  # another patient's identity under a Study UID already received
+INVALID_UID = 0xC006  # a Study, Series or SOP Instance UID that is not a DICOM UID
 
 
 class StorageSCP:
@@ -242,8 +246,7 @@ class StorageSCP:
             raise _Refused(MISSING_UIDS, "Study or SOP Instance UID missing")
         if str(ds.SOPInstanceUID) != sop_uid:
             raise _Refused(UID_MISMATCH, "dataset SOP Instance UID differs from the request")
-        if len(study_uid) > 64:
-            raise _Refused(CANNOT_PARSE, "Study Instance UID longer than 64 characters")
+        _check_uids(ds)
         verdict = classify(
             ds, assume_chest_without_body_part=self.settings.assume_chest_without_body_part
         )
@@ -254,6 +257,9 @@ class StorageSCP:
             series_uid=_short(ds.get("SeriesInstanceUID")),
             modality=_short(ds.get("Modality"), 16),
             patient_id=_short(ds.get("PatientID")),
+            patient_name=_short(ds.get("PatientName"), 200),
+            issuer_of_patient_id=_short(ds.get("IssuerOfPatientID")),
+            patient_birth_date=_short(ds.get("PatientBirthDate"), 16),
             accession=_short(ds.get("AccessionNumber")),
             transfer_syntax=str(event.context.transfer_syntax),
             view=verdict.view,
@@ -274,21 +280,28 @@ class StorageSCP:
         with self.db.transaction() as session:
             existing = find_instance(session, header.sop_uid)
             if existing is None:
-                self._record(session, header, stored, sha256, note, actor, ids)
-                return SUCCESS
-            if duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
+                conflict = patient_conflict(session, header)
+                if conflict is None:
+                    self._record(session, header, stored, sha256, note, actor, ids)
+                    return SUCCESS
+                status, reason = PATIENT_MISMATCH, conflict
+            elif duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
                 audit.record(session, "instance.duplicate", Outcome.SUCCESS, **actor, **ids)
                 return SUCCESS
+            else:
+                status = CONFLICTING_DUPLICATE
+                reason = "SOP Instance UID already received with different content"
             audit.record(
                 session,
                 "instance.refused",
                 Outcome.FAILURE,
                 **actor,
                 **ids,
-                detail={"reason": "SOP Instance UID already received with different content"},
+                detail={"reason": reason, "status": f"0x{status:04X}"},
             )
-        self.spool.remove(stored.relpath)  # the refused copy; the accepted one is untouched
-        return CONFLICTING_DUPLICATE
+        self.spool.remove(stored.relpath)  # the refused copy; the accepted ones are untouched
+        log.warning("refused an instance: %s", reason)
+        return _failure(status, reason)
 
     @staticmethod
     def _record(session, header, stored, sha256, note, actor: dict, ids: dict) -> None:
@@ -327,7 +340,7 @@ class StorageSCP:
                 )
         except Exception:  # the status must reach the peer even when the database is down
             log.exception("could not audit a refused instance")
-        return status
+        return _failure(status, reason)
 
 
 class _Refused(Exception):
@@ -335,6 +348,27 @@ class _Refused(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def _check_uids(ds: Dataset) -> None:
+    """Refuse an instance whose UIDs are not DICOM UIDs: they name spool and result paths and
+    are copied into the results the PACS gets. A missing Series UID is left to the reader."""
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if keyword not in ds:
+            continue
+        problem = uid_problem(str(ds.get(keyword) or "").strip())
+        if problem:
+            raise _Refused(INVALID_UID, f"{keyword} is not a valid UID ({problem})")
+
+
+def _failure(status: int, reason: str) -> Dataset:
+    """A C-STORE response status whose Error Comment (0000,0902) tells the sender's admin what
+    was wrong, as an LO value: at most 64 characters, no backslash or control characters."""
+    response = Dataset()
+    response.Status = status
+    comment = "".join(c if c.isprintable() and c != "\\" else " " for c in reason)
+    response.ErrorComment = comment[:64].strip()
+    return response
 
 
 def _short(value: object, limit: int = 64) -> str | None:

@@ -22,7 +22,8 @@ from typing import Any
 from node.feeds.csvtable import SECTION_COLUMNS, CsvRow, CsvTable, read_table
 from node.feeds.errors import CsvFileRejected
 from node.feeds.sections import FINDINGS, IMPRESSION, INDICATION, detect_sections
-from node.feeds.values import is_uid, normalise_status, parse_datetime_text
+from node.feeds.values import normalise_status, parse_datetime_text
+from node.uids import is_uid
 from storage import audit
 from storage.audit import Outcome
 from storage.database import Database
