@@ -60,8 +60,8 @@ class Settings:
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
     # Calling AE titles allowed to associate, "AE" (any address) or "AE@address". The AE titles
-    # of the destinations are allowed too: the PACS we write back to is normally the one that
-    # sends.
+    # of the destinations are allowed too, from their destination host: the PACS we write back
+    # to is normally the one that sends.
     allowed_calling_aes: tuple[str, ...] = ()
     # TLS: with a certificate and key, the DICOM and MLLP listeners speak TLS only; with a CA
     # too, peers must present a certificate it signed. tls_destinations sends results over TLS
@@ -157,8 +157,11 @@ class Settings:
 
     @property
     def known_calling_aes(self) -> tuple[str, ...]:
-        """The allowlist: configured entries plus each destination's AE title."""
-        return tuple(self.allowed_calling_aes) + tuple(d.ae_title for d in self.destinations)
+        """The allowlist: configured entries plus each destination's AE title bound to the
+        destination's host. A destination's AE title is thus allowed from that host, from the
+        addresses ``allowed_calling_aes`` binds it to, or from anywhere if it lists it unbound."""
+        destinations = tuple(f"{d.ae_title}@{d.host}" for d in self.destinations)
+        return tuple(self.allowed_calling_aes) + destinations
 
     def outputs_for(self, destination: Destination) -> tuple[str, ...]:
         """The result kinds (`OUTPUT_KINDS`) sent to ``destination``."""

@@ -86,7 +86,10 @@ class StorageSCP:
         self._senders: Counter[str] = Counter()
         self._tracking = threading.Lock()
         self.admission = Admission(
-            settings.known_calling_aes, spool.root, settings.min_free_disk_mb * 1024 * 1024
+            settings.ae_title,
+            settings.known_calling_aes,
+            spool.root,
+            settings.min_free_disk_mb * 1024 * 1024,
         )
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_pdu_size = 0  # accept the peer's PDU size: fewer, larger PDUs
@@ -128,12 +131,13 @@ class StorageSCP:
         """Apply the association policy before pynetdicom negotiates (PS3.8 A-ASSOCIATE-RJ)."""
         assoc = event.assoc
         calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
+        called_ae = str(assoc.requestor.primitive.called_ae_title).strip()
         address = assoc.requestor.address
-        refusal = self.admission.check(calling_ae, address)
+        refusal = self.admission.check(calling_ae, address, called_ae)
         if refusal is None:
             return
         # Audit first: once the peer reads the rejection, the event must already be there.
-        self._audit_rejection(calling_ae, address, refusal.reason)
+        self._audit_rejection(calling_ae, address, refusal.reason, called_ae=called_ae)
         assoc.acse.send_reject(*refusal.reject)
         # As pynetdicom's own rejections do: wait until the reject PDU is out and the peer has
         # closed, or pynetdicom shuts the socket before the PDU leaves.
@@ -144,7 +148,9 @@ class StorageSCP:
         requestor = event.assoc.requestor
         self._audit_rejection(requestor.ae_title, requestor.address, "rejected by negotiation")
 
-    def _audit_rejection(self, calling_ae: str, address: str, reason: str) -> None:
+    def _audit_rejection(
+        self, calling_ae: str, address: str, reason: str, called_ae: str | None = None
+    ) -> None:
         try:
             with self.db.transaction() as session:
                 audit.record(
@@ -153,7 +159,7 @@ class StorageSCP:
                     Outcome.FAILURE,
                     actor_ae=calling_ae,
                     actor_ip=address,
-                    detail={"reason": reason, "called_ae": self.ae.ae_title},
+                    detail={"reason": reason, "called_ae": called_ae or self.ae.ae_title},
                 )
         except Exception:  # the rejection stands even when it cannot be audited
             log.exception("could not audit a rejected association")

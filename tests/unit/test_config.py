@@ -27,7 +27,12 @@ def test_destinations_and_allowed_aes_parse_from_comma_lists():
         Destination("PACS", "10.0.0.5", 104),
         Destination("VIEWER", "viewer.local", 11112),
     )
-    assert settings.known_calling_aes == ("MODALITY1", "MODALITY2", "PACS", "VIEWER")
+    assert settings.known_calling_aes == (
+        "MODALITY1",
+        "MODALITY2",
+        "PACS@10.0.0.5",
+        "VIEWER@viewer.local",
+    )
 
 
 def test_config_file_named_by_environment(tmp_path: Path):

@@ -14,7 +14,7 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 from sqlalchemy import select
 
-from node.config import Settings
+from node.config import Destination, Settings
 from node.dicom.receiver import (
     CONFLICTING_DUPLICATE,
     INVALID_UID,
@@ -151,6 +151,52 @@ def test_ae_bound_to_another_address_is_rejected(tmp_path, shared_data):
         assert rejected["detail"]["reason"] == "calling AE title not allowed from 127.0.0.1"
     finally:
         scp.stop()
+
+
+@pytest.mark.parametrize(
+    ("destination_host", "allowed", "accepted"),
+    [
+        ("10.99.0.2", (), False),  # the destination's AE title from another address
+        ("127.0.0.1", (), True),  # from its destination host
+        ("localhost", (), True),  # a host name, resolved
+        ("10.99.0.2", ("PACS@127.0.0.1",), True),  # from an address the allowlist binds it to
+        ("10.99.0.2", ("PACS@10.99.0.3",), False),
+        ("10.99.0.2", ("PACS",), True),  # listed unbound: from anywhere, as configured
+    ],
+)
+def test_destination_ae_title_is_bound_to_its_host_or_its_allowlist_addresses(
+    tmp_path, shared_data, destination_host, allowed, accepted
+):
+    scp = start_scp(
+        tmp_path,
+        allowed_calling_aes=("MODALITY", *allowed),
+        destinations=(Destination("PACS", destination_host, 104),),
+    )
+    try:
+        statuses = send(scp, [rsna(shared_data)], calling_ae="PACS")
+        assert statuses == ([0x0000] if accepted else None)
+        rejected = events(scp, "association.rejected")
+        assert [e["detail"]["reason"] for e in rejected] == (
+            [] if accepted else ["calling AE title not allowed from 127.0.0.1"]
+        )
+    finally:
+        scp.stop()
+
+
+def test_association_calling_another_ae_title_is_rejected_and_audited(scp, shared_data):
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(SecondaryCaptureImageStorage)
+    assoc = ae.associate("127.0.0.1", scp.settings.dicom_port, ae_title="OTHERNODE")
+    assert assoc.is_rejected
+    rejection = assoc.acceptor.primitive
+    assert (rejection.result, rejection.result_source, rejection.diagnostic) == (1, 1, 7)
+    (rejected,) = events(scp, "association.rejected")
+    assert rejected["actor_ae"] == "MODALITY"
+    assert rejected["detail"] == {
+        "reason": "called AE title not recognised",
+        "called_ae": "OTHERNODE",
+    }
+    assert send(scp, [rsna(shared_data)]) == [0x0000]  # the node's own AE title still works
 
 
 def test_full_spool_disk_refuses_associations_as_transient(tmp_path, shared_data):
