@@ -87,6 +87,8 @@ class Settings:
     hl7_idle_timeout_s: float = 300.0
     csv_folder: str = ""
     csv_poll_interval_s: float = 5.0
+    # A larger CSV file is rejected before a byte of it is read.
+    csv_max_file_mb: int = 64
     # A study is processed once its sender releases the association that carried it
     # (complete_on_release), or else once no instance arrived for stable_age_s (after an abort,
     # or always when complete_on_release is off: for a PACS that splits a study over several
@@ -192,6 +194,8 @@ class Settings:
             raise ConfigError("tls_destinations needs tls_ca to verify the destinations")
         if not 0 <= self.hl7_port < 65536:
             raise ConfigError(f"hl7_port {self.hl7_port} out of range (0 turns HL7 off)")
+        if self.csv_max_file_mb < 1:
+            raise ConfigError(f"csv_max_file_mb {self.csv_max_file_mb} must be at least 1")
         if self.stable_age_s < 0 or self.pairing_window_s < 0:
             raise ConfigError("stable_age_s and pairing_window_s must be >= 0")
         if self.build_processes < 0:

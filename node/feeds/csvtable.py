@@ -138,14 +138,16 @@ def _map_header(header: list[str]) -> tuple[dict[str, int], list[str]]:
                 ignored.append(name.strip())
             continue
         if key in columns:
-            raise CsvFileRejected(f"columns {header[columns[key]]!r} and {name!r} both mean {key}")
+            raise CsvFileRejected(
+                f"two columns both mean {key}", f"{header[columns[key]]!r} and {name!r}"
+            )
         columns[key] = i
     missing = [k for k in ("accession", "patient_id") if k not in columns]
     if "text" not in columns and not any(s in columns for s in SECTION_COLUMNS):
         missing.append("report text (report, text, or findings/impression)")
     if missing:
         shown = ", ".join(repr(h) for h in header[:12])
-        raise CsvFileRejected(f"header has no column for {', '.join(missing)} (header: {shown})")
+        raise CsvFileRejected(f"header has no column for {', '.join(missing)}", f"header: {shown}")
     return columns, ignored
 
 

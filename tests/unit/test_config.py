@@ -54,6 +54,7 @@ def test_default_database_is_a_sqlite_file_under_the_data_dir(tmp_path: Path):
         ({"CXRNODE_DICOM_PORT": "eleven"}, "dicom_port"),
         ({"CXRNODE_AE_TITLE": "A" * 17}, "ae_title"),
         ({"CXRNODE_ASSUME_CHEST_WITHOUT_BODY_PART": "maybe"}, "boolean"),
+        ({"CXRNODE_CSV_MAX_FILE_MB": "0"}, "csv_max_file_mb"),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_setting(env, message):
