@@ -39,6 +39,7 @@ SECTION_COLUMNS = (INDICATION, COMPARISON, TECHNIQUE, FINDINGS, IMPRESSION)  # r
 _DELIMITERS = (",", ";", "\t")
 # C0 controls other than tab, LF, CR, and DEL: text files do not contain them.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,9 @@ def _decode(data: bytes) -> tuple[str, str]:
 
 
 def _delimiter(text: str) -> str:
-    first_line = text.lstrip("\r\n").split("\n", 1)[0]
+    # The header line ends at any line end: a file with CR line ends (old Mac exports) is one
+    # "line" to a split on LF, whose report text's delimiters would outvote the header's.
+    first_line = _LINE_END.split(text.lstrip("\r\n"), maxsplit=1)[0]
     counts = {d: first_line.count(d) for d in _DELIMITERS}
     best = max(counts, key=lambda d: counts[d])
     return best if counts[best] else ","
