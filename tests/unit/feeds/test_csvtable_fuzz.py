@@ -20,6 +20,7 @@ FUZZ = settings(
     max_examples=150,
     deadline=None,
     derandomize=True,  # the same examples on every run: a failure names its input
+    database=None,  # and nothing written beside the tests
     suppress_health_check=[HealthCheck.too_slow],
 )
 
