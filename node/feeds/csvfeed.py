@@ -104,6 +104,7 @@ class CsvFeed:
         self.rejected_dir = self.folder / "rejected"
         self._last_seen: dict[str, _Seen] = {}
         self._unusable: list[str] = []  # the subfolder problems last audited
+        self._failing: set[tuple[str, str]] = set()  # (file, error) audited, not yet cleared
 
     def poll(self) -> list[FileResult]:
         """Process every CSV file that was already there, unchanged, at the previous poll.
@@ -122,19 +123,44 @@ class CsvFeed:
         for path in sorted(self.folder.iterdir()):
             if path.name.startswith(".") or path.suffix.lower() != ".csv":
                 continue
-            info = path.lstat()
-            if not stat.S_ISREG(info.st_mode):
-                results.append(self._refuse_entry(path, _entry_kind(info.st_mode)))
-                continue
-            seen[path.name] = _Seen(info.st_size, info.st_mtime_ns)
-            if self._last_seen.get(path.name) == seen[path.name]:
-                ready.append(path)
+            info = self._guarded(path, path.lstat)
+            if isinstance(info, FileResult) or info is None:
+                results += [info] if info else []
+            elif not stat.S_ISREG(info.st_mode):
+                kind = _entry_kind(info.st_mode)
+                refused = self._guarded(path, lambda p=path, k=kind: self._refuse_entry(p, k))
+                results += [refused] if refused else []
+            else:
+                seen[path.name] = _Seen(info.st_size, info.st_mtime_ns)
+                if self._last_seen.get(path.name) == seen[path.name]:
+                    ready.append(path)
         self._last_seen = seen
-        processed = [self._process(path, seen[path.name]) for path in ready]
+        processed = [
+            self._guarded(path, lambda p=path: self._process(p, seen[p.name])) for path in ready
+        ]
         for result in processed:
             if result is not None and result.outcome != "failed":
                 self._last_seen.pop(result.name, None)
         return results + [result for result in processed if result is not None]
+
+    def _guarded(self, path: Path, step: Callable[[], Any]) -> Any:
+        """``step()``, or a "failed" result when the file system refuses it (the file stays
+        for the next poll, audited once per error, and the poll goes on with the others); None
+        when the file went away meanwhile."""
+        try:
+            result = step()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            error = exc.strerror or type(exc).__name__
+            if (path.name, error) not in self._failing:
+                self._failing.add((path.name, error))
+                self._audit_safely("csv.file_failed", {"file": path.name, "reason": error})
+                log.error("cannot handle %s in the CSV drop folder: %s", path.name, error)
+            return FileResult(path.name, "failed", reason=error)
+        if isinstance(result, FileResult) and result.outcome != "failed":
+            self._failing = {key for key in self._failing if key[0] != path.name}
+        return result
 
     def _subfolders_usable(self) -> bool:
         """Create ``done/`` and ``rejected/`` where missing; False (audited once per new

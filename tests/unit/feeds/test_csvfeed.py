@@ -363,3 +363,29 @@ def test_rows_rejected_for_their_values_are_not_quoted_in_the_application_log(dr
         [result] = settle(feed)
     assert result.outcome == "rejected" and "SECRET" in result.reason
     assert "SECRET" not in caplog.text and "allbad.csv" in caplog.text
+
+
+def test_a_file_the_file_system_refuses_to_move_fails_alone_and_is_audited_once(
+    drop, db, audited, monkeypatch
+):
+    # As root (the test machine) no permission stops a rename: the refusal is simulated.
+    feed = CsvFeed(drop, db)
+    move = feed._move
+
+    def refusing(path, target_dir, reason=None):
+        if path.name == "first.csv":
+            raise PermissionError(13, "Permission denied")
+        return move(path, target_dir, reason)
+
+    monkeypatch.setattr(feed, "_move", refusing)
+    (drop / "first.csv").write_text(GOOD, "utf-8")
+    (drop / "second.csv").write_text(GOOD.replace("A1", "B1").replace("A2", "B2"), "utf-8")
+    results = settle(feed)
+    assert [(r.name, r.outcome) for r in results] == [
+        ("first.csv", "failed"),
+        ("second.csv", "done"),
+    ]
+    assert [r.outcome for r in feed.poll()] == ["failed"]  # tried again at each poll
+    failed = [e for e in audited() if e["action"] == "csv.file_failed"]
+    assert [e["detail"] for e in failed] == [{"file": "first.csv", "reason": "Permission denied"}]
+    assert len(reports(db)) == 4 and (drop / "first.csv").exists()
