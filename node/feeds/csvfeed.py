@@ -123,17 +123,18 @@ class CsvFeed:
         for path in sorted(self.folder.iterdir()):
             if path.name.startswith(".") or path.suffix.lower() != ".csv":
                 continue
-            info = self._guarded(path, path.lstat)
-            if isinstance(info, FileResult) or info is None:
-                results += [info] if info else []
-            elif not stat.S_ISREG(info.st_mode):
-                kind = _entry_kind(info.st_mode)
-                refused = self._guarded(path, lambda p=path, k=kind: self._refuse_entry(p, k))
-                results += [refused] if refused else []
-            else:
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue  # taken away since the listing
+            if stat.S_ISREG(info.st_mode):
                 seen[path.name] = _Seen(info.st_size, info.st_mtime_ns)
                 if self._last_seen.get(path.name) == seen[path.name]:
                     ready.append(path)
+                continue
+            kind = _entry_kind(info.st_mode)
+            refused = self._guarded(path, lambda p=path, k=kind: self._refuse_entry(p, k))
+            results += [refused] if refused else []
         self._last_seen = seen
         processed = [
             self._guarded(path, lambda p=path: self._process(p, seen[p.name])) for path in ready
@@ -143,7 +144,7 @@ class CsvFeed:
                 self._last_seen.pop(result.name, None)
         return results + [result for result in processed if result is not None]
 
-    def _guarded(self, path: Path, step: Callable[[], Any]) -> Any:
+    def _guarded(self, path: Path, step: Callable[[], FileResult | None]) -> FileResult | None:
         """``step()``, or a "failed" result when the file system refuses it (the file stays
         for the next poll, audited once per error, and the poll goes on with the others); None
         when the file went away meanwhile."""
@@ -158,7 +159,7 @@ class CsvFeed:
                 self._audit_safely("csv.file_failed", {"file": path.name, "reason": error})
                 log.error("cannot handle %s in the CSV drop folder: %s", path.name, error)
             return FileResult(path.name, "failed", reason=error)
-        if isinstance(result, FileResult) and result.outcome != "failed":
+        if result is not None and result.outcome != "failed":
             self._failing = {key for key in self._failing if key[0] != path.name}
         return result
 
@@ -199,19 +200,15 @@ class CsvFeed:
         CsvFileRejected
             Over ``max_file_bytes`` (checked before reading a byte).
         """
-        fd = os.open(path, _OPEN_FLAGS)
-        try:
-            info = os.fstat(fd)
+        with os.fdopen(os.open(path, _OPEN_FLAGS), "rb") as handle:
+            info = os.fstat(handle.fileno())
             if not stat.S_ISREG(info.st_mode) or _Seen(info.st_size, info.st_mtime_ns) != seen:
                 return None
             if info.st_size > self.max_file_bytes:
                 raise CsvFileRejected(
                     f"{info.st_size} bytes, over the {self.max_file_bytes} limit: not read"
                 )
-            with os.fdopen(os.dup(fd), "rb") as handle:
-                data = handle.read(self.max_file_bytes + 1)
-        finally:
-            os.close(fd)
+            data = handle.read(self.max_file_bytes + 1)
         return data if len(data) == info.st_size else None
 
     def _process(self, path: Path, seen: _Seen) -> FileResult | None:
