@@ -369,10 +369,11 @@ def _check_uids(ds: Dataset) -> None:
 
 def _failure(status: int, reason: str) -> Dataset:
     """A C-STORE response status whose Error Comment (0000,0902) tells the sender's admin what
-    was wrong, as an LO value: at most 64 characters, no backslash or control characters."""
+    was wrong, as an LO value in the command set's default repertoire: at most 64 characters,
+    printable ASCII, no backslash."""
     response = Dataset()
     response.Status = status
-    comment = "".join(c if c.isprintable() and c != "\\" else " " for c in reason)
+    comment = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason)
     response.ErrorComment = comment[:64].strip()
     return response
 

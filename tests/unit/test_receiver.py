@@ -21,6 +21,7 @@ from node.dicom.receiver import (
     MISSING_UIDS,
     PATIENT_MISMATCH,
     StorageSCP,
+    _failure,
 )
 from node.dicom.sender import _pause_reactor
 from node.dicom.tcp import no_delay
@@ -366,6 +367,13 @@ def test_invalid_uid_is_refused_audited_and_never_stored(scp, shared_data, attri
     with scp.db.transaction() as session:
         assert session.scalar(select(Instance)) is None and session.scalar(select(Study)) is None
     assert list(scp.spool.root.rglob("*")) == []
+
+
+def test_error_comment_is_a_short_ascii_lo_value():
+    response = _failure(0xC001, "cannot parse: naïve\\value\n" + "x" * 100)
+    assert response.Status == 0xC001
+    assert response.ErrorComment == "cannot parse: na?ve?value?" + "x" * 38
+    assert len(response.ErrorComment) == 64
 
 
 def completed_at(scp: StorageSCP, study_uid: str):
