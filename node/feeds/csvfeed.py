@@ -127,12 +127,12 @@ class CsvFeed:
                 info = path.lstat()
             except FileNotFoundError:
                 continue  # taken away since the listing
-            if stat.S_ISREG(info.st_mode):
+            if _plain_file(info):
                 seen[path.name] = _Seen(info.st_size, info.st_mtime_ns)
                 if self._last_seen.get(path.name) == seen[path.name]:
                     ready.append(path)
                 continue
-            kind = _entry_kind(info.st_mode)
+            kind = _entry_kind(info)
             refused = self._guarded(path, lambda p=path, k=kind: self._refuse_entry(p, k))
             results += [refused] if refused else []
         self._last_seen = seen
@@ -172,7 +172,7 @@ class CsvFeed:
                 folder.mkdir(exist_ok=True)
             info = folder.lstat()
             if not stat.S_ISDIR(info.st_mode):
-                problems.append(f"{folder.name}/ is {_entry_kind(info.st_mode)}, not a directory")
+                problems.append(f"{folder.name}/ is {_entry_kind(info)}, not a directory")
         if problems and problems != self._unusable:
             reason = "; ".join(problems) + ": no file is processed until it is a real directory"
             self._audit_safely(
@@ -185,7 +185,7 @@ class CsvFeed:
     def _refuse_entry(self, path: Path, kind: str) -> FileResult:
         """Move a link or other non-file entry named ``*.csv`` to ``rejected/`` unread: what a
         link points to is never read, named or quoted."""
-        reason = f"{kind}, not a regular file: not read"
+        reason = f"{kind}, not a plain regular file: not read"
         self._audit_safely("csv.file_rejected", {"file": path.name, "reason": reason})
         moved = self._move(path, self.rejected_dir, reason)
         log.warning("rejected %s: %s", path.name, reason)
@@ -202,7 +202,7 @@ class CsvFeed:
         """
         with os.fdopen(os.open(path, _OPEN_FLAGS), "rb") as handle:
             info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode) or _Seen(info.st_size, info.st_mtime_ns) != seen:
+            if not _plain_file(info) or _Seen(info.st_size, info.st_mtime_ns) != seen:
                 return None
             if info.st_size > self.max_file_bytes:
                 raise CsvFileRejected(
@@ -397,12 +397,20 @@ class CsvFeed:
             log.exception("could not record %s", action)
 
 
-def _entry_kind(mode: int) -> str:
-    if stat.S_ISLNK(mode):
+def _plain_file(info: os.stat_result) -> bool:
+    """A regular file with one name: a second hard link could be a file the dropper may not
+    read, linked in for the node to read it."""
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+
+def _entry_kind(info: os.stat_result) -> str:
+    if stat.S_ISLNK(info.st_mode):
         return "a symbolic link"
-    if stat.S_ISDIR(mode):
+    if stat.S_ISDIR(info.st_mode):
         return "a directory"
-    return "a regular file" if stat.S_ISREG(mode) else "a special file"
+    if stat.S_ISREG(info.st_mode):
+        return f"a file with {info.st_nlink} hard links" if info.st_nlink > 1 else "a regular file"
+    return "a special file"
 
 
 def _write_new(path: Path, text: str) -> None:

@@ -256,7 +256,7 @@ def test_a_symlinked_csv_is_refused_unread_and_its_target_never_quoted(
     [result] = feed.poll()  # refused at once: a link is never read, stable or not
 
     assert result.outcome == "rejected"
-    assert result.reason == "a symbolic link, not a regular file: not read"
+    assert result.reason == "a symbolic link, not a plain regular file: not read"
     assert (drop / "rejected" / "leak.csv").is_symlink()  # the link moved, not its target
     assert secret.read_text("utf-8") == SECRET
     assert "SECRET" not in everything_said(drop, audited, caplog)
@@ -279,8 +279,20 @@ def test_other_entries_named_csv_are_moved_to_rejected_unread(drop, feed, db, ki
     entry.mkdir() if kind == "directory" else os.mkfifo(entry)  # a FIFO would block a read
     [result] = feed.poll()
     expected = "a directory" if kind == "directory" else "a special file"
-    assert result.reason == f"{expected}, not a regular file: not read"
+    assert result.reason == f"{expected}, not a plain regular file: not read"
     assert not os.path.lexists(entry) and os.path.lexists(drop / "rejected" / "odd.csv")
+
+
+def test_a_hard_link_to_a_file_elsewhere_is_refused_unread(
+    drop, feed, db, audited, caplog, tmp_path
+):
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET, "utf-8")
+    os.link(secret, drop / "linked.csv")
+    [result] = feed.poll()
+    assert result.reason == "a file with 2 hard links, not a plain regular file: not read"
+    assert "SECRET" not in everything_said(drop, audited, caplog) and reports(db) == []
+    assert secret.read_text("utf-8") == SECRET
 
 
 def test_rejected_replaced_by_a_link_is_never_written_through(drop, feed, db, audited, tmp_path):
