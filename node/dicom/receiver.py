@@ -26,6 +26,8 @@ from node.config import Settings
 from node.dicom.admission import Admission
 from node.dicom.classify import classify
 from node.dicom.tcp import no_delay
+from node.dicom.transport import ConnectionGuard
+from node.refusals import RefusalAudit
 from node.tls import server_context
 from node.uids import uid_problem
 from storage import audit
@@ -67,6 +69,9 @@ class StorageSCP:
     on_complete:
         Called (outside the database transaction) when a released association completed at
         least one study, e.g. to wake the study assembler.
+    refusals:
+        Where connections refused before any association (per-peer cap, failed TLS
+        handshake) are audited; by default one of its own.
     """
 
     def __init__(
@@ -75,11 +80,13 @@ class StorageSCP:
         db: Database,
         spool: FileStore,
         on_complete: Callable[[], None] | None = None,
+        refusals: RefusalAudit | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
         self.on_complete = on_complete or (lambda: None)
+        self.refusals = refusals or RefusalAudit(db, settings.refusal_audit_window_s)
         # Studies each open association stored instances of, and how many open associations
         # are sending each study: a study is complete when the last of them is released.
         self._sent_by: dict[object, Counter[str]] = {}
@@ -92,11 +99,13 @@ class StorageSCP:
             settings.min_free_disk_mb * 1024 * 1024,
         )
         self.ae = AE(ae_title=settings.ae_title)
+        self.ae.maximum_associations = settings.dicom_max_associations
         self.ae.maximum_pdu_size = 0  # accept the peer's PDU size: fewer, larger PDUs
         self.ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._server = None
+        self._guard: ConnectionGuard | None = None
 
     def start(self) -> None:
         handlers = [
@@ -109,20 +118,32 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         address = (self.settings.dicom_host, self.settings.dicom_port)
-        ssl_context = None
-        if self.settings.tls:
-            ssl_context = server_context(
-                self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca
-            )
-        self._server = self.ae.start_server(
-            address, block=False, evt_handlers=handlers, ssl_context=ssl_context
-        )
+        self._guard = self._connection_guard()
+        self._server = self._guard.start_server(self.ae, address, handlers)
         log.info("storage SCP %s listening on %s:%d", self.settings.ae_title, *address)
+
+    def _connection_guard(self) -> ConnectionGuard:
+        """Per-peer cap, TLS handshake and timeouts of every connection (node.dicom.transport)."""
+        settings = self.settings
+        ssl_context = None
+        if settings.tls:
+            ssl_context = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        return ConnectionGuard(
+            self.refusals,
+            max_per_peer=settings.dicom_max_associations_per_peer,
+            acse_timeout_s=settings.dicom_acse_timeout_s,
+            dimse_timeout_s=settings.dicom_dimse_timeout_s,
+            network_timeout_s=settings.dicom_network_timeout_s,
+            ssl_context=ssl_context,
+            handshake_timeout_s=settings.tls_handshake_timeout_s,
+        )
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            self._guard.stop()
+            self.refusals.flush()
 
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS

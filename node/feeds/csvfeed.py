@@ -9,9 +9,10 @@ finds duplicates, never double rows.
 
 The folder is shared with whoever drops files, so nothing in it is trusted: only regular files
 with one name are read, opened without following links, and only up to ``max_file_bytes``; a
-link, a hard-linked file or any other odd entry named ``*.csv`` goes to ``rejected/`` unread. ``done/`` and ``rejected/`` must be real
-directories inside the folder: while either is a link or not a directory, no file is processed
-(the problem is audited once, ``csv.folder_unusable``) and the files wait for it to be fixed.
+link, a hard-linked file or any other odd entry named ``*.csv`` goes to ``rejected/`` unread.
+``done/`` and ``rejected/`` must be real directories inside the folder: while either is a link
+or not a directory, no file is processed (the problem is audited once, ``csv.folder_unusable``)
+and the files wait for it to be fixed.
 """
 
 from __future__ import annotations

@@ -46,7 +46,8 @@ def parse_hl7_datetime(value: str) -> datetime | None:
 
     A time with an offset is converted to UTC; one without is kept as the sender's wall-clock
     time (HL7 says it is the sender's local time, which the node cannot know). The result is
-    naive either way, as SQLite stores it.
+    naive either way, as SQLite stores it. An offset that is no offset (24 hours or more, or 60
+    minutes or more) makes the value bad, as does one that moves it out of years 1-9999.
     """
     match = _DTM.match(value.strip())
     if not match:
@@ -61,11 +62,21 @@ def parse_hl7_datetime(value: str) -> datetime | None:
     except ValueError:
         return None
     if match["tz"]:
-        sign = -1 if match["tz"][0] == "-" else 1
-        offset = timedelta(hours=int(match["tz"][1:3]), minutes=int(match["tz"][3:5]))
-        moment = moment.replace(tzinfo=timezone(sign * offset))
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return _in_utc(moment, match["tz"])
     return moment
+
+
+def _in_utc(moment: datetime, tz: str) -> datetime | None:
+    """``moment`` at offset ``tz`` (``+HHMM``/``-HHMM``) as naive UTC; None for an offset that
+    cannot be one or a result outside what ``datetime`` holds."""
+    hours, minutes = int(tz[1:3]), int(tz[3:5])
+    if hours > 23 or minutes > 59:
+        return None
+    offset = timedelta(hours=hours, minutes=minutes) * (-1 if tz[0] == "-" else 1)
+    try:
+        return moment.replace(tzinfo=timezone(offset)).astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        return None
 
 
 def parse_datetime_text(value: str) -> datetime | None:

@@ -55,6 +55,11 @@ def test_default_database_is_a_sqlite_file_under_the_data_dir(tmp_path: Path):
         ({"CXRNODE_AE_TITLE": "A" * 17}, "ae_title"),
         ({"CXRNODE_ASSUME_CHEST_WITHOUT_BODY_PART": "maybe"}, "boolean"),
         ({"CXRNODE_CSV_MAX_FILE_MB": "0"}, "csv_max_file_mb"),
+        ({"CXRNODE_DICOM_MAX_ASSOCIATIONS_PER_PEER": "11"}, "dicom_max_associations_per_peer"),
+        ({"CXRNODE_HL7_MAX_CONNECTIONS_PER_PEER": "0"}, "hl7_max_connections_per_peer"),
+        ({"CXRNODE_HL7_FRAME_TIMEOUT_S": "0"}, "hl7_frame_timeout_s"),
+        ({"CXRNODE_TLS_HANDSHAKE_TIMEOUT_S": "-1"}, "tls_handshake_timeout_s"),
+        ({"CXRNODE_REFUSAL_AUDIT_WINDOW_S": "-5"}, "refusal_audit_window_s"),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_setting(env, message):
