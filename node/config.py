@@ -60,8 +60,8 @@ class Settings:
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
     # Calling AE titles allowed to associate, "AE" (any address) or "AE@address". The AE titles
-    # of the destinations are allowed too: the PACS we write back to is normally the one that
-    # sends.
+    # of the destinations are allowed too, from their destination host: the PACS we write back
+    # to is normally the one that sends.
     allowed_calling_aes: tuple[str, ...] = ()
     # TLS: with a certificate and key, the DICOM and MLLP listeners speak TLS only; with a CA
     # too, peers must present a certificate it signed. tls_destinations sends results over TLS
@@ -106,6 +106,8 @@ class Settings:
     hl7_max_connections_per_peer: int = 8
     csv_folder: str = ""
     csv_poll_interval_s: float = 5.0
+    # A larger CSV file is rejected before a byte of it is read.
+    csv_max_file_mb: int = 64
     # A study is processed once its sender releases the association that carried it
     # (complete_on_release), or else once no instance arrived for stable_age_s (after an abort,
     # or always when complete_on_release is off: for a PACS that splits a study over several
@@ -176,8 +178,11 @@ class Settings:
 
     @property
     def known_calling_aes(self) -> tuple[str, ...]:
-        """The allowlist: configured entries plus each destination's AE title."""
-        return tuple(self.allowed_calling_aes) + tuple(d.ae_title for d in self.destinations)
+        """The allowlist: configured entries plus each destination's AE title bound to the
+        destination's host. A destination's AE title is thus allowed from that host, from the
+        addresses ``allowed_calling_aes`` binds it to, or from anywhere if it lists it unbound."""
+        destinations = tuple(f"{d.ae_title}@{d.host}" for d in self.destinations)
+        return tuple(self.allowed_calling_aes) + destinations
 
     def outputs_for(self, destination: Destination) -> tuple[str, ...]:
         """The result kinds (`OUTPUT_KINDS`) sent to ``destination``."""
@@ -208,6 +213,8 @@ class Settings:
             raise ConfigError("tls_destinations needs tls_ca to verify the destinations")
         if not 0 <= self.hl7_port < 65536:
             raise ConfigError(f"hl7_port {self.hl7_port} out of range (0 turns HL7 off)")
+        if self.csv_max_file_mb < 1:
+            raise ConfigError(f"csv_max_file_mb {self.csv_max_file_mb} must be at least 1")
         self._validate_limits()
         if self.stable_age_s < 0 or self.pairing_window_s < 0:
             raise ConfigError("stable_age_s and pairing_window_s must be >= 0")

@@ -223,7 +223,12 @@ class Node:
             self.mllp.start()
             log.info("HL7 MLLP listener on %s:%d", settings.hl7_host, settings.hl7_port)
         if settings.csv_folder:
-            csv_feed = CsvFeed(Path(settings.csv_folder), self.db, on_stored=self._assemble_soon)
+            csv_feed = CsvFeed(
+                Path(settings.csv_folder),
+                self.db,
+                max_file_bytes=settings.csv_max_file_mb * 1024 * 1024,
+                on_stored=self._assemble_soon,
+            )
             self.scheduler.add_job(
                 csv_feed.poll,
                 "interval",

@@ -1,12 +1,10 @@
-"""Field values both feeds normalise the same way: report status, times, DICOM UIDs."""
+"""Field values both feeds normalise the same way: report status and times (DICOM UIDs are
+checked by ``node.uids``)."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
-
-# DICOM PS3.5 §9.1: digits and dots, no leading zeros in a component, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 # HL7 table 0123 (result status) codes, and the words RIS and CSV exports write instead.
 STATUS_CODES = {"O", "I", "S", "A", "P", "C", "R", "F", "X", "Y", "Z", "D"}
@@ -27,11 +25,6 @@ _STATUS_WORDS = {
 }
 
 _DTM = re.compile(r"^(?P<digits>\d{4}(?:\d{2}){0,5})(?:\.(?P<frac>\d{1,6}))?(?P<tz>[+-]\d{4})?$")
-
-
-def is_uid(value: str) -> bool:
-    """True when ``value`` is a syntactically valid DICOM UID."""
-    return len(value) <= 64 and bool(_UID.match(value))
 
 
 def normalise_status(value: str) -> str | None:

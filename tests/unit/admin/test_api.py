@@ -10,7 +10,16 @@ import json
 from dataclasses import replace
 
 import pytest
-from unit.admin.history import DAY1, DAY2, REFERENCE, STUDY_A, STUDY_C, StudyIds
+from unit.admin.history import (
+    DAY1,
+    DAY2,
+    REFERENCE,
+    STUDY_A,
+    STUDY_C,
+    StudyIds,
+    assert_formulas_neutralised,
+    record_formulas,
+)
 
 from node.admin.auth import COOKIE
 from node.admin.probe import DestinationProbe
@@ -166,6 +175,13 @@ def test_audit_csv_export(admin):
     assert status == 200 and headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(body)))
     assert rows[0]["action"] == "hl7.received" and rows[-1]["action"] == "study.done"
+
+
+def test_audit_csv_export_neutralises_formulas_in_received_values(admin, db):
+    record_formulas(db)
+    status, _, body = admin.get("/api/audit?action=instance.refused&format=csv", TOKEN)
+    assert status == 200
+    assert_formulas_neutralised(body)
 
 
 def test_timeline_stats_studies_and_verify(admin):
