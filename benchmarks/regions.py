@@ -129,18 +129,17 @@ def measure(
             if prediction.probabilities[index] >= label.threshold:
                 figures["present"].append(entry)
     nih = []
-    pneumonia = (
-        [label.name for label in labels].index("Pneumonia")
-        if any(label.name == "Pneumonia" for label in labels)
-        else None
-    )
+    # The Pneumonia label's map; a package without one (normal/abnormal) is measured by its
+    # Abnormal map, as every NIH image with a Pneumonia box is abnormal.
+    names = [label.name for label in labels]
+    pneumonia = next((names.index(n) for n in ("Pneumonia", "Abnormal") if n in names), None)
     if pneumonia is not None and NIH_BOXES.exists():
         for relative, image_boxes in sorted(nih_pneumonia_boxes().items()):
             display = image_file_to_display(NIH512 / relative)
             (prediction,) = predictor.predict([display])
             (heat,) = predictor.explain(display, [pneumonia])
             probability = float(prediction.probabilities[pneumonia])
-            region = heat_region(heat, "Pneumonia", probability, level)
+            region = heat_region(heat, names[pneumonia], probability, level)
             if region is None:
                 continue
             mask, target = region.mask(display.shape), box_mask(display.shape, image_boxes)
