@@ -82,17 +82,42 @@ def _add_import_model(commands) -> None:
 def _import_model(args, settings) -> int:
     from models.importers import import_chexnet, import_torchxrayvision
 
+    detail = {
+        "source": args.source,
+        "weights": getattr(args, "weights", None),
+        "file": str(args.file),
+        "file_sha256": _file_sha256(args.file),
+        "package": str(args.out),
+    }
     try:
         if args.source == "chexnet":
             config = import_chexnet(args.file, args.out)
         else:
             config = import_torchxrayvision(args.file, args.weights, args.out)
     except (ValueError, OSError) as exc:  # ModelPackageError is a ValueError
+        _record_import(settings, False, {**detail, "reason": str(exc)})
         print(f"cxrnode import-model: {exc}", file=sys.stderr)
         return 2
+    _record_import(settings, True, {**detail, "model": config.package_id})
     print(f"{config.package_id}: {len(config.labels)} labels, written to {args.out}")
     print(f'serve it with model = "{args.out}" (or CXRNODE_MODEL={args.out})')
     return 0
+
+
+def _file_sha256(path: Path) -> str | None:
+    from models.package import sha256_file
+
+    return sha256_file(path) if path.is_file() else None
+
+
+def _record_import(settings, succeeded: bool, detail: dict) -> None:
+    """Which file became which package, or why it did not, by whom: ``model.imported``."""
+    from node.admin.commands import _database, _user
+    from storage import audit
+
+    outcome = audit.Outcome.SUCCESS if succeeded else audit.Outcome.FAILURE
+    with _database(settings).transaction() as session:
+        audit.record(session, "model.imported", outcome, actor_user=_user(), detail=detail)
 
 
 def _serve(args, settings) -> int:

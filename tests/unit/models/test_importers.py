@@ -23,6 +23,7 @@ from torch import nn
 from torchvision import models as tv
 from torchvision.transforms import v2
 
+from models import importers
 from models.errors import ModelPackageError
 from models.importers import _xrv, import_chexnet, import_torchxrayvision, xrv_weights
 from models.labels import NIH_CHESTXRAY14
@@ -36,6 +37,9 @@ from models.preprocess import (
     dicom_to_display,
 )
 from node.cli import main
+from node.config import load_settings
+from storage import audit
+from storage.database import Database
 
 RSNA = "rsna-pneumonia-sample/stage_1_train_images"
 # MONOCHROME2 1024² JPEG; MONOCHROME1 440² CR without File Meta; MONOCHROME1 169x211 DX.
@@ -275,8 +279,24 @@ def test_chexnet_checkpoint_scores_in_the_node_as_the_original(
     assert maps.shape == (1, *displays[0].shape) and maps.max() == pytest.approx(1.0, abs=1e-3)
 
 
-def test_import_model_command_writes_a_package_the_node_loads(
-    xrv, displays: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.fixture
+def node_audit(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The node's settings point at a fresh SQLite audit log; returns its model.imported rows."""
+    monkeypatch.setenv("CXRNODE_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.delenv("CXRNODE_DB_URL", raising=False)
+    monkeypatch.setenv("CXRNODE_LOG_LEVEL", "WARNING")
+
+    def imported() -> list[dict]:
+        database = Database(load_settings(None).database_url)
+        with database.reading() as session:
+            events = audit.query(session, audit.AuditFilter(action="model.imported"))
+            return [audit.as_dict(event) for event in events]
+
+    return imported
+
+
+def test_import_model_command_writes_a_package_the_node_loads_and_audits_it(
+    xrv, displays: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str], node_audit
 ) -> None:
     path = _save_xrv_file(xrv, "densenet121-res224-nih", tmp_path, displays)
     out = tmp_path / "package"
@@ -287,11 +307,15 @@ def test_import_model_command_writes_a_package_the_node_loads(
     package = load_package(out)
     assert package.config.name == "xrv-densenet121-res224-nih"
     assert len(package.config.labels) == 14
-    assert "xrv-densenet121-res224-nih@" in capsys.readouterr().out
+    assert f"{package.config.package_id}:" in capsys.readouterr().out
+    (event,) = node_audit()
+    assert event["outcome"] == "success"
+    assert event["detail"]["model"] == package.config.package_id
+    assert event["detail"]["file_sha256"] == spec_sha256(path)
 
 
-def test_a_file_named_as_other_weights_is_refused_before_anything_is_written(
-    xrv, displays: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_a_file_named_as_other_weights_is_refused_audited_and_nothing_written(
+    xrv, displays: list[np.ndarray], tmp_path: Path, capsys: pytest.CaptureFixture[str], node_audit
 ) -> None:
     path = _save_xrv_file(xrv, "densenet121-res224-nih", tmp_path, displays)
     out = tmp_path / "package"
@@ -301,6 +325,24 @@ def test_a_file_named_as_other_weights_is_refused_before_anything_is_written(
 
     assert "release file of 'densenet121-res224-nih'" in capsys.readouterr().err
     assert not out.exists()
+    (event,) = node_audit()
+    assert event["outcome"] == "failure"
+    assert "release file of 'densenet121-res224-nih'" in event["detail"]["reason"]
+
+
+def test_a_package_that_would_not_reproduce_the_model_is_not_written(
+    xrv, displays: list[np.ndarray], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = _save_xrv_file(xrv, "densenet121-res224-all", tmp_path, displays)
+    # A head copied wrongly (rows swapped) is what the probe check exists to catch.
+    copy_head = importers._copy_head
+    monkeypatch.setattr(
+        importers, "_copy_head", lambda linear, node, rows: copy_head(linear, node, rows[::-1])
+    )
+
+    with pytest.raises(ModelPackageError, match="does not reproduce"):
+        import_torchxrayvision(path, "densenet121-res224-all", tmp_path / "package")
+    assert not (tmp_path / "package").exists()
 
 
 def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path: Path) -> None:
