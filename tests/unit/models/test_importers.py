@@ -37,9 +37,15 @@ from models.preprocess import (
     dicom_to_display,
 )
 from node.cli import main
-from node.config import load_settings
-from storage import audit
+from node.config import Settings, load_settings
+from node.dicom.sender import DicomSender
+from node.pipeline import Pipeline
+from storage import audit, jobs
 from storage.database import Database
+from storage.schema import Job, OutboxItem, utcnow
+from storage.spool import FileStore
+from storage.studies import add_instance, stable_studies
+from support.instances import frontal_cr
 
 RSNA = "rsna-pneumonia-sample/stage_1_train_images"
 # MONOCHROME2 1024² JPEG; MONOCHROME1 440² CR without File Meta; MONOCHROME1 169x211 DX.
@@ -353,7 +359,7 @@ def test_a_checkpoint_that_would_run_code_is_refused_without_running_it(tmp_path
             return (open, (str(marker), "w"))
 
     path = tmp_path / "model.pth.tar"
-    path.write_bytes(pickle.dumps({"state_dict": Payload()}))
+    path.write_bytes(pickle.dumps({"state_dict": Payload()}, protocol=2))
 
     with pytest.raises(ModelPackageError, match="cannot read"):
         import_chexnet(path, tmp_path / "package")
@@ -381,3 +387,58 @@ def test_default_preprocessing_is_written_as_before() -> None:
     with pytest.raises(ValueError, match="crop must be one of"):
         PreprocessSpec(crop="left")
     assert math.isclose(spec.std[0] * 2048, 1.0)
+
+
+def _codes(dataset) -> set[tuple[str, str]]:
+    """Every (scheme, code value) of a coded concept anywhere in a dataset."""
+    found = set()
+    for element in dataset.iterall():
+        if element.VR == "SQ":
+            for item in element.value:
+                if "CodeValue" in item:
+                    found.add((item.CodingSchemeDesignator, item.CodeValue))
+    return found
+
+
+def test_an_imported_package_runs_through_the_worker_into_coded_results(
+    xrv, displays: list[np.ndarray], shared_data: Path, tmp_path: Path
+) -> None:
+    path = _save_xrv_file(xrv, "densenet121-res224-rsna", tmp_path, displays)
+    import_torchxrayvision(path, "densenet121-res224-rsna", tmp_path / "package")
+    predictor = Predictor(load_package(tmp_path / "package"), device="cpu")
+    settings = Settings(data_dir=tmp_path / "node", outputs=("SR", "SC"), build_processes=0)
+    db = Database(settings.database_url)
+    db.create_schema()
+    results = FileStore(tmp_path / "node" / "results")
+    spool = FileStore(tmp_path / "node" / "spool")
+    pipeline = Pipeline(settings, db, spool, results, predictor, DicomSender("CXRNODE"))
+    try:
+        data = (shared_data / DICOMS[0]).read_bytes()
+        spool.write("1.2.3/image.dcm", data)
+        with db.transaction() as session:
+            header = frontal_cr("1.2.3", transfer_syntax=None)
+            add_instance(
+                session,
+                header,
+                relpath="1.2.3/image.dcm",
+                size=len(data),
+                sha256="0",
+                calling_ae="X",
+            )
+            (study,) = stable_studies(session, utcnow())
+            jobs.queue_run(session, study)
+        assert pipeline.process_next(limit=1) == 1
+        pipeline.flush()
+    finally:
+        pipeline.close()
+
+    expected = predictor.predict([displays[0]])[0].probabilities
+    with db.transaction() as session:
+        (job,) = session.query(Job).all()
+        served = job.result["images"][0]["probabilities"]
+        assert list(served) == ["Pneumonia", "Lung Opacity"]
+        np.testing.assert_allclose(list(served.values()), expected, atol=5e-5)  # 4 decimals
+        (sr,) = [item for item in session.query(OutboxItem) if item.kind == "SR"]
+        sr_path = results.root / sr.path
+    codes = _codes(dcmread(sr_path))
+    assert {("SCT", "233604007"), ("99CXR", "LUNG_OPACITY")} <= codes
