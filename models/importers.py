@@ -45,7 +45,7 @@ from torchvision import models as tv
 
 from models.encoders.image import _torchvision_keys
 from models.errors import ModelPackageError
-from models.labels import CHEXPERT_14, LOCAL_SCHEME, NIH_CHESTXRAY14, Label
+from models.labels import CHEXPERT_14, LOCAL_SCHEME, NIH_CHESTXRAY14, VOCABULARIES, Label
 from models.network import CxrClassifier, build_model
 from models.package import LabelConfig, ModelConfig, save_package
 from models.preprocess import PreprocessSpec
@@ -235,15 +235,15 @@ def import_torchxrayvision(file: str | Path, weights: str, out: str | Path) -> M
         )
     library = _xrv_library_model(spec)
     _load_into(library, _xrv_state_dict(path, spec), f"torchxrayvision {weights}")
-    kept = spec.kept
-    node = _node_model(spec.encoder, len(kept), in_channels=1)
+    vocabulary, rows = _serving_order(spec)
+    node = _node_model(spec.encoder, len(rows), in_channels=1)
     head = library.classifier if spec.encoder == "densenet121" else library.fc
     _copy_backbone(library, node, spec.encoder)
-    _copy_head(head, node, kept)
+    _copy_head(head, node, rows)
     size = spec.resolution
-    _check_reproduces(_xrv_probabilities(library, spec), node, kept, (1, 1, size, size), weights)
+    _check_reproduces(_xrv_probabilities(library, spec), node, rows, (1, 1, size, size), weights)
     labels = tuple(
-        LabelConfig.from_label(xrv_label(spec.outputs[i]), spec.op_threshs[i]) for i in kept
+        LabelConfig.from_label(xrv_label(spec.outputs[i]), spec.op_threshs[i]) for i in rows
     )
     version = _xrv().__version__
     config = ModelConfig(
@@ -265,6 +265,7 @@ def import_torchxrayvision(file: str | Path, weights: str, out: str | Path) -> M
             "every result requires review by a radiologist"
         ),
         training_data=_xrv_training_data(spec),
+        label_vocabulary=vocabulary,
     )
     card = _xrv_card(spec, path, version, labels)
     return save_package(node, config, out, card)
@@ -333,6 +334,16 @@ def _existing(file: str | Path) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
     return path
+
+
+def _serving_order(spec: XrvWeights) -> tuple[str, list[int]]:
+    """The outputs the package serves, in the order of the one vocabulary whose labels they
+    are, if any (so that ``cxrnode evaluate`` can measure it on that vocabulary's data)."""
+    names = [spec.outputs[i] for i in spec.kept]
+    for vocabulary, labels in VOCABULARIES.items():
+        if sorted(label.name for label in labels) == sorted(names):
+            return vocabulary, [spec.outputs.index(label.name) for label in labels]
+    return "", list(spec.kept)
 
 
 def _release_of_other_weights(file_name: str, spec: XrvWeights) -> str:
