@@ -25,7 +25,7 @@ from torchvision.transforms import v2
 
 from models import importers
 from models.errors import ModelPackageError
-from models.importers import _xrv, import_chexnet, import_torchxrayvision, xrv_weights
+from models.importers import _xrv, import_chexnet, import_torchxrayvision, xrv_label, xrv_weights
 from models.labels import NIH_CHESTXRAY14
 from models.package import load_package
 from models.predictor import Predictor
@@ -445,3 +445,11 @@ def test_an_imported_package_runs_through_the_worker_into_coded_results(
         sr_path = results.root / sr.path
     codes = _codes(dcmread(sr_path))
     assert {("SCT", "233604007"), ("99CXR", "LUNG_OPACITY")} <= codes
+
+
+def test_every_torchxrayvision_pathology_has_a_vocabulary_code_and_others_a_local_one(xrv):
+    for name in xrv.datasets.default_pathologies:
+        assert not xrv_label(name).code_value.startswith("XRV_"), name
+    assert xrv_label("Effusion").code_value == "60046008"  # NIH's name for pleural effusion
+    unknown = xrv_label("Pneumoperitoneum")
+    assert (unknown.coding_scheme, unknown.code_value) == ("99CXR", "XRV_PNEUMOPERITO")
