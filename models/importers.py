@@ -582,10 +582,14 @@ def _xrv_card(spec: XrvWeights, path: Path, version: str, labels: tuple[LabelCon
     ]
     scores = _XRV_BENCHMARKS.get(spec.name)
     score_lines = (
-        [f"- {dataset}: {values}" for dataset, values in scores.items()]
+        [
+            "mlmed/torchxrayvision BENCHMARKS.md (results of 07/23/2023, on 20% of each "
+            "dataset, some of which the weights were trained on):",
+            *(f"- {dataset}: {values}" for dataset, values in scores.items()),
+        ]
         if scores
         else [
-            "- torchxrayvision's BENCHMARKS.md lists no scores for these weights; see Cohen et "
+            "torchxrayvision's BENCHMARKS.md lists no scores for these weights; see Cohen et "
             'al., "On the limits of cross-domain generalization in automated X-ray '
             'prediction", MIDL 2020 (arXiv:2002.02497) for the single-dataset models.'
         ]
@@ -607,9 +611,9 @@ def _xrv_card(spec: XrvWeights, path: Path, version: str, labels: tuple[LabelCon
             f"- File: `{path.name}`, sha256 `{_sha256(path)}`; released at {spec.url}",
             f"- Labels, operating thresholds and resolution: torchxrayvision {version} "
             "`model_urls`",
-            "- Licence: torchxrayvision is Apache-2.0, and its repository releases the weights "
-            "under no other terms; the training datasets keep their own (CheXpert and "
-            "MIMIC-CXR are research-use only).",
+            "- Licence: torchxrayvision is Apache-2.0; the weights are released in its "
+            "repository, which states no separate terms for them. The training datasets keep "
+            "their own (CheXpert and MIMIC-CXR are research-use only).",
             f"- Training data: {_xrv_training_data(spec)}",
             "",
             "## Input",
@@ -628,8 +632,6 @@ def _xrv_card(spec: XrvWeights, path: Path, version: str, labels: tuple[LabelCon
             f"{', '.join(dropped) if dropped else 'none'}",
             "",
             "## Published scores (AUROC)",
-            "mlmed/torchxrayvision BENCHMARKS.md (results of 07/23/2023, on 20% of each "
-            "dataset, some of which the weights were trained on):",
             *score_lines,
             "",
             "## Limits",
