@@ -22,17 +22,22 @@ thresholds, so the node's calls are the library's (its ``op_norm`` maps the thre
 and is monotonic) while the probability shown stays the model's own. Outputs the library gives
 no name or no operating threshold for (tasks the weights were not trained on) are left out.
 
-Checkpoints are read with ``torch.load(weights_only=True)``: a pickled module may only name
-the library's and torch's own layer classes, so a file cannot run code when it is imported.
+Checkpoints are unpickled through an allowlist (tensor types and containers, as
+``torch.load(weights_only=True)`` allows them, and the library's and torch's layer classes), so
+a file cannot run code when it is imported; ``weights_only=True`` itself cannot read a whole
+module saved in torch's legacy format, as the DenseNet releases are.
 Every import checks that the package computes what the library's own model computes on a probe
 input before it writes anything.
 """
 
 from __future__ import annotations
 
+import _compat_pickle
 import hashlib
 import math
+import pickle
 import re
+import types
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -41,6 +46,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._weights_only_unpickler import _get_allowed_globals as _torch_safe_globals
 from torchvision import models as tv
 
 from models.encoders.image import _torchvision_keys
@@ -355,10 +361,21 @@ def _release_of_other_weights(file_name: str, spec: XrvWeights) -> str:
     return ""
 
 
-def _safe_load(path: Path, allowed: list[Any]) -> Any:
+def _safe_load(path: Path, layers: list[Any]) -> Any:
+    """``torch.load`` through an unpickler that resolves only tensor types and containers
+    (the globals ``weights_only=True`` allows) and ``layers``; any other global is refused
+    before anything of the file runs. ``weights_only=True`` itself cannot read the released
+    DenseNets: whole modules saved in torch's legacy format, which records each layer class's
+    source as a persistent id that only a full unpickler accepts."""
+    allowed = dict(_torch_safe_globals())
+    allowed.update((f"{layer.__module__}.{layer.__qualname__}", layer) for layer in layers)
     try:
-        with torch.serialization.safe_globals(allowed):
-            return torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # The layer source recorded in a legacy file is the library's of years ago.
+            warnings.simplefilter("ignore", torch.serialization.SourceChangeWarning)
+            return torch.load(
+                path, map_location="cpu", weights_only=False, pickle_module=_pickle_module(allowed)
+            )
     except Exception as exc:  # unpickling refused or failed: same meaning to the user
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelPackageError(
@@ -366,11 +383,50 @@ def _safe_load(path: Path, allowed: list[Any]) -> Any:
         ) from exc
 
 
+class _AllowlistUnpickler(pickle.Unpickler):
+    """An unpickler whose globals are looked up in ``allowed`` and nowhere else."""
+
+    allowed: Mapping[str, Any] = {}
+
+    def find_class(self, module: str, name: str) -> Any:
+        # Python 2 names (``__builtin__.set``), as protocol-2 pickles may carry them.
+        if (module, name) in _compat_pickle.NAME_MAPPING:
+            module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+        found = self.allowed.get(f"{module}.{name}")
+        if found is None:
+            raise pickle.UnpicklingError(
+                f"{module}.{name} is not a tensor type, container or known layer: refused"
+            )
+        return found
+
+
+def _pickle_module(allowed: Mapping[str, Any]) -> types.ModuleType:
+    """A stand-in for the ``pickle`` module that ``torch.load`` unpickles with."""
+    unpickler = type("Unpickler", (_AllowlistUnpickler,), {"allowed": dict(allowed)})
+
+    def load(file: Any, **kwargs: Any) -> Any:
+        return unpickler(file, **kwargs).load()
+
+    module = types.ModuleType("cxrnode_allowlist_pickle")
+    module.Unpickler = unpickler  # type: ignore[attr-defined]
+    module.load = load  # type: ignore[attr-defined]
+    return module
+
+
 def _xrv_layer_classes() -> list[Any]:
+    """What a pickled torchxrayvision DenseNet may name: its classes (and torchvision's of the
+    same names), torch's layers, and the placeholder that modules pickled by torch < 1.5 name
+    for their ``_backend`` (which torch keeps for exactly that and which returns None)."""
+    from torch.nn.backends.thnn import _get_thnn_function_backend
+    from torchvision.models import densenet as tv_densenet
+
     xrv = _xrv()
     library = [xrv.models.DenseNet, xrv.models._DenseBlock, xrv.models._DenseLayer]
+    library += [xrv.models._Transition, tv_densenet.DenseNet, tv_densenet._DenseBlock]
+    library += [tv_densenet._DenseLayer, tv_densenet._Transition]
     torch_layers = [nn.Conv2d, nn.BatchNorm2d, nn.ReLU, nn.MaxPool2d, nn.AvgPool2d, nn.Linear]
-    return [*library, xrv.models._Transition, *torch_layers, nn.Sequential, set]
+    return [*library, *torch_layers, nn.Sequential, _get_thnn_function_backend]
 
 
 def _xrv_state_dict(path: Path, spec: XrvWeights) -> dict[str, torch.Tensor]:
