@@ -432,10 +432,19 @@ def _xrv_layer_classes() -> list[Any]:
 def _xrv_state_dict(path: Path, spec: XrvWeights) -> dict[str, torch.Tensor]:
     loaded = _safe_load(path, _xrv_layer_classes() if spec.encoder == "densenet121" else [])
     if isinstance(loaded, nn.Module):
-        # Modules pickled by older torch lack attributes that state_dict() reads (pytorch#42242,
-        # which torchxrayvision patches by hand); nn.Module.__setstate__ restores them.
-        loaded = loaded.state_dict()
+        loaded = _module_tensors(loaded)
     return _tensor_dict(loaded, path)
+
+
+def _module_tensors(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A pickled module's parameters and buffers by state-dict name, read from the modules'
+    own dicts: ``state_dict()`` would run whatever hooks the file set."""
+    tensors = {}
+    for prefix, child in module.named_modules():
+        for name, tensor in (*child._parameters.items(), *child._buffers.items()):
+            if isinstance(tensor, torch.Tensor):
+                tensors[f"{prefix}.{name}" if prefix else name] = tensor.detach()
+    return tensors
 
 
 def _chexnet_state_dict(path: Path) -> dict[str, torch.Tensor]:
