@@ -44,6 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 from torch._weights_only_unpickler import _get_allowed_globals as _torch_safe_globals
@@ -54,7 +55,7 @@ from models.errors import ModelPackageError
 from models.labels import CHEXPERT_14, LOCAL_SCHEME, NIH_CHESTXRAY14, VOCABULARIES, Label
 from models.network import CxrClassifier, build_model
 from models.package import LabelConfig, ModelConfig, save_package
-from models.preprocess import PreprocessSpec
+from models.preprocess import PreprocessSpec, to_model_input
 
 __all__ = [
     "CHEXNET_LABELS",
@@ -246,8 +247,15 @@ def import_torchxrayvision(file: str | Path, weights: str, out: str | Path) -> M
     head = library.classifier if spec.encoder == "densenet121" else library.fc
     _copy_backbone(library, node, spec.encoder)
     _copy_head(head, node, rows)
-    size = spec.resolution
-    _check_reproduces(_xrv_probabilities(library, spec), node, rows, (1, 1, size, size), weights)
+    preprocessing = PreprocessSpec(
+        image_size=spec.resolution,
+        channels=1,
+        mean=XRV_MEAN,
+        std=XRV_STD,
+        crop="center",
+        resize="skimage",
+    )
+    _check_reproduces(_xrv_probabilities(library, spec), node, rows, preprocessing, weights)
     labels = tuple(
         LabelConfig.from_label(xrv_label(spec.outputs[i]), spec.op_threshs[i]) for i in rows
     )
@@ -256,14 +264,7 @@ def import_torchxrayvision(file: str | Path, weights: str, out: str | Path) -> M
         name=f"xrv-{weights}",
         version=f"torchxrayvision-{version}",
         architecture=dict(node.architecture),
-        preprocessing=PreprocessSpec(
-            image_size=size,
-            channels=1,
-            mean=XRV_MEAN,
-            std=XRV_STD,
-            crop="center",
-            resize="skimage",
-        ),
+        preprocessing=preprocessing,
         labels=labels,
         trained=True,
         disclaimer=(
@@ -310,13 +311,14 @@ def import_chexnet(file: str | Path, out: str | Path) -> ModelConfig:
     node = _node_model("densenet121", len(order), in_channels=3)
     _copy_backbone(library, node, "densenet121")
     _copy_head(library.classifier[0], node, order)
-    _check_reproduces(library, node, order, (1, 3, 224, 224), "CheXNet")
+    preprocessing = PreprocessSpec(image_size=224, channels=3)
+    _check_reproduces(library, node, order, preprocessing, "CheXNet")
     labels = tuple(LabelConfig.from_label(label) for label in NIH_CHESTXRAY14)
     config = ModelConfig(
         name="chexnet-densenet121-nih14",
         version="arnoweng",
         architecture=dict(node.architecture),
-        preprocessing=PreprocessSpec(image_size=224, channels=3),
+        preprocessing=preprocessing,
         labels=labels,
         trained=True,
         disclaimer=(
@@ -553,11 +555,12 @@ def _check_reproduces(
     library_probabilities: Any,
     node: CxrClassifier,
     rows: tuple[int, ...] | list[int],
-    shape: tuple[int, ...],
+    spec: PreprocessSpec,
     what: str,
 ) -> None:
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.rand(shape, generator=generator)
+    # A random image through the package's own preprocessing: an input in the model's range.
+    generator = np.random.default_rng(0)
+    probe = to_model_input(generator.random((spec.image_size + 40, spec.image_size)), spec)[None]
     with torch.no_grad():
         expected = library_probabilities(probe)[:, list(rows)]
         actual = torch.sigmoid(node(probe))
