@@ -50,7 +50,6 @@ from torch import nn
 from torch._weights_only_unpickler import _get_allowed_globals as _torch_safe_globals
 from torchvision import models as tv
 
-from models.encoders.image import _torchvision_keys
 from models.errors import ModelPackageError
 from models.labels import CHEXPERT_14, LOCAL_SCHEME, NIH_CHESTXRAY14, VOCABULARIES, Label
 from models.network import CxrClassifier, build_model
@@ -88,6 +87,8 @@ CHEXNET_LABELS = (
     "Hernia",
 )
 _DENSENET_FEATURES = 1024
+# torchvision < 0.3 named a dense layer's parts "norm.1", "conv.2"...: CheXNet's keys.
+_OLD_DENSENET_KEY = re.compile(r"(denselayer\d+\.(?:norm|relu|conv))\.([12])\.")
 _RESNET_PARTS = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
 # The package must compute what the library's model computes; float32 reorderings only.
 _PROBE_TOLERANCE = 1e-4
@@ -454,8 +455,10 @@ def _chexnet_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if isinstance(loaded, Mapping) and "state_dict" in loaded:
         loaded = loaded["state_dict"]
     state = _tensor_dict(loaded, path)
-    stripped = {_strip(key, ("module.", "densenet121.")): value for key, value in state.items()}
-    return dict(_torchvision_keys("densenet121", stripped))
+    return {
+        _OLD_DENSENET_KEY.sub(r"\1\2.", _strip(key, ("module.", "densenet121."))): value
+        for key, value in state.items()
+    }
 
 
 def _strip(key: str, prefixes: tuple[str, ...]) -> str:
