@@ -22,7 +22,7 @@ from models.fusion import TextContext, pool_image
 from models.gradcam import grad_cam
 from models.network import TextBatch
 from models.package import LoadedPackage
-from models.preprocess import to_model_input
+from models.preprocess import crop_region, to_model_input
 
 MAX_BATCH = 32
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -209,7 +209,8 @@ class Predictor:
         -------
         numpy.ndarray
             ``(len(label_indices), H, W)`` float32 maps in [0, 1]; each is scaled to its own
-            maximum, so maps say where, not how strongly.
+            maximum, so maps say where, not how strongly. Outside the region a package's
+            ``crop`` gives the model (:func:`models.preprocess.crop_region`) maps are 0.
 
         Raises
         ------
@@ -279,15 +280,19 @@ class Predictor:
                 cams = self._grad_cam(chunk, inputs, context)
                 for image in dict.fromkeys(image for image, _, _ in chunk):
                     positions = [i for i, row in enumerate(chunk) if row[0] == image]
+                    # The map covers what the model saw: the crop, if the package has one;
+                    # the rest of the image stays 0.
+                    top, left, rows, columns = crop_region(*sizes[image], self._spec.crop)
                     maps = F.interpolate(
                         cams[positions].unsqueeze(1),
-                        size=sizes[image],
+                        size=(rows, columns),
                         mode="bilinear",
                         align_corners=False,
                     )[:, 0]
                     maps = _rescale(torch.nan_to_num(maps, nan=0.0))
                     slots = [chunk[i][1] for i in positions]
-                    results[image][slots] = maps.cpu().numpy()
+                    region = (slots, slice(top, top + rows), slice(left, left + columns))
+                    results[image][region] = maps.cpu().numpy()
         return results
 
     def _grad_cam(

@@ -35,12 +35,15 @@ from models.errors import PreprocessingError
 from models.text import clean_report_text
 
 __all__ = [
+    "CROPS",
     "GRAY_MEAN",
     "GRAY_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "RESIZES",
     "PreprocessSpec",
     "clean_report_text",
+    "crop_region",
     "decode_pixels",
     "dicom_to_display",
     "image_file_to_display",
@@ -53,6 +56,13 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # The ImageNet statistics averaged over channels, for single-channel models.
 GRAY_MEAN = (0.449,)
 GRAY_STD = (0.226,)
+
+# "center": the central square of the image, as torchxrayvision's XRayCenterCrop cuts it.
+CROPS = ("none", "center")
+# "bilinear": antialiased bilinear on the display image, then normalisation. "skimage":
+# normalisation, then scikit-image's resize (order 1, Gaussian anti-aliasing when shrinking,
+# zero beyond the edges), as torchxrayvision's XRayResizer does.
+RESIZES = ("bilinear", "skimage")
 
 ROBUST_PERCENTILES = (0.5, 99.5)
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL
@@ -71,12 +81,22 @@ class PreprocessSpec:
         1, or 3 (the gray image replicated, as ImageNet-pretrained encoders expect).
     mean, std : tuple of float
         Per-channel normalisation; ImageNet statistics by default.
+    crop : str
+        ``"none"`` (the whole image is resized to the square) or ``"center"`` (its central
+        square of side min(rows, columns) is, as torchxrayvision's ``XRayCenterCrop``).
+    resize : str
+        ``"bilinear"`` (antialiased bilinear, then normalisation) or ``"skimage"``
+        (normalisation, then ``skimage.transform.resize`` as torchxrayvision's
+        ``XRayResizer``: the two differ at the edges, which the Gaussian filter pads with
+        zeros after normalisation).
     """
 
     image_size: int = 224
     channels: int = 3
     mean: tuple[float, ...] = field(default=())
     std: tuple[float, ...] = field(default=())
+    crop: str = "none"
+    resize: str = "bilinear"
 
     def __post_init__(self) -> None:
         if self.channels not in (1, 3):
@@ -93,15 +113,29 @@ class PreprocessSpec:
             raise ValueError("PreprocessSpec.mean and .std need one value per channel")
         if min(self.std) <= 0:
             raise ValueError("PreprocessSpec.std values must be positive")
+        if self.crop not in CROPS:
+            raise ValueError(f"PreprocessSpec.crop must be one of {CROPS}, not {self.crop!r}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"PreprocessSpec.resize must be one of {RESIZES}, not {self.resize!r}")
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the spec as plain JSON-ready values."""
-        return {
+        """Return the spec as plain JSON-ready values.
+
+        ``crop`` and ``resize`` are written only when they are not the defaults, so that a
+        package using the defaults stays readable by a node that predates them, and one that
+        does not is refused there (unknown key) rather than served with the wrong input.
+        """
+        data: dict[str, Any] = {
             "image_size": self.image_size,
             "channels": self.channels,
             "mean": list(self.mean),
             "std": list(self.std),
         }
+        if self.crop != CROPS[0]:
+            data["crop"] = self.crop
+        if self.resize != RESIZES[0]:
+            data["resize"] = self.resize
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessSpec:
@@ -112,7 +146,7 @@ class PreprocessSpec:
         ValueError
             If a key is unknown or a value is invalid.
         """
-        unknown = set(data) - {"image_size", "channels", "mean", "std"}
+        unknown = set(data) - {"image_size", "channels", "mean", "std", "crop", "resize"}
         if unknown:
             raise ValueError(f"unknown preprocessing keys: {sorted(unknown)}")
         return cls(
@@ -120,6 +154,8 @@ class PreprocessSpec:
             channels=int(data.get("channels", 3)),
             mean=tuple(data.get("mean", ())),
             std=tuple(data.get("std", ())),
+            crop=str(data.get("crop", CROPS[0])),
+            resize=str(data.get("resize", RESIZES[0])),
         )
 
 
@@ -327,19 +363,44 @@ def _robust_stretch(values: np.ndarray) -> np.ndarray:
     return np.clip((values - low) / (high - low), 0.0, 1.0)
 
 
-def to_model_input(display: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
-    """Turn a display image into one model input: resized, replicated, normalised.
+def crop_region(height: int, width: int, crop: str) -> tuple[int, int, int, int]:
+    """Where in a ``height`` x ``width`` display image the model's input is cut from.
 
-    The image is resized to a square without cropping (antialiased bilinear), so every pixel of
+    Parameters
+    ----------
+    height, width : int
+        The display image's shape.
+    crop : str
+        One of :data:`CROPS`.
+
+    Returns
+    -------
+    tuple of int
+        ``(top, left, rows, columns)``: the whole image for ``"none"``; for ``"center"`` the
+        central square of side min(height, width), at torchxrayvision's offsets
+        (``size // 2 - side // 2``).
+    """
+    if crop not in CROPS:
+        raise ValueError(f"crop must be one of {CROPS}, not {crop!r}")
+    if crop == "none":
+        return 0, 0, height, width
+    side = min(height, width)
+    return height // 2 - side // 2, width // 2 - side // 2, side, side
+
+
+def to_model_input(display: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
+    """Turn a display image into one model input: cropped, resized, replicated, normalised.
+
+    Without a crop the image is resized to a square (antialiased bilinear), so every pixel of
     the original maps onto the input grid and a Grad-CAM map maps back onto the original by a
-    plain resize.
+    plain resize; with ``crop="center"`` only the region :func:`crop_region` gives is.
 
     Parameters
     ----------
     display : numpy.ndarray
         2-D display image in [0, 1], as from :func:`dicom_to_display`.
     spec : PreprocessSpec
-        Size, channel count and normalisation of the model input.
+        Crop, resize, size, channel count and normalisation of the model input.
 
     Returns
     -------
@@ -356,10 +417,28 @@ def to_model_input(display: np.ndarray, spec: PreprocessSpec) -> torch.Tensor:
         raise PreprocessingError(f"display image must be 2-D, got shape {image.shape}")
     if not np.isfinite(image).all():
         raise PreprocessingError("display image contains NaN or infinite values")
-    tensor = torch.from_numpy(np.ascontiguousarray(image))[None, None]
+    top, left, rows, columns = crop_region(*image.shape, spec.crop)
+    image = np.ascontiguousarray(image[top : top + rows, left : left + columns])
+    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
+    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
+    if spec.resize == "skimage":
+        return _skimage_input(image, spec, mean, std)
+    tensor = torch.from_numpy(image)[None, None]
     size = (spec.image_size, spec.image_size)
     resized = F.interpolate(tensor, size=size, mode="bilinear", antialias=True, align_corners=False)
     resized = resized[0].clamp_(0.0, 1.0).expand(spec.channels, -1, -1)
-    mean = torch.tensor(spec.mean, dtype=torch.float32).view(-1, 1, 1)
-    std = torch.tensor(spec.std, dtype=torch.float32).view(-1, 1, 1)
     return ((resized - mean) / std).contiguous()
+
+
+def _skimage_input(
+    image: np.ndarray, spec: PreprocessSpec, mean: torch.Tensor, std: torch.Tensor
+) -> torch.Tensor:
+    # Normalising first matters: the anti-aliasing filter pads with zeros, and zero must be
+    # the normalised value there, as in torchxrayvision's normalize-then-XRayResizer.
+    from skimage.transform import resize  # imported here: only such packages need it
+
+    channels = torch.from_numpy(image)[None].expand(spec.channels, -1, -1)
+    normalised = ((channels - mean) / std).numpy()
+    size = (spec.channels, spec.image_size, spec.image_size)
+    resized = resize(normalised, size, mode="constant", preserve_range=True)
+    return torch.from_numpy(np.ascontiguousarray(resized, dtype=np.float32))

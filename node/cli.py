@@ -45,6 +45,7 @@ def _parser() -> argparse.ArgumentParser:
 
     add_audit_command(commands)
     add_training_commands(commands)
+    _add_import_model(commands)
 
     demo = commands.add_parser(
         "demo", help="start a private Orthanc and the node, send a synthetic study, show results"
@@ -52,6 +53,71 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, help="keep Orthanc/node files here")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_import_model(commands) -> None:
+    importer = commands.add_parser(
+        "import-model",
+        help="turn a downloaded community checkpoint into a model package",
+        description="Nothing is downloaded: FILE is a checkpoint fetched elsewhere.",
+    )
+    sources = importer.add_subparsers(required=True, metavar="source", dest="source")
+    xrv = sources.add_parser(
+        "torchxrayvision", help="a torchxrayvision DenseNet-121 or ResNet-50 weights file"
+    )
+    xrv.add_argument("file", type=Path, help="the downloaded .pt file")
+    xrv.add_argument(
+        "--weights", required=True, help="the library's name for it, e.g. densenet121-res224-all"
+    )
+    xrv.add_argument("--out", type=Path, required=True, help="package directory to create")
+    xrv.set_defaults(run=_import_model)
+    chexnet = sources.add_parser(
+        "chexnet", help="a CheXNet-style DenseNet-121 NIH-14 checkpoint (model.pth.tar)"
+    )
+    chexnet.add_argument("file", type=Path, help="the downloaded checkpoint")
+    chexnet.add_argument("--out", type=Path, required=True, help="package directory to create")
+    chexnet.set_defaults(run=_import_model)
+
+
+def _import_model(args, settings) -> int:
+    from models.importers import import_chexnet, import_torchxrayvision
+
+    detail = {
+        "source": args.source,
+        "weights": getattr(args, "weights", None),
+        "file": str(args.file),
+        "file_sha256": _file_sha256(args.file),
+        "package": str(args.out),
+    }
+    try:
+        if args.source == "chexnet":
+            config = import_chexnet(args.file, args.out)
+        else:
+            config = import_torchxrayvision(args.file, args.weights, args.out)
+    except (ValueError, OSError) as exc:  # ModelPackageError is a ValueError
+        _record_import(settings, False, {**detail, "reason": str(exc)})
+        print(f"cxrnode import-model: {exc}", file=sys.stderr)
+        return 2
+    _record_import(settings, True, {**detail, "model": config.package_id})
+    print(f"{config.package_id}: {len(config.labels)} labels, written to {args.out}")
+    print(f'serve it with model = "{args.out}" (or CXRNODE_MODEL={args.out})')
+    return 0
+
+
+def _file_sha256(path: Path) -> str | None:
+    from models.package import sha256_file
+
+    return sha256_file(path) if path.is_file() else None
+
+
+def _record_import(settings, succeeded: bool, detail: dict) -> None:
+    """Which file became which package, or why it did not, by whom: ``model.imported``."""
+    from node.admin.commands import _database, _user
+    from storage import audit
+
+    outcome = audit.Outcome.SUCCESS if succeeded else audit.Outcome.FAILURE
+    with _database(settings).transaction() as session:
+        audit.record(session, "model.imported", outcome, actor_user=_user(), detail=detail)
 
 
 def _serve(args, settings) -> int:

@@ -253,7 +253,7 @@ def test_preprocess_spec_round_trips_and_validates():
     with pytest.raises(ValueError, match="one value per channel"):
         PreprocessSpec(channels=3, mean=(0.5,))
     with pytest.raises(ValueError, match="unknown"):
-        PreprocessSpec.from_dict({"image_size": 224, "crop": "center"})
+        PreprocessSpec.from_dict({"image_size": 224, "flip": "horizontal"})
 
 
 @pytest.mark.parametrize(
