@@ -23,7 +23,7 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from node.config import Settings
-from node.dicom.admission import Admission
+from node.dicom.admission import REJECT_LOCAL_LIMIT, Admission
 from node.dicom.classify import classify
 from node.dicom.tcp import no_delay
 from node.dicom.transport import ConnectionGuard
@@ -55,6 +55,8 @@ UID_MISMATCH = 0xC003
 CONFLICTING_DUPLICATE = 0xC004
 PATIENT_MISMATCH = 0xC005  # another patient's identity under a Study UID already received
 INVALID_UID = 0xC006  # a Study, Series or SOP Instance UID that is not a DICOM UID
+# Peer addresses named in a "total association limit reached" event (the largest holders).
+MAX_NAMED_HOLDERS = 10
 
 
 class StorageSCP:
@@ -70,8 +72,9 @@ class StorageSCP:
         Called (outside the database transaction) when a released association completed at
         least one study, e.g. to wake the study assembler.
     refusals:
-        Where connections refused before any association (per-peer cap, failed TLS
-        handshake) are audited; by default one of its own.
+        Where refused connections (per-peer cap, failed TLS handshake, an overdue PDU) and
+        rejected associations are audited, once per peer and window; by default one of its
+        own.
     """
 
     def __init__(
@@ -165,26 +168,52 @@ class StorageSCP:
         assoc.kill()
 
     def _on_rejected(self, event: evt.Event) -> None:
-        # Rejections pynetdicom makes itself (e.g. an unknown called AE title).
-        requestor = event.assoc.requestor
-        self._audit_rejection(requestor.ae_title, requestor.address, "rejected by negotiation")
+        # Rejections pynetdicom makes itself: in this configuration, only at its total limit.
+        assoc = event.assoc
+        rejection = assoc.acceptor.primitive
+        verdict = (rejection.result, rejection.result_source, rejection.diagnostic)
+        if verdict != REJECT_LOCAL_LIMIT:
+            requestor = assoc.requestor
+            self._audit_rejection(requestor.ae_title, requestor.address, "rejected by negotiation")
+            return
+        self._audit_rejection(
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            "total association limit reached",
+            limit=self.ae.maximum_associations,
+            holders=self._slot_holders(assoc),
+        )
+
+    def _slot_holders(self, refused: object) -> list[dict[str, object]]:
+        """Who holds the association slots: each peer address with its open associations, the
+        largest first (at most ``MAX_NAMED_HOLDERS`` of them)."""
+        holders = Counter(
+            str(assoc.requestor.address)
+            for assoc in self.ae.active_associations
+            if assoc is not refused and assoc.is_acceptor and assoc.is_alive()
+        )
+        return [
+            {"address": address, "associations": count}
+            for address, count in holders.most_common(MAX_NAMED_HOLDERS)
+        ]
 
     def _audit_rejection(
-        self, calling_ae: str, address: str, reason: str, called_ae: str | None = None
+        self,
+        calling_ae: str,
+        address: str,
+        reason: str,
+        called_ae: str | None = None,
+        **extra: object,
     ) -> None:
-        try:
-            with self.db.transaction() as session:
-                audit.record(
-                    session,
-                    "association.rejected",
-                    Outcome.FAILURE,
-                    actor_ae=calling_ae,
-                    actor_ip=address,
-                    detail={"reason": reason, "called_ae": called_ae or self.ae.ae_title},
-                )
-        except Exception:  # the rejection stands even when it cannot be audited
-            log.exception("could not audit a rejected association")
-        log.warning("rejected an association: %s", reason)
+        """Audit a rejected association once per peer address, reason and window, with the
+        count (``RefusalAudit``): a loop of bad requests costs one row per window, not one
+        per request, and the first one is recorded before the peer reads its rejection."""
+        detail = {"reason": reason, "called_ae": called_ae or self.ae.ae_title, **extra}
+        written = self.refusals.record(
+            "association.rejected", address, detail, actor_ae=calling_ae, group=reason
+        )
+        if written:  # the application log, too, gets one line per peer and window
+            log.warning("rejected an association from %s: %s", address, reason)
 
     def _on_store(self, event: evt.Event) -> int:
         requestor = event.assoc.requestor

@@ -11,6 +11,7 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -194,3 +195,60 @@ def test_timeouts_and_limits_reach_pynetdicom(tmp_path, stopping):
         8.0,
         9.0,
     )
+
+
+def associate_from(source: str, port: int, calling_ae: str = "MODALITY", called_ae="CXRNODE"):
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    # Generous: on a loaded machine a 5 s answer timeout turned a rejection into an abort.
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 30
+    return ae.associate("127.0.0.1", port, ae_title=called_ae, bind_address=(source, 0))
+
+
+def test_a_loop_of_bad_requests_is_one_rejection_row_per_peer_reason_and_window(tmp_path, stopping):
+    scp = start_scp(tmp_path)
+    stopping(scp)
+    port = scp.settings.dicom_port
+    for _ in range(12):
+        assert associate_from(ATTACKER, port, calling_ae="STRANGER").is_rejected
+    for _ in range(5):
+        assert associate_from(ATTACKER, port, called_ae="OTHERNODE").is_rejected
+    # The first of each reason is there at once, as the peer reads its rejection...
+    rejected = events(scp, "association.rejected")
+    assert [(e.detail["reason"], e.detail["count"]) for e in rejected] == [
+        ("calling AE title not allowed", 1),
+        ("called AE title not recognised", 1),
+    ]
+    assert rejected[0].actor_ae == "STRANGER" and rejected[0].actor_ip == ATTACKER
+    assert echo(port)  # the modality is not refused for the attacker's requests
+    scp.stop()  # ...and the rest are counted when the window ends (here: the listener stops)
+    rejected = events(scp, "association.rejected")
+    assert len(rejected) == 4
+    counts = Counter()
+    for event in rejected:
+        counts[event.detail["reason"]] += event.detail["count"]
+    assert counts == {"calling AE title not allowed": 12, "called AE title not recognised": 5}
+
+
+def test_a_rejection_at_the_total_limit_names_the_peers_holding_the_slots(tmp_path, stopping):
+    scp = start_scp(tmp_path, dicom_max_associations=3, dicom_max_associations_per_peer=2)
+    stopping(scp)
+    port = scp.settings.dicom_port
+    held = [associate_from(source, port) for source in (ATTACKER, ATTACKER, "127.0.0.3")]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        refused = associate_from("127.0.0.1", port)
+        assert refused.is_rejected
+        rejection = refused.acceptor.primitive
+        assert (rejection.result, rejection.result_source, rejection.diagnostic) == (2, 3, 2)
+    finally:
+        for assoc in held:
+            assoc.release()
+    (event,) = events(scp, "association.rejected")
+    assert event.actor_ip == "127.0.0.1"  # the refused modality, and who holds the door:
+    assert event.detail["reason"] == "total association limit reached"
+    assert event.detail["limit"] == 3
+    assert event.detail["holders"] == [
+        {"address": ATTACKER, "associations": 2},
+        {"address": "127.0.0.3", "associations": 1},
+    ]

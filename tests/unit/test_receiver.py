@@ -196,6 +196,8 @@ def test_association_calling_another_ae_title_is_rejected_and_audited(scp, share
     assert rejected["detail"] == {
         "reason": "called AE title not recognised",
         "called_ae": "OTHERNODE",
+        "count": 1,  # audited once per peer, reason and window (RefusalAudit)
+        "window_s": scp.settings.refusal_audit_window_s,
     }
     assert send(scp, [rsna(shared_data)]) == [0x0000]  # the node's own AE title still works
 
