@@ -139,6 +139,7 @@ class StorageSCP:
             network_timeout_s=settings.dicom_network_timeout_s,
             ssl_context=ssl_context,
             handshake_timeout_s=settings.tls_handshake_timeout_s,
+            pdu_timeout_s=settings.dicom_pdu_timeout_s,
         )
 
     def stop(self) -> None:
