@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.logsafe import describe
 from storage import audit
 from storage.audit import Outcome
 from storage.database import Database
@@ -150,5 +151,6 @@ class RefusalAudit:
                     actor_ip=address,
                     detail=detail | {"count": count, "window_s": self.window_s},
                 )
-        except Exception:  # the refusal stands even when it cannot be recorded
-            log.exception("could not audit %s from %s", action, address)
+        except Exception as exc:  # the refusal stands even when it cannot be recorded
+            # Type only: the error's text quotes the detail (an admin path names a study).
+            log.error("could not audit %s from %s: %s", action, address, describe(exc))

@@ -27,6 +27,7 @@ from node.dicom.admission import REJECT_LOCAL_LIMIT, Admission
 from node.dicom.classify import classify
 from node.dicom.tcp import no_delay
 from node.dicom.transport import ConnectionGuard
+from node.logsafe import describe, quiet_pydicom_values
 from node.refusals import RefusalAudit
 from node.tls import server_context
 from node.uids import uid_problem
@@ -85,6 +86,7 @@ class StorageSCP:
         on_complete: Callable[[], None] | None = None,
         refusals: RefusalAudit | None = None,
     ) -> None:
+        quiet_pydicom_values()  # it would log the bad UIDs the receiver refuses, quoted
         self.settings = settings
         self.db = db
         self.spool = spool
@@ -284,8 +286,9 @@ class StorageSCP:
                         patient_id=study.patient_id,
                         detail={"instances": finished[study.study_uid]},
                     )
-        except Exception:  # the study still becomes stable after the stable age
-            log.exception("could not mark released studies complete")
+        except Exception as exc:  # the study still becomes stable after the stable age
+            # Type only: the error's text quotes the statement's UIDs and patient IDs.
+            log.error("could not mark released studies complete: %s", describe(exc))
             return
         self.on_complete()
 
@@ -395,8 +398,8 @@ class StorageSCP:
                     sop_uid=sop_uid or None,
                     detail={"reason": reason, "status": f"0x{status:04X}"},
                 )
-        except Exception:  # the status must reach the peer even when the database is down
-            log.exception("could not audit a refused instance")
+        except Exception as exc:  # the status must reach the peer even when the database is down
+            log.error("could not audit a refused instance: %s", describe(exc))
         return _failure(status, reason)
 
 
