@@ -227,7 +227,7 @@ class ConnectionGuard:
                 overdue = self._deadlines.expired(dul)
                 self._deadlines.discard(dul)
             if overdue:
-                self._audit_overdue_pdu(assoc, address)
+                self._audit_overdue_pdu(dul.assoc, address)
 
         dul._read_pdu_data = read_pdu_in_time
 
