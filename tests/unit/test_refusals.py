@@ -60,6 +60,29 @@ def test_peers_and_actions_have_windows_of_their_own(db):
     assert len(events(db, "mllp.refused")) == 1
 
 
+def test_groups_of_one_action_have_windows_of_their_own(db):
+    refusals = RefusalAudit(db, window_s=60, clock=Clock())
+    for group in ("calling AE title not allowed", "spool disk nearly full"):
+        assert refusals.record("association.rejected", "10.0.0.9", {"reason": group}, group=group)
+        for _ in range(4):
+            assert not refusals.record(
+                "association.rejected", "10.0.0.9", {"reason": group}, group=group
+            )
+    assert [r["detail"]["reason"] for r in events(db, "association.rejected")] == [
+        "calling AE title not allowed",
+        "spool disk nearly full",
+    ]
+    assert refusals.flush() == 2
+    assert sorted(
+        (r["detail"]["reason"], r["detail"]["count"]) for r in events(db, "association.rejected")
+    ) == [
+        ("calling AE title not allowed", 1),
+        ("calling AE title not allowed", 4),
+        ("spool disk nearly full", 1),
+        ("spool disk nearly full", 4),
+    ]
+
+
 def test_flush_writes_the_counts_of_open_windows_once(db):
     refusals = RefusalAudit(db, window_s=60, clock=Clock())
     for _ in range(7):
