@@ -1,6 +1,8 @@
 """No single peer locks the storage SCP's door: silent TLS connections, half-sent association
-requests and trickled ones are timed out, a peer over its cap is refused "local limit
-exceeded", and each refusal is audited against the peer that caused it.
+requests and trickled ones, and PDUs trickled after association are timed out, a peer over
+its cap is refused "local limit exceeded", and each refusal is audited against the peer that
+caused it, once per peer, reason and window (a rejection at the total limit names the peers
+holding the slots).
 
 Attackers connect from 127.0.0.2, the legitimate modality from 127.0.0.1: two peers on
 loopback, as the node sees them.
