@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from node.config import Settings
+from node.logsafe import quiet_pydicom_values
 from node.results import (
     AlgorithmInfo,
     ImageResult,
@@ -33,6 +34,7 @@ def keep_identifiers_out_of_the_log() -> None:
     the patient's name when it has a single component). Also the builder processes'
     initializer."""
     logging.getLogger("highdicom").setLevel(logging.WARNING)
+    quiet_pydicom_values()  # it logs each bad value it reads, quoted (a birth date, a UID)
     warnings.filterwarnings(
         "ignore", message=r"(?s)The string .* is unlikely to represent the intended person name"
     )

@@ -82,6 +82,10 @@ class Settings:
     dicom_acse_timeout_s: float = 30.0
     dicom_dimse_timeout_s: float = 30.0
     dicom_network_timeout_s: float = 60.0
+    # A PDU (e.g. a P-DATA-TF fragment of an image) must be complete within this of its first
+    # byte, or its connection is closed: more than the largest PDU takes on the slowest link
+    # (the node accepts the sender's PDU size, and pynetdicom senders send an image as one).
+    dicom_pdu_timeout_s: float = 120.0
     # A TLS handshake (DICOM and MLLP) must finish within this, on the connection's own thread.
     tls_handshake_timeout_s: float = 10.0
     # Refused connections and requests (failed TLS handshakes, peers over their cap, wrong admin
@@ -243,6 +247,7 @@ class Settings:
             "dicom_acse_timeout_s",
             "dicom_dimse_timeout_s",
             "dicom_network_timeout_s",
+            "dicom_pdu_timeout_s",
             "tls_handshake_timeout_s",
             "hl7_idle_timeout_s",
             "hl7_frame_timeout_s",

@@ -6,7 +6,9 @@ audit log into the attacker's write amplifier: every row is a committed, hash-ch
 transaction competing with the C-STOREs. So each (action, peer address) gets its first refusal
 recorded at once (``count`` 1), the next ones within ``window_s`` are only counted, and the
 count is written with the first refusal after the window, or by ``flush`` (called when the
-listener stops). Every refusal is counted in some row; none gets a row of its own.
+listener stops). Every refusal is counted in some row; none gets a row of its own. A caller
+with several kinds of refusal under one action (an unknown calling AE, a full disk) passes a
+``group`` so that each kind has windows of its own and its first refusal is recorded at once.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from node.logsafe import describe
 from storage import audit
 from storage.audit import Outcome
 from storage.database import Database
@@ -61,7 +64,7 @@ class RefusalAudit:
         self.db = db
         self.window_s = window_s
         self._clock = clock
-        self._windows: dict[tuple[str, str], _Window] = {}
+        self._windows: dict[tuple[str, str, str], _Window] = {}
         self._lock = threading.Lock()
 
     def record(
@@ -71,15 +74,22 @@ class RefusalAudit:
         detail: dict[str, Any] | None = None,
         *,
         actor_ae: str | None = None,
+        group: str = "",
     ) -> bool:
         """Count one refusal of ``address``; write its event unless its window already has one.
+
+        Parameters
+        ----------
+        group:
+            The kind of refusal within ``action`` (e.g. its reason): each (action, address,
+            group) has windows of its own.
 
         Returns
         -------
         bool
             Whether an event was written now (the first refusal of a window).
         """
-        key = (action, address or "")
+        key = (action, address or "", group)
         now = self._clock()
         with self._lock:
             window = self._windows.get(key)
@@ -99,7 +109,7 @@ class RefusalAudit:
         events were written."""
         with self._lock:
             pending = []
-            for (action, address), window in self._windows.items():
+            for (action, address, _), window in self._windows.items():
                 if window.suppressed:
                     pending.append((action, address, window.suppressed, window))
                     window.suppressed = 0
@@ -141,5 +151,6 @@ class RefusalAudit:
                     actor_ip=address,
                     detail=detail | {"count": count, "window_s": self.window_s},
                 )
-        except Exception:  # the refusal stands even when it cannot be recorded
-            log.exception("could not audit %s from %s", action, address)
+        except Exception as exc:  # the refusal stands even when it cannot be recorded
+            # Type only: the error's text quotes the detail (an admin path names a study).
+            log.error("could not audit %s from %s: %s", action, address, describe(exc))

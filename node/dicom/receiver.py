@@ -23,10 +23,11 @@ from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts
 from pynetdicom.sop_class import Verification
 
 from node.config import Settings
-from node.dicom.admission import Admission
+from node.dicom.admission import REJECT_LOCAL_LIMIT, Admission
 from node.dicom.classify import classify
 from node.dicom.tcp import no_delay
 from node.dicom.transport import ConnectionGuard
+from node.logsafe import describe, quiet_pydicom_values
 from node.refusals import RefusalAudit
 from node.tls import server_context
 from node.uids import uid_problem
@@ -55,6 +56,8 @@ UID_MISMATCH = 0xC003
 CONFLICTING_DUPLICATE = 0xC004
 PATIENT_MISMATCH = 0xC005  # another patient's identity under a Study UID already received
 INVALID_UID = 0xC006  # a Study, Series or SOP Instance UID that is not a DICOM UID
+# Peer addresses named in a "total association limit reached" event (the largest holders).
+MAX_NAMED_HOLDERS = 10
 
 
 class StorageSCP:
@@ -70,8 +73,9 @@ class StorageSCP:
         Called (outside the database transaction) when a released association completed at
         least one study, e.g. to wake the study assembler.
     refusals:
-        Where connections refused before any association (per-peer cap, failed TLS
-        handshake) are audited; by default one of its own.
+        Where refused connections (per-peer cap, failed TLS handshake, an overdue PDU) and
+        rejected associations are audited, once per peer and window; by default one of its
+        own.
     """
 
     def __init__(
@@ -82,6 +86,7 @@ class StorageSCP:
         on_complete: Callable[[], None] | None = None,
         refusals: RefusalAudit | None = None,
     ) -> None:
+        quiet_pydicom_values()  # it would log the bad UIDs the receiver refuses, quoted
         self.settings = settings
         self.db = db
         self.spool = spool
@@ -136,6 +141,7 @@ class StorageSCP:
             network_timeout_s=settings.dicom_network_timeout_s,
             ssl_context=ssl_context,
             handshake_timeout_s=settings.tls_handshake_timeout_s,
+            pdu_timeout_s=settings.dicom_pdu_timeout_s,
         )
 
     def stop(self) -> None:
@@ -165,26 +171,52 @@ class StorageSCP:
         assoc.kill()
 
     def _on_rejected(self, event: evt.Event) -> None:
-        # Rejections pynetdicom makes itself (e.g. an unknown called AE title).
-        requestor = event.assoc.requestor
-        self._audit_rejection(requestor.ae_title, requestor.address, "rejected by negotiation")
+        # Rejections pynetdicom makes itself: in this configuration, only at its total limit.
+        assoc = event.assoc
+        rejection = assoc.acceptor.primitive
+        verdict = (rejection.result, rejection.result_source, rejection.diagnostic)
+        if verdict != REJECT_LOCAL_LIMIT:
+            requestor = assoc.requestor
+            self._audit_rejection(requestor.ae_title, requestor.address, "rejected by negotiation")
+            return
+        self._audit_rejection(
+            assoc.requestor.ae_title,
+            assoc.requestor.address,
+            "total association limit reached",
+            limit=self.ae.maximum_associations,
+            holders=self._slot_holders(assoc),
+        )
+
+    def _slot_holders(self, refused: object) -> list[dict[str, object]]:
+        """Who holds the association slots: each peer address with its open associations, the
+        largest first (at most ``MAX_NAMED_HOLDERS`` of them)."""
+        holders = Counter(
+            str(assoc.requestor.address)
+            for assoc in self.ae.active_associations
+            if assoc is not refused and assoc.is_acceptor and assoc.is_alive()
+        )
+        return [
+            {"address": address, "associations": count}
+            for address, count in holders.most_common(MAX_NAMED_HOLDERS)
+        ]
 
     def _audit_rejection(
-        self, calling_ae: str, address: str, reason: str, called_ae: str | None = None
+        self,
+        calling_ae: str,
+        address: str,
+        reason: str,
+        called_ae: str | None = None,
+        **extra: object,
     ) -> None:
-        try:
-            with self.db.transaction() as session:
-                audit.record(
-                    session,
-                    "association.rejected",
-                    Outcome.FAILURE,
-                    actor_ae=calling_ae,
-                    actor_ip=address,
-                    detail={"reason": reason, "called_ae": called_ae or self.ae.ae_title},
-                )
-        except Exception:  # the rejection stands even when it cannot be audited
-            log.exception("could not audit a rejected association")
-        log.warning("rejected an association: %s", reason)
+        """Audit a rejected association once per peer address, reason and window, with the
+        count (``RefusalAudit``): a loop of bad requests costs one row per window, not one
+        per request, and the first one is recorded before the peer reads its rejection."""
+        detail = {"reason": reason, "called_ae": called_ae or self.ae.ae_title, **extra}
+        written = self.refusals.record(
+            "association.rejected", address, detail, actor_ae=calling_ae, group=reason
+        )
+        if written:  # the application log, too, gets one line per peer and window
+            log.warning("rejected an association from %s: %s", address, reason)
 
     def _on_store(self, event: evt.Event) -> int:
         requestor = event.assoc.requestor
@@ -254,8 +286,9 @@ class StorageSCP:
                         patient_id=study.patient_id,
                         detail={"instances": finished[study.study_uid]},
                     )
-        except Exception:  # the study still becomes stable after the stable age
-            log.exception("could not mark released studies complete")
+        except Exception as exc:  # the study still becomes stable after the stable age
+            # Type only: the error's text quotes the statement's UIDs and patient IDs.
+            log.error("could not mark released studies complete: %s", describe(exc))
             return
         self.on_complete()
 
@@ -365,8 +398,8 @@ class StorageSCP:
                     sop_uid=sop_uid or None,
                     detail={"reason": reason, "status": f"0x{status:04X}"},
                 )
-        except Exception:  # the status must reach the peer even when the database is down
-            log.exception("could not audit a refused instance")
+        except Exception as exc:  # the status must reach the peer even when the database is down
+            log.error("could not audit a refused instance: %s", describe(exc))
         return _failure(status, reason)
 
 

@@ -11,10 +11,12 @@ connection's own thread:
   closed before its handshake;
 - the TLS handshake must finish within ``handshake_timeout_s``;
 - every read waits at most ``network_timeout_s``, and the A-ASSOCIATE-RQ must be complete
-  within ``acse_timeout_s`` of the connection (PS3.8 ARTIM), however slowly its bytes trickle.
+  within ``acse_timeout_s`` of the connection (PS3.8 ARTIM), however slowly its bytes trickle;
+- every PDU, before and after association, must be complete within ``pdu_timeout_s`` of its
+  first byte: a P-DATA-TF trickled a byte per network timeout held its slot for hours.
 
-Refusals and failed handshakes are audited against the peer, once per peer and window
-(``RefusalAudit``).
+Refusals, failed handshakes and overdue PDUs are audited against the peer, once per peer and
+window (``RefusalAudit``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,9 @@ log = logging.getLogger(__name__)
 _DRAIN_S = 2.0  # how long a refused peer gets to read the A-ASSOCIATE-RJ and close
 _DRAIN_BYTES = 64 * 1024
 _REAPER_TICK_S = 0.1
+# Discarded deadlines stay in the heap until due; past this many more than the live ones, the
+# heap is rebuilt (one entry is pushed per PDU read).
+_COMPACT_SLACK = 1024
 
 
 class ConnectionGuard:
@@ -61,6 +66,8 @@ class ConnectionGuard:
         TLS for every connection, or None.
     handshake_timeout_s:
         How long a TLS handshake may take.
+    pdu_timeout_s:
+        How long a PDU may take from its first byte to its last.
     """
 
     def __init__(
@@ -73,6 +80,7 @@ class ConnectionGuard:
         network_timeout_s: float,
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout_s: float = 10.0,
+        pdu_timeout_s: float = 120.0,
     ) -> None:
         self.refusals = refusals
         self.max_per_peer = max_per_peer
@@ -81,6 +89,7 @@ class ConnectionGuard:
         self.network_timeout_s = network_timeout_s
         self.ssl_context = ssl_context
         self.handshake_timeout_s = handshake_timeout_s
+        self.pdu_timeout_s = pdu_timeout_s
         self._opening: Counter[str] = Counter()  # connections not yet handed to pynetdicom
         self._lock = threading.Lock()
         self._deadlines = _Deadlines()
@@ -142,6 +151,7 @@ class ConnectionGuard:
             sock.settimeout(self.network_timeout_s)  # no read waits forever
             handler.request = sock
             assoc = handler._create_association()
+            self._time_pdus(assoc, sock, address)
             # ARTIM: the A-ASSOCIATE-RQ must be complete in time, or the socket is shut.
             self._deadlines.add(assoc, time.monotonic() + self.acse_timeout_s, sock)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": handler.client_address})
@@ -197,6 +207,39 @@ class ConnectionGuard:
             return None
         finally:
             self._deadlines.discard(token)
+
+    def _time_pdus(self, assoc: Any, sock: socket.socket, address: str) -> None:
+        """Bound each PDU read of ``assoc`` by ``pdu_timeout_s``, from its first byte.
+
+        pynetdicom's reactor calls ``dul._read_pdu_data`` once the socket is readable (the
+        PDU's first byte is there) and it reads the whole PDU in that call, each ``recv``
+        bounded only by the network timeout. The deadline shuts the socket when the PDU is
+        overdue; the read then fails as for a closed connection, and the slot is freed.
+        """
+        dul = assoc.dul
+        read_pdu = dul._read_pdu_data
+
+        def read_pdu_in_time() -> None:
+            self._deadlines.add(dul, time.monotonic() + self.pdu_timeout_s, sock)
+            try:
+                read_pdu()
+            finally:
+                overdue = self._deadlines.expired(dul)
+                self._deadlines.discard(dul)
+            if overdue:
+                self._audit_overdue_pdu(dul.assoc, address)
+
+        dul._read_pdu_data = read_pdu_in_time
+
+    def _audit_overdue_pdu(self, assoc: Any, address: str) -> None:
+        reason = f"PDU not complete within {self.pdu_timeout_s:g} s of its first byte"
+        try:
+            calling_ae = str(assoc.requestor.ae_title).strip() or None
+        except (AttributeError, TypeError, ValueError):  # before the A-ASSOCIATE-RQ was read
+            calling_ae = None
+        detail = {"reason": reason, "limit_s": self.pdu_timeout_s}
+        if self.refusals.record("association.pdu_timeout", address, detail, actor_ae=calling_ae):
+            log.warning("DICOM connection from %s closed: %s", address, reason)
 
     def _refuse(self, sock: socket.socket, address: str, held: int) -> None:
         reason = f"peer holds {held} connections, the per-peer limit"
@@ -254,6 +297,9 @@ class _Deadlines:
             if ticket is not None:
                 self._entries.pop(ticket, None)
             self._expired.discard(id(key))
+            if len(self._due) > 2 * len(self._entries) + _COMPACT_SLACK:
+                self._due = [(due, t) for due, t in self._due if t in self._entries]
+                heapq.heapify(self._due)
 
     def expired(self, key: object) -> bool:
         """Whether ``key``'s deadline passed (and its socket was shut)."""

@@ -13,11 +13,18 @@ link, a hard-linked file or any other odd entry named ``*.csv`` goes to ``reject
 ``done/`` and ``rejected/`` must be real directories inside the folder: while either is a link
 or not a directory, no file is processed (the problem is audited once, ``csv.folder_unusable``)
 and the files wait for it to be fixed.
+
+A file whose rows were committed (or whose rejection was audited) but that cannot be moved is
+remembered by name, size, modification time and digest: later polls only retry the move, so
+it is neither read nor audited again (no ``csv.duplicate`` rows at every poll) until it
+changes. The application log never gets an exception's message (a database error quotes its
+parameters: report text, identifiers); the audit event does.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import hashlib
 import logging
@@ -33,6 +40,7 @@ from node.feeds.csvtable import SECTION_COLUMNS, CsvRow, CsvTable, read_table
 from node.feeds.errors import CsvFileRejected
 from node.feeds.sections import FINDINGS, IMPRESSION, INDICATION, detect_sections
 from node.feeds.values import normalise_status, parse_datetime_text
+from node.logsafe import audit_text, describe
 from node.uids import is_uid
 from storage import audit
 from storage.audit import Outcome
@@ -68,6 +76,16 @@ class FileResult:
     duplicates: int = 0
     rejected_rows: list[tuple[int, str]] = field(default_factory=list)  # (line, reason)
     reason: str | None = None
+
+
+class _Decided(NamedTuple):
+    """A file whose outcome is committed and audited, waiting only to be moved."""
+
+    seen: _Seen
+    sha256: str | None  # None: rejected unread (over the size limit)
+    target_dir: Path
+    reason: str | None  # for its .reason.txt
+    result: FileResult
 
 
 class CsvFeed:
@@ -106,6 +124,7 @@ class CsvFeed:
         self._last_seen: dict[str, _Seen] = {}
         self._unusable: list[str] = []  # the subfolder problems last audited
         self._failing: set[tuple[str, str]] = set()  # (file, error) audited, not yet cleared
+        self._decided: dict[str, _Decided] = {}  # by file name: committed, not yet moved
 
     def poll(self) -> list[FileResult]:
         """Process every CSV file that was already there, unchanged, at the previous poll.
@@ -137,6 +156,8 @@ class CsvFeed:
             refused = self._guarded(path, lambda p=path, k=kind: self._refuse_entry(p, k))
             results += [refused] if refused else []
         self._last_seen = seen
+        # A remembered file that went away (moved or deleted by hand) is forgotten.
+        self._decided = {name: d for name, d in self._decided.items() if name in seen}
         processed = [
             self._guarded(path, lambda p=path: self._process(p, seen[p.name])) for path in ready
         ]
@@ -213,10 +234,13 @@ class CsvFeed:
         return data if len(data) == info.st_size else None
 
     def _process(self, path: Path, seen: _Seen) -> FileResult | None:
+        decided = self._decided.get(path.name)
+        if decided is not None and decided.seen == seen:
+            return self._move_decided(path, decided)  # unchanged: not read again
         try:
             data = self._read(path, seen)
         except CsvFileRejected as exc:
-            return self._reject_file(path, None, exc)
+            return self._reject_file(path, seen, None, exc)
         except OSError as exc:
             if exc.errno == errno.ELOOP:  # became a link since the scan
                 return self._refuse_entry(path, "a symbolic link")
@@ -227,16 +251,25 @@ class CsvFeed:
             self._last_seen.pop(path.name, None)  # changed: wait until it is stable again
             return None
         sha256 = hashlib.sha256(data).hexdigest()
+        if decided is not None:
+            if decided.sha256 == sha256:  # touched, same bytes: still only the move to do
+                self._decided[path.name] = decided._replace(seen=seen)
+                return self._move_decided(path, self._decided[path.name])
+            del self._decided[path.name]  # new content: a new file under the old name
         try:
             table = read_table(data)
         except CsvFileRejected as exc:
-            return self._reject_file(path, sha256, exc)
+            return self._reject_file(path, seen, sha256, exc)
         try:
             result = self._store_rows(path.name, sha256, table)
-        except Exception:
-            # Nothing was committed; the file stays and is tried again at the next poll.
-            log.exception("could not store %s", path.name)
-            self._audit_safely("csv.file_failed", {"file": path.name, "sha256": sha256})
+        except Exception as exc:
+            # Nothing was committed; the file stays and is tried again at the next poll. The
+            # exception's text may quote the rows (SQL parameters): the audit event gets it.
+            log.error("could not store %s: %s", path.name, describe(exc))
+            self._audit_safely(
+                "csv.file_failed",
+                {"file": path.name, "sha256": sha256, "reason": audit_text(exc)},
+            )
             return FileResult(path.name, "failed", reason="database error")
         if result.stored:
             try:
@@ -249,13 +282,15 @@ class CsvFeed:
             self._audit_safely(
                 "csv.file_rejected", {"file": path.name, "sha256": sha256, "reason": reason}
             )
-            moved = self._move(path, self.rejected_dir, reason)
             # Row reasons may quote cells: they go to the audit log and the reason file only.
             log.warning("%s: all %d rows rejected", path.name, len(result.rejected_rows))
-            return FileResult(
-                moved.name, "rejected", rejected_rows=result.rejected_rows, reason=reason
+            rejected = FileResult(
+                path.name, "rejected", rejected_rows=result.rejected_rows, reason=reason
             )
-        self._move(path, self.done_dir)
+            return self._file_away(
+                path, _Decided(seen, sha256, self.rejected_dir, reason, rejected)
+            )
+        self._file_away(path, _Decided(seen, sha256, self.done_dir, None, result))
         log.info(
             "%s: %d stored, %d duplicates, %d rows rejected",
             path.name,
@@ -360,16 +395,31 @@ class CsvFeed:
             "observed_at": observed_at,
         }
 
-    def _reject_file(self, path: Path, sha256: str | None, exc: CsvFileRejected) -> FileResult:
+    def _reject_file(
+        self, path: Path, seen: _Seen, sha256: str | None, exc: CsvFileRejected
+    ) -> FileResult:
         reason = str(exc)
         self._audit_safely(
             "csv.file_rejected", {"file": path.name, "sha256": sha256, "reason": reason}
         )
-        moved = self._move(path, self.rejected_dir, reason)
         # The full reason may quote the file (a headerless file's first row is a patient's):
         # the application log gets the part that quotes nothing.
         log.warning("rejected %s: %s", path.name, exc.reason)
-        return FileResult(moved.name, "rejected", reason=reason)
+        rejected = FileResult(path.name, "rejected", reason=reason)
+        return self._file_away(path, _Decided(seen, sha256, self.rejected_dir, reason, rejected))
+
+    def _file_away(self, path: Path, decided: _Decided) -> FileResult:
+        """Move a file whose outcome is committed and audited. Remembered first: when the move
+        fails (an OSError, audited once by ``_guarded``), the next polls only retry it."""
+        self._decided[path.name] = decided
+        return self._move_decided(path, decided)
+
+    def _move_decided(self, path: Path, decided: _Decided) -> FileResult:
+        moved = self._move(path, decided.target_dir, decided.reason)
+        del self._decided[path.name]
+        if decided.target_dir == self.rejected_dir:
+            return dataclasses.replace(decided.result, name=moved.name)
+        return decided.result
 
     def _move(self, path: Path, target_dir: Path, reason: str | None = None) -> Path:
         """Move ``path`` into ``target_dir`` (checked a real directory by this poll) under a
@@ -394,8 +444,8 @@ class CsvFeed:
         try:
             with self.db.transaction() as session:
                 audit.record(session, action, Outcome.FAILURE, detail=detail)
-        except Exception:
-            log.exception("could not record %s", action)
+        except Exception as exc:  # the detail may quote rows: not into the application log
+            log.error("could not record %s: %s", action, describe(exc))
 
 
 def _plain_file(info: os.stat_result) -> bool:

@@ -58,6 +58,9 @@ class HL7ParseError(FeedError):
         Whatever of MSH could be read, so the AR can still echo it; None when there is no MSH.
     code:
         HL7 table 0357 code for the ERR segment of the AR.
+    quoted:
+        What of the message shows it (e.g. its first characters): in ``reason`` for the AR
+        and the audit log, left out of ``unquoted``, which is what the application log gets.
     """
 
     def __init__(
@@ -65,9 +68,12 @@ class HL7ParseError(FeedError):
         reason: str,
         header: MessageHeader | None = None,
         code: int = ErrorCode.SEGMENT_SEQUENCE,
+        quoted: str = "",
     ) -> None:
-        super().__init__(reason)
-        self.reason = reason
+        full = f"{reason} ({quoted})" if quoted else reason
+        super().__init__(full)
+        self.reason = full
+        self.unquoted = reason
         self.header = header
         self.code = code
 

@@ -34,6 +34,7 @@ from node.feeds.hl7message import (
     read_header_leniently,
 )
 from node.feeds.mllp import Peer
+from node.logsafe import audit_text, describe
 from storage import audit
 from storage.audit import Outcome
 from storage.database import Database
@@ -124,22 +125,33 @@ class HL7Feed:
         """
         try:
             return self._answer(payload, peer)
-        except Exception:
-            log.exception("handling a %d-byte message from %s failed", len(payload), peer[0])
+        except Exception as exc:
+            log.error(
+                "handling a %d-byte message from %s failed: %s",
+                len(payload),
+                peer[0],
+                describe(exc),
+            )
             error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not handle this message")
-            return self._reject(payload, _header_or_none(payload), error, peer)
+            return self._reject(payload, _header_or_none(payload), error, peer, internal=exc)
 
     def _answer(self, payload: bytes, peer: Peer) -> bytes:
         try:
             report = parse_message(payload, self.accession_keys)
         except HL7ParseError as exc:
-            return self._reject(payload, exc.header, AckError(exc.code, exc.reason), peer)
+            error = AckError(exc.code, exc.reason)
+            return self._reject(payload, exc.header, error, peer, logged=exc.unquoted)
         except HL7Unusable as exc:
             return self._unusable(exc, exc.header, peer, ids={})
-        except Exception:
-            log.exception("parser failed on a %d-byte message from %s", len(payload), peer[0])
+        except Exception as exc:
+            log.error(
+                "parser failed on a %d-byte message from %s: %s",
+                len(payload),
+                peer[0],
+                describe(exc),
+            )
             error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not parse this message")
-            return self._reject(payload, _header_or_none(payload), error, peer)
+            return self._reject(payload, _header_or_none(payload), error, peer, internal=exc)
 
         ids = {
             "accession": report.accession,
@@ -158,14 +170,19 @@ class HL7Feed:
                 ErrorCode.VALUE_TOO_LONG,
             )
             return self._unusable(problem, report.header, peer, ids)
-        except Exception:
+        except Exception as exc:
             # The database (or a custom sink) failed: nothing was committed. AR tells the
-            # sender to keep the message and try again later.
-            log.exception("could not store message %s from %s", report.message_id, peer[0])
-            error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not store the message")
-            self._audit_safely(
-                "hl7.rejected", peer, ids, self._detail(report.header, peer, AR, error)
+            # sender to keep the message and try again later. The error's text quotes the
+            # statement's parameters (report text, identifiers): the audit event gets it.
+            log.error(
+                "could not store message %s from %s: %s",
+                report.message_id,
+                peer[0],
+                describe(exc),
             )
+            error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not store the message")
+            detail = self._detail(report.header, peer, AR, error)
+            self._audit_safely("hl7.rejected", peer, ids, detail | {"error": audit_text(exc)})
             return self._ack(report.header, AR, error)
         log.info("%s %s from %s: %s", report.message_type, report.message_id, peer[0], action)
         if action == "hl7.received":
@@ -215,12 +232,22 @@ class HL7Feed:
         error: AckError,
         peer: Peer,
         size: int | None = None,
+        *,
+        logged: str | None = None,
+        internal: Exception | None = None,
     ) -> bytes:
+        """AR with an audited ``hl7.rejected``. ``logged``: the reason as the application log
+        gets it, when ``error.reason`` quotes the message; ``internal``: the unexpected
+        exception, whose text goes to the audit event only."""
         try:
             detail = self._detail(header, peer, AR, error)
             ack = self._ack(header, AR, error)
-        except Exception:  # a header too odd to echo: answer without it
-            log.exception("could not echo the header of a rejected message from %s", peer[0])
+        except Exception as exc:  # a header too odd to echo: answer without it
+            log.error(
+                "could not echo the header of a rejected message from %s: %s",
+                peer[0],
+                describe(exc),
+            )
             header = None
             detail = self._detail(None, peer, AR, error)
             ack = self._ack(None, AR, error)
@@ -229,8 +256,10 @@ class HL7Feed:
             "sha256": hashlib.sha256(payload).hexdigest(),
             "head": payload[:60].decode("latin-1").encode("unicode_escape").decode("ascii"),
         }
+        if internal is not None:
+            detail["error"] = audit_text(internal)
         self._audit_safely("hl7.rejected", peer, {}, detail)
-        log.warning("rejected a message from %s: %s", peer[0], error.reason)
+        log.warning("rejected a message from %s: %s", peer[0], logged or error.reason)
         return ack
 
     def _unusable(
@@ -259,8 +288,8 @@ class HL7Feed:
                 audit.record(
                     session, action, Outcome.FAILURE, actor_ip=peer[0], **ids, detail=detail
                 )
-        except Exception:
-            log.exception("could not record %s from %s", action, peer[0])
+        except Exception as exc:  # the detail quotes the message: not into the application log
+            log.error("could not record %s from %s: %s", action, peer[0], describe(exc))
 
     @staticmethod
     def _detail(
@@ -284,8 +313,8 @@ def _header_or_none(payload: bytes) -> MessageHeader | None:
     """The MSH for an AR's echo, or None when even the lenient reading fails."""
     try:
         return read_header_leniently(payload)
-    except Exception:
-        log.exception("could not read the header of a %d-byte message", len(payload))
+    except Exception as exc:
+        log.error("could not read the header of a %d-byte message: %s", len(payload), describe(exc))
         return None
 
 

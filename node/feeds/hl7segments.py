@@ -75,13 +75,13 @@ class HL7Structure:
     def __init__(self, decoded: DecodedMessage) -> None:
         text = decoded.text
         if not text.startswith("MSH"):
-            raise HL7ParseError(f"no MSH segment at the start (starts with {text[:20]!r})")
+            raise HL7ParseError("no MSH segment at the start", quoted=f"starts with {text[:20]!r}")
         if len(text) < 8 or text[3].isalnum() or text[3].isspace():
             raise HL7ParseError("MSH segment too short to declare its delimiters")
         self.enc = EncodingChars.from_msh(text)
         delimiters = [self.enc.field, self.enc.component, self.enc.repetition, self.enc.escape]
         if len(set(delimiters + [self.enc.subcomponent])) != 5:
-            raise HL7ParseError(f"MSH-1/MSH-2 delimiters are not distinct: {text[3:8]!r}")
+            raise HL7ParseError("MSH-1/MSH-2 delimiters are not distinct", quoted=repr(text[3:8]))
         self.codec = decoded.codec
         self.segments: list[Segment] = []
         for line in text.split("\r"):

@@ -59,6 +59,7 @@ def test_default_database_is_a_sqlite_file_under_the_data_dir(tmp_path: Path):
         ({"CXRNODE_HL7_MAX_CONNECTIONS_PER_PEER": "0"}, "hl7_max_connections_per_peer"),
         ({"CXRNODE_HL7_FRAME_TIMEOUT_S": "0"}, "hl7_frame_timeout_s"),
         ({"CXRNODE_TLS_HANDSHAKE_TIMEOUT_S": "-1"}, "tls_handshake_timeout_s"),
+        ({"CXRNODE_DICOM_PDU_TIMEOUT_S": "0"}, "dicom_pdu_timeout_s"),
         ({"CXRNODE_REFUSAL_AUDIT_WINDOW_S": "-5"}, "refusal_audit_window_s"),
     ],
 )

@@ -1,6 +1,8 @@
 """No single peer locks the storage SCP's door: silent TLS connections, half-sent association
-requests and trickled ones are timed out, a peer over its cap is refused "local limit
-exceeded", and each refusal is audited against the peer that caused it.
+requests and trickled ones, and PDUs trickled after association are timed out, a peer over
+its cap is refused "local limit exceeded", and each refusal is audited against the peer that
+caused it, once per peer, reason and window (a rejection at the total limit names the peers
+holding the slots).
 
 Attackers connect from 127.0.0.2, the legitimate modality from 127.0.0.1: two peers on
 loopback, as the node sees them.
@@ -11,14 +13,20 @@ from __future__ import annotations
 import socket
 import struct
 import threading
+import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
 from pynetdicom import AE
+from pynetdicom.pdu import A_ASSOCIATE_RQ
+from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
+from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
 from node.config import Settings
 from node.dicom.receiver import StorageSCP
+from node.dicom.transport import _Deadlines
 from node.orthanc import free_port
 from node.tls import client_context
 from storage import audit
@@ -194,3 +202,140 @@ def test_timeouts_and_limits_reach_pynetdicom(tmp_path, stopping):
         8.0,
         9.0,
     )
+
+
+def associate_from(source: str, port: int, calling_ae: str = "MODALITY", called_ae="CXRNODE"):
+    ae = AE(ae_title=calling_ae)
+    ae.add_requested_context(Verification)
+    # Generous: on a loaded machine a 5 s answer timeout turned a rejection into an abort.
+    ae.acse_timeout = ae.network_timeout = ae.connection_timeout = 30
+    return ae.associate("127.0.0.1", port, ae_title=called_ae, bind_address=(source, 0))
+
+
+def test_a_loop_of_bad_requests_is_one_rejection_row_per_peer_reason_and_window(tmp_path, stopping):
+    scp = start_scp(tmp_path)
+    stopping(scp)
+    port = scp.settings.dicom_port
+    for _ in range(12):
+        assert associate_from(ATTACKER, port, calling_ae="STRANGER").is_rejected
+    for _ in range(5):
+        assert associate_from(ATTACKER, port, called_ae="OTHERNODE").is_rejected
+    # The first of each reason is there at once, as the peer reads its rejection...
+    rejected = events(scp, "association.rejected")
+    assert [(e.detail["reason"], e.detail["count"]) for e in rejected] == [
+        ("calling AE title not allowed", 1),
+        ("called AE title not recognised", 1),
+    ]
+    assert rejected[0].actor_ae == "STRANGER" and rejected[0].actor_ip == ATTACKER
+    assert echo(port)  # the modality is not refused for the attacker's requests
+    scp.stop()  # ...and the rest are counted when the window ends (here: the listener stops)
+    rejected = events(scp, "association.rejected")
+    assert len(rejected) == 4
+    counts = Counter()
+    for event in rejected:
+        counts[event.detail["reason"]] += event.detail["count"]
+    assert counts == {"calling AE title not allowed": 12, "called AE title not recognised": 5}
+
+
+def test_a_rejection_at_the_total_limit_names_the_peers_holding_the_slots(tmp_path, stopping):
+    scp = start_scp(tmp_path, dicom_max_associations=3, dicom_max_associations_per_peer=2)
+    stopping(scp)
+    port = scp.settings.dicom_port
+    held = [associate_from(source, port) for source in (ATTACKER, ATTACKER, "127.0.0.3")]
+    try:
+        assert all(assoc.is_established for assoc in held)
+        refused = associate_from("127.0.0.1", port)
+        assert refused.is_rejected
+        rejection = refused.acceptor.primitive
+        assert (rejection.result, rejection.result_source, rejection.diagnostic) == (2, 3, 2)
+    finally:
+        for assoc in held:
+            assoc.release()
+    (event,) = events(scp, "association.rejected")
+    assert event.actor_ip == "127.0.0.1"  # the refused modality, and who holds the door:
+    assert event.detail["reason"] == "total association limit reached"
+    assert event.detail["limit"] == 3
+    assert event.detail["holders"] == [
+        {"address": ATTACKER, "associations": 2},
+        {"address": "127.0.0.3", "associations": 1},
+    ]
+
+
+def associate_raw(sock: socket.socket) -> bytes:
+    """A real A-ASSOCIATE exchange on a raw socket (MODALITY proposing Verification); return
+    the node's answer PDU."""
+    request = A_ASSOCIATE()
+    request.application_context_name = "1.2.840.10008.3.1.1.1"
+    request.calling_ae_title = "MODALITY"
+    request.called_ae_title = "CXRNODE"
+    context = build_context(Verification)
+    context.context_id = 1
+    request.presentation_context_definition_list = [context]
+    max_length = MaximumLengthNotification()
+    max_length.maximum_length_received = 16382
+    request.user_information = [max_length]
+    pdu = A_ASSOCIATE_RQ()
+    pdu.from_primitive(request)
+    sock.sendall(pdu.encode())
+    header = sock.recv(6, socket.MSG_WAITALL)
+    (length,) = struct.unpack(">L", header[2:])
+    return header + sock.recv(length, socket.MSG_WAITALL)
+
+
+def test_a_pdu_trickled_after_association_is_cut_at_the_pdu_deadline(tmp_path, stopping):
+    scp = start_scp(tmp_path, dicom_pdu_timeout_s=1.0, dicom_network_timeout_s=30.0)
+    stopping(scp)
+    port = scp.settings.dicom_port
+    with connect_from(ATTACKER, port) as sock:
+        assert associate_raw(sock)[0] == 0x02  # A-ASSOCIATE-AC: associated
+        # A P-DATA-TF announcing 200 bytes, then one byte every 0.2 s: never a 30 s silence
+        # for the read timeout, so only the whole-PDU deadline (1 s) ends it.
+        trickle = b"\x04\x00" + struct.pack(">L", 200) + b"\x00" * 200
+        sock.settimeout(0.2)
+        closed = False
+        for byte in trickle[:100]:
+            try:
+                sock.sendall(bytes([byte]))
+                if sock.recv(64) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    assert closed
+    assert echo(port)  # the slot is free, the listener answers
+    (event,) = wait_for(lambda: events(scp, "association.pdu_timeout"), 10, "pdu_timeout")
+    assert (event.actor_ip, event.actor_ae, event.outcome) == (ATTACKER, "MODALITY", "failure")
+    assert event.detail["reason"] == "PDU not complete within 1 s of its first byte"
+    assert event.detail["count"] == 1
+
+
+def test_pdus_sent_in_time_are_not_cut(tmp_path, stopping):
+    scp = start_scp(tmp_path, dicom_pdu_timeout_s=1.0)
+    stopping(scp)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.settings.dicom_port, ae_title="CXRNODE")
+    try:
+        for _ in range(3):  # idle between PDUs longer than the PDU deadline is not "overdue"
+            assert assoc.send_c_echo().Status == 0
+            time.sleep(1.2)
+    finally:
+        assoc.release()
+    assert events(scp, "association.pdu_timeout") == []
+
+
+def test_deadlines_discarded_in_time_do_not_pile_up():
+    # One deadline per PDU read: a long study must not leave one heap entry per PDU behind.
+    deadlines = _Deadlines()
+    with socket.socket() as sock:
+        keys = [object() for _ in range(3)]
+        for n in range(20_000):
+            key = keys[n % 3]
+            deadlines.add(key, time.monotonic() + 3600, sock)
+            deadlines.discard(key)
+        deadlines.add(keys[0], time.monotonic() + 3600, sock)
+    assert len(deadlines._due) <= 2 * 1 + 1024 + 1
+    assert not deadlines.expired(keys[0])

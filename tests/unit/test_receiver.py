@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -13,6 +14,7 @@ import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 from sqlalchemy import select
+from sqlalchemy import text as sql_text
 
 from node.config import Destination, Settings
 from node.dicom.receiver import (
@@ -196,6 +198,8 @@ def test_association_calling_another_ae_title_is_rejected_and_audited(scp, share
     assert rejected["detail"] == {
         "reason": "called AE title not recognised",
         "called_ae": "OTHERNODE",
+        "count": 1,  # audited once per peer, reason and window (RefusalAudit)
+        "window_s": scp.settings.refusal_audit_window_s,
     }
     assert send(scp, [rsna(shared_data)]) == [0x0000]  # the node's own AE title still works
 
@@ -470,3 +474,39 @@ def test_the_senders_reactor_is_parked_before_each_request(scp, shared_data):
             assert assoc._reactor_checkpoint.is_set()  # send_c_store let it run again
     finally:
         assoc.release()
+
+
+def test_a_bad_uid_is_refused_without_pydicom_logging_it(scp, shared_data, caplog):
+    ds = rsna(shared_data)
+    with pydicom.config.disable_value_validation():  # the sender's side may set it quietly
+        ds.StudyInstanceUID = "1.2.840.SECRET.7"
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.WARNING, logger="pynetdicom")  # as the node sets it (node.cli)
+    with warnings.catch_warnings(record=True) as warned:
+        warnings.simplefilter("always")
+        assert send(scp, [ds]) == [INVALID_UID]
+    # pydicom's reading check logged and warned "Invalid value for VR UI: '<the UID>'".
+    assert "SECRET" not in caplog.text
+    assert not [w for w in warned if "SECRET" in str(w.message)]
+    assert events(scp, "instance.refused")[0]["detail"]["status"] == "0xC006"
+
+
+def test_a_database_error_keeps_identifiers_out_of_the_application_log(scp, shared_data, caplog):
+    # A real failure of the real database where the released study is marked complete: the
+    # error's text would quote the audit row's parameters (Study UID, patient ID, accession).
+    with scp.db.transaction() as session:
+        session.execute(
+            sql_text(
+                "CREATE TRIGGER refuse_complete BEFORE INSERT ON audit_events "
+                "WHEN NEW.action = 'study.complete' "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    ds = rsna(shared_data)
+    caplog.set_level(logging.DEBUG)
+    caplog.set_level(logging.WARNING, logger="pynetdicom")  # as the node sets it (node.cli)
+    assert send(scp, [ds]) == [0x0000]
+    wait_for(lambda: "could not mark" in caplog.text, 10, "the failure to be logged")
+    for identifier in (ds.PatientID, ds.StudyInstanceUID, ds.SOPInstanceUID):
+        assert identifier not in caplog.text
+    assert "IntegrityError (sqlite3.IntegrityError)" in caplog.text

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+from sqlalchemy import text as sql_text
 
 from node.refusals import RefusalAudit
 from storage import audit
@@ -57,6 +60,29 @@ def test_peers_and_actions_have_windows_of_their_own(db):
     assert len(events(db, "mllp.refused")) == 1
 
 
+def test_groups_of_one_action_have_windows_of_their_own(db):
+    refusals = RefusalAudit(db, window_s=60, clock=Clock())
+    for group in ("calling AE title not allowed", "spool disk nearly full"):
+        assert refusals.record("association.rejected", "10.0.0.9", {"reason": group}, group=group)
+        for _ in range(4):
+            assert not refusals.record(
+                "association.rejected", "10.0.0.9", {"reason": group}, group=group
+            )
+    assert [r["detail"]["reason"] for r in events(db, "association.rejected")] == [
+        "calling AE title not allowed",
+        "spool disk nearly full",
+    ]
+    assert refusals.flush() == 2
+    assert sorted(
+        (r["detail"]["reason"], r["detail"]["count"]) for r in events(db, "association.rejected")
+    ) == [
+        ("calling AE title not allowed", 1),
+        ("calling AE title not allowed", 4),
+        ("spool disk nearly full", 1),
+        ("spool disk nearly full", 4),
+    ]
+
+
 def test_flush_writes_the_counts_of_open_windows_once(db):
     refusals = RefusalAudit(db, window_s=60, clock=Clock())
     for _ in range(7):
@@ -71,3 +97,20 @@ def test_window_zero_records_every_refusal(db):
     for _ in range(3):
         assert refusals.record("admin.auth_failed", "10.0.0.9")
     assert [r["detail"]["count"] for r in events(db, "admin.auth_failed")] == [1, 1, 1]
+
+
+def test_an_event_that_cannot_be_written_is_logged_without_its_detail(db, caplog):
+    # A real failure of the real database; the error's text would quote the row's detail
+    # (an admin path names a study).
+    with db.transaction() as session:
+        session.execute(
+            sql_text(
+                "CREATE TRIGGER refuse_refusals BEFORE INSERT ON audit_events "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    refusals = RefusalAudit(db, window_s=60, clock=Clock())
+    with caplog.at_level(logging.DEBUG):
+        refusals.record("admin.auth_failed", "10.0.0.9", {"path": "/studies/1.2.840.99.SECRET"})
+    assert "SECRET" not in caplog.text
+    assert "could not audit admin.auth_failed from 10.0.0.9: IntegrityError" in caplog.text

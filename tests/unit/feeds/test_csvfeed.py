@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from sqlalchemy import text as sql_text
 
 from node.feeds.csvfeed import CsvFeed
 from storage.schema import Report
@@ -401,3 +402,69 @@ def test_a_file_the_file_system_refuses_to_move_fails_alone_and_is_audited_once(
     failed = [e for e in audited() if e["action"] == "csv.file_failed"]
     assert [e["detail"] for e in failed] == [{"file": "first.csv", "reason": "Permission denied"}]
     assert len(reports(db)) == 4 and (drop / "first.csv").exists()
+
+
+def test_a_committed_file_that_cannot_be_moved_is_not_read_or_audited_again(
+    drop, db, audited, monkeypatch
+):
+    feed = CsvFeed(drop, db)
+    move = feed._move
+    refusing = {"on": True}
+    reads = []
+
+    def flaky_move(path, target_dir, reason=None):
+        if refusing["on"]:
+            raise PermissionError(13, "Permission denied")  # as root, simulated (see above)
+        return move(path, target_dir, reason)
+
+    def counted_read(path, seen):
+        reads.append(path.name)
+        return CsvFeed._read(feed, path, seen)
+
+    monkeypatch.setattr(feed, "_move", flaky_move)
+    monkeypatch.setattr(feed, "_read", counted_read)
+    (drop / "stuck.csv").write_text(GOOD, "utf-8")
+    assert [r.outcome for r in settle(feed)] == ["failed"]  # rows committed, move refused
+    before = actions(audited)
+    for _ in range(3):
+        assert [r.outcome for r in feed.poll()] == ["failed"]  # only the move is retried
+    assert actions(audited) == before  # no csv.duplicate (or anything) at every poll
+    assert before.count("csv.received") == 2 and before.count("csv.file_failed") == 1
+    assert reads == ["stuck.csv"]
+
+    os.utime(drop / "stuck.csv")  # touched, same bytes: read once more, still not re-stored
+    feed.poll()
+    assert [r.outcome for r in feed.poll()] == ["failed"]
+    assert actions(audited) == before and len(reads) == 2
+
+    refusing["on"] = False  # the file system is fixed: the file is moved, nothing re-stored
+    [result] = feed.poll()
+    assert (result.outcome, result.stored) == ("done", 2)
+    assert (drop / "done" / "stuck.csv").exists() and not (drop / "stuck.csv").exists()
+    assert actions(audited) == before and len(reports(db)) == 2
+
+
+def test_a_database_error_keeps_report_text_and_identifiers_out_of_the_application_log(
+    drop, feed, db, audited, caplog
+):
+    # A real failure of the real database: a trigger refuses every report row. SQLAlchemy's
+    # error then quotes the INSERT's parameters (the report text, the patient, the accession).
+    with db.transaction() as session:
+        session.execute(
+            sql_text(
+                "CREATE TRIGGER refuse_reports BEFORE INSERT ON reports "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    (drop / "secret.csv").write_text(
+        "accession,patient_id,report\nACC-SECRET-1,PAT-SECRET-2,Opacity SECRET-3 noted.\n",
+        "utf-8",
+    )
+    with caplog.at_level(logging.DEBUG):
+        [result] = settle(feed)
+    assert result.outcome == "failed" and reports(db) == []
+    assert "SECRET" not in caplog.text
+    assert "could not store secret.csv: IntegrityError (sqlite3.IntegrityError)" in caplog.text
+    [failed] = [e for e in audited() if e["action"] == "csv.file_failed"]
+    assert failed["detail"]["reason"].startswith("IntegrityError: ")  # the detail is audited
+    assert "refused by the test" in failed["detail"]["reason"]

@@ -3,12 +3,14 @@ package with the public sample messages, and a raw socket for what that client c
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
 
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy import text as sql_text
 
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import CR, EB, SB, Frame, FrameReader, MllpServer, OversizedFrame
@@ -389,3 +391,38 @@ def test_connection_closed_inside_a_frame_is_audited(db, audited):
     assert event["actor_ip"] == "127.0.0.4" and event["detail"]["bytes"] == 40
     assert event["detail"]["reason"] == "connection closed inside the frame"
     assert count_rows(db) == 0
+
+
+# --- what the application log gets ----------------------------------------------------------
+
+
+def test_a_message_without_msh_is_not_quoted_in_the_application_log(db, audited, caplog):
+    garbage = b"PID|1||PAT-SECRET-1^^^HOSP^MR\rOBX|1|TX|||No acute disease.||||||F\r"
+    with caplog.at_level(logging.DEBUG):
+        ack = HL7Feed(db).handle_frame(garbage, ("127.0.0.1", 40000))
+    assert b"|AR|" in ack or b"MSA|AR" in ack
+    assert "SECRET" not in caplog.text and "no MSH segment at the start" in caplog.text
+    [event] = [e for e in audited() if e["action"] == "hl7.rejected"]
+    assert "PAT-SECRET-1" in event["detail"]["reason"]  # the audit log keeps the quote
+
+
+def test_a_database_error_keeps_report_text_and_identifiers_out_of_the_application_log(
+    db, audited, caplog
+):
+    # A real failure of the real database: a trigger refuses every report row, and SQLAlchemy's
+    # error quotes the INSERT's parameters (report text, patient ID, accession).
+    with db.transaction() as session:
+        session.execute(
+            sql_text(
+                "CREATE TRIGGER refuse_reports BEFORE INSERT ON reports "
+                "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"
+            )
+        )
+    message = oru("DB-1", b"Opacity SECRET-3 noted.").replace(b"P123", b"PAT-SECRET-2")
+    with caplog.at_level(logging.DEBUG):
+        ack = HL7Feed(db).handle_frame(message, ("127.0.0.1", 40000))
+    assert b"MSA|AR|DB-1" in ack and count_rows(db) == 0
+    assert "SECRET" not in caplog.text
+    assert "IntegrityError (sqlite3.IntegrityError)" in caplog.text
+    [event] = [e for e in audited() if e["action"] == "hl7.rejected"]
+    assert "refused by the test" in event["detail"]["error"]  # the detail is audited
