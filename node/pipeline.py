@@ -51,17 +51,18 @@ from storage.studies import processable_instances, stable_studies
 
 log = logging.getLogger(__name__)
 
-# Claims of a job interrupted by a dying builder before it is failed for good.
-MAX_ATTEMPTS = 3
-
 
 @dataclass(eq=False)
 class _Run:
     """A claimed job on its way through the worker: decoded images, then model results."""
 
     item: WorkItem
-    images: list[tuple[Dataset, np.ndarray]] = field(default_factory=list)  # (source, display)
+    # (source header without its pixel data, display) of each decoded image; both lists are
+    # emptied once the result objects are handed to the builder, so that the worker holds the
+    # images of one batch at a time.
+    images: list[tuple[Dataset, np.ndarray]] = field(default_factory=list)
     results: list[ImageResult] = field(default_factory=list)
+    summary_images: list[dict] = field(default_factory=list)  # what the audit keeps of results
     unreadable: int = 0
     batch_studies: int = 0  # how many studies shared its forward pass
     timings: dict[str, float] = field(default_factory=dict)
@@ -158,6 +159,7 @@ class Pipeline:
         for run in self._infer_isolating(runs):
             run.timings["database_s"] = claim_s / len(items)
             building.append((run, self._build(run)))
+            run.images, run.results = [], []  # the builder has them now
         # The previous call's runs were built while this batch was decoded and inferred.
         previous, self._building = self._building, building
         self._commit(previous)
@@ -211,23 +213,38 @@ class Pipeline:
             return self._builders.submit(build_in_process, job, run.results)
 
     def _claim(self, limit: int) -> list[WorkItem]:
+        """Claim a batch (``jobs.claim_batch``): at most ``limit`` studies and, beyond its first
+        study, ``max_run_images`` model images; each run reads at most ``max_run_images``
+        images, the others skipped and audited."""
+        cap = self.settings.max_run_images
         with self.db.transaction() as session:
             items = []
-            while len(items) < limit and (job := jobs.claim_next(session)) is not None:
-                items.append(
-                    WorkItem(
-                        job_id=job.id,
-                        run=job.run,
-                        study_uid=job.study.study_uid,
-                        accession=job.study.accession,
-                        patient_id=job.study.patient_id,
-                        images=tuple((i.sop_uid, i.path) for i in processable_instances(job.study)),
-                        text=job.report.text if job.report else None,
-                        text_source=job.text_source,
-                        reason=job.reason,
-                        replaces_sr=_sr_path(job.replaces),
-                    )
+            for job in jobs.claim_batch(session, limit, max_images=cap):
+                inputs = processable_instances(job.study)
+                item = WorkItem(
+                    job_id=job.id,
+                    run=job.run,
+                    study_uid=job.study.study_uid,
+                    accession=job.study.accession,
+                    patient_id=job.study.patient_id,
+                    images=tuple((i.sop_uid, i.path) for i in inputs[:cap]),
+                    text=job.report.text if job.report else None,
+                    text_source=job.text_source,
+                    reason=job.reason,
+                    replaces_sr=_sr_path(job.replaces),
                 )
+                for instance in inputs[cap:]:
+                    audit.record(
+                        session,
+                        "image.skipped",
+                        Outcome.WARNING,
+                        **{**item.ids, "sop_uid": instance.sop_uid},
+                        detail={
+                            "run": job.run,
+                            "reason": f"a run reads at most {cap} images (max_run_images)",
+                        },
+                    )
+                items.append(item)
             return items
 
     def _decode(self, item: WorkItem) -> _Run:
@@ -243,7 +260,7 @@ class Pipeline:
                 display = pixels_to_display(ds, pixels, photometric)
                 run.add_time("decode_s", decoded - clock)
                 run.add_time("preprocess_s", time.perf_counter() - decoded)
-                run.images.append((ds, display))
+                run.images.append((_without_pixels(ds), display))
             except (PreprocessingError, ValueError, OSError, NotImplementedError) as exc:
                 failures.append({"sop_uid": sop_uid, "reason": str(exc)})
         run.unreadable = len(failures)
@@ -314,6 +331,7 @@ class Pipeline:
         # Only now, when nothing can fail any more: a batch that failed is retried run by run.
         for run, images in zip(runs, per_run, strict=True):
             run.results = images
+            run.summary_images = [_image_summary(image) for image in images]
             run.batch_studies = len(runs)
             # The batch's model time, shared out by images.
             share = len(run.images) / len(displays)
@@ -367,14 +385,7 @@ class Pipeline:
     def _summary(self, run: _Run) -> dict:
         item = run.item
         return {
-            "images": [
-                {
-                    "sop_uid": str(image.source.SOPInstanceUID),
-                    "probabilities": {f.name: round(f.probability, 4) for f in image.findings},
-                    "present": [f.name for f in image.findings if f.present],
-                }
-                for image in run.results
-            ],
+            "images": run.summary_images,
             "unreadable": run.unreadable,
             "text": item.text_source if self.reads_text else "none",
             "reason": item.reason,
@@ -385,7 +396,7 @@ class Pipeline:
     def _requeue_or_fail(self, item: WorkItem, reason: str) -> None:
         with self.db.transaction() as session:
             job = session.get(Job, item.job_id)
-            if job.attempts >= MAX_ATTEMPTS:
+            if job.attempts >= self.settings.max_job_attempts:
                 reason = f"{reason}, {job.attempts} times"
                 jobs.fail(session, job, reason)
                 action, outcome = "job.failed", Outcome.FAILURE
@@ -501,6 +512,27 @@ class Pipeline:
         base = self.settings.delivery_retry_initial_s * 2 ** min(row.attempts, 20)
         delay = min(base, self.settings.delivery_retry_max_s) * random.uniform(0.8, 1.2)
         return timedelta(seconds=delay)
+
+
+def _image_summary(image: ImageResult) -> dict:
+    """What the audit (``inference.completed``) keeps of one image's results."""
+    return {
+        "sop_uid": str(image.source.SOPInstanceUID),
+        "probabilities": {f.name: round(f.probability, 4) for f in image.findings},
+        "present": [f.name for f in image.findings if f.present],
+    }
+
+
+def _without_pixels(ds: Dataset) -> Dataset:
+    """The source once decoded: the result writers read its header only (``reference_header``
+    drops the pixels), so the worker need not hold a study's pixel data while it runs."""
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 
 
 def _sr_path(job: Job | None) -> str | None:

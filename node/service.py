@@ -22,9 +22,10 @@ from node.feeds.csvfeed import CsvFeed
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
 from node.pipeline import Pipeline
+from node.recovery import recover_interrupted_runs
 from node.retention import Retention
 from node.tls import client_context, server_context
-from storage import audit, jobs
+from storage import audit
 from storage.database import Database
 from storage.spool import FileStore
 
@@ -67,14 +68,15 @@ class Node:
         admin = self._admin_server()
         self.db.create_schema()
         with self.db.transaction() as session:
-            resumed = jobs.requeue_interrupted(session)
+            recovered = recover_interrupted_runs(session, self.settings.max_job_attempts)
             audit.record(
                 session,
                 "node.started",
                 detail={
                     "ae_title": self.settings.ae_title,
                     "port": self.settings.dicom_port,
-                    "resumed_jobs": len(resumed),
+                    "resumed_jobs": len(recovered.requeued),
+                    "failed_jobs": len(recovered.failed),
                     "role": self.settings.role,
                     "node_name": self.settings.effective_node_name,
                 },
