@@ -30,6 +30,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from models.errors import PreprocessingError
+from models.pixel_limits import check_deflated_file
 from models.predictor import Predictor
 from models.preprocess import decode_pixels, pixels_to_display
 from node.build import (
@@ -254,8 +255,11 @@ class Pipeline:
         for sop_uid, relpath in item.images:
             try:
                 clock = time.perf_counter()
-                ds = dcmread(self.spool.path(relpath), force=True)
-                pixels, photometric = decode_pixels(ds)
+                path = self.spool.path(relpath)
+                # Again in the worker: files spooled before a limit existed, or changed since.
+                check_deflated_file(path, self.settings.max_decoded_bytes)
+                ds = dcmread(path, force=True)
+                pixels, photometric = decode_pixels(ds, self.settings.max_decoded_bytes)
                 decoded = time.perf_counter()
                 display = pixels_to_display(ds, pixels, photometric)
                 run.add_time("decode_s", decoded - clock)
