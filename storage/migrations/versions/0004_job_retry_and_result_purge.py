@@ -19,9 +19,7 @@ depends_on = None
 
 def upgrade() -> None:
     op.add_column("jobs", sa.Column("not_before", sa.DateTime(timezone=True), nullable=True))
-    op.add_column(
-        "jobs", sa.Column("results_purged_at", sa.DateTime(timezone=True), nullable=True)
-    )
+    op.add_column("jobs", sa.Column("results_purged_at", sa.DateTime(timezone=True), nullable=True))
 
 
 def downgrade() -> None:
