@@ -43,7 +43,7 @@ class Node:
         self.db = Database(settings.database_url, node_name=settings.effective_node_name)
         self.spool = FileStore(data_dir / "spool")
         self.results = FileStore(data_dir / "results")
-        self.retention = Retention(settings, self.db, self.spool)
+        self.retention = Retention(settings, self.db, self.spool, self.results)
         self._stopping = threading.Event()
         self._work_available = threading.Event()
         self._worker: threading.Thread | None = None

@@ -28,6 +28,7 @@ from node.dicom.admission import Admission
 from node.dicom.classify import classify
 from node.dicom.limits import IngestLimits, LimitRefusal
 from node.dicom.tcp import no_delay
+from node.disk import data_paths
 from node.tls import server_context
 from storage import audit
 from storage.audit import Outcome
@@ -85,7 +86,10 @@ class StorageSCP:
         self._tracking = threading.Lock()
         self.limits = IngestLimits(settings.max_decoded_bytes, settings.max_study_instances)
         self.admission = Admission(
-            settings.known_calling_aes, spool.root, settings.min_free_disk_mb * 1024 * 1024
+            settings.known_calling_aes,
+            spool.root,
+            settings.min_free_disk_mb * 1024 * 1024,
+            also=data_paths(settings),
         )
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_pdu_size = 0  # accept the peer's PDU size: fewer, larger PDUs
