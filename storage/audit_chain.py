@@ -60,6 +60,8 @@ SEALED_FIELDS = (
     "detail",
 )
 _UNSEALED = "cxrnode.audit.unsealed"
+# (seq, hash) of the head a session's transaction moved to, set when it seals events.
+SEALED_HEAD = "cxrnode.audit.sealed_head"
 
 
 def canonical_time(value: datetime) -> str:
@@ -148,6 +150,7 @@ def seal(session: Session, events: Iterable[AuditEvent]) -> None:
         audit_event.prev_hash = prev
         audit_event.row_hash = prev = row_hash(event_fields(audit_event), seq, prev)
     head.last_seq, head.last_hash, head.updated_at = seq, prev, utcnow()
+    session.info[SEALED_HEAD] = (seq, prev)  # for the head journal, once committed
 
 
 def lock_head(session: Session) -> AuditChainHead:
