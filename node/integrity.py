@@ -119,18 +119,25 @@ def check_database(settings: Settings, db: Database, spool: FileStore) -> Integr
             head = session.get(AuditChainHead, HEAD_ID)
             report.head_seq = head.last_seq if head is not None else 0
             _compare_journal(db, report, head.last_hash if head is not None else None)
-            if head is not None and (report.journal_seq or 0) < head.last_seq:
-                # Behind (a process that died between a commit and its journal write, or a
-                # database older than the journal): the database's head is the baseline now.
-                db.journal.write(head.last_seq, head.last_hash)
             known = set(session.scalars(select(Instance.path)))
             orphans = sorted(_spool_files(spool) - known)
             report.recovered = _recover(session, settings, spool, orphans, report)
             if report.loss:
                 _report_loss(session, report)
+        if report.loss or report.journal_seq is None or report.journal_seq < report.head_seq:
+            _rebase_journal(db)
     except (DBAPIError, sqlite3.DatabaseError, UnicodeDecodeError) as exc:
         raise damaged(db, exc) from None
     return report
+
+
+def _rebase_journal(db: Database) -> None:
+    """The database's head, now reported, is the journal's baseline (also when the journal
+    is behind: a process that died between a commit and its journal write)."""
+    with db.reading() as session:
+        head = session.get(AuditChainHead, HEAD_ID)
+        if head is not None:
+            db.journal.write(head.last_seq, head.last_hash, force=True)
 
 
 def _compare_journal(db: Database, report: IntegrityReport, head_hash: str | None) -> None:

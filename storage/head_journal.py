@@ -31,15 +31,25 @@ class HeadJournal:
 
     def __init__(self, database_path: Path) -> None:
         self.path = Path(f"{database_path}.head")
+        self._high: int | None = None  # the highest head recorded, once read
 
-    def write(self, seq: int, row_hash: str) -> None:
-        """Overwrite the record with a newly committed head."""
+    def write(self, seq: int, row_hash: str, *, force: bool = False) -> None:
+        """Record a newly committed head. A head below the one recorded is not written (only
+        a database that lost rows commits one): the evidence stays for the start-up check,
+        which alone sets a lower one (``force``) once it has reported the loss."""
+        if not force:
+            if self._high is None:
+                recorded = self.read()
+                self._high = recorded.seq if recorded is not None else 0
+            if seq <= self._high:
+                return
         record = _RECORD.format(seq=seq, hash=row_hash).encode("ascii")
         fd = os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600)
         try:
             os.pwrite(fd, record, 0)
         finally:
             os.close(fd)
+        self._high = seq
 
     def read(self) -> JournalHead | None:
         """The recorded head, or None when there is none (a new node) or it is unreadable."""

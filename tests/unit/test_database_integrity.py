@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
+from node import cli
 from node.config import Settings
 from node.integrity import DatabaseDamaged, check_database, check_file
 from storage import audit, audit_chain
@@ -78,7 +79,9 @@ def source(shared_data: Path) -> Path:
     return sorted((shared_data / "rsna-pneumonia-sample/stage_1_train_images").glob("*.dcm"))[0]
 
 
-def test_a_deleted_wal_after_kill_9_is_reported_and_the_instances_recorded_again(tmp_path, source):
+def test_a_deleted_wal_after_kill_9_is_reported_and_the_instances_recorded_again(
+    tmp_path, source, monkeypatch, capsys
+):
     receive(tmp_path, source, 1, "exit")  # checkpointed into the main file at close
     receive(tmp_path, source, 2, "kill")  # acknowledged, still only in the -wal file
     wal = tmp_path / "cxrnode.db-wal"
@@ -87,6 +90,9 @@ def test_a_deleted_wal_after_kill_9_is_reported_and_the_instances_recorded_again
     (tmp_path / "cxrnode.db-shm").unlink(missing_ok=True)
 
     settings = Settings(data_dir=tmp_path)
+    monkeypatch.setenv("CXRNODE_DATA_DIR", str(tmp_path))
+    assert cli.main(["audit", "verify"]) == 1  # the admin's check says so too, before a start
+    assert "were committed (the head journal" in capsys.readouterr().out
     db = Database(settings.database_url)
     check_file(db)  # the file itself is sound
     with db.transaction() as session:
@@ -104,6 +110,7 @@ def test_a_deleted_wal_after_kill_9_is_reported_and_the_instances_recorded_again
         assert audit_chain.verify(session).ok
     # Reported once: the next start finds the database and its witnesses agreeing.
     assert not check_database(settings, db, FileStore(tmp_path / "spool")).loss
+    assert cli.main(["audit", "verify"]) == 0
 
 
 def test_a_clean_database_reports_no_loss(tmp_path, source):
