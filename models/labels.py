@@ -137,9 +137,18 @@ OPENI_MESH: tuple[Label, ...] = (
     _sct("Fractures, Bone", "125605004", "Fracture of bone"),  # 83
 )
 
+# Two outputs every staged adult and paediatric source can label (NIH ChestX-ray14 "No Finding"
+# vs any finding and its Pneumonia label; Kermany's NORMAL / PNEUMONIA folders; RSNA's classes):
+# is anything abnormal, and is it pneumonia. Abnormal comes first, as in "normal-abnormal".
+ABNORMAL_PNEUMONIA: tuple[Label, ...] = (
+    NORMAL_ABNORMAL[0],
+    _sct("Pneumonia", "233604007", "Pneumonia"),
+)
+
 VOCABULARIES: dict[str, tuple[Label, ...]] = {
     "nih-chestxray14": NIH_CHESTXRAY14,
     "normal-abnormal": NORMAL_ABNORMAL,
+    "abnormal-pneumonia": ABNORMAL_PNEUMONIA,
     "chexpert-14": CHEXPERT_14,
     "openi-mesh-22": OPENI_MESH,
 }

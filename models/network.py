@@ -3,8 +3,9 @@
 An ``architecture`` dict (a package's ``config.json`` holds one) names every part::
 
     {
-      "image_encoder": "resnet18" | "resnet50" | "densenet121" | "swin_t",
-      "image_weights": null | "imagenet" | "<path of a torchvision state dict>",
+      "image_encoder": "resnet18" | "resnet50" | "densenet121" | "swin_t"
+                     | "efficientnet_lite0" | "efficientnet_lite1" | "efficientnet_lite2",
+      "image_weights": null | "imagenet" | "<path of a state dict of the same network>",
       "text_encoder": {"kind": "none"}
                     | {"kind": "hf", "path": "minilm" | "<model dir>", "pooling": "mean" | "cls",
                        "max_length": 256, "trainable": false, "trainable_layers": 0}
@@ -15,11 +16,14 @@ An ``architecture`` dict (a package's ``config.json`` holds one) names every par
       "missing_text": "learned" | "zeros",       (the "no report" embedding)
       "modality_dropout": 0.0,                   (training only: P(report treated as missing))
       "init": "default" | "xavier",              (new layers; pretrained weights are kept)
-      "hidden_dim": 256, "dropout": 0.2          (head; hidden_dim 0 = one linear layer)
+      "hidden_dim": 256, "dropout": 0.2,         (head; hidden_dim 0 = one linear layer)
+      "cam_stride": 32 | 16                      (Grad-CAM's layer: see ImageEncoder)
     }
 
 Missing keys take :data:`ARCHITECTURE_DEFAULTS`. ``image_weights`` is read only when a model is
-built to be trained (``load_image_weights=True``); a saved package carries its own weights.
+built to be trained (``load_image_weights=True``); a saved package carries its own weights. A
+model built to be trained records what it really started from: ``"imagenet"`` asked for where
+this machine has no ImageNet weights for the encoder becomes ``null`` (and a warning says so).
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ ARCHITECTURE_DEFAULTS: dict[str, Any] = {
     "init": "default",
     "hidden_dim": 256,
     "dropout": 0.2,
+    "cam_stride": 32,
 }
 TEXT_ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -378,7 +383,7 @@ def normalize_architecture(architecture: dict[str, Any]) -> dict[str, Any]:
     _choice(merged, "init", INITS)
     if merged["fusion"] == "cross_attention" and merged["text_encoder"]["kind"] == "none":
         raise ValueError("cross_attention fusion needs a text encoder")
-    for key in ("hidden_dim", "fusion_dim", "fusion_heads"):
+    for key in ("hidden_dim", "fusion_dim", "fusion_heads", "cam_stride"):
         merged[key] = int(merged[key])
     for key in ("dropout", "modality_dropout"):
         merged[key] = float(merged[key])
@@ -520,7 +525,11 @@ def build_model(
         if load_image_weights
         else None
     )
-    image_encoder = ImageEncoder(arch["image_encoder"], in_channels, image_state)
+    if load_image_weights and image_state is None:
+        arch = {**arch, "image_weights": None}  # never claim weights it did not start from
+    image_encoder = ImageEncoder(
+        arch["image_encoder"], in_channels, image_state, cam_stride=arch["cam_stride"]
+    )
     text_encoder = build_text_encoder(
         arch["text_encoder"], vocabulary=vocabulary, structure_from=text_structure_from
     )

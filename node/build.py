@@ -25,7 +25,7 @@ from node.results import (
     build_presentation_state,
     build_structured_report,
 )
-from storage.spool import FileStore
+from storage.spool import FileStore, results_folder
 
 
 def keep_identifiers_out_of_the_log() -> None:
@@ -92,7 +92,7 @@ def write_results(job: ResultJob, images: list[ImageResult]) -> list[BuiltResult
         return generate_uid(entropy_srcs=["cxrnode", item.study_uid, str(item.run), *parts])
 
     item, settings, results = job.item, job.settings, job.results
-    folder = f"{item.study_uid}/run-{item.run}"
+    folder = results_folder(item.study_uid, item.run)
     wanted = settings.wanted_outputs
     level = settings.region_level
     # A re-run (late or corrected report) is a new series of each kind, so viewers hang it

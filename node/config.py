@@ -60,8 +60,8 @@ class Settings:
     dicom_host: str = "0.0.0.0"
     dicom_port: int = 11112
     # Calling AE titles allowed to associate, "AE" (any address) or "AE@address". The AE titles
-    # of the destinations are allowed too: the PACS we write back to is normally the one that
-    # sends.
+    # of the destinations are allowed too, from their destination host: the PACS we write back
+    # to is normally the one that sends.
     allowed_calling_aes: tuple[str, ...] = ()
     # TLS: with a certificate and key, the DICOM and MLLP listeners speak TLS only; with a CA
     # too, peers must present a certificate it signed. tls_destinations sends results over TLS
@@ -87,6 +87,21 @@ class Settings:
     # after disk_full_retry_s (doubling), and failed after max_job_attempts claims.
     max_job_attempts: int = 3
     disk_full_retry_s: float = 300.0
+    # DICOM associations open at once, and from one peer address: the peer's next ones are
+    # refused "local limit exceeded", so one sender cannot take every slot.
+    dicom_max_associations: int = 10
+    dicom_max_associations_per_peer: int = 4
+    # pynetdicom's ARTIM/ACSE, DIMSE and network (idle) timeouts. The A-ASSOCIATE-RQ must be
+    # complete within dicom_acse_timeout_s of the connection; any read waits at most
+    # dicom_network_timeout_s.
+    dicom_acse_timeout_s: float = 30.0
+    dicom_dimse_timeout_s: float = 30.0
+    dicom_network_timeout_s: float = 60.0
+    # A TLS handshake (DICOM and MLLP) must finish within this, on the connection's own thread.
+    tls_handshake_timeout_s: float = 10.0
+    # Refused connections and requests (failed TLS handshakes, peers over their cap, wrong admin
+    # tokens) are audited once per peer address and window, with the count.
+    refusal_audit_window_s: float = 60.0
     destinations: tuple[Destination, ...] = (Destination("ORTHANC", "127.0.0.1", 4242),)
     data_dir: Path = Path("var")
     db_url: str = ""  # empty: SQLite file <data_dir>/cxrnode.db
@@ -100,8 +115,14 @@ class Settings:
     hl7_accession_keys: tuple[str, ...] = ("OBR-3", "OBR-2", "OBR-18")
     hl7_max_frame_bytes: int = 16 * 1024 * 1024
     hl7_idle_timeout_s: float = 300.0
+    # A frame must end within hl7_frame_timeout_s of its first byte, whatever trickles in.
+    hl7_frame_timeout_s: float = 60.0
+    hl7_max_connections: int = 32
+    hl7_max_connections_per_peer: int = 8
     csv_folder: str = ""
     csv_poll_interval_s: float = 5.0
+    # A larger CSV file is rejected before a byte of it is read.
+    csv_max_file_mb: int = 64
     # A study is processed once its sender releases the association that carried it
     # (complete_on_release), or else once no instance arrived for stable_age_s (after an abort,
     # or always when complete_on_release is off: for a PACS that splits a study over several
@@ -172,8 +193,11 @@ class Settings:
 
     @property
     def known_calling_aes(self) -> tuple[str, ...]:
-        """The allowlist: configured entries plus each destination's AE title."""
-        return tuple(self.allowed_calling_aes) + tuple(d.ae_title for d in self.destinations)
+        """The allowlist: configured entries plus each destination's AE title bound to the
+        destination's host. A destination's AE title is thus allowed from that host, from the
+        addresses ``allowed_calling_aes`` binds it to, or from anywhere if it lists it unbound."""
+        destinations = tuple(f"{d.ae_title}@{d.host}" for d in self.destinations)
+        return tuple(self.allowed_calling_aes) + destinations
 
     def outputs_for(self, destination: Destination) -> tuple[str, ...]:
         """The result kinds (`OUTPUT_KINDS`) sent to ``destination``."""
@@ -204,13 +228,16 @@ class Settings:
             raise ConfigError("tls_destinations needs tls_ca to verify the destinations")
         if not 0 <= self.hl7_port < 65536:
             raise ConfigError(f"hl7_port {self.hl7_port} out of range (0 turns HL7 off)")
+        if self.csv_max_file_mb < 1:
+            raise ConfigError(f"csv_max_file_mb {self.csv_max_file_mb} must be at least 1")
+        self._validate_limits()
         if self.stable_age_s < 0 or self.pairing_window_s < 0:
             raise ConfigError("stable_age_s and pairing_window_s must be >= 0")
         if self.build_processes < 0:
             raise ConfigError(f"build_processes {self.build_processes} must be 0 or more")
         if self.batch_studies < 1:
             raise ConfigError(f"batch_studies {self.batch_studies} must be at least 1")
-        self._validate_limits()
+        self._validate_resource_limits()
         if not 0 <= self.admin_port < 65536:
             raise ConfigError(f"admin_port {self.admin_port} out of range (0 turns it off)")
         self._validate_results()
@@ -218,7 +245,7 @@ class Settings:
             raise ConfigError(f"role {self.role!r} is not one of {', '.join(ROLES)}")
         return self
 
-    def _validate_limits(self) -> None:
+    def _validate_resource_limits(self) -> None:
         for name in ("max_decoded_mb", "max_study_instances", "max_run_images"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} {getattr(self, name)} must be at least 1")
@@ -230,6 +257,29 @@ class Settings:
     @property
     def max_decoded_bytes(self) -> int:
         return self.max_decoded_mb * 1024 * 1024
+
+    def _validate_limits(self) -> None:
+        for total, per_peer in (
+            ("dicom_max_associations", "dicom_max_associations_per_peer"),
+            ("hl7_max_connections", "hl7_max_connections_per_peer"),
+        ):
+            if not 1 <= getattr(self, per_peer) <= getattr(self, total):
+                raise ConfigError(
+                    f"{per_peer} {getattr(self, per_peer)} must be between 1 and {total} "
+                    f"({getattr(self, total)})"
+                )
+        for name in (
+            "dicom_acse_timeout_s",
+            "dicom_dimse_timeout_s",
+            "dicom_network_timeout_s",
+            "tls_handshake_timeout_s",
+            "hl7_idle_timeout_s",
+            "hl7_frame_timeout_s",
+        ):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} {getattr(self, name)} must be more than 0 seconds")
+        if self.refusal_audit_window_s < 0:
+            raise ConfigError(f"refusal_audit_window_s {self.refusal_audit_window_s} must be >= 0")
 
     def _validate_results(self) -> None:
         _check_kinds("outputs", self.outputs)

@@ -26,6 +26,7 @@ from node.feeds.mllp import MllpServer
 from node.integrity import IntegrityReport, check_database, check_file, damaged
 from node.pipeline import Pipeline
 from node.recovery import recover_interrupted_runs
+from node.refusals import RefusalAudit
 from node.retention import Retention
 from node.tls import client_context, server_context
 from storage import audit
@@ -47,6 +48,8 @@ class Node:
         self.spool = FileStore(data_dir / "spool")
         self.results = FileStore(data_dir / "results")
         self.retention = Retention(settings, self.db, self.spool, self.results)
+        # Refused connections of the DICOM and MLLP listeners: one event per peer and window.
+        self.refusals = RefusalAudit(self.db, settings.refusal_audit_window_s)
         self._stopping = threading.Event()
         self._work_available = threading.Event()
         self._worker: threading.Thread | None = None
@@ -85,7 +88,11 @@ class Node:
         )
         if self.receives:
             self.scp = StorageSCP(
-                self.settings, self.db, self.spool, on_complete=self._assemble_soon
+                self.settings,
+                self.db,
+                self.spool,
+                on_complete=self._assemble_soon,
+                refusals=self.refusals,
             )
             self.scp.start()
             self._start_feeds()
@@ -179,6 +186,7 @@ class Node:
             self.scp.stop()
         if self.mllp:
             self.mllp.stop()
+        self.refusals.flush()
         self._work_available.set()
         if self._worker:
             self._worker.join()
@@ -221,16 +229,26 @@ class Node:
                 settings.hl7_port,
                 max_frame_bytes=settings.hl7_max_frame_bytes,
                 idle_timeout_s=settings.hl7_idle_timeout_s,
+                frame_timeout_s=settings.hl7_frame_timeout_s,
+                max_connections=settings.hl7_max_connections,
+                max_connections_per_peer=settings.hl7_max_connections_per_peer,
                 ssl_context=(
                     server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
                     if settings.tls
                     else None
                 ),
+                handshake_timeout_s=settings.tls_handshake_timeout_s,
+                on_refused=self.refusals.record,
             )
             self.mllp.start()
             log.info("HL7 MLLP listener on %s:%d", settings.hl7_host, settings.hl7_port)
         if settings.csv_folder:
-            csv_feed = CsvFeed(Path(settings.csv_folder), self.db, on_stored=self._assemble_soon)
+            csv_feed = CsvFeed(
+                Path(settings.csv_folder),
+                self.db,
+                max_file_bytes=settings.csv_max_file_mb * 1024 * 1024,
+                on_stored=self._assemble_soon,
+            )
             self.scheduler.add_job(
                 csv_feed.poll,
                 "interval",

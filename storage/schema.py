@@ -67,6 +67,11 @@ class Study(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     study_uid: Mapped[str] = mapped_column(UID, unique=True)
     patient_id: Mapped[str | None] = mapped_column(String(64))
+    # The rest of the patient's identity as the first instance stating it gave it: a later
+    # instance of another patient under the same Study UID is refused (studies.patient_conflict).
+    patient_name: Mapped[str | None] = mapped_column(String(200))
+    issuer_of_patient_id: Mapped[str | None] = mapped_column(String(64))
+    patient_birth_date: Mapped[str | None] = mapped_column(String(16))
     accession: Mapped[str | None] = mapped_column(String(64), index=True)
     state: Mapped[str] = mapped_column(String(16), default=StudyState.RECEIVING, index=True)
     first_received_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

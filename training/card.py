@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from models.encoders.image import weights_provenance
 from models.package import ModelConfig
 from training.datasets import LabelledData, Sample
 from training.metrics import Evaluation
@@ -51,6 +52,74 @@ def _f(value: float) -> str:
     )
 
 
+def _ci(entry: dict[str, Any]) -> str:
+    low, high = (
+        entry.get("ci", (None, None))
+        if "ci" in entry
+        else (
+            entry.get("auroc_ci_low"),
+            entry.get("auroc_ci_high"),
+        )
+    )
+    return f"{_f(entry.get('auroc'))} ({_f(low)}–{_f(high)})"
+
+
+def _by_source_lines(by_source: dict[str, Any]) -> list[str]:
+    if not by_source:
+        return []
+    lines = [
+        "",
+        "### Test metrics by source",
+        "Each source's own test part (a paediatric and an adult population are reported apart).",
+        "",
+        "| source | label | n | positives | AUROC (95% CI) | recall | specificity |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for source, evaluation in by_source.items():
+        for row in evaluation["labels"]:
+            if row["n"] == 0:
+                continue
+            lines.append(
+                f"| {source} | {row['label']} | {row['n']} | {row['positives']} | {_ci(row)} | "
+                f"{_f(row['recall'])} | {_f(row['specificity'])} |"
+            )
+    return lines
+
+
+def _view_lines(check: dict[str, Any]) -> list[str]:
+    if not check:
+        return []
+    lines = [
+        "",
+        "### View-position check",
+        f"Test images whose dataset gives the view ({', '.join(check.get('sources', []))}): "
+        f"{check['ap']} AP, {check['pa']} PA. *View alone* scores an image 1 if AP, 0 if PA: "
+        "its AUROC far from 0.5 means the view predicts the label in this data, so a model "
+        "could score well by detecting the view. The model's AUROC *within* one view cannot "
+        "come from the view.",
+        "",
+        "| label | view alone | model, all | model within AP | model within PA |",
+        "|---|---|---|---|---|",
+    ]
+    for label, row in check["labels"].items():
+        lines.append(
+            f"| {label} | {_ci(row['view_alone'])} | {_ci(row['model_all'])} | "
+            f"{_ci(row['model_within_ap'])} (n={row['model_within_ap']['n']}) | "
+            f"{_ci(row['model_within_pa'])} (n={row['model_within_pa']['n']}) |"
+        )
+    return lines
+
+
+def _external_lines(external: dict[str, Any]) -> list[str]:
+    """Checks on data the model never saw in any split (e.g. RSNA DICOMs, serving route)."""
+    if not external:
+        return []
+    lines = ["", "### External checks", ""]
+    for name, entry in external.items():
+        lines.append(f"- {name}: {entry}")
+    return lines
+
+
 def model_card(
     package: ModelConfig,
     config: RunConfig,
@@ -64,7 +133,7 @@ def model_card(
     text = arch.get("text_encoder", {}).get("kind", "none")
     splits = results["splits"]
     init = (
-        "ImageNet-initialised"
+        f"initialised from {weights_provenance(arch['image_encoder'])}"
         if results.get("image_pretrained")
         else "trained from random initialisation: no ImageNet weights were available"
     )
@@ -79,7 +148,9 @@ def model_card(
         f"({init}"
         f"), text encoder `{text}`, fusion `{arch.get('fusion')}`, head hidden size "
         f"{arch.get('hidden_dim')}; input {package.preprocessing.image_size}² px, "
-        f"{package.preprocessing.channels} channel(s); labels: "
+        f"{package.preprocessing.channels} channel(s), normalised with mean "
+        f"{[round(v, 4) for v in package.preprocessing.mean]} and std "
+        f"{[round(v, 4) for v in package.preprocessing.std]}; labels: "
         + ", ".join(
             f"{label.name} ({label.coding_scheme} {label.code_value})" for label in package.labels
         )
@@ -98,7 +169,8 @@ def model_card(
         _leakage_line(results.get("leaked_samples_dropped", 0)),
         f"Loss `{config.loss.get('name', 'bce')}`; {results['epochs_run']} epochs run, best epoch "
         f"{results['best_epoch']} by validation {config.train.monitor}; "
-        f"{results['seconds']:.0f} s on {results['device']}.",
+        f"{results.get('train_seconds', results['seconds']):.0f} s of training epochs "
+        f"on {results['device']}.",
         "",
         "## Test metrics",
         "Thresholds chosen on the validation split by "
@@ -121,6 +193,9 @@ def model_card(
     lines += ["", "Confusion at the threshold (TP / FP / TN / FN):", ""]
     for row in evaluation.rows():
         lines.append(f"- {row['label']}: {row['tp']} / {row['fp']} / {row['tn']} / {row['fn']}")
+    lines += _by_source_lines(results.get("test_by_source") or {})
+    lines += _view_lines(results.get("view_check") or {})
+    lines += _external_lines(results.get("external") or {})
     limits = config.export.get("limits", "")
     intended = config.export.get(
         "intended_use", "Research and integration testing of cxrnode; not for clinical use."

@@ -14,8 +14,17 @@ current directory. See ``training/configs/`` for the configs behind the publishe
     [data]
     reader = "nih_folders"    # see READERS
     root = "${CXRNODE_SHARED_DATA}/nih-chestxray14-thumbs-kcr2019/NIH1000"
-    split = "given"           # given | patient (with fractions)
+    split = "given"           # given | patient (with fractions) | mixed (see below)
     text_source = "report"    # report | indication | none
+
+    # Several sources in one dataset (training.datasets.mix): reader = "mixed" with a
+    # vocabulary, split = "mixed" (each source's given split where it says split = "given",
+    # one patient-level split over all the others together), and one table per source:
+    # [[data.sources]]
+    # reader = "kermany"      # any reader above, with its own arguments
+    # population = "kermany"  # sources of one population share patient ids (two NIH subsets)
+    # split = "given"         # given | patient
+    # keep = { train = 2000 } # at most this many samples of a split, whole patients, seeded
 
     [model]
     preset = "seed-002"       # or an [model.architecture] table (merged over the preset's)
@@ -45,6 +54,8 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
+import numpy as np
+
 from training import datasets
 from training.errors import TrainingError
 from training.trainer import TrainSettings
@@ -60,9 +71,14 @@ READERS = {
     "nih_folders": datasets.read_nih_folders,
     "manifest": datasets.read_manifest,
     "rsna_pneumonia": datasets.read_rsna_pneumonia,
+    "nih_labelled_folders": datasets.read_nih_labelled_folders,
+    "kermany": datasets.read_kermany,
 }
+MIXED = "mixed"
 # [data] keys that are not reader arguments.
 _DATA_KEYS = {"reader", "split", "fractions", "folds", "text_source", "leakage", "limit"}
+# Keys of a [[data.sources]] entry that are not reader arguments.
+_SOURCE_KEYS = {"reader", "population", "split", "keep"}
 _PATH_KEYS = {
     "reports_csv",
     "projections_csv",
@@ -124,27 +140,73 @@ class RunConfig:
         return merged
 
     def read_data(self) -> datasets.LabelledData:
-        """Run the configured reader."""
-        reader = READERS.get(str(self.data.get("reader")))
-        if reader is None:
-            raise TrainingError(f"[data] reader must be one of {sorted(READERS)}")
-        arguments: dict[str, Any] = {}
-        for key, value in self.data.items():
-            if key in _DATA_KEYS:
-                continue
-            if key in _PATH_KEYS:
-                value = expand(value)
-            elif key == "image_dirs":
-                value = [expand(v) for v in value]
-            arguments[key] = value
-        try:
-            data = reader(**arguments)
-        except TypeError as exc:
-            raise TrainingError(f"[data] does not fit reader {self.data['reader']}: {exc}") from exc
+        """Run the configured reader (or, for ``reader = "mixed"``, each source's, mixed)."""
+        if self.data.get("reader") == MIXED:
+            data = self._read_mixed()
+        else:
+            data = _read(self.data, _DATA_KEYS, "[data]")
         limit = int(self.data.get("limit", 0))
         if limit:
             data.samples = data.samples[:limit]
         return data
+
+    def _read_mixed(self) -> datasets.LabelledData:
+        sources = self.data.get("sources") or []
+        if not sources or "vocabulary" not in self.data:
+            raise TrainingError("[data] reader 'mixed' needs a vocabulary and [[data.sources]]")
+        parts = []
+        for number, source in enumerate(sources, start=1):
+            where = f"[[data.sources]] #{number}"
+            if source.get("split", "patient") not in ("given", "patient"):
+                raise TrainingError(f"{where}: split must be 'given' or 'patient'")
+            data = _read(source, _SOURCE_KEYS, where)
+            if source.get("split", "patient") == "patient":
+                data.given_split = {}
+            for split_name, count in dict(source.get("keep", {})).items():
+                data.samples = _keep(data, split_name, int(count), self.train.seed)
+            parts.append((str(source.get("population", data.name)), data))
+        return datasets.mix(parts, str(self.data["vocabulary"]))
+
+
+def _read(table: dict[str, Any], skip: set[str], where: str) -> datasets.LabelledData:
+    reader = READERS.get(str(table.get("reader")))
+    if reader is None:
+        raise TrainingError(f"{where} reader must be one of {sorted(READERS)} (or {MIXED!r})")
+    arguments: dict[str, Any] = {}
+    for key, value in table.items():
+        if key in skip or key == "sources":
+            continue
+        if key in _PATH_KEYS:
+            value = expand(value)
+        elif key == "image_dirs":
+            value = [expand(v) for v in value]
+        arguments[key] = value
+    try:
+        return reader(**arguments)
+    except TypeError as exc:
+        raise TrainingError(f"{where} does not fit reader {table['reader']}: {exc}") from exc
+
+
+def _keep(data: datasets.LabelledData, split_name: str, count: int, seed: int) -> list:
+    """The samples with at most ``count`` of one split (``"all"``: of the whole source) left,
+    as whole patients drawn at random by the seed; the other splits untouched."""
+    chosen = [
+        s for s in data.samples if split_name == "all" or data.given_split.get(s.key) == split_name
+    ]
+    patients = sorted({s.patient_id for s in chosen})
+    order = np.random.default_rng(seed).permutation(len(patients))
+    kept, total = set(), 0
+    by_patient: dict[str, int] = {}
+    for s in chosen:
+        by_patient[s.patient_id] = by_patient.get(s.patient_id, 0) + 1
+    for index in order:
+        patient = patients[index]
+        if total + by_patient[patient] > count:
+            continue
+        kept.add(patient)
+        total += by_patient[patient]
+    chosen_ids = {id(s) for s in chosen}
+    return [s for s in data.samples if id(s) not in chosen_ids or s.patient_id in kept]
 
 
 def _settings_dict(settings: TrainSettings) -> dict[str, Any]:

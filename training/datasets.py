@@ -17,8 +17,14 @@ read_openi_xml      the original Open-i ``ecgen-radiology`` XML reports (+ PNGs)
 read_mimic_cxr      MIMIC-CXR layout: DICOM + report txt + CheXpert label CSV (-1/0/1)
 read_nih_chestxray14  ``Data_Entry_2017*.csv`` + PNG folders
 read_nih_folders    NIH images sorted into ``{split}/{0_normal,1_abnormal}/`` folders
+read_nih_labelled_folders  NIH images in class folders beside their label rows (``labels.csv``)
+read_kermany        Kermany et al.'s paediatric ``{train,test}/{NORMAL,PNEUMONIA}/`` JPEGs
 read_rsna_pneumonia the RSNA Pneumonia Detection Challenge DICOMs with their class file
 read_manifest       a generic CSV manifest: image, report, labels, patient id
+
+:func:`mix` combines readers' results into one dataset: targets mapped onto one vocabulary
+(a label a source cannot know is masked out of the loss), patient keys put in one namespace per
+population, so that the leakage check sees an NIH patient who is in two NIH subsets as one.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from models.text import compose_report, extract_sections
 from training.errors import DatasetError
 
 NORMAL_ABNORMAL = "normal-abnormal"
+ABNORMAL = "Abnormal"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".dcm", ".dicom")
 NIH_NO_FINDING = "No Finding"
 # NIH Image Index: 8-digit patient number, underscore, 3-digit follow-up number.
@@ -71,6 +78,11 @@ class Sample:
         Report text with its section headings (``FINDINGS: ... IMPRESSION: ...``).
     indication : str or None
         The order's clinical indication.
+    source : str
+        Which dataset it came from (set where several are mixed; results are reported per
+        source, e.g. adults and children apart).
+    view : str or None
+        The view position where the dataset gives it (``"PA"``, ``"AP"``), for the view check.
     """
 
     key: str
@@ -80,6 +92,8 @@ class Sample:
     image: Path | None = None
     report: str | None = None
     indication: str | None = None
+    source: str = ""
+    view: str | None = None
 
 
 @dataclass
@@ -477,29 +491,50 @@ def read_nih_chestxray14(
 
 
 def nih_targets(finding_labels: str, vocabulary: str, names: Sequence[str]) -> np.ndarray:
-    """Targets of an NIH ``Finding Labels`` value (``"Effusion|Mass"``, ``"No Finding"``)."""
-    findings = {f.strip() for f in finding_labels.split("|") if f.strip()}
-    if vocabulary == NORMAL_ABNORMAL:
-        return np.array([0.0 if findings <= {NIH_NO_FINDING} else 1.0], dtype=np.float32)
-    unknown = findings - set(names) - {NIH_NO_FINDING}
-    if unknown:
-        raise DatasetError(f"NIH labels not in {vocabulary}: {sorted(unknown)}")
-    return np.array([1.0 if name in findings else 0.0 for name in names], dtype=np.float32)
+    """Targets of an NIH ``Finding Labels`` value (``"Effusion|Mass"``, ``"No Finding"``).
+
+    ``Abnormal`` (in ``normal-abnormal`` and ``abnormal-pneumonia``) is any finding at all; every
+    other label is whether the value names it. In the 14-label vocabulary every finding must be
+    a label; in the smaller ones, findings they do not name only count towards ``Abnormal``.
+    """
+    findings = {f.strip() for f in finding_labels.split("|") if f.strip()} - {NIH_NO_FINDING}
+    if vocabulary == "nih-chestxray14" and findings - set(names):
+        raise DatasetError(f"NIH labels not in {vocabulary}: {sorted(findings - set(names))}")
+    return np.array(
+        [float(bool(findings)) if name == ABNORMAL else float(name in findings) for name in names],
+        dtype=np.float32,
+    )
 
 
-def read_nih_folders(root: str | Path, *, data_entry_csv: str | Path | None = None) -> LabelledData:
+def read_nih_folders(
+    root: str | Path,
+    *,
+    data_entry_csv: str | Path | None = None,
+    vocabulary: str = NORMAL_ABNORMAL,
+) -> LabelledData:
     """Read NIH images sorted as ``<root>/<split>/{0_normal,1_abnormal}/<Image Index>.png``.
 
-    The folder gives the normal/abnormal target and the split; the patient comes from the NIH
-    label file when given (else from the image index, whose first 8 digits are the patient).
+    The folder gives the normal/abnormal target and the split; the patient (and the view)
+    comes from the NIH label file when given (else the patient from the image index, whose
+    first 8 digits are the patient). Another vocabulary than ``normal-abnormal`` takes the
+    targets from the label file's ``Finding Labels``, which must then be given.
     """
     base = Path(root)
     if not base.is_dir():
         raise DatasetError(f"{base} is not a directory")
+    vocabulary = _vocabulary(vocabulary)
+    if vocabulary != NORMAL_ABNORMAL and data_entry_csv is None:
+        raise DatasetError(f"{vocabulary!r} targets need the NIH label file (data_entry_csv)")
+    names = [label.name for label in VOCABULARIES[vocabulary]]
     patients: dict[str, str] = {}
+    findings: dict[str, str] = {}
+    views: dict[str, str] = {}
     if data_entry_csv is not None:
         for row in _rows(Path(data_entry_csv)):
-            patients[row["Image Index"].strip()] = row["Patient ID"].strip().lstrip("0") or "0"
+            index = row["Image Index"].strip()
+            patients[index] = row["Patient ID"].strip().lstrip("0") or "0"
+            findings[index] = row["Finding Labels"]
+            views[index] = row.get("View Position", "").strip().upper()
     samples, split = [], {}
     for split_dir in sorted(p for p in base.iterdir() if p.is_dir()):
         for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
@@ -511,13 +546,19 @@ def read_nih_folders(root: str | Path, *, data_entry_csv: str | Path | None = No
                 patient = patients.get(path.name) or (
                     match.group(1).lstrip("0") if match else path.stem
                 )
+                targets = np.array([target], dtype=np.float32)
+                if vocabulary != NORMAL_ABNORMAL:
+                    if path.name not in findings:
+                        raise DatasetError(f"{path.name} is not in {Path(data_entry_csv).name}")
+                    targets = nih_targets(findings[path.name], vocabulary, names)
                 samples.append(
                     Sample(
                         key=path.name,
                         patient_id=patient,
-                        targets=np.array([target], dtype=np.float32),
-                        mask=_ones(1),
+                        targets=targets,
+                        mask=_ones(len(targets)),
                         image=path,
+                        view=views.get(path.name) or None,
                     )
                 )
                 split[path.name] = {"valid": "val", "validation": "val"}.get(
@@ -525,7 +566,7 @@ def read_nih_folders(root: str | Path, *, data_entry_csv: str | Path | None = No
                 )
     return LabelledData(
         "NIH ChestX-ray14 (normal/abnormal folders)",
-        NORMAL_ABNORMAL,
+        vocabulary,
         samples,
         given_split=split,
         source=NIH_TERMS,
@@ -541,6 +582,130 @@ def _folder_target(name: str) -> float:
     raise DatasetError(f"class folder {name!r} is neither normal nor abnormal")
 
 
+def read_nih_labelled_folders(
+    root: str | Path,
+    *,
+    labels_csv: str = "labels.csv",
+    vocabulary: str = "abnormal-pneumonia",
+) -> LabelledData:
+    """Read NIH images kept in class folders beside their own NIH label rows.
+
+    The layout of the staged DarkCovidNet subset: ``<root>/No_findings/*.png``,
+    ``<root>/Pneumonia/*.png`` and ``<root>/labels.csv``, whose rows are the images' rows of
+    NIH's ``Data_Entry_2017`` (``Image Index, Finding Labels, Patient ID, View Position``) with
+    the image's ``path`` relative to ``root``. Targets come from ``Finding Labels`` (the folder
+    name is only where the file is); a row whose image is not on disk goes to ``missing``.
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        The folder holding ``labels.csv`` and the class folders.
+    labels_csv : str
+        The label file's name in ``root``.
+    vocabulary : str
+        ``"abnormal-pneumonia"``, ``"normal-abnormal"`` or ``"nih-chestxray14"``.
+    """
+    vocabulary = _vocabulary(vocabulary)
+    base = Path(root)
+    names = [label.name for label in VOCABULARIES[vocabulary]]
+    samples, missing = [], []
+    for row in _rows(base / labels_csv):
+        relative = (row.get("path") or row["Image Index"]).strip()
+        path = base / relative
+        if not path.is_file():
+            missing.append(str(path))
+            continue
+        targets = nih_targets(row["Finding Labels"], vocabulary, names)
+        samples.append(
+            Sample(
+                key=row["Image Index"].strip(),
+                patient_id=row["Patient ID"].strip().lstrip("0") or "0",
+                targets=targets,
+                mask=_ones(len(targets)),
+                image=path,
+                view=row.get("View Position", "").strip().upper() or None,
+            )
+        )
+    return LabelledData(
+        "NIH ChestX-ray14 (labelled folders)", vocabulary, samples, missing, source=NIH_TERMS
+    )
+
+
+KERMANY_TERMS = (
+    "Kermany et al., Cell 2018, 'Labeled Optical Coherence Tomography (OCT) and Chest X-Ray "
+    "Images for Classification', Mendeley Data, DOI 10.17632/rscbjbr9sj.2: CC BY 4.0 (children "
+    "aged 1-5, Guangzhou Women and Children's Medical Center; resized to 224x224 by a third "
+    "party)"
+)
+# personN_bacteria_M.jpeg / personN_virus_M.jpeg -> personN; IM-XXXX-YYYY.jpeg and
+# NORMAL2-IM-XXXX-YYYY.jpeg -> IM-XXXX (the study number; YYYY counts its images).
+_KERMANY_PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_\d+", re.IGNORECASE)
+_KERMANY_IM = re.compile(r"^(?:NORMAL2-)?(IM-\d+)-\d+", re.IGNORECASE)
+
+
+def kermany_patient(file_name: str) -> str:
+    """The patient key in a Kermany file name (unique only within its split folder)."""
+    match = _KERMANY_PERSON.match(file_name) or _KERMANY_IM.match(file_name)
+    if match is None:
+        raise DatasetError(f"{file_name}: not a Kermany file name (personN_... or IM-XXXX-...)")
+    return match.group(1)
+
+
+def read_kermany(root: str | Path, *, vocabulary: str = "abnormal-pneumonia") -> LabelledData:
+    """Read Kermany's paediatric chest X-rays: ``<root>/{train,test}/{NORMAL,PNEUMONIA}/*.jpeg``.
+
+    NORMAL is no finding; PNEUMONIA (bacterial or viral, as the file name says) is abnormal
+    and pneumonia. The ``train``/``test`` folders are the public split, kept as the given
+    split. The file names number patients anew in each split folder, so the patient key is
+    ``<split>/<patient>``: the release describes its test set as other patients, which the
+    file names cannot confirm.
+
+    Parameters
+    ----------
+    root : str or pathlib.Path
+        The folder holding ``train/`` and ``test/``.
+    vocabulary : str
+        ``"abnormal-pneumonia"`` or ``"normal-abnormal"``.
+    """
+    vocabulary = _vocabulary(vocabulary)
+    if vocabulary not in ("abnormal-pneumonia", NORMAL_ABNORMAL):
+        raise DatasetError("Kermany labels come as 'abnormal-pneumonia' or 'normal-abnormal'")
+    base = Path(root)
+    if not base.is_dir():
+        raise DatasetError(f"{base} is not a directory")
+    names = [label.name for label in VOCABULARIES[vocabulary]]
+    samples, split = [], {}
+    for split_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        split_name = {"val": "val", "valid": "val"}.get(split_dir.name.lower(), split_dir.name)
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            kind = class_dir.name.upper()
+            if kind not in ("NORMAL", "PNEUMONIA"):
+                raise DatasetError(f"{class_dir}: class folder must be NORMAL or PNEUMONIA")
+            value = 0.0 if kind == "NORMAL" else 1.0
+            targets = np.full(len(names), value, dtype=np.float32)
+            for path in sorted(class_dir.iterdir()):
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                key = f"{split_name}/{path.name}"
+                samples.append(
+                    Sample(
+                        key=key,
+                        patient_id=f"{split_name}/{kermany_patient(path.name)}",
+                        targets=targets,
+                        mask=_ones(len(names)),
+                        image=path,
+                    )
+                )
+                split[key] = split_name
+    return LabelledData(
+        "Kermany paediatric chest X-ray (Guangzhou)",
+        vocabulary,
+        samples,
+        given_split=split,
+        source=KERMANY_TERMS,
+    )
+
+
 # --- RSNA Pneumonia Detection Challenge ------------------------------------------------------
 
 RSNA_TERMS = (
@@ -554,11 +719,18 @@ def read_rsna_pneumonia(
     *,
     class_csv: str = "example_detailed_class_info.csv",
     images: str = "stage_1_train_images",
+    vocabulary: str = NORMAL_ABNORMAL,
 ) -> LabelledData:
     """Read RSNA Pneumonia DICOMs as normal (class "Normal") or abnormal (any other class).
 
-    A patient listed in the class file without a DICOM on disk goes to ``missing``.
+    With ``vocabulary = "abnormal-pneumonia"``, "Lung Opacity" (the challenge's evidence of
+    pneumonia) is also Pneumonia, "No Lung Opacity / Not Normal" abnormal without it. The view
+    comes from the DICOM header. A patient listed in the class file without a DICOM on disk
+    goes to ``missing``.
     """
+    vocabulary = _vocabulary(vocabulary)
+    if vocabulary not in ("abnormal-pneumonia", NORMAL_ABNORMAL):
+        raise DatasetError("RSNA labels come as 'abnormal-pneumonia' or 'normal-abnormal'")
     base = Path(root)
     classes: dict[str, set[str]] = {}
     for row in _rows(base / class_csv):
@@ -569,22 +741,94 @@ def read_rsna_pneumonia(
         if not path.exists():
             missing.append(str(path))
             continue
-        target = 0.0 if names == {"Normal"} else 1.0
+        targets = [0.0 if names == {"Normal"} else 1.0]
+        if vocabulary != NORMAL_ABNORMAL:
+            targets.append(1.0 if "Lung Opacity" in names else 0.0)
         samples.append(
             Sample(
                 key=patient,
                 patient_id=patient,
-                targets=np.array([target], dtype=np.float32),
-                mask=_ones(1),
+                targets=np.array(targets, dtype=np.float32),
+                mask=_ones(len(targets)),
                 image=path,
+                view=_dicom_view(path),
             )
         )
     return LabelledData(
         "RSNA Pneumonia Detection Challenge sample",
-        NORMAL_ABNORMAL,
+        vocabulary,
         samples,
         missing,
         source=RSNA_TERMS,
+    )
+
+
+def _dicom_view(path: Path) -> str | None:
+    import pydicom  # only the header is read
+
+    view = pydicom.dcmread(path, stop_before_pixels=True).get("ViewPosition", "")
+    return str(view).strip().upper() or None
+
+
+# --- several sources in one dataset ----------------------------------------------------------
+
+
+def mix(parts: Sequence[tuple[str, LabelledData]], vocabulary: str) -> LabelledData:
+    """Put several readers' data into one dataset of one vocabulary.
+
+    Parameters
+    ----------
+    parts : sequence of (population, LabelledData)
+        ``population`` names whose patients a source's patient ids are: sources of one
+        population (two NIH subsets) share patients, so their ids stay comparable, while ids
+        of different populations (NIH's numbers, Kermany's ``personN``) never meet. The patient
+        key becomes ``<population>:<patient>`` and the sample key ``<source>:<key>``.
+    vocabulary : str
+        The labels of the result. A label a source also has is copied; one it does not have
+        is masked out (0 in ``mask``): unknown, not absent.
+
+    Returns
+    -------
+    LabelledData
+        Every sample with its ``source`` set to the part's dataset name; the parts' given
+        splits are kept (under the new keys).
+    """
+    vocabulary = _vocabulary(vocabulary)
+    names = [label.name for label in VOCABULARIES[vocabulary]]
+    samples, missing, split, sources = [], [], {}, []
+    for population, data in parts:
+        own = list(data.label_names)
+        columns = [own.index(name) if name in own else None for name in names]
+        if all(column is None for column in columns):
+            raise DatasetError(f"{data.name} has none of the labels of {vocabulary}")
+        for sample in data.samples:
+            key = f"{data.name}:{sample.key}"
+            targets = np.array([0.0 if c is None else sample.targets[c] for c in columns])
+            mask = np.array([0.0 if c is None else sample.mask[c] for c in columns])
+            samples.append(
+                Sample(
+                    key=key,
+                    patient_id=f"{population}:{sample.patient_id}",
+                    targets=targets.astype(np.float32),
+                    mask=mask.astype(np.float32),
+                    image=sample.image,
+                    report=sample.report,
+                    indication=sample.indication,
+                    source=data.name,
+                    view=sample.view,
+                )
+            )
+            if sample.key in data.given_split:
+                split[key] = data.given_split[sample.key]
+        missing += [f"{data.name}: {line}" for line in data.missing]
+        sources.append(f"{data.name}: {data.source}")
+    return LabelledData(
+        " + ".join(data.name for _, data in parts),
+        vocabulary,
+        samples,
+        missing,
+        given_split=split,
+        source="; ".join(sources),
     )
 
 

@@ -321,3 +321,43 @@ def save_roc_curves(
     figure.savefig(path)
     plt.close(figure)
     return path
+
+
+def view_check(
+    targets: np.ndarray,
+    mask: np.ndarray,
+    probabilities: np.ndarray,
+    views: Sequence[str | None],
+    names: Sequence[str],
+    bootstrap: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Whether a model reads the finding or the view: per label, the AUROC of the view alone
+    (score 1 for AP, 0 for PA: 0.5 means the view says nothing about the label, far from it in
+    either direction means it does) beside the model's AUROC within AP and within PA images.
+
+    Samples without a PA/AP view are left out. Every AUROC comes with a 95% bootstrap CI.
+    """
+    views = np.array([(v or "").upper() for v in views])
+    known = np.isin(views, ("AP", "PA"))
+    result: dict[str, Any] = {
+        "n": int(known.sum()),
+        "ap": int((views == "AP").sum()),
+        "pa": int((views == "PA").sum()),
+        "labels": {},
+    }
+
+    def auroc_with_ci(y: np.ndarray, s: np.ndarray) -> dict[str, Any]:
+        low, high = bootstrap_ci(roc_auc, y, s, bootstrap, seed) if bootstrap else (math.nan,) * 2
+        return {"auroc": roc_auc(y, s), "ci": [low, high], "n": len(y), "positives": int(y.sum())}
+
+    for j, name in enumerate(names):
+        kept = known & (mask[:, j] > 0)
+        y, s, v = targets[kept, j], probabilities[kept, j], views[kept]
+        result["labels"][name] = {
+            "view_alone": auroc_with_ci(y, (v == "AP").astype(float)),
+            "model_within_ap": auroc_with_ci(y[v == "AP"], s[v == "AP"]),
+            "model_within_pa": auroc_with_ci(y[v == "PA"], s[v == "PA"]),
+            "model_all": auroc_with_ci(y, s),
+        }
+    return result

@@ -25,21 +25,35 @@ from typing import Any
 import numpy as np
 import torch
 
+from models.encoders.image import input_statistics
 from models.encoders.text import WordVocabulary
 from models.labels import VOCABULARIES
 from models.network import CxrClassifier, build_model
-from models.package import CONFIG_FILE, LabelConfig, ModelConfig, load_package, save_package
+from models.package import (
+    CARD_FILE,
+    CONFIG_FILE,
+    LabelConfig,
+    ModelConfig,
+    load_package,
+    save_package,
+)
 from models.preprocess import PreprocessSpec
 from models.presets import PRESETS
 from models.text import TextCleaning, label_mask_words
 from training.baselines import tfidf_logreg_probabilities
 from training.card import model_card, split_table
-from training.config import RunConfig
+from training.config import REPO, RunConfig, load_run_config
 from training.datasets import LabelledData, Sample
 from training.errors import TrainingError
 from training.loader import SampleDataset, sample_text
 from training.losses import build_loss
-from training.metrics import Evaluation, choose_threshold, evaluate, save_roc_curves
+from training.metrics import (
+    Evaluation,
+    choose_threshold,
+    evaluate,
+    save_roc_curves,
+    view_check,
+)
 from training.splits import (
     check_for_leakage,
     drop_leaked,
@@ -91,10 +105,28 @@ def plan_model(config: RunConfig, data: LabelledData) -> ModelPlan:
     spec = preset.preprocessing if preset else PreprocessSpec()
     if "image_size" in model:
         spec = PreprocessSpec(int(model["image_size"]), spec.channels)
+    spec = _input_statistics(spec, architecture, model)
     text_only = bool(model.get("text_only", False))
     return ModelPlan(
         architecture, None if text_only else spec, cleaning, data.vocabulary, text_only
     )
+
+
+def _input_statistics(
+    spec: PreprocessSpec, architecture: dict[str, Any], model: dict[str, Any]
+) -> PreprocessSpec:
+    """The normalisation the package records: ``[model] mean/std`` where given, else the
+    statistics the encoder's ImageNet weights were trained with (ImageNet's for torchvision,
+    127/128 for EfficientNet-Lite), else the spec's defaults."""
+    if "mean" in model or "std" in model:
+        mean, std = tuple(model.get("mean", spec.mean)), tuple(model.get("std", spec.std))
+    elif architecture.get("image_weights") == "imagenet":
+        mean, std = input_statistics(str(architecture.get("image_encoder", "resnet18")))
+        if spec.channels == 1:  # the gray image is each colour channel at once
+            mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
+    else:
+        return spec
+    return PreprocessSpec(spec.image_size, spec.channels, mean, std)
 
 
 def build_classifier(plan: ModelPlan, train: list[Sample], text_source: str) -> torch.nn.Module:
@@ -154,10 +186,35 @@ def _splits(config: RunConfig, data: LabelledData) -> tuple[dict[str, list[Sampl
     elif how == "patient":
         fractions = config.data.get("fractions", {"train": 0.8, "val": 0.1, "test": 0.1})
         parts = patient_split(data.samples, fractions, config.train.seed)
+    elif how == "mixed":
+        parts = _mixed_split(config, data)
     else:
-        raise TrainingError("[data] split must be 'given' or 'patient'")
+        raise TrainingError("[data] split must be 'given', 'patient' or 'mixed'")
     check_for_leakage(parts)
     return parts, dropped
+
+
+def _mixed_split(config: RunConfig, data: LabelledData) -> dict[str, list[Sample]]:
+    """Each source's given split where it has one (a tenth of its train patients carved out for
+    validation when it has no val part), one patient-level split over all other samples
+    together, so that a patient in two subsets of one population is on one side."""
+    names = ("train", "val", "test")
+    parts: dict[str, list[Sample]] = {name: [] for name in names}
+    given = [s for s in data.samples if s.key in data.given_split]
+    rest = [s for s in data.samples if s.key not in data.given_split]
+    for source in sorted({s.source for s in given}):
+        own = [s for s in given if s.source == source]
+        split = {name: [s for s in own if data.given_split[s.key] == name] for name in names}
+        if not split["val"]:
+            carved = patient_split(split["train"], {"train": 0.9, "val": 0.1}, config.train.seed)
+            split["train"], split["val"] = carved["train"], carved["val"]
+        for name in names:
+            parts[name] += split[name]
+    if rest:
+        fractions = config.data.get("fractions", {"train": 0.7, "val": 0.15, "test": 0.15})
+        for name, samples in patient_split(rest, fractions, config.train.seed).items():
+            parts[name] += samples
+    return parts
 
 
 def _arrays(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
@@ -244,6 +301,10 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
         "epochs_run": len(fit.history),
         "stopped_early": fit.stopped_early,
         "test": evaluation.to_dict(),
+        "test_by_source": _by_source(
+            parts["test"], test_probabilities, names, thresholds, config.train.seed
+        ),
+        "view_check": _view_check(parts["test"], test_probabilities, names, config.train.seed),
         "thresholds": dict(zip(names, thresholds, strict=True)),
         "seconds": round(seconds, 1),
         "device": str(trainer.device),
@@ -252,6 +313,7 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
             isinstance(trainer.model, CxrClassifier) and trainer.model.image_encoder.pretrained
         ),
     }
+    results["train_seconds"] = round(sum(row["seconds"] for row in fit.history), 1)
     if config.export and isinstance(trainer.model, CxrClassifier):
         results["package"] = str(
             _export(config, plan, trainer.model, data, parts, evaluation, thresholds, results)
@@ -260,6 +322,40 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
         json.dumps(results, indent=2, default=_json_default) + "\n"
     )
     return results
+
+
+def _by_source(
+    samples: list[Sample],
+    probabilities: np.ndarray,
+    names: list[str],
+    thresholds: list[float],
+    seed: int,
+) -> dict[str, Any]:
+    """Test metrics of each source apart (adults and children are different populations)."""
+    sources = sorted({s.source for s in samples})
+    if len(sources) < 2:
+        return {}
+    by_source = {}
+    for source in sources:
+        rows = [i for i, s in enumerate(samples) if s.source == source]
+        targets, mask = _arrays([samples[i] for i in rows])
+        evaluation = evaluate(targets, mask, probabilities[rows], names, thresholds, seed=seed)
+        by_source[source] = evaluation.to_dict()
+    return by_source
+
+
+def _view_check(
+    samples: list[Sample], probabilities: np.ndarray, names: list[str], seed: int
+) -> dict[str, Any]:
+    """:func:`training.metrics.view_check` on the test samples whose dataset gives the view."""
+    rows = [i for i, s in enumerate(samples) if s.view in ("AP", "PA")]
+    if not rows:
+        return {}
+    targets, mask = _arrays([samples[i] for i in rows])
+    views = [samples[i].view for i in rows]
+    check = view_check(targets, mask, probabilities[rows], views, names, seed=seed)
+    check["sources"] = sorted({samples[i].source for i in rows})
+    return check
 
 
 def _export(
@@ -308,7 +404,31 @@ def _export(
     written = save_package(model, package_config, path, card)
     load_package(path)  # the node's own loader must accept it, or the export failed
     log.info("exported %s to %s", written.package_id, path)
+    external = _external_checks(config, path)
+    if external:
+        # The card gains what the exported package scored on data no split of the run held.
+        results["external"] = external
+        card = model_card(package_config, config, data, parts, evaluation, results)
+        (path / CARD_FILE).write_text(card, encoding="utf-8")
     return path
+
+
+def _external_checks(config: RunConfig, package: Path) -> dict[str, Any]:
+    """Run each ``[[export.external]]`` check (``name``, ``config``, ``split``) on the
+    exported package, the way ``cxrnode evaluate`` does: AUROC with its 95% CI per label."""
+    checks = {}
+    for entry in config.export.get("external", []):
+        check = load_run_config(REPO / entry["config"])
+        results = run_evaluate(package, check, str(entry.get("split", "all")))
+        cells = [
+            f"{row['label']} AUROC {row['auroc']:.3f} "
+            f"({row['auroc_ci_low']:.3f}–{row['auroc_ci_high']:.3f}), "
+            f"n {row['n']}, {row['positives']} positive"
+            for row in results["metrics"]["labels"]
+        ]
+        source = f" (`cxrnode evaluate` on {entry['config']})"
+        checks[str(entry["name"])] = "; ".join(cells) + source
+    return checks
 
 
 def run_crossval(config: RunConfig) -> dict[str, Any]:

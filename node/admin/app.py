@@ -16,7 +16,8 @@
 =====================================  =======================================================
 
 Every answer carrying patient data is recorded in the audit log (``admin.query``, with the
-client's address), and so is every refused request (``admin.auth_failed``).
+client's address), and so are refused requests (``admin.auth_failed``: one event per client
+address and ``refusal_audit_window_s``, with the count of requests it stands for).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode
 
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
@@ -37,6 +38,7 @@ from node.admin.auth import COOKIE, TokenCheck
 from node.admin.probe import DestinationProbe
 from node.admin.timespec import parse_time
 from node.config import Settings
+from node.refusals import RefusalAudit
 from storage import audit, queries
 from storage.audit_chain import verify
 from storage.database import Database
@@ -55,6 +57,10 @@ _SECURITY_HEADERS = {
     ),
 }
 _SESSION_HOURS = 12
+# Bounds of the numeric query parameters; outside them the answer is 422 naming the bound
+# (an unbounded integer once reached the database and came back as a 500).
+MAX_AUDIT_EVENTS = 10_000  # a JSON answer of about 10 MB at most
+MAX_STUDIES = 500
 
 
 def create_app(db: Database, settings: Settings, probe: DestinationProbe | None = None) -> FastAPI:
@@ -90,16 +96,15 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
     def client(request: Request) -> str | None:
         return request.client.host if request.client else None
 
+    refusals = RefusalAudit(db, settings.refusal_audit_window_s)
+    app.state.refusals = refusals  # AdminServer.stop flushes the counts of open windows
+
     def refuse(request: Request) -> None:
-        with db.transaction() as session:
-            audit.record(
-                session,
-                "admin.auth_failed",
-                audit.Outcome.FAILURE,
-                actor_ip=client(request),
-                detail={"path": request.url.path, "via": "http"},
-            )
-        log.warning("admin request without a valid token refused")
+        # One event per client address and window, with the count: a flood of bad tokens
+        # must not become a flood of audit transactions.
+        detail = {"path": request.url.path, "via": "http"}
+        if refusals.record("admin.auth_failed", client(request), detail):
+            log.warning("admin request without a valid token refused")
 
     def require_token(request: Request) -> None:
         if not tokens.allows(request):
@@ -161,7 +166,7 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
         model: str | None = None,
         since: str | None = None,
         until: str | None = None,
-        limit: int = 1000,
+        limit: int = Query(1000, ge=1, le=MAX_AUDIT_EVENTS),
         format: str = "json",
     ):
         require_token(request)
@@ -178,7 +183,7 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
             model=model,
             since=_time(since),
             until=_time(until),
-            limit=max(limit, 0),
+            limit=limit,
         )
 
         def work(session):
@@ -202,11 +207,13 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
         return JSONResponse(report.as_dict(), status_code=200)
 
     @app.get("/api/studies")
-    def studies(request: Request, q: str | None = None, limit: int = 50) -> JSONResponse:
+    def studies(
+        request: Request, q: str | None = None, limit: int = Query(50, ge=1, le=MAX_STUDIES)
+    ) -> JSONResponse:
         require_token(request)
 
         def work(session):
-            found = queries.recent_studies(session, limit=_bounded(limit), key=q)
+            found = queries.recent_studies(session, limit=limit, key=q)
             return queries.to_json(found), len(found)
 
         filters = {"q": q} if q else {}
@@ -271,13 +278,13 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
         return response
 
     @app.get("/", response_class=HTMLResponse)
-    def index(request: Request, q: str | None = None, limit: int = 50):
+    def index(request: Request, q: str | None = None, limit: int = Query(50, ge=1, le=MAX_STUDIES)):
         denied = browser_access(request)
         if denied is not None:
             return denied
 
         def work(session):
-            found = queries.recent_studies(session, limit=_bounded(limit), key=q or None)
+            found = queries.recent_studies(session, limit=limit, key=q or None)
             return (found, queries.queue_health(session)), len(found)
 
         found, backlog = answer(request, "GET /", {"q": q} if q else {}, work)
@@ -343,7 +350,3 @@ def _time(text: str | None) -> datetime | None:
         return parse_time(text)
     except ValueError as exc:
         raise HTTPException(400, str(exc)) from exc
-
-
-def _bounded(limit: int) -> int:
-    return min(max(limit, 1), 500)

@@ -151,13 +151,29 @@ def _actor(event: dict[str, Any]) -> str | None:
     return found[0] if len(found) == 1 else f"{found[0]}@{found[-1]}"
 
 
+# What a spreadsheet takes for the start of a formula (OWASP "CSV injection").
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A CSV cell that a spreadsheet shows as text: a text starting like a formula (``=``,
+    ``+``, ``-``, ``@``, tab, carriage return) gets a leading apostrophe; anything else is
+    returned as it is. A received identifier (``=HYPERLINK(...)`` as a Patient ID) must not
+    run when an admin opens the export."""
+    if isinstance(value, str) and value.startswith(_FORMULA_START):
+        return "'" + value
+    return value
+
+
 def events_csv(events: Sequence[dict[str, Any]]) -> str:
-    """Audit events as CSV, every field, the detail as JSON."""
+    """Audit events as CSV, every field, the detail as JSON, each cell spreadsheet-safe (the
+    one CSV export of ``cxrnode audit`` and the HTTP API)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=EVENT_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for event in events:
-        writer.writerow({**event, "detail": json.dumps(event["detail"])})
+        row = {**event, "detail": json.dumps(event["detail"])}
+        writer.writerow({key: spreadsheet_safe(value) for key, value in row.items()})
     return out.getvalue()
 
 

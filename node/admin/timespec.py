@@ -16,7 +16,8 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
     Raises
     ------
     ValueError
-        When ``text`` is none of the accepted forms; the message lists them.
+        When ``text`` is none of the accepted forms (the message lists them), or names a time
+        outside years 1 to 9999.
     """
     now = now or datetime.now(UTC)
     value = text.strip().lower()
@@ -25,14 +26,16 @@ def parse_time(text: str, now: datetime | None = None) -> datetime:
         return midnight
     if value == "yesterday":
         return midnight - timedelta(days=1)
-    age = _AGE.match(value)
-    if age:
-        return now - timedelta(**{_UNITS[age[2]]: float(age[1])})
     try:
+        age = _AGE.match(value)
+        if age:
+            return now - timedelta(**{_UNITS[age[2]]: float(age[1])})
         parsed = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+    except OverflowError:
+        raise ValueError(f"time {text!r} is out of range (years 1 to 9999)") from None
     except ValueError:
         raise ValueError(
             f"not a time: {text!r} (ISO like 2026-05-01 or 2026-05-01T08:00+02:00, "
             "'today', 'yesterday', or an age like 90m, 24h, 7d)"
         ) from None
-    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)

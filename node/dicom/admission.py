@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -10,6 +12,7 @@ from node.disk import has_room
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE unknown
+REJECT_UNKNOWN_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE unknown
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, presentation provider, local limit exceeded
 
 
@@ -24,9 +27,11 @@ class Admission:
 
     Parameters
     ----------
+    ae_title:
+        The node's own AE title: a request calling another is not meant for this node.
     allowed:
-        Entries ``AE`` (from any address) or ``AE@address`` (only from that address); several
-        entries for one AE title allow each of their addresses.
+        Entries ``AE`` (from any address) or ``AE@address`` (only from that address, or a host
+        name's addresses); several entries for one AE title allow each of their addresses.
     spool:
         Where received instances are written; its free space decides whether to take more.
     min_free_bytes:
@@ -39,11 +44,13 @@ class Admission:
 
     def __init__(
         self,
+        ae_title: str,
         allowed: Iterable[str],
         spool: Path,
         min_free_bytes: int,
         also: Iterable[Path] = (),
     ) -> None:
+        self.ae_title = ae_title.strip()
         self.spool = Path(spool)
         self.disks = (self.spool, *(Path(p) for p in also))
         self.min_free_bytes = min_free_bytes
@@ -56,10 +63,12 @@ class Admission:
             else:
                 self._anywhere.add(ae.strip())
 
-    def check(self, calling_ae: str, address: str) -> Refusal | None:
+    def check(self, calling_ae: str, address: str, called_ae: str) -> Refusal | None:
         """Return why an association request must be refused, or None to accept it."""
+        if called_ae.strip() != self.ae_title:
+            return Refusal("called AE title not recognised", REJECT_UNKNOWN_CALLED_AE)
         ae = calling_ae.strip()
-        if ae not in self._anywhere and address not in self._bound.get(ae, ()):
+        if ae not in self._anywhere and not self._bound_to(ae, address):
             reason = (
                 f"calling AE title not allowed from {address}"
                 if ae in self._bound
@@ -70,7 +79,31 @@ class Admission:
             return Refusal("spool disk nearly full", REJECT_LOCAL_LIMIT)
         return None
 
+    def _bound_to(self, ae: str, address: str) -> bool:
+        """Whether ``ae`` is allowed from ``address``: one of its addresses, or an address its
+        host names resolve to now (a PACS's address may change; its name stays)."""
+        hosts = self._bound.get(ae, set())
+        if address in hosts:
+            return True
+        return any(address in _resolve(host) for host in hosts if not _is_address(host))
+
     def has_room(self) -> bool:
         """Whether the spool's file system, and those of the other folders, have more than
         the reserve free."""
         return has_room(self.disks, self.min_free_bytes)
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve(host: str) -> set[str]:
+    """The addresses ``host`` names; none when it does not resolve."""
+    try:
+        return {info[4][0] for info in socket.getaddrinfo(host, None, type=socket.SOCK_STREAM)}
+    except (OSError, UnicodeError):
+        return set()

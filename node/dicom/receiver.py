@@ -18,8 +18,7 @@ from collections import Counter
 from collections.abc import Callable
 from io import BytesIO
 
-from pydicom import dcmread
-from pydicom.dataset import Dataset
+from pydicom import Dataset, dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
@@ -28,8 +27,11 @@ from node.dicom.admission import Admission
 from node.dicom.classify import classify
 from node.dicom.limits import IngestLimits, LimitRefusal
 from node.dicom.tcp import no_delay
+from node.dicom.transport import ConnectionGuard
 from node.disk import data_paths
+from node.refusals import RefusalAudit
 from node.tls import server_context
+from node.uids import uid_problem
 from storage import audit
 from storage.audit import Outcome
 from storage.database import Database
@@ -41,6 +43,7 @@ from storage.studies import (
     complete_studies,
     duplicate_outcome,
     find_instance,
+    patient_conflict,
 )
 
 log = logging.getLogger(__name__)
@@ -52,6 +55,8 @@ CANNOT_PARSE = 0xC001
 MISSING_UIDS = 0xC002
 UID_MISMATCH = 0xC003
 CONFLICTING_DUPLICATE = 0xC004
+PATIENT_MISMATCH = 0xC005  # another patient's identity under a Study UID already received
+INVALID_UID = 0xC006  # a Study, Series or SOP Instance UID that is not a DICOM UID
 
 
 class StorageSCP:
@@ -66,6 +71,9 @@ class StorageSCP:
     on_complete:
         Called (outside the database transaction) when a released association completed at
         least one study, e.g. to wake the study assembler.
+    refusals:
+        Where connections refused before any association (per-peer cap, failed TLS
+        handshake) are audited; by default one of its own.
     """
 
     def __init__(
@@ -74,11 +82,13 @@ class StorageSCP:
         db: Database,
         spool: FileStore,
         on_complete: Callable[[], None] | None = None,
+        refusals: RefusalAudit | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
         self.on_complete = on_complete or (lambda: None)
+        self.refusals = refusals or RefusalAudit(db, settings.refusal_audit_window_s)
         # Studies each open association stored instances of, and how many open associations
         # are sending each study: a study is complete when the last of them is released.
         self._sent_by: dict[object, Counter[str]] = {}
@@ -86,17 +96,20 @@ class StorageSCP:
         self._tracking = threading.Lock()
         self.limits = IngestLimits(settings.max_decoded_bytes, settings.max_study_instances)
         self.admission = Admission(
+            settings.ae_title,
             settings.known_calling_aes,
             spool.root,
             settings.min_free_disk_mb * 1024 * 1024,
             also=data_paths(settings),
         )
         self.ae = AE(ae_title=settings.ae_title)
+        self.ae.maximum_associations = settings.dicom_max_associations
         self.ae.maximum_pdu_size = 0  # accept the peer's PDU size: fewer, larger PDUs
         self.ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
         self._server = None
+        self._guard: ConnectionGuard | None = None
 
     def start(self) -> None:
         handlers = [
@@ -109,20 +122,32 @@ class StorageSCP:
             (evt.EVT_CONN_CLOSE, self._on_closed),
         ]
         address = (self.settings.dicom_host, self.settings.dicom_port)
-        ssl_context = None
-        if self.settings.tls:
-            ssl_context = server_context(
-                self.settings.tls_cert, self.settings.tls_key, self.settings.tls_ca
-            )
-        self._server = self.ae.start_server(
-            address, block=False, evt_handlers=handlers, ssl_context=ssl_context
-        )
+        self._guard = self._connection_guard()
+        self._server = self._guard.start_server(self.ae, address, handlers)
         log.info("storage SCP %s listening on %s:%d", self.settings.ae_title, *address)
+
+    def _connection_guard(self) -> ConnectionGuard:
+        """Per-peer cap, TLS handshake and timeouts of every connection (node.dicom.transport)."""
+        settings = self.settings
+        ssl_context = None
+        if settings.tls:
+            ssl_context = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        return ConnectionGuard(
+            self.refusals,
+            max_per_peer=settings.dicom_max_associations_per_peer,
+            acse_timeout_s=settings.dicom_acse_timeout_s,
+            dimse_timeout_s=settings.dicom_dimse_timeout_s,
+            network_timeout_s=settings.dicom_network_timeout_s,
+            ssl_context=ssl_context,
+            handshake_timeout_s=settings.tls_handshake_timeout_s,
+        )
 
     def stop(self) -> None:
         if self._server is not None:
             self._server.shutdown()
             self._server = None
+            self._guard.stop()
+            self.refusals.flush()
 
     def _on_echo(self, event: evt.Event) -> int:
         return SUCCESS
@@ -131,12 +156,13 @@ class StorageSCP:
         """Apply the association policy before pynetdicom negotiates (PS3.8 A-ASSOCIATE-RJ)."""
         assoc = event.assoc
         calling_ae = str(assoc.requestor.primitive.calling_ae_title).strip()
+        called_ae = str(assoc.requestor.primitive.called_ae_title).strip()
         address = assoc.requestor.address
-        refusal = self.admission.check(calling_ae, address)
+        refusal = self.admission.check(calling_ae, address, called_ae)
         if refusal is None:
             return
         # Audit first: once the peer reads the rejection, the event must already be there.
-        self._audit_rejection(calling_ae, address, refusal.reason)
+        self._audit_rejection(calling_ae, address, refusal.reason, called_ae=called_ae)
         assoc.acse.send_reject(*refusal.reject)
         # As pynetdicom's own rejections do: wait until the reject PDU is out and the peer has
         # closed, or pynetdicom shuts the socket before the PDU leaves.
@@ -147,7 +173,9 @@ class StorageSCP:
         requestor = event.assoc.requestor
         self._audit_rejection(requestor.ae_title, requestor.address, "rejected by negotiation")
 
-    def _audit_rejection(self, calling_ae: str, address: str, reason: str) -> None:
+    def _audit_rejection(
+        self, calling_ae: str, address: str, reason: str, called_ae: str | None = None
+    ) -> None:
         try:
             with self.db.transaction() as session:
                 audit.record(
@@ -156,7 +184,7 @@ class StorageSCP:
                     Outcome.FAILURE,
                     actor_ae=calling_ae,
                     actor_ip=address,
-                    detail={"reason": reason, "called_ae": self.ae.ae_title},
+                    detail={"reason": reason, "called_ae": called_ae or self.ae.ae_title},
                 )
         except Exception:  # the rejection stands even when it cannot be audited
             log.exception("could not audit a rejected association")
@@ -279,8 +307,7 @@ class StorageSCP:
             raise _Refused(MISSING_UIDS, "Study or SOP Instance UID missing")
         if str(ds.SOPInstanceUID) != sop_uid:
             raise _Refused(UID_MISMATCH, "dataset SOP Instance UID differs from the request")
-        if len(study_uid) > 64:
-            raise _Refused(CANNOT_PARSE, "Study Instance UID longer than 64 characters")
+        _check_uids(ds)
         verdict = classify(
             ds, assume_chest_without_body_part=self.settings.assume_chest_without_body_part
         )
@@ -291,6 +318,9 @@ class StorageSCP:
             series_uid=_short(ds.get("SeriesInstanceUID")),
             modality=_short(ds.get("Modality"), 16),
             patient_id=_short(ds.get("PatientID")),
+            patient_name=_short(ds.get("PatientName"), 200),
+            issuer_of_patient_id=_short(ds.get("IssuerOfPatientID")),
+            patient_birth_date=_short(ds.get("PatientBirthDate"), 16),
             accession=_short(ds.get("AccessionNumber")),
             transfer_syntax=str(event.context.transfer_syntax),
             view=verdict.view,
@@ -311,21 +341,28 @@ class StorageSCP:
         with self.db.transaction() as session:
             existing = find_instance(session, header.sop_uid)
             if existing is None:
-                self._record(session, header, stored, sha256, note, actor, ids)
-                return SUCCESS
-            if duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
+                conflict = patient_conflict(session, header)
+                if conflict is None:
+                    self._record(session, header, stored, sha256, note, actor, ids)
+                    return SUCCESS
+                status, reason = PATIENT_MISMATCH, conflict
+            elif duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
                 audit.record(session, "instance.duplicate", Outcome.SUCCESS, **actor, **ids)
                 return SUCCESS
+            else:
+                status = CONFLICTING_DUPLICATE
+                reason = "SOP Instance UID already received with different content"
             audit.record(
                 session,
                 "instance.refused",
                 Outcome.FAILURE,
                 **actor,
                 **ids,
-                detail={"reason": "SOP Instance UID already received with different content"},
+                detail={"reason": reason, "status": f"0x{status:04X}"},
             )
-        self.spool.remove(stored.relpath)  # the refused copy; the accepted one is untouched
-        return CONFLICTING_DUPLICATE
+        self.spool.remove(stored.relpath)  # the refused copy; the accepted ones are untouched
+        log.warning("refused an instance: %s", reason)
+        return _failure(status, reason)
 
     @staticmethod
     def _record(session, header, stored, sha256, note, actor: dict, ids: dict) -> None:
@@ -364,7 +401,7 @@ class StorageSCP:
                 )
         except Exception:  # the status must reach the peer even when the database is down
             log.exception("could not audit a refused instance")
-        return status
+        return _failure(status, reason)
 
 
 class _Refused(Exception):
@@ -372,6 +409,28 @@ class _Refused(Exception):
         super().__init__(reason)
         self.status = status
         self.reason = reason
+
+
+def _check_uids(ds: Dataset) -> None:
+    """Refuse an instance whose UIDs are not DICOM UIDs: they name spool and result paths and
+    are copied into the results the PACS gets. A missing Series UID is left to the reader."""
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+        if keyword not in ds:
+            continue
+        problem = uid_problem(str(ds.get(keyword) or "").strip())
+        if problem:
+            raise _Refused(INVALID_UID, f"{keyword} is not a valid UID ({problem})")
+
+
+def _failure(status: int, reason: str) -> Dataset:
+    """A C-STORE response status whose Error Comment (0000,0902) tells the sender's admin what
+    was wrong, as an LO value in the command set's default repertoire: at most 64 characters,
+    printable ASCII, no backslash."""
+    response = Dataset()
+    response.Status = status
+    comment = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason)
+    response.ErrorComment = comment[:64].strip()
+    return response
 
 
 def _short(value: object, limit: int = 64) -> str | None:

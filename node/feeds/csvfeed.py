@@ -6,23 +6,34 @@ rows in one transaction, audits every row, and only then moves the file to ``don
 ``rejected/`` with a ``<name>.reason.txt``). A crash between commit and move re-reads the file
 on the next poll: each row's message id is ``<file sha256[:16]>:<line>``, so the second pass
 finds duplicates, never double rows.
+
+The folder is shared with whoever drops files, so nothing in it is trusted: only regular files
+with one name are read, opened without following links, and only up to ``max_file_bytes``; a
+link, a hard-linked file or any other odd entry named ``*.csv`` goes to ``rejected/`` unread.
+``done/`` and ``rejected/`` must be real directories inside the folder: while either is a link
+or not a directory, no file is processed (the problem is audited once, ``csv.folder_unusable``)
+and the files wait for it to be fixed.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from node.feeds.csvtable import SECTION_COLUMNS, CsvRow, CsvTable, read_table
 from node.feeds.errors import CsvFileRejected
 from node.feeds.sections import FINDINGS, IMPRESSION, INDICATION, detect_sections
-from node.feeds.values import is_uid, normalise_status, parse_datetime_text
+from node.feeds.values import normalise_status, parse_datetime_text
+from node.uids import is_uid
 from storage import audit
 from storage.audit import Outcome
 from storage.database import Database
@@ -33,10 +44,18 @@ log = logging.getLogger(__name__)
 SOURCE = "csv"
 DEFAULT_MAX_TEXT_CHARS = 100_000
 DEFAULT_MAX_FILE_BYTES = 64 * 1024 * 1024
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 
 
 class RowRejected(ValueError):
     """One row cannot be stored; the rest of its file still is."""
+
+
+class _Seen(NamedTuple):
+    """What a poll saw of a file: it is processed once two polls saw the same."""
+
+    size: int
+    mtime_ns: int
 
 
 @dataclass
@@ -84,7 +103,9 @@ class CsvFeed:
         self.on_stored = on_stored or (lambda: None)
         self.done_dir = self.folder / "done"
         self.rejected_dir = self.folder / "rejected"
-        self._last_seen: dict[str, tuple[int, int]] = {}
+        self._last_seen: dict[str, _Seen] = {}
+        self._unusable: list[str] = []  # the subfolder problems last audited
+        self._failing: set[tuple[str, str]] = set()  # (file, error) audited, not yet cleared
 
     def poll(self) -> list[FileResult]:
         """Process every CSV file that was already there, unchanged, at the previous poll.
@@ -95,31 +116,121 @@ class CsvFeed:
             One per file processed now (files seen for the first time wait for the next poll).
         """
         self.folder.mkdir(parents=True, exist_ok=True)
-        seen: dict[str, tuple[int, int]] = {}
+        if not self._subfolders_usable():
+            return []
+        seen: dict[str, _Seen] = {}
         ready: list[Path] = []
+        results: list[FileResult] = []
         for path in sorted(self.folder.iterdir()):
-            if path.name.startswith(".") or path.suffix.lower() != ".csv" or not path.is_file():
+            if path.name.startswith(".") or path.suffix.lower() != ".csv":
                 continue
-            stat = path.stat()
-            seen[path.name] = (stat.st_size, stat.st_mtime_ns)
-            if self._last_seen.get(path.name) == seen[path.name]:
-                ready.append(path)
+            try:
+                info = path.lstat()
+            except FileNotFoundError:
+                continue  # taken away since the listing
+            if _plain_file(info):
+                seen[path.name] = _Seen(info.st_size, info.st_mtime_ns)
+                if self._last_seen.get(path.name) == seen[path.name]:
+                    ready.append(path)
+                continue
+            kind = _entry_kind(info)
+            refused = self._guarded(path, lambda p=path, k=kind: self._refuse_entry(p, k))
+            results += [refused] if refused else []
         self._last_seen = seen
-        results = [self._process(path) for path in ready]
-        for result in results:
-            if result.outcome != "failed":
+        processed = [
+            self._guarded(path, lambda p=path: self._process(p, seen[p.name])) for path in ready
+        ]
+        for result in processed:
+            if result is not None and result.outcome != "failed":
                 self._last_seen.pop(result.name, None)
-        return results
+        return results + [result for result in processed if result is not None]
 
-    def _process(self, path: Path) -> FileResult:
-        data = path.read_bytes()
+    def _guarded(self, path: Path, step: Callable[[], FileResult | None]) -> FileResult | None:
+        """``step()``, or a "failed" result when the file system refuses it (the file stays
+        for the next poll, audited once per error, and the poll goes on with the others); None
+        when the file went away meanwhile."""
+        try:
+            result = step()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            error = exc.strerror or type(exc).__name__
+            if (path.name, error) not in self._failing:
+                self._failing.add((path.name, error))
+                self._audit_safely("csv.file_failed", {"file": path.name, "reason": error})
+                log.error("cannot handle %s in the CSV drop folder: %s", path.name, error)
+            return FileResult(path.name, "failed", reason=error)
+        if result is not None and result.outcome != "failed":
+            self._failing = {key for key in self._failing if key[0] != path.name}
+        return result
+
+    def _subfolders_usable(self) -> bool:
+        """Create ``done/`` and ``rejected/`` where missing; False (audited once per new
+        problem) while either is a link or not a directory: a file could not be moved."""
+        problems = []
+        for folder in (self.done_dir, self.rejected_dir):
+            with contextlib.suppress(FileExistsError):  # a file or a link there: named below
+                folder.mkdir(exist_ok=True)
+            info = folder.lstat()
+            if not stat.S_ISDIR(info.st_mode):
+                problems.append(f"{folder.name}/ is {_entry_kind(info)}, not a directory")
+        if problems and problems != self._unusable:
+            reason = "; ".join(problems) + ": no file is processed until it is a real directory"
+            self._audit_safely(
+                "csv.folder_unusable", {"folder": str(self.folder), "reason": reason}
+            )
+            log.error("CSV drop folder %s: %s", self.folder, reason)
+        self._unusable = problems
+        return not problems
+
+    def _refuse_entry(self, path: Path, kind: str) -> FileResult:
+        """Move a link or other non-file entry named ``*.csv`` to ``rejected/`` unread: what a
+        link points to is never read, named or quoted."""
+        reason = f"{kind}, not a plain regular file: not read"
+        self._audit_safely("csv.file_rejected", {"file": path.name, "reason": reason})
+        moved = self._move(path, self.rejected_dir, reason)
+        log.warning("rejected %s: %s", path.name, reason)
+        return FileResult(moved.name, "rejected", reason=reason)
+
+    def _read(self, path: Path, seen: _Seen) -> bytes | None:
+        """The file's bytes, read without following a link; None when it changed since it was
+        seen (still being written, or replaced).
+
+        Raises
+        ------
+        CsvFileRejected
+            Over ``max_file_bytes`` (checked before reading a byte).
+        """
+        with os.fdopen(os.open(path, _OPEN_FLAGS), "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if not _plain_file(info) or _Seen(info.st_size, info.st_mtime_ns) != seen:
+                return None
+            if info.st_size > self.max_file_bytes:
+                raise CsvFileRejected(
+                    f"{info.st_size} bytes, over the {self.max_file_bytes} limit: not read"
+                )
+            data = handle.read(self.max_file_bytes + 1)
+        return data if len(data) == info.st_size else None
+
+    def _process(self, path: Path, seen: _Seen) -> FileResult | None:
+        try:
+            data = self._read(path, seen)
+        except CsvFileRejected as exc:
+            return self._reject_file(path, None, exc)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:  # became a link since the scan
+                return self._refuse_entry(path, "a symbolic link")
+            if exc.errno == errno.ENOENT:
+                return None  # taken away since the scan
+            raise
+        if data is None:
+            self._last_seen.pop(path.name, None)  # changed: wait until it is stable again
+            return None
         sha256 = hashlib.sha256(data).hexdigest()
         try:
-            if len(data) > self.max_file_bytes:
-                raise CsvFileRejected(f"{len(data)} bytes, over the {self.max_file_bytes} limit")
             table = read_table(data)
         except CsvFileRejected as exc:
-            return self._reject_file(path, sha256, str(exc))
+            return self._reject_file(path, sha256, exc)
         try:
             result = self._store_rows(path.name, sha256, table)
         except Exception:
@@ -139,7 +250,8 @@ class CsvFeed:
                 "csv.file_rejected", {"file": path.name, "sha256": sha256, "reason": reason}
             )
             moved = self._move(path, self.rejected_dir, reason)
-            log.warning("%s: %s", path.name, reason)
+            # Row reasons may quote cells: they go to the audit log and the reason file only.
+            log.warning("%s: all %d rows rejected", path.name, len(result.rejected_rows))
             return FileResult(
                 moved.name, "rejected", rejected_rows=result.rejected_rows, reason=reason
             )
@@ -248,23 +360,33 @@ class CsvFeed:
             "observed_at": observed_at,
         }
 
-    def _reject_file(self, path: Path, sha256: str, reason: str) -> FileResult:
+    def _reject_file(self, path: Path, sha256: str | None, exc: CsvFileRejected) -> FileResult:
+        reason = str(exc)
         self._audit_safely(
             "csv.file_rejected", {"file": path.name, "sha256": sha256, "reason": reason}
         )
         moved = self._move(path, self.rejected_dir, reason)
-        log.warning("rejected %s: %s", path.name, reason)
+        # The full reason may quote the file (a headerless file's first row is a patient's):
+        # the application log gets the part that quotes nothing.
+        log.warning("rejected %s: %s", path.name, exc.reason)
         return FileResult(moved.name, "rejected", reason=reason)
 
     def _move(self, path: Path, target_dir: Path, reason: str | None = None) -> Path:
-        target_dir.mkdir(exist_ok=True)
+        """Move ``path`` into ``target_dir`` (checked a real directory by this poll) under a
+        name not taken there, writing ``<name>.reason.txt`` beside it; nothing already in
+        ``target_dir`` is overwritten or followed."""
         target = target_dir / path.name
-        if target.exists():
+        while True:
+            if not os.path.lexists(target):
+                try:
+                    if reason is not None:
+                        _write_new(target.with_name(target.name + ".reason.txt"), reason + "\n")
+                    break
+                except FileExistsError:
+                    pass
             # A file of the same name was dropped before: keep both.
             stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ")
             target = target_dir / f"{path.stem}.{stamp}{path.suffix}"
-        if reason is not None:
-            target.with_name(target.name + ".reason.txt").write_text(reason + "\n", "utf-8")
         os.replace(path, target)
         return target
 
@@ -274,6 +396,29 @@ class CsvFeed:
                 audit.record(session, action, Outcome.FAILURE, detail=detail)
         except Exception:
             log.exception("could not record %s", action)
+
+
+def _plain_file(info: os.stat_result) -> bool:
+    """A regular file with one name: a second hard link could be a file the dropper may not
+    read, linked in for the node to read it."""
+    return stat.S_ISREG(info.st_mode) and info.st_nlink == 1
+
+
+def _entry_kind(info: os.stat_result) -> str:
+    if stat.S_ISLNK(info.st_mode):
+        return "a symbolic link"
+    if stat.S_ISDIR(info.st_mode):
+        return "a directory"
+    if stat.S_ISREG(info.st_mode):
+        return f"a file with {info.st_nlink} hard links" if info.st_nlink > 1 else "a regular file"
+    return "a special file"
+
+
+def _write_new(path: Path, text: str) -> None:
+    """Create ``path`` with ``text``; FileExistsError if anything (a link too) is there."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
 
 
 def _row_text(cells: dict[str, str], kind: str) -> tuple[str, dict[str, str]]:

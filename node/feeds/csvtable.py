@@ -39,6 +39,7 @@ SECTION_COLUMNS = (INDICATION, COMPARISON, TECHNIQUE, FINDINGS, IMPRESSION)  # r
 _DELIMITERS = (",", ";", "\t")
 # C0 controls other than tab, LF, CR, and DEL: text files do not contain them.
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_LINE_END = re.compile(r"\r\n|\r|\n")
 
 
 @dataclass(frozen=True)
@@ -115,7 +116,9 @@ def _decode(data: bytes) -> tuple[str, str]:
 
 
 def _delimiter(text: str) -> str:
-    first_line = text.lstrip("\r\n").split("\n", 1)[0]
+    # The header line ends at any line end: a file with CR line ends (old Mac exports) is one
+    # "line" to a split on LF, whose report text's delimiters would outvote the header's.
+    first_line = _LINE_END.split(text.lstrip("\r\n"), maxsplit=1)[0]
     counts = {d: first_line.count(d) for d in _DELIMITERS}
     best = max(counts, key=lambda d: counts[d])
     return best if counts[best] else ","
@@ -138,14 +141,16 @@ def _map_header(header: list[str]) -> tuple[dict[str, int], list[str]]:
                 ignored.append(name.strip())
             continue
         if key in columns:
-            raise CsvFileRejected(f"columns {header[columns[key]]!r} and {name!r} both mean {key}")
+            raise CsvFileRejected(
+                f"two columns both mean {key}", f"{header[columns[key]]!r} and {name!r}"
+            )
         columns[key] = i
     missing = [k for k in ("accession", "patient_id") if k not in columns]
     if "text" not in columns and not any(s in columns for s in SECTION_COLUMNS):
         missing.append("report text (report, text, or findings/impression)")
     if missing:
         shown = ", ".join(repr(h) for h in header[:12])
-        raise CsvFileRejected(f"header has no column for {', '.join(missing)} (header: {shown})")
+        raise CsvFileRejected(f"header has no column for {', '.join(missing)}", f"header: {shown}")
     return columns, ignored
 
 

@@ -102,4 +102,18 @@ class HL7Unusable(FeedError):
 
 
 class CsvFileRejected(FeedError):
-    """A dropped CSV file that cannot be read as a report table at all."""
+    """A dropped CSV file that cannot be read as a report table at all.
+
+    Parameters
+    ----------
+    reason:
+        What is wrong, quoting nothing of the file: what the application log gets.
+    quoted:
+        What of the file shows it (e.g. the header read), for the audit log and the reason
+        file only: a headerless file's first row is a patient's data.
+    """
+
+    def __init__(self, reason: str, quoted: str = "") -> None:
+        super().__init__(f"{reason} ({quoted})" if quoted else reason)
+        self.reason = reason
+        self.quoted = quoted

@@ -117,7 +117,19 @@ class HL7Feed:
         self.on_stored = on_stored or (lambda: None)
 
     def handle_frame(self, payload: bytes, peer: Peer) -> bytes:
-        """Parse, store, audit and acknowledge one message; never raises."""
+        """Parse, store, audit and acknowledge one message; never raises.
+
+        Whatever goes wrong unexpectedly (a parser bug, a failing ACK builder) is answered AR
+        with an audited ``hl7.rejected``: the sender learns it, the connection stays open.
+        """
+        try:
+            return self._answer(payload, peer)
+        except Exception:
+            log.exception("handling a %d-byte message from %s failed", len(payload), peer[0])
+            error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not handle this message")
+            return self._reject(payload, _header_or_none(payload), error, peer)
+
+    def _answer(self, payload: bytes, peer: Peer) -> bytes:
         try:
             report = parse_message(payload, self.accession_keys)
         except HL7ParseError as exc:
@@ -126,9 +138,8 @@ class HL7Feed:
             return self._unusable(exc, exc.header, peer, ids={})
         except Exception:
             log.exception("parser failed on a %d-byte message from %s", len(payload), peer[0])
-            header = read_header_leniently(payload)
             error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not parse this message")
-            return self._reject(payload, header, error, peer)
+            return self._reject(payload, _header_or_none(payload), error, peer)
 
         ids = {
             "accession": report.accession,
@@ -205,14 +216,22 @@ class HL7Feed:
         peer: Peer,
         size: int | None = None,
     ) -> bytes:
-        detail = self._detail(header, peer, AR, error) | {
+        try:
+            detail = self._detail(header, peer, AR, error)
+            ack = self._ack(header, AR, error)
+        except Exception:  # a header too odd to echo: answer without it
+            log.exception("could not echo the header of a rejected message from %s", peer[0])
+            header = None
+            detail = self._detail(None, peer, AR, error)
+            ack = self._ack(None, AR, error)
+        detail |= {
             "size": len(payload) if size is None else size,
             "sha256": hashlib.sha256(payload).hexdigest(),
             "head": payload[:60].decode("latin-1").encode("unicode_escape").decode("ascii"),
         }
         self._audit_safely("hl7.rejected", peer, {}, detail)
         log.warning("rejected a message from %s: %s", peer[0], error.reason)
-        return self._ack(header, AR, error)
+        return ack
 
     def _unusable(
         self, exc: HL7Unusable, header: MessageHeader | None, peer: Peer, ids: dict[str, Any]
@@ -259,6 +278,15 @@ class HL7Feed:
         if error is not None:
             detail |= {"code": error.code, "reason": error.reason, "location": error.location}
         return detail
+
+
+def _header_or_none(payload: bytes) -> MessageHeader | None:
+    """The MSH for an AR's echo, or None when even the lenient reading fails."""
+    try:
+        return read_header_leniently(payload)
+    except Exception:
+        log.exception("could not read the header of a %d-byte message", len(payload))
+        return None
 
 
 def _sender(header: MessageHeader, peer: Peer) -> str:

@@ -30,7 +30,8 @@ from node.feeds.hl7codec import (
 )
 from node.feeds.hl7segments import HL7Structure, Location, Segment
 from node.feeds.sections import INDICATION, detect_sections, section_for_observation
-from node.feeds.values import is_uid, normalise_status, parse_hl7_datetime
+from node.feeds.values import normalise_status, parse_hl7_datetime
+from node.uids import is_uid
 from storage.reports import FIELD_LIMITS
 
 DEFAULT_ACCESSION_KEYS = ("OBR-3", "OBR-2", "OBR-18")

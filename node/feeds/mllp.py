@@ -3,10 +3,17 @@
 A frame is ``<VT> payload <FS><CR>`` (0x0B ... 0x1C 0x0D). The server knows framing and
 sockets only; what a frame means and what to answer is the handler's (``HL7Feed``), the way
 pynetdicom leaves C-STORE to its event handlers. One thread per connection; a connection
-survives bad messages, is closed after ``idle_timeout_s`` without data, and a frame larger
-than ``max_frame_bytes`` is drained and answered without being held in memory. At most
-``max_connections`` connections are served at once (each may buffer up to one frame): a
-connection beyond them is closed at once, so memory stays bounded whatever peers do.
+survives bad messages, and a frame larger than ``max_frame_bytes`` is drained and answered
+without being held in memory. At most ``max_connections`` connections are served at once
+(each may buffer up to one frame), and at most ``max_connections_per_peer`` from one address:
+a connection beyond them is closed at once, so memory stays bounded and one peer cannot take
+every slot.
+
+Two clocks close a connection, and neither is reset by a trickle of bytes: a frame must end
+within ``frame_timeout_s`` of its first byte, and a connection that completes no frame for
+``idle_timeout_s`` (bytes between frames do not count) is idle. What the server refuses at the
+connection level (over a cap, a failed TLS handshake, an unterminated frame) goes to the
+``on_refused`` callback, e.g. ``RefusalAudit.record``.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import socket
 import socketserver
 import ssl
 import threading
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +40,8 @@ DEFAULT_MAX_CONNECTIONS = 32
 _HEAD_BYTES = 4096  # kept of an oversized frame, enough for its MSH
 
 Peer = tuple[str, int]
+# (action, peer address, detail) of a refused connection or frame.
+RefusalCallback = Callable[[str, str, dict[str, Any]], Any]
 
 
 class FrameHandler(Protocol):
@@ -67,11 +79,17 @@ class FrameReader:
         self._size = 0
         self._head = b""
         self.abandoned = 0  # frames restarted by a new start block before they ended
+        self.started = 0  # frames begun (start blocks seen), ended or not
 
     @property
     def partial(self) -> int:
         """Bytes of an unfinished frame."""
         return self._size if self._in_frame else 0
+
+    @property
+    def in_frame(self) -> bool:
+        """Whether a frame has begun and not ended."""
+        return self._in_frame
 
     def feed(self, data: bytes) -> list[Frame | OversizedFrame]:
         """Add received bytes; return the frames they complete."""
@@ -104,6 +122,7 @@ class FrameReader:
         return frames
 
     def _start(self) -> None:
+        self.started += 1
         self._in_frame = True
         self._buffer.clear()
         self._size = 0
@@ -139,12 +158,22 @@ class MllpServer:
     max_frame_bytes:
         Largest message accepted (default 16 MiB).
     idle_timeout_s:
-        A connection with no data for this long is closed.
+        A connection that completes no frame for this long is closed.
+    frame_timeout_s:
+        A frame not ended this long after its first byte is dropped (no ACK) with its
+        connection.
     max_connections:
         Connections served at once; one more is closed as soon as it is accepted.
+    max_connections_per_peer:
+        Connections served at once from one address (default: ``max_connections``).
     ssl_context:
         When given, every connection is TLS (MLLP over TLS); the handshake happens on the
         connection's own thread, so a slow or failing peer never blocks the listener.
+    handshake_timeout_s:
+        How long a TLS handshake may take.
+    on_refused:
+        Called with (action, address, detail) for ``hl7.connection_refused`` (over a cap),
+        ``hl7.tls_failed`` and ``hl7.frame_unterminated``; must not raise.
     """
 
     def __init__(
@@ -155,16 +184,25 @@ class MllpServer:
         *,
         max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         idle_timeout_s: float = 300.0,
+        frame_timeout_s: float = 60.0,
         ssl_context: ssl.SSLContext | None = None,
+        handshake_timeout_s: float = 10.0,
         max_connections: int = DEFAULT_MAX_CONNECTIONS,
+        max_connections_per_peer: int | None = None,
+        on_refused: RefusalCallback | None = None,
     ) -> None:
-        if max_connections < 1:
-            raise ValueError("max_connections must be at least 1")
+        per_peer = max_connections if max_connections_per_peer is None else max_connections_per_peer
+        if not 1 <= per_peer <= max_connections:
+            raise ValueError("need 1 <= max_connections_per_peer <= max_connections")
         self.handler = handler
         self.max_frame_bytes = max_frame_bytes
         self.idle_timeout_s = idle_timeout_s
+        self.frame_timeout_s = frame_timeout_s
         self.max_connections = max_connections
+        self.max_connections_per_peer = per_peer
         self.ssl_context = ssl_context
+        self.handshake_timeout_s = handshake_timeout_s
+        self.on_refused = on_refused or (lambda action, address, detail: None)
         self._server = _ThreadingServer((host, port), _Connection, self)
         self._thread: threading.Thread | None = None
 
@@ -211,36 +249,50 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
         self._active = 0  # connections accepted and not yet finished
+        self._per_peer: Counter[str] = Counter()
         super().__init__(address, handler_class)
 
     def process_request(self, request, client_address) -> None:
+        address = str(client_address[0])
         with self._lock:
-            full = self._active >= self.owner.max_connections
-            if not full:
+            refusal = self._refusal(address)
+            if refusal is None:
                 self._active += 1
-        if full:
-            log.warning(
-                "MLLP connection from %s refused: %d connections already open",
-                client_address[0],
-                self.owner.max_connections,
-            )
+                self._per_peer[address] += 1
+        if refusal is not None:
+            log.warning("MLLP connection from %s refused: %s", address, refusal["reason"])
             self.shutdown_request(request)
+            self.owner.on_refused("hl7.connection_refused", address, refusal)
             return
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._finished()
+            self._finished(address)
             raise
+
+    def _refusal(self, address: str) -> dict[str, Any] | None:
+        owner = self.owner
+        if self._active >= owner.max_connections:
+            return {"reason": "connection limit reached", "limit": owner.max_connections}
+        if self._per_peer[address] >= owner.max_connections_per_peer:
+            return {
+                "reason": "per-peer connection limit reached",
+                "limit": owner.max_connections_per_peer,
+            }
+        return None
 
     def process_request_thread(self, request, client_address) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._finished()
+            self._finished(str(client_address[0]))
 
-    def _finished(self) -> None:
+    def _finished(self, address: str) -> None:
         with self._lock:
             self._active -= 1
+            self._per_peer[address] -= 1
+            if self._per_peer[address] <= 0:
+                del self._per_peer[address]
 
     def track(self, sock: socket.socket, open_: bool) -> None:
         with self._lock:
@@ -263,17 +315,19 @@ class _Connection(socketserver.BaseRequestHandler):
         sock: socket.socket = self.request
         peer: Peer = (str(self.client_address[0]), int(self.client_address[1]))
         reader = FrameReader(owner.max_frame_bytes)
-        sock.settimeout(owner.idle_timeout_s)
         if owner.ssl_context is not None:
+            sock.settimeout(owner.handshake_timeout_s)
             try:
                 sock = owner.ssl_context.wrap_socket(sock, server_side=True)
             except (ssl.SSLError, OSError) as exc:
                 log.warning("TLS handshake with %s failed: %s", peer[0], exc)
+                reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:200]
+                owner.on_refused("hl7.tls_failed", peer[0], {"reason": reason})
                 return
         self.server.track(sock, True)
         log.debug("MLLP connection from %s:%d", *peer)
         try:
-            self._serve(sock, peer, reader, owner.handler)
+            self._serve(sock, peer, reader)
         finally:
             self.server.track(sock, False)
             if reader.partial:
@@ -281,25 +335,81 @@ class _Connection(socketserver.BaseRequestHandler):
                     "connection from %s closed inside a frame (%d bytes)", peer[0], reader.partial
                 )
 
-    @staticmethod
-    def _serve(sock: socket.socket, peer: Peer, reader: FrameReader, handler: FrameHandler) -> None:
+    def _serve(self, sock: socket.socket, peer: Peer, reader: FrameReader) -> None:
+        owner = self.server.owner
+        clock = _Deadlines(owner.idle_timeout_s, owner.frame_timeout_s)
         while True:
+            timeout = clock.remaining(reader.in_frame)
+            if timeout <= 0:
+                self._give_up(peer, reader, clock)
+                return
+            sock.settimeout(timeout)
             try:
                 data = sock.recv(65536)
             except TimeoutError:
-                log.info("closing idle MLLP connection from %s:%d", *peer)
-                return
+                continue  # the loop decides which deadline passed
             except OSError:
                 return
             if not data:
+                if reader.in_frame:
+                    self._unterminated(peer, reader, "connection closed inside the frame")
                 return
-            for frame in reader.feed(data):
-                if isinstance(frame, Frame):
-                    ack = handler.handle_frame(frame.payload, peer)
-                else:
-                    ack = handler.handle_oversized(frame.head, frame.size, peer)
-                try:
-                    sock.sendall(SB + ack + EB + CR)
-                except OSError as exc:
-                    log.warning("could not send ACK to %s: %s", peer[0], exc)
+            started = reader.started
+            frames = reader.feed(data)
+            clock.fed(frames_ended=len(frames), frame_begun=reader.started != started)
+            for frame in frames:
+                if not self._answer(sock, peer, frame, owner.handler):
                     return
+
+    def _give_up(self, peer: Peer, reader: FrameReader, clock: _Deadlines) -> None:
+        if reader.in_frame:
+            reason = f"frame not ended within {clock.frame_timeout_s:g} s of its first byte"
+            self._unterminated(peer, reader, reason)
+        else:
+            log.info("closing idle MLLP connection from %s:%d", *peer)
+
+    def _unterminated(self, peer: Peer, reader: FrameReader, reason: str) -> None:
+        log.warning("MLLP frame from %s dropped: %s (%d bytes)", peer[0], reason, reader.partial)
+        detail = {"reason": reason, "bytes": reader.partial, "peer_port": peer[1]}
+        self.server.owner.on_refused("hl7.frame_unterminated", peer[0], detail)
+
+    @staticmethod
+    def _answer(
+        sock: socket.socket, peer: Peer, frame: Frame | OversizedFrame, handler: FrameHandler
+    ) -> bool:
+        """Hand a frame to the handler and send its ACK; False when the peer is gone."""
+        if isinstance(frame, Frame):
+            ack = handler.handle_frame(frame.payload, peer)
+        else:
+            ack = handler.handle_oversized(frame.head, frame.size, peer)
+        try:
+            sock.sendall(SB + ack + EB + CR)
+        except OSError as exc:
+            log.warning("could not send ACK to %s: %s", peer[0], exc)
+            return False
+        return True
+
+
+class _Deadlines:
+    """The two clocks of a connection: since the last completed frame (idle), and since the
+    first byte of the frame in progress. Bytes that end nothing move neither."""
+
+    def __init__(self, idle_timeout_s: float, frame_timeout_s: float) -> None:
+        self.idle_timeout_s = idle_timeout_s
+        self.frame_timeout_s = frame_timeout_s
+        self._last_frame = self._frame_began = time.monotonic()
+
+    def fed(self, frames_ended: int, frame_begun: bool) -> None:
+        now = time.monotonic()
+        if frames_ended:
+            self._last_frame = now
+        if frame_begun:
+            self._frame_began = now
+
+    def remaining(self, in_frame: bool) -> float:
+        """Seconds until the connection must be closed."""
+        if in_frame:
+            deadline = self._frame_began + self.frame_timeout_s
+        else:
+            deadline = self._last_frame + self.idle_timeout_s
+        return deadline - time.monotonic()

@@ -1,12 +1,10 @@
-"""Field values both feeds normalise the same way: report status, times, DICOM UIDs."""
+"""Field values both feeds normalise the same way: report status and times (DICOM UIDs are
+checked by ``node.uids``)."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, datetime, timedelta, timezone
-
-# DICOM PS3.5 §9.1: digits and dots, no leading zeros in a component, at most 64 characters.
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
 
 # HL7 table 0123 (result status) codes, and the words RIS and CSV exports write instead.
 STATUS_CODES = {"O", "I", "S", "A", "P", "C", "R", "F", "X", "Y", "Z", "D"}
@@ -29,11 +27,6 @@ _STATUS_WORDS = {
 _DTM = re.compile(r"^(?P<digits>\d{4}(?:\d{2}){0,5})(?:\.(?P<frac>\d{1,6}))?(?P<tz>[+-]\d{4})?$")
 
 
-def is_uid(value: str) -> bool:
-    """True when ``value`` is a syntactically valid DICOM UID."""
-    return len(value) <= 64 and bool(_UID.match(value))
-
-
 def normalise_status(value: str) -> str | None:
     """Return the HL7 status code (F, P, C, X...) for a code or a word, None when empty.
 
@@ -53,7 +46,8 @@ def parse_hl7_datetime(value: str) -> datetime | None:
 
     A time with an offset is converted to UTC; one without is kept as the sender's wall-clock
     time (HL7 says it is the sender's local time, which the node cannot know). The result is
-    naive either way, as SQLite stores it.
+    naive either way, as SQLite stores it. An offset that is no offset (24 hours or more, or 60
+    minutes or more) makes the value bad, as does one that moves it out of years 1-9999.
     """
     match = _DTM.match(value.strip())
     if not match:
@@ -68,11 +62,21 @@ def parse_hl7_datetime(value: str) -> datetime | None:
     except ValueError:
         return None
     if match["tz"]:
-        sign = -1 if match["tz"][0] == "-" else 1
-        offset = timedelta(hours=int(match["tz"][1:3]), minutes=int(match["tz"][3:5]))
-        moment = moment.replace(tzinfo=timezone(sign * offset))
-        moment = moment.astimezone(UTC).replace(tzinfo=None)
+        return _in_utc(moment, match["tz"])
     return moment
+
+
+def _in_utc(moment: datetime, tz: str) -> datetime | None:
+    """``moment`` at offset ``tz`` (``+HHMM``/``-HHMM``) as naive UTC; None for an offset that
+    cannot be one or a result outside what ``datetime`` holds."""
+    hours, minutes = int(tz[1:3]), int(tz[3:5])
+    if hours > 23 or minutes > 59:
+        return None
+    offset = timedelta(hours=hours, minutes=minutes) * (-1 if tz[0] == "-" else 1)
+    try:
+        return moment.replace(tzinfo=timezone(offset)).astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        return None
 
 
 def parse_datetime_text(value: str) -> datetime | None:

@@ -34,8 +34,14 @@ def chest_files(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "rsna-pneumonia-sample" / "stage_1_train_images").glob("*.dcm"))
 
 
-def new_study(path: Path, study_uid: str | None = None) -> pydicom.Dataset:
+def new_study(
+    path: Path, study_uid: str | None = None, patient: pydicom.Dataset | None = None
+) -> pydicom.Dataset:
+    """A real image under new UIDs; with ``patient``, as an image of that patient (one study
+    is one patient: the node refuses another's images under its Study UID)."""
     ds = pydicom.dcmread(path)
+    if patient is not None:
+        ds.PatientID, ds.PatientName = patient.PatientID, patient.PatientName
     ds.StudyInstanceUID = study_uid or generate_uid()
     ds.SeriesInstanceUID = generate_uid()
     ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -152,14 +158,18 @@ def test_results_wait_for_a_pacs_that_was_down(make_node, orthanc, shared_data):
 
 
 def test_eight_concurrent_associations_lose_nothing(make_node, shared_data):
-    node = make_node(stable_age_s=600, complete_on_release=False)  # ingest only
+    # Ingest only; one address sending 8 at once needs a per-peer cap above the default 4.
+    node = make_node(stable_age_s=600, complete_on_release=False, dicom_max_associations_per_peer=8)
     files = chest_files(shared_data)
     statuses: list[int] = []
     lock = threading.Lock()
 
     def sender(n: int) -> None:
         study_uid = generate_uid()
-        datasets = [new_study(files[(n + k) % len(files)], study_uid) for k in range(3)]
+        first = new_study(files[n % len(files)], study_uid)
+        datasets = [first] + [
+            new_study(files[(n + k) % len(files)], study_uid, patient=first) for k in (1, 2)
+        ]
         ae = AE(ae_title="ORTHANC")
         for ds in datasets:
             ae.add_requested_context(ds.SOPClassUID, ds.file_meta.TransferSyntaxUID)

@@ -27,7 +27,12 @@ def test_destinations_and_allowed_aes_parse_from_comma_lists():
         Destination("PACS", "10.0.0.5", 104),
         Destination("VIEWER", "viewer.local", 11112),
     )
-    assert settings.known_calling_aes == ("MODALITY1", "MODALITY2", "PACS", "VIEWER")
+    assert settings.known_calling_aes == (
+        "MODALITY1",
+        "MODALITY2",
+        "PACS@10.0.0.5",
+        "VIEWER@viewer.local",
+    )
 
 
 def test_config_file_named_by_environment(tmp_path: Path):
@@ -49,6 +54,12 @@ def test_default_database_is_a_sqlite_file_under_the_data_dir(tmp_path: Path):
         ({"CXRNODE_DICOM_PORT": "eleven"}, "dicom_port"),
         ({"CXRNODE_AE_TITLE": "A" * 17}, "ae_title"),
         ({"CXRNODE_ASSUME_CHEST_WITHOUT_BODY_PART": "maybe"}, "boolean"),
+        ({"CXRNODE_CSV_MAX_FILE_MB": "0"}, "csv_max_file_mb"),
+        ({"CXRNODE_DICOM_MAX_ASSOCIATIONS_PER_PEER": "11"}, "dicom_max_associations_per_peer"),
+        ({"CXRNODE_HL7_MAX_CONNECTIONS_PER_PEER": "0"}, "hl7_max_connections_per_peer"),
+        ({"CXRNODE_HL7_FRAME_TIMEOUT_S": "0"}, "hl7_frame_timeout_s"),
+        ({"CXRNODE_TLS_HANDSHAKE_TIMEOUT_S": "-1"}, "tls_handshake_timeout_s"),
+        ({"CXRNODE_REFUSAL_AUDIT_WINDOW_S": "-5"}, "refusal_audit_window_s"),
     ],
 )
 def test_bad_values_are_config_errors_naming_the_setting(env, message):

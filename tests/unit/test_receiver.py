@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import pydicom
@@ -13,8 +14,15 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
 from sqlalchemy import select
 
-from node.config import Settings
-from node.dicom.receiver import CONFLICTING_DUPLICATE, MISSING_UIDS, StorageSCP
+from node.config import Destination, Settings
+from node.dicom.receiver import (
+    CONFLICTING_DUPLICATE,
+    INVALID_UID,
+    MISSING_UIDS,
+    PATIENT_MISMATCH,
+    StorageSCP,
+    _failure,
+)
 from node.dicom.sender import _pause_reactor
 from node.dicom.tcp import no_delay
 from node.orthanc import free_port
@@ -53,12 +61,18 @@ def associate(scp: StorageSCP, datasets, calling_ae: str = "MODALITY"):
 
 
 def send(scp: StorageSCP, datasets, calling_ae: str = "MODALITY"):
+    responses = send_for_responses(scp, datasets, calling_ae)
+    return None if responses is None else [int(r.Status) for r in responses]
+
+
+def send_for_responses(scp: StorageSCP, datasets, calling_ae: str = "MODALITY"):
+    """The C-STORE response datasets (Status, ErrorComment...), None if not associated."""
     assoc = associate(scp, datasets, calling_ae)
     if not assoc.is_established:
         return None
-    statuses = [int(assoc.send_c_store(ds).Status) for ds in datasets]
+    responses = [assoc.send_c_store(ds) for ds in datasets]
     assoc.release()
-    return statuses
+    return responses
 
 
 def rsna(shared_data: Path, n: int = 0) -> pydicom.Dataset:
@@ -140,6 +154,52 @@ def test_ae_bound_to_another_address_is_rejected(tmp_path, shared_data):
         scp.stop()
 
 
+@pytest.mark.parametrize(
+    ("destination_host", "allowed", "accepted"),
+    [
+        ("10.99.0.2", (), False),  # the destination's AE title from another address
+        ("127.0.0.1", (), True),  # from its destination host
+        ("localhost", (), True),  # a host name, resolved
+        ("10.99.0.2", ("PACS@127.0.0.1",), True),  # from an address the allowlist binds it to
+        ("10.99.0.2", ("PACS@10.99.0.3",), False),
+        ("10.99.0.2", ("PACS",), True),  # listed unbound: from anywhere, as configured
+    ],
+)
+def test_destination_ae_title_is_bound_to_its_host_or_its_allowlist_addresses(
+    tmp_path, shared_data, destination_host, allowed, accepted
+):
+    scp = start_scp(
+        tmp_path,
+        allowed_calling_aes=("MODALITY", *allowed),
+        destinations=(Destination("PACS", destination_host, 104),),
+    )
+    try:
+        statuses = send(scp, [rsna(shared_data)], calling_ae="PACS")
+        assert statuses == ([0x0000] if accepted else None)
+        rejected = events(scp, "association.rejected")
+        assert [e["detail"]["reason"] for e in rejected] == (
+            [] if accepted else ["calling AE title not allowed from 127.0.0.1"]
+        )
+    finally:
+        scp.stop()
+
+
+def test_association_calling_another_ae_title_is_rejected_and_audited(scp, shared_data):
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(SecondaryCaptureImageStorage)
+    assoc = ae.associate("127.0.0.1", scp.settings.dicom_port, ae_title="OTHERNODE")
+    assert assoc.is_rejected
+    rejection = assoc.acceptor.primitive
+    assert (rejection.result, rejection.result_source, rejection.diagnostic) == (1, 1, 7)
+    (rejected,) = events(scp, "association.rejected")
+    assert rejected["actor_ae"] == "MODALITY"
+    assert rejected["detail"] == {
+        "reason": "called AE title not recognised",
+        "called_ae": "OTHERNODE",
+    }
+    assert send(scp, [rsna(shared_data)]) == [0x0000]  # the node's own AE title still works
+
+
 def test_full_spool_disk_refuses_associations_as_transient(tmp_path, shared_data):
     scp = start_scp(tmp_path, min_free_disk_mb=1 << 40)  # more than any disk has free
     try:
@@ -196,6 +256,126 @@ def test_every_common_transfer_syntax_is_accepted_and_stored_byte_for_byte(
     assert len(events(scp, "instance.skipped")) == len(paths)
 
 
+def same_patient(ds: pydicom.Dataset, like: pydicom.Dataset) -> pydicom.Dataset:
+    """Make another RSNA image an instance of ``like``'s study and patient."""
+    ds.StudyInstanceUID = like.StudyInstanceUID
+    ds.PatientID, ds.PatientName = like.PatientID, like.PatientName
+    ds.PatientBirthDate, ds.PatientSex = like.get("PatientBirthDate", ""), like.PatientSex
+    return ds
+
+
+def study_rows(scp: StorageSCP, study_uid: str) -> tuple[Study, list[Instance]]:
+    with scp.db.transaction() as session:
+        study = session.scalar(select(Study).where(Study.study_uid == study_uid))
+        session.expunge(study)
+        instances = list(session.scalars(select(Instance).where(Instance.study_id == study.id)))
+        for instance in instances:
+            session.expunge(instance)
+        return study, instances
+
+
+def test_second_patient_under_a_study_uid_is_refused_and_the_first_patient_kept(scp, shared_data):
+    patient_a, patient_b = rsna(shared_data, 0), rsna(shared_data, 1)
+    assert patient_a.PatientID != patient_b.PatientID  # two real patients
+    patient_b.StudyInstanceUID = patient_a.StudyInstanceUID
+    assert send(scp, [patient_a]) == [0x0000]
+
+    (response,) = send_for_responses(scp, [patient_b])
+    assert int(response.Status) == PATIENT_MISMATCH
+    assert response.ErrorComment == "PatientID differs from this Study UID's patient"
+    assert patient_a.PatientID not in response.ErrorComment  # the sender learns no identity
+    (refused,) = events(scp, "instance.refused")
+    assert refused["sop_uid"] == patient_b.SOPInstanceUID
+    assert refused["patient_id"] == patient_b.PatientID
+    assert refused["detail"] == {"reason": response.ErrorComment, "status": "0xC005"}
+    study, instances = study_rows(scp, patient_a.StudyInstanceUID)
+    assert study.patient_id == patient_a.PatientID
+    assert [i.sop_uid for i in instances] == [patient_a.SOPInstanceUID]
+    spooled = [pydicom.dcmread(p).PatientID for p in scp.spool.root.rglob("*.dcm")]
+    assert spooled == [patient_a.PatientID]  # B's refused copy is gone
+
+    # The study goes on working for patient A: another of A's images joins it.
+    more_of_a = same_patient(rsna(shared_data, 2), patient_a)
+    assert send(scp, [more_of_a]) == [0x0000]
+    study, instances = study_rows(scp, patient_a.StudyInstanceUID)
+    assert study.instance_count == 2 and len(instances) == 2
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value"),
+    [
+        ("PatientName", "SOMEONE^ELSE"),
+        ("PatientBirthDate", "19700101"),
+        ("IssuerOfPatientID", "OTHER-HOSPITAL"),
+    ],
+)
+def test_same_patient_id_with_another_identity_is_refused(scp, shared_data, attribute, value):
+    first = rsna(shared_data, 0)
+    first.PatientBirthDate, first.IssuerOfPatientID = "19800202", "HOSPITAL"
+    second = same_patient(rsna(shared_data, 1), first)
+    second.IssuerOfPatientID = first.IssuerOfPatientID
+    setattr(second, attribute, value)
+    assert send(scp, [first]) == [0x0000]
+    (response,) = send_for_responses(scp, [second])
+    assert int(response.Status) == PATIENT_MISMATCH
+    assert response.ErrorComment == f"{attribute} differs from this Study UID's patient"
+    assert len(study_rows(scp, first.StudyInstanceUID)[1]) == 1
+
+
+def test_one_patients_identity_written_differently_or_left_out_is_accepted(scp, shared_data):
+    first = rsna(shared_data, 0)
+    first.PatientName = "Doe^John"
+    spelled = same_patient(rsna(shared_data, 1), first)
+    spelled.SpecificCharacterSet = "ISO_IR 192"
+    spelled.PatientName = "DOE^JOHN^^^=山田^太郎"  # case, empty components, ideographic group
+    unstated = same_patient(rsna(shared_data, 2), first)
+    del unstated.PatientName
+    first.PatientBirthDate = ""
+    unstated.PatientBirthDate = "19800202"  # stated once: the study takes it from now on
+    assert send(scp, [first, spelled, unstated]) == [0x0000] * 3
+    study, instances = study_rows(scp, first.StudyInstanceUID)
+    assert len(instances) == 3 and study.patient_birth_date == "19800202"
+    born_later = same_patient(rsna(shared_data, 3), first)
+    born_later.PatientBirthDate = "19990909"
+    assert send(scp, [born_later]) == [PATIENT_MISMATCH]
+
+
+@pytest.mark.parametrize(
+    ("attribute", "uid"),
+    [
+        ("StudyInstanceUID", "../../x"),
+        ("StudyInstanceUID", "/abs/path"),
+        ("StudyInstanceUID", "1.2.840.0123"),
+        ("StudyInstanceUID", "1..2"),
+        ("StudyInstanceUID", "1.2." + "3" * 61),
+        ("SeriesInstanceUID", "../series"),
+        ("SOPInstanceUID", "1.2.3.x"),
+    ],
+)
+def test_invalid_uid_is_refused_audited_and_never_stored(scp, shared_data, attribute, uid):
+    ds = rsna(shared_data)
+    with warnings.catch_warnings():  # pydicom warns of the very values under test
+        warnings.simplefilter("ignore")
+        setattr(ds, attribute, uid)
+        if attribute == "SOPInstanceUID":
+            ds.file_meta.MediaStorageSOPInstanceUID = uid
+        (response,) = send_for_responses(scp, [ds])
+    assert int(response.Status) == INVALID_UID
+    assert response.ErrorComment.startswith(f"{attribute} is not a valid UID (")
+    (refused,) = events(scp, "instance.refused")
+    assert refused["detail"]["status"] == "0xC006"
+    with scp.db.transaction() as session:
+        assert session.scalar(select(Instance)) is None and session.scalar(select(Study)) is None
+    assert list(scp.spool.root.rglob("*")) == []
+
+
+def test_error_comment_is_a_short_ascii_lo_value():
+    response = _failure(0xC001, "cannot parse: naïve\\value\n" + "x" * 100)
+    assert response.Status == 0xC001
+    assert response.ErrorComment == "cannot parse: na?ve?value?" + "x" * 38
+    assert len(response.ErrorComment) == 64
+
+
 def completed_at(scp: StorageSCP, study_uid: str):
     with scp.db.transaction() as session:
         return session.scalar(select(Study.completed_at).where(Study.study_uid == study_uid))
@@ -232,7 +412,7 @@ def test_study_sent_over_two_open_associations_completes_when_the_last_is_releas
     scp, shared_data
 ):
     ds, other = rsna(shared_data, 0), rsna(shared_data, 1)
-    other.StudyInstanceUID = ds.StudyInstanceUID  # one study, two senders at once
+    same_patient(other, ds)  # one study, two senders at once
     first, second = associate(scp, [ds]), associate(scp, [other])
     assert int(first.send_c_store(ds).Status) == 0x0000
     assert int(second.send_c_store(other).Status) == 0x0000

@@ -16,6 +16,7 @@ from node.dicom.receiver import StorageSCP
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
 from node.orthanc import free_port
+from node.refusals import RefusalAudit
 from node.tls import client_context, server_context
 from storage import audit
 from storage.database import Database
@@ -154,3 +155,24 @@ def test_plain_mllp_to_a_tls_listener_gets_no_ack(tls_mllp):
     except OSError:
         ack = b""
     assert b"MSA" not in ack
+
+
+def test_silent_connection_to_the_mllp_tls_port_is_closed_and_audited(tmp_path: Path, pki: Pki):
+    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
+    db.create_schema()
+    context = server_context(str(pki.server_cert), str(pki.server_key), str(pki.ca))
+    server = MllpServer(
+        HL7Feed(db),
+        "127.0.0.1",
+        0,
+        ssl_context=context,
+        handshake_timeout_s=0.5,
+        on_refused=RefusalAudit(db).record,
+    )
+    with server, socket.create_connection(server.address, timeout=10) as silent:
+        assert silent.recv(10) == b""  # no handshake within 0.5 s: closed
+        client = client_context(str(pki.ca), str(pki.client_cert), str(pki.client_key))
+        assert b"MSA|AA|TLS1" in mllp_exchange(server.address[1], client)
+    with db.transaction() as session:
+        (event,) = audit.query(session, audit.AuditFilter(action="hl7.tls_failed"))
+        assert event.actor_ip == "127.0.0.1" and event.detail["reason"] == "timed out"

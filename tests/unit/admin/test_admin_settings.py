@@ -63,3 +63,12 @@ def test_times_admins_type(text, expected):
 def test_a_time_that_is_none_of_them_says_what_is_accepted():
     with pytest.raises(ValueError, match="24h"):
         parse_time("last tuesday", now=NOW)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["99999999999999999999d", "5000000d", "0001-01-01T00:00+01:00", "9999-12-31T23:59-01:00"],
+)
+def test_a_time_out_of_datetimes_range_is_a_value_error_not_an_overflow(text):
+    with pytest.raises(ValueError, match="out of range"):
+        parse_time(text, now=NOW)

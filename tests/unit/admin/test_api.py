@@ -10,7 +10,16 @@ import json
 from dataclasses import replace
 
 import pytest
-from unit.admin.history import DAY1, DAY2, REFERENCE, STUDY_A, STUDY_C, StudyIds
+from unit.admin.history import (
+    DAY1,
+    DAY2,
+    REFERENCE,
+    STUDY_A,
+    STUDY_C,
+    StudyIds,
+    assert_formulas_neutralised,
+    record_formulas,
+)
 
 from node.admin.auth import COOKIE
 from node.admin.probe import DestinationProbe
@@ -81,6 +90,53 @@ def test_refused_requests_are_audited(admin, db):
     assert event.detail["path"] == "/api/audit"
 
 
+def test_a_flood_of_refused_requests_is_one_audit_row_per_client_and_window(db, history):
+    # 20 s of unauthenticated requests once wrote 3,895 audit rows, one transaction each.
+    server = AdminServer(Settings(admin_token=TOKEN), db, port=0).start()
+    client = Client(server.port)
+    try:
+        statuses = {client.get(path)[0] for path in PROTECTED * 20}
+        statuses |= {client.get(f"/?token=wrong-{TOKEN}")[0] for _ in range(10)}
+    finally:
+        server.stop()
+    assert statuses == {401}
+    with db.transaction() as session:
+        events = audit.query(session, audit.AuditFilter(action="admin.auth_failed", limit=None))
+        counts = sorted((e.detail["count"], e.detail["window_s"], e.actor_ip) for e in events)
+    # The first refusal at once; the rest of the window counted, written when the server stops.
+    total = len(PROTECTED) * 20 + 10
+    assert counts == [(1, 60.0, "127.0.0.1"), (total - 1, 60.0, "127.0.0.1")]
+
+
+@pytest.mark.parametrize(
+    ("path", "bound"),
+    [
+        ("/api/audit?limit=99999999999999999999", "less than or equal to 10000"),
+        ("/api/audit?limit=0", "greater than or equal to 1"),
+        ("/api/audit?limit=ten", "valid integer"),
+        ("/api/studies?limit=99999999999999999999", "less than or equal to 500"),
+        ("/api/studies?limit=-3", "greater than or equal to 1"),
+        ("/?limit=99999999999999999999", "less than or equal to 500"),
+    ],
+)
+def test_numeric_parameters_out_of_bounds_are_422_naming_the_bound(admin, path, bound):
+    status, _, body = admin.get(path, TOKEN)
+    assert status == 422 and bound in body and "limit" in body
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/api/audit?since=99999999999999999999d",
+        "/api/audit?until=0001-01-01T00:00%2B01:00",
+        "/api/stats?since=5000000d",
+    ],
+)
+def test_times_out_of_range_are_400_not_500(admin, path):
+    status, _, body = admin.get(path, TOKEN)
+    assert status == 400 and "out of range" in body
+
+
 def test_health_is_open_and_shows_no_identifiers(admin):
     status, headers, body = admin.get("/api/health")
     assert status == 200
@@ -119,6 +175,13 @@ def test_audit_csv_export(admin):
     assert status == 200 and headers["content-type"].startswith("text/csv")
     rows = list(csv.DictReader(io.StringIO(body)))
     assert rows[0]["action"] == "hl7.received" and rows[-1]["action"] == "study.done"
+
+
+def test_audit_csv_export_neutralises_formulas_in_received_values(admin, db):
+    record_formulas(db)
+    status, _, body = admin.get("/api/audit?action=instance.refused&format=csv", TOKEN)
+    assert status == 200
+    assert_formulas_neutralised(body)
 
 
 def test_timeline_stats_studies_and_verify(admin):

@@ -8,7 +8,16 @@ import json
 
 import pytest
 from sqlalchemy import text
-from unit.admin.history import DAY1, DAY2, REFERENCE, STUDY_A, STUDY_B, STUDY_C
+from unit.admin.history import (
+    DAY1,
+    DAY2,
+    REFERENCE,
+    STUDY_A,
+    STUDY_B,
+    STUDY_C,
+    assert_formulas_neutralised,
+    record_formulas,
+)
 
 from node.cli import main
 from storage import audit
@@ -105,3 +114,10 @@ def test_verify_passes_then_catches_a_row_changed_in_the_database(cxrnode, db):
     assert f"first broken row: event id {done.id} (edited)" in out
     report = json.loads(cxrnode("audit", "verify", "--format", "json")[1])
     assert report["first_problem"]["event_id"] == done.id
+
+
+def test_csv_export_neutralises_formulas_in_received_values(cxrnode, db):
+    record_formulas(db)
+    code, out = cxrnode("audit", "--action", "instance.refused", "--format", "csv")
+    assert code == 0
+    assert_formulas_neutralised(out)

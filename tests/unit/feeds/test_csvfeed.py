@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import csv
 import io
+import json
+import logging
+import os
 import shutil
 from pathlib import Path
 
@@ -230,3 +233,171 @@ def test_the_real_iu_file_is_rejected_for_its_missing_key_columns(drop, feed, sh
     [result] = settle(feed)
     assert result.outcome == "rejected"
     assert "accession, patient_id" in result.reason
+
+
+# The drop folder is shared with whoever drops files: links, odd entries and broken
+# subfolders. ------------------------------------------------------------------------------
+
+SECRET = "SECRET-ROW,P-SECRET,the first line of a file the node can read\n"
+
+
+def everything_said(drop: Path, audited, caplog) -> str:
+    """What the node wrote anywhere an admin or a sender may read."""
+    reasons = "".join(p.read_text("utf-8") for p in drop.rglob("*.reason.txt"))
+    return reasons + json.dumps(audited()) + caplog.text
+
+
+def test_a_symlinked_csv_is_refused_unread_and_its_target_never_quoted(
+    drop, feed, db, audited, caplog, tmp_path
+):
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET, "utf-8")
+    (drop / "leak.csv").symlink_to(secret)
+    [result] = feed.poll()  # refused at once: a link is never read, stable or not
+
+    assert result.outcome == "rejected"
+    assert result.reason == "a symbolic link, not a plain regular file: not read"
+    assert (drop / "rejected" / "leak.csv").is_symlink()  # the link moved, not its target
+    assert secret.read_text("utf-8") == SECRET
+    assert "SECRET" not in everything_said(drop, audited, caplog)
+    assert [e["action"] for e in audited()] == ["csv.file_rejected"]
+    assert reports(db) == [] and settle(feed) == []
+
+
+def test_a_symlinked_report_file_elsewhere_is_not_ingested(drop, feed, db, tmp_path):
+    elsewhere = tmp_path / "elsewhere.csv"
+    elsewhere.write_text(GOOD, "utf-8")
+    (drop / "reports.csv").symlink_to(elsewhere)
+    [result] = feed.poll()
+    assert result.outcome == "rejected" and feed.poll() == [] and feed.poll() == []
+    assert reports(db) == [] and elsewhere.read_text("utf-8") == GOOD
+
+
+@pytest.mark.parametrize("kind", ["directory", "fifo"])
+def test_other_entries_named_csv_are_moved_to_rejected_unread(drop, feed, db, kind):
+    entry = drop / "odd.csv"
+    entry.mkdir() if kind == "directory" else os.mkfifo(entry)  # a FIFO would block a read
+    [result] = feed.poll()
+    expected = "a directory" if kind == "directory" else "a special file"
+    assert result.reason == f"{expected}, not a plain regular file: not read"
+    assert not os.path.lexists(entry) and os.path.lexists(drop / "rejected" / "odd.csv")
+
+
+def test_a_hard_link_to_a_file_elsewhere_is_refused_unread(
+    drop, feed, db, audited, caplog, tmp_path
+):
+    secret = tmp_path / "secret.txt"
+    secret.write_text(SECRET, "utf-8")
+    os.link(secret, drop / "linked.csv")
+    [result] = feed.poll()
+    assert result.reason == "a file with 2 hard links, not a plain regular file: not read"
+    assert "SECRET" not in everything_said(drop, audited, caplog) and reports(db) == []
+    assert secret.read_text("utf-8") == SECRET
+
+
+def test_rejected_replaced_by_a_link_is_never_written_through(drop, feed, db, audited, tmp_path):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (drop / "rejected").symlink_to(outside)
+    (drop / "bad.csv").write_text("no,header\n1,2\n", "utf-8")
+    (drop / "reports.csv").write_text(GOOD, "utf-8")
+    for _ in range(3):
+        assert feed.poll() == []
+
+    assert list(outside.iterdir()) == []
+    assert (drop / "bad.csv").exists() and reports(db) == []  # nothing committed, all waits
+    (unusable,) = audited()  # once, not at every poll
+    assert unusable["action"] == "csv.folder_unusable"
+    assert "rejected/ is a symbolic link, not a directory" in unusable["detail"]["reason"]
+
+    (drop / "rejected").unlink()  # the admin repairs it: the files go through
+    results = settle(feed)
+    assert sorted(r.outcome for r in results) == ["done", "rejected"]
+    assert (drop / "rejected" / "bad.csv").exists() and len(reports(db)) == 2
+
+
+def test_a_plain_file_named_done_fails_no_poll_and_holds_every_file_back(drop, feed, db, audited):
+    (drop / "done").write_text("not a folder", "utf-8")
+    (drop / "first.csv").write_text(GOOD, "utf-8")
+    (drop / "second.csv").write_text(GOOD.replace("A1", "B1").replace("A2", "B2"), "utf-8")
+    assert settle(feed) == []
+    assert reports(db) == []  # no row committed that could not be moved after
+    assert [e["action"] for e in audited()] == ["csv.folder_unusable"]
+    assert "done/ is a regular file" in audited()[0]["detail"]["reason"]
+
+    (drop / "done").unlink()
+    assert [r.outcome for r in settle(feed)] == ["done", "done"]
+    assert len(reports(db)) == 4
+
+
+def test_a_link_planted_as_the_reason_file_is_not_written_through(drop, feed, tmp_path):
+    victim = tmp_path / "victim.txt"
+    victim.write_text("untouched\n", "utf-8")
+    (drop / "rejected").mkdir()
+    (drop / "rejected" / "bad.csv.reason.txt").symlink_to(victim)
+    (drop / "bad.csv").write_text("", "utf-8")
+    [result] = settle(feed)
+    assert result.outcome == "rejected" and result.name != "bad.csv"  # under a free name
+    assert victim.read_text("utf-8") == "untouched\n"
+    assert (drop / "rejected" / f"{result.name}.reason.txt").read_text("utf-8") == "empty file\n"
+
+
+def test_a_file_over_the_size_limit_is_rejected_before_it_is_read(drop, feed, audited):
+    huge = drop / "huge.csv"
+    with huge.open("wb") as handle:
+        handle.truncate(1 << 30)  # 1 GiB, sparse: reading it would cost a GiB of memory
+    [result] = settle(feed)
+    assert result.outcome == "rejected"
+    assert result.reason == f"{1 << 30} bytes, over the {64 << 20} limit: not read"
+    (rejected,) = audited()
+    assert rejected["detail"]["sha256"] is None  # never hashed: never read
+    assert (drop / "rejected" / "huge.csv").stat().st_size == 1 << 30
+
+
+def test_a_headerless_file_keeps_its_first_row_out_of_the_application_log(
+    drop, feed, audited, caplog
+):
+    (drop / "rows.csv").write_text("ACC-77,PAT-77,Right lower lobe opacity\n", "utf-8")
+    with caplog.at_level(logging.DEBUG):
+        [result] = settle(feed)
+    assert result.outcome == "rejected"
+    assert "PAT-77" not in caplog.text and "opacity" not in caplog.text
+    assert "rows.csv" in caplog.text and "header has no column" in caplog.text
+    # The audit log and the reason file, beside the file itself, still show what was read.
+    assert "PAT-77" in audited()[0]["detail"]["reason"]
+    assert "PAT-77" in (drop / "rejected" / "rows.csv.reason.txt").read_text("utf-8")
+
+
+def test_rows_rejected_for_their_values_are_not_quoted_in_the_application_log(drop, feed, caplog):
+    text = "accession,patient_id,report,study_uid\nA1,P1,text,not-a-uid-SECRET\n"
+    (drop / "allbad.csv").write_text(text, "utf-8")
+    with caplog.at_level(logging.DEBUG):
+        [result] = settle(feed)
+    assert result.outcome == "rejected" and "SECRET" in result.reason
+    assert "SECRET" not in caplog.text and "allbad.csv" in caplog.text
+
+
+def test_a_file_the_file_system_refuses_to_move_fails_alone_and_is_audited_once(
+    drop, db, audited, monkeypatch
+):
+    # As root (the test machine) no permission stops a rename: the refusal is simulated.
+    feed = CsvFeed(drop, db)
+    move = feed._move
+
+    def refusing(path, target_dir, reason=None):
+        if path.name == "first.csv":
+            raise PermissionError(13, "Permission denied")
+        return move(path, target_dir, reason)
+
+    monkeypatch.setattr(feed, "_move", refusing)
+    (drop / "first.csv").write_text(GOOD, "utf-8")
+    (drop / "second.csv").write_text(GOOD.replace("A1", "B1").replace("A2", "B2"), "utf-8")
+    results = settle(feed)
+    assert [(r.name, r.outcome) for r in results] == [
+        ("first.csv", "failed"),
+        ("second.csv", "done"),
+    ]
+    assert [r.outcome for r in feed.poll()] == ["failed"]  # tried again at each poll
+    failed = [e for e in audited() if e["action"] == "csv.file_failed"]
+    assert [e["detail"] for e in failed] == [{"file": "first.csv", "reason": "Permission denied"}]
+    assert len(reports(db)) == 4 and (drop / "first.csv").exists()

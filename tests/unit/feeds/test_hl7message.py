@@ -10,6 +10,7 @@ import pytest
 
 from node.feeds.errors import ErrorCode, HL7ParseError, HL7Unusable
 from node.feeds.hl7message import parse_message
+from node.feeds.values import parse_hl7_datetime
 
 ORU = (
     "MSH|^~\\&|RIS|HOSP|CXR|NODE|20240301101500||ORU^R01|MSG1|P|2.5.1\r"
@@ -242,3 +243,20 @@ def test_accession_longer_than_the_database_holds_is_refused():
 def test_invalid_accession_key_names_are_refused():
     with pytest.raises(ValueError, match="OBR3"):
         parse_message(oru("OBX|1|TX|||x\r"), ("OBR3",))
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("20240301101500+0100", datetime(2024, 3, 1, 9, 15)),
+        ("20240301101500-1200", datetime(2024, 3, 1, 22, 15)),
+        ("20240301101500+1400", datetime(2024, 2, 29, 20, 15)),
+        ("20240301101500+2400", None),  # no such offset: timezone() raised ValueError
+        ("20240301101500-9999", None),
+        ("20240301101500+0160", None),
+        ("00010101000000+0100", None),  # before year 1 in UTC: astimezone raised OverflowError
+        ("99991231235959-0100", None),
+    ],
+)
+def test_hl7_times_with_offsets_are_utc_or_none_when_impossible(value, expected):
+    assert parse_hl7_datetime(value) == expected

@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import CR, EB, SB, Frame, FrameReader, MllpServer, OversizedFrame
+from node.refusals import RefusalAudit
 from storage.schema import Report
 
 ORU = (
@@ -261,3 +262,130 @@ def test_connections_beyond_the_limit_are_closed_and_the_open_ones_keep_working(
         # The freed slot is given back once the server thread has seen the close.
         assert any(fresh_connection_is_served() for _ in range(300))
     assert count_rows(db) == 4
+
+
+# --- what the parser or the ACK builder did not expect -----------------------------------------
+
+
+def test_impossible_utc_offset_in_msh_7_is_acknowledged_and_the_connection_kept(
+    raw_client, db, audited
+):
+    # Found by fuzzing: timezone() refuses offsets of 24 h or more, and the error escaped
+    # handle_frame: no ACK, no audit event, the connection dropped.
+    bad_time = oru("TZ-24H").replace(b"20240301101500|", b"20240301101500+2400|", 1)
+    ack = raw_client.exchange(bad_time)
+    assert (ack.code, ack.acked_id) == ("AA", "TZ-24H")
+    assert raw_client.exchange(oru("AFTER-TZ")).code == "AA"
+    assert [r.message_id for r in rows(db)] == ["TZ-24H", "AFTER-TZ"]
+    assert [e["action"] for e in audited()] == ["hl7.received", "hl7.received"]
+
+
+def test_unexpected_failure_handling_a_frame_is_answered_ar_audited_and_survived(
+    db, audited, connect, monkeypatch
+):
+    import node.feeds.hl7feed as hl7feed
+
+    def broken(*args, **kwargs):
+        raise ValueError("a bug nobody has found yet")
+
+    # The parser and the lenient header reader both fail, as they did on the MSH-7 offset.
+    monkeypatch.setattr(hl7feed, "parse_message", broken)
+    monkeypatch.setattr(hl7feed, "read_header_leniently", broken)
+    with MllpServer(HL7Feed(db), "127.0.0.1", 0) as server:
+        client = connect(server)
+        first, second = client.exchange(oru("BUG-1")), client.exchange(oru("BUG-2"))
+    assert [(a.code, a.error_code) for a in (first, second)] == [("AR", "207"), ("AR", "207")]
+    events = audited()
+    assert [e["action"] for e in events] == ["hl7.rejected", "hl7.rejected"]
+    assert events[0]["actor_ip"] == "127.0.0.1" and events[0]["detail"]["code"] == 207
+
+
+# --- slow peers: frame deadline, idle clock, per-peer cap ----------------------------------------
+
+
+def connect_from(server: MllpServer, source: str) -> socket.socket:
+    """A raw connection from another loopback address: another peer, as the server sees it."""
+    return socket.create_connection(server.address, timeout=10, source_address=(source, 0))
+
+
+def trickle_until_closed(sock: socket.socket, byte: bytes, tries: int = 100) -> bool:
+    """Send one byte every 0.1 s, as a slow-loris peer does; True once the server has closed
+    the connection (at most ``tries`` bytes)."""
+    sock.settimeout(0.1)
+    for _ in range(tries):
+        try:
+            sock.sendall(byte)
+            if sock.recv(10) == b"":
+                return True
+        except TimeoutError:
+            continue
+        except OSError:
+            return True
+    return False
+
+
+def wait_for(condition, tries: int = 200):
+    for _ in range(tries):
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.05)
+    return condition()
+
+
+def test_slow_loris_peer_is_capped_and_closed_and_others_still_get_their_ack(db, audited, connect):
+    refusals = RefusalAudit(db)
+    server = MllpServer(
+        HL7Feed(db),
+        "127.0.0.1",
+        0,
+        idle_timeout_s=30,
+        frame_timeout_s=0.5,
+        max_connections=4,
+        max_connections_per_peer=2,
+        on_refused=refusals.record,
+    )
+    with server:
+        lorises = [connect_from(server, "127.0.0.2") for _ in range(2)]
+        for loris in lorises:
+            loris.sendall(SB + b"MSH|^~\\&|")
+        with connect_from(server, "127.0.0.2") as third:
+            assert third.recv(10) == b""  # closed at once: the peer holds its two
+        assert connect(server).exchange(oru("WHILE-LORIS")).code == "AA"
+        # One byte every 0.1 s would keep an idle clock at bay forever; the frame's does not.
+        assert all(trickle_until_closed(loris, b"x") for loris in lorises)
+        for loris in lorises:
+            loris.close()
+        assert connect(server).exchange(oru("AFTER-LORIS")).code == "AA"
+    refusals.flush()
+    events = audited()
+    refused = [e for e in events if e["action"] == "hl7.connection_refused"]
+    assert [(e["actor_ip"], e["detail"]["reason"]) for e in refused] == [
+        ("127.0.0.2", "per-peer connection limit reached")
+    ]
+    dropped = [e for e in events if e["action"] == "hl7.frame_unterminated"]
+    assert {e["actor_ip"] for e in dropped} == {"127.0.0.2"}
+    assert sum(e["detail"]["count"] for e in dropped) == 2 and len(dropped) == 2
+    assert "within 0.5 s" in dropped[0]["detail"]["reason"]
+    assert [r.message_id for r in rows(db)] == ["WHILE-LORIS", "AFTER-LORIS"]
+
+
+def test_bytes_between_frames_do_not_keep_a_connection_from_idling_out(db):
+    server = MllpServer(HL7Feed(db), "127.0.0.1", 0, idle_timeout_s=0.5, frame_timeout_s=30)
+    with server, connect_from(server, "127.0.0.3") as sock:
+        assert trickle_until_closed(sock, b"\r")
+
+
+def test_connection_closed_inside_a_frame_is_audited(db, audited):
+    server = MllpServer(HL7Feed(db), "127.0.0.1", 0, on_refused=RefusalAudit(db).record)
+    with server:
+        with connect_from(server, "127.0.0.4") as sock:
+            sock.sendall(SB + oru("HALF")[:40])
+
+        def dropped():
+            return [e for e in audited() if e["action"] == "hl7.frame_unterminated"]
+
+        (event,) = wait_for(dropped)
+    assert event["actor_ip"] == "127.0.0.4" and event["detail"]["bytes"] == 40
+    assert event["detail"]["reason"] == "connection closed inside the frame"
+    assert count_rows(db) == 0

