@@ -76,6 +76,12 @@ class Database:
         path = self.url.removeprefix("sqlite:///")
         return None if not path or path == ":memory:" else path
 
+    def recorded_head(self) -> tuple[int, str] | None:
+        """(seq, hash) of the audit head last committed, from the journal beside a SQLite
+        file, for ``audit_chain.verify(journal=...)``; None without one."""
+        head = self.journal.read() if self.journal is not None else None
+        return (head.seq, head.hash) if head is not None else None
+
     def _journal_head(self, session: Session) -> None:
         head = session.info.pop(SEALED_HEAD, None)
         if head is not None:
