@@ -61,7 +61,8 @@ def run(count: int, data: Path) -> None:
         for n in range(count):
             ds = pydicom.dcmread(sources[n % len(sources)])
             ds.StudyInstanceUID = study_uid
-            ds.PatientID = ds.PatientName = "MEMORY^BENCH"
+            ds.PatientID = ds.PatientName = "MEMORY^BENCH"  # one patient
+            ds.PatientBirthDate = ""
             ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
             buffer = io.BytesIO()
             ds.save_as(buffer)
