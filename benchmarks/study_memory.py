@@ -104,10 +104,13 @@ def run(count: int, data: Path) -> None:
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         clock = time.perf_counter()
         pipeline.process_next(settings.batch_studies)
-        pipeline.close()  # waits for the builder and commits the run
+        pipeline.flush()  # waits for the builder and commits the run
         seconds = time.perf_counter() - clock
         worker = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        builders = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+        # The builders' own peaks (VmHWM restarts at exec; a child's ru_maxrss would count the
+        # parent's pages at the fork).
+        builders = max(_peak_kib(pid) for pid in pipeline._builders._processes)
+        pipeline.close()
         with db.transaction() as session:
             job = session.query(Job).one()
             read = len((job.result or {}).get("images", []))
@@ -123,6 +126,13 @@ def run(count: int, data: Path) -> None:
             f"peak RSS worker process: {worker / 1024:.0f} MiB (before the run {before / 1024:.0f})"
         )
         print(f"peak RSS builder process: {builders / 1024:.0f} MiB")
+
+
+def _peak_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    return 0
 
 
 if __name__ == "__main__":
