@@ -32,6 +32,7 @@ from pydicom.uid import (
 )
 
 from models.errors import PreprocessingError
+from models.pixel_limits import check_decodable
 from models.text import clean_report_text
 
 __all__ = [
@@ -188,17 +189,29 @@ def dicom_to_display(ds: Dataset) -> np.ndarray:
     return pixels_to_display(ds, *decode_pixels(ds))
 
 
-def decode_pixels(ds: Dataset) -> tuple[np.ndarray, str]:
+def decode_pixels(ds: Dataset, max_bytes: int | None = None) -> tuple[np.ndarray, str]:
     """The first frame's stored values, decompressed, and its photometric interpretation.
+
+    Parameters
+    ----------
+    ds : pydicom.dataset.Dataset
+        The image instance.
+    max_bytes : int, optional
+        The most its pixel data may take once decoded, checked from its headers before any
+        decoding (:func:`models.pixel_limits.check_decodable`); no limit when None.
 
     Raises
     ------
     PreprocessingError
-        If there is no pixel data or it cannot be decoded.
+        If there is no pixel data or it cannot be decoded; a
+        :class:`models.pixel_limits.PixelLimitError` when it is over ``max_bytes`` or holds
+        less than its header declares.
     """
     if not any(keyword in ds for keyword in _PIXEL_KEYWORDS):
         raise PreprocessingError("dataset has no PixelData: not an image")
     syntax = _transfer_syntax(ds)
+    if max_bytes is not None:
+        check_decodable(ds, max_bytes, syntax)
     try:
         # index=0 decodes only the first frame, which is all we use of a multi-frame image.
         pixels, properties = get_decoder(syntax).as_array(ds, index=0)

@@ -16,6 +16,7 @@ from pydicom import dcmread
 from pydicom.uid import generate_uid
 
 from node.config import Settings
+from node.log_privacy import withhold_dicom_values_from_the_log
 from node.logsafe import quiet_pydicom_values
 from node.results import (
     AlgorithmInfo,
@@ -31,10 +32,11 @@ from storage.spool import FileStore, results_folder
 def keep_identifiers_out_of_the_log() -> None:
     """Identifiers belong in the audit log, not the application log: silence what libraries
     would print with them (highdicom logs a UID per copied module at INFO; pydicom warns with
-    the patient's name when it has a single component). Also the builder processes'
-    initializer."""
+    the patient's name when it has a single component, and quotes invalid values, UIDs
+    included, in its log and warnings). Also the builder processes' initializer."""
     logging.getLogger("highdicom").setLevel(logging.WARNING)
     quiet_pydicom_values()  # it logs each bad value it reads, quoted (a birth date, a UID)
+    withhold_dicom_values_from_the_log()
     warnings.filterwarnings(
         "ignore", message=r"(?s)The string .* is unlikely to represent the intended person name"
     )

@@ -70,8 +70,23 @@ class Settings:
     tls_key: str = ""
     tls_ca: str = ""
     tls_destinations: bool = False
-    # Below this much free space on the spool's disk, associations are refused (transient).
+    # Below this much free space on the disk of the spool, the results or the database (the
+    # data directory), associations are refused (transient) and the worker claims no run.
     min_free_disk_mb: int = 1024
+    # An image whose pixels would decode to more than this (rows x columns x frames x samples x
+    # bytes per sample), or a deflated dataset that would inflate past it, is refused at
+    # C-STORE and never decoded by the worker.
+    max_decoded_mb: int = 256
+    # Instances one study may hold; more are refused at C-STORE. A run reads at most
+    # max_run_images model images (the rest are skipped, audited), and a batch of studies at
+    # most that many together, unless its first study alone has more.
+    max_study_instances: int = 500
+    max_run_images: int = 16
+    # A run the node died under this many times (claims counted) is failed at the next start
+    # instead of re-queued: a crash loop ends. A run that met a full disk is queued again
+    # after disk_full_retry_s (doubling), and failed after max_job_attempts claims.
+    max_job_attempts: int = 3
+    disk_full_retry_s: float = 300.0
     # DICOM associations open at once, and from one peer address: the peer's next ones are
     # refused "local limit exceeded", so one sender cannot take every slot.
     dicom_max_associations: int = 10
@@ -226,12 +241,26 @@ class Settings:
             raise ConfigError(f"build_processes {self.build_processes} must be 0 or more")
         if self.batch_studies < 1:
             raise ConfigError(f"batch_studies {self.batch_studies} must be at least 1")
+        self._validate_resource_limits()
         if not 0 <= self.admin_port < 65536:
             raise ConfigError(f"admin_port {self.admin_port} out of range (0 turns it off)")
         self._validate_results()
         if self.role not in ROLES:
             raise ConfigError(f"role {self.role!r} is not one of {', '.join(ROLES)}")
         return self
+
+    def _validate_resource_limits(self) -> None:
+        for name in ("max_decoded_mb", "max_study_instances", "max_run_images"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} {getattr(self, name)} must be at least 1")
+        if self.max_job_attempts < 1:
+            raise ConfigError(f"max_job_attempts {self.max_job_attempts} must be at least 1")
+        if self.min_free_disk_mb < 0 or self.disk_full_retry_s < 0:
+            raise ConfigError("min_free_disk_mb and disk_full_retry_s must be >= 0")
+
+    @property
+    def max_decoded_bytes(self) -> int:
+        return self.max_decoded_mb * 1024 * 1024
 
     def _validate_limits(self) -> None:
         for total, per_peer in (

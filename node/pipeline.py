@@ -30,6 +30,7 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from models.errors import PreprocessingError
+from models.pixel_limits import check_deflated_file
 from models.predictor import Predictor
 from models.preprocess import decode_pixels, pixels_to_display
 from node.build import (
@@ -40,6 +41,7 @@ from node.build import (
 )
 from node.config import Destination, Settings
 from node.dicom.sender import DicomSender
+from node.disk import data_paths, is_disk_full, lowest_free_bytes
 from node.pairing import ReportPairing, study_ids
 from node.results import AlgorithmInfo, Finding, ImageResult
 from storage import audit, jobs, outbox
@@ -51,17 +53,18 @@ from storage.studies import processable_instances, stable_studies
 
 log = logging.getLogger(__name__)
 
-# Claims of a job interrupted by a dying builder before it is failed for good.
-MAX_ATTEMPTS = 3
-
 
 @dataclass(eq=False)
 class _Run:
     """A claimed job on its way through the worker: decoded images, then model results."""
 
     item: WorkItem
-    images: list[tuple[Dataset, np.ndarray]] = field(default_factory=list)  # (source, display)
+    # (source header without its pixel data, display) of each decoded image; both lists are
+    # emptied once the result objects are handed to the builder, so that the worker holds the
+    # images of one batch at a time.
+    images: list[tuple[Dataset, np.ndarray]] = field(default_factory=list)
     results: list[ImageResult] = field(default_factory=list)
+    summary_images: list[dict] = field(default_factory=list)  # what the audit keeps of results
     unreadable: int = 0
     batch_studies: int = 0  # how many studies shared its forward pass
     timings: dict[str, float] = field(default_factory=dict)
@@ -104,6 +107,13 @@ class Pipeline:
         )
         self._builders: ProcessPoolExecutor | None = None  # started by start_builders
         self._building: list[tuple[_Run, Future]] = []  # runs whose objects are being built
+        self._disk_low = False  # the worker is paused for disk space
+        # Disk-full deferrals the database could not record yet, by job id.
+        self._deferrals: dict[int, tuple[WorkItem, BaseException]] = {}
+        # Confirmed sends whose "sent" could not be recorded: recorded later, never re-sent.
+        self._unrecorded: dict[str, list[tuple[tuple[int, str], object]]] = {}
+        self._record_failures = 0
+        self._record_retry_at = 0.0
 
     # 1. assembly --------------------------------------------------------------------------
 
@@ -142,6 +152,8 @@ class Pipeline:
         (in a builder process, when there is one) while the next call infers the next batch.
         Commit the previous call's runs; return how many jobs were claimed (0: the queue was
         empty). A job that fails fails alone."""
+        if not self._settle_deferrals() or not self._disk_has_room():
+            return 0
         clock = time.perf_counter()
         items = self._claim(limit)
         claim_s = time.perf_counter() - clock
@@ -152,12 +164,16 @@ class Pipeline:
             except JobFailed as exc:
                 self._fail(item, str(exc))
             except Exception as exc:  # a bug or a resource error must not stop the worker
+                if is_disk_full(exc):
+                    self._defer_for_disk(item, exc)
+                    continue
                 log.exception("job %d failed", item.job_id)
                 self._fail(item, f"internal error: {type(exc).__name__}: {exc}")
         building = []
         for run in self._infer_isolating(runs):
             run.timings["database_s"] = claim_s / len(items)
             building.append((run, self._build(run)))
+            run.images, run.results = [], []  # the builder has them now
         # The previous call's runs were built while this batch was decoded and inferred.
         previous, self._building = self._building, building
         self._commit(previous)
@@ -174,7 +190,80 @@ class Pipeline:
 
     def _commit(self, building: list[tuple[_Run, Future]]) -> None:
         for run, future in building:
-            self._finish(run, future)
+            try:
+                self._finish(run, future)
+            except Exception as exc:  # one run's failure must not drop the others
+                if is_disk_full(exc):
+                    self._defer_for_disk(run.item, exc)
+                    continue
+                log.exception("job %d failed", run.item.job_id)
+                self._fail(run.item, f"internal error: {type(exc).__name__}: {exc}")
+
+    # A full disk -----------------------------------------------------------------------
+
+    def _disk_has_room(self) -> bool:
+        """Whether the data directory's disks have ``min_free_disk_mb`` free; the worker claims
+        nothing while they have not (logged, and audited once, when it starts and ends)."""
+        free = lowest_free_bytes(data_paths(self.settings))
+        low = free <= self.settings.min_free_disk_mb * 1024 * 1024
+        if low != self._disk_low:
+            self._disk_low = low
+            log.warning("worker %s: %d MiB free", "paused" if low else "resumed", free >> 20)
+            try:
+                with self.db.transaction() as session:
+                    audit.record(
+                        session,
+                        "worker.paused" if low else "worker.resumed",
+                        Outcome.WARNING if low else Outcome.SUCCESS,
+                        detail={
+                            "reason": "free disk below min_free_disk_mb",
+                            "free_mb": free >> 20,
+                            "min_free_disk_mb": self.settings.min_free_disk_mb,
+                        },
+                    )
+            except Exception:  # the database's disk may be the full one
+                log.exception("could not audit the worker pausing for disk space")
+        return not low
+
+    def _defer_for_disk(self, item: WorkItem, exc: BaseException) -> None:
+        """A run that met a full disk (ENOSPC writing its results, SQLite's "disk is full"):
+        queue it again after ``disk_full_retry_s`` (doubling with each claim), or fail it once
+        it was claimed ``max_job_attempts`` times; audited either way. When even that cannot
+        be recorded, the worker keeps it and records it before it claims anything else."""
+        reason = f"disk full: {_describe(exc)}"
+        log.error("job %d: %s", item.job_id, reason)
+        try:
+            with self.db.transaction() as session:
+                job = session.get(Job, item.job_id)
+                if job.attempts >= self.settings.max_job_attempts:
+                    jobs.fail(session, job, f"{reason}, {job.attempts} times")
+                    action, outcome, retry_s = "job.failed", Outcome.FAILURE, None
+                else:
+                    retry_s = self.settings.disk_full_retry_s * 2 ** max(job.attempts - 1, 0)
+                    jobs.requeue(session, job, not_before=utcnow() + timedelta(seconds=retry_s))
+                    action, outcome = "job.deferred", Outcome.FAILURE
+                audit.record(
+                    session,
+                    action,
+                    outcome,
+                    **item.ids,
+                    detail={
+                        "run": item.run,
+                        "reason": reason,
+                        "attempts": job.attempts,
+                        "retry_in_s": retry_s,
+                    },
+                )
+        except Exception:
+            log.exception("job %d: the full disk cannot be recorded yet", item.job_id)
+            self._deferrals[item.job_id] = (item, exc)
+
+    def _settle_deferrals(self) -> bool:
+        """Record the disk-full deferrals the database could not take; True once none wait."""
+        for item, exc in list(self._deferrals.values()):
+            del self._deferrals[item.job_id]
+            self._defer_for_disk(item, exc)
+        return not self._deferrals
 
     def close(self) -> None:
         """Commit what is being built and stop the builder processes."""
@@ -211,23 +300,38 @@ class Pipeline:
             return self._builders.submit(build_in_process, job, run.results)
 
     def _claim(self, limit: int) -> list[WorkItem]:
+        """Claim a batch (``jobs.claim_batch``): at most ``limit`` studies and, beyond its first
+        study, ``max_run_images`` model images; each run reads at most ``max_run_images``
+        images, the others skipped and audited."""
+        cap = self.settings.max_run_images
         with self.db.transaction() as session:
             items = []
-            while len(items) < limit and (job := jobs.claim_next(session)) is not None:
-                items.append(
-                    WorkItem(
-                        job_id=job.id,
-                        run=job.run,
-                        study_uid=job.study.study_uid,
-                        accession=job.study.accession,
-                        patient_id=job.study.patient_id,
-                        images=tuple((i.sop_uid, i.path) for i in processable_instances(job.study)),
-                        text=job.report.text if job.report else None,
-                        text_source=job.text_source,
-                        reason=job.reason,
-                        replaces_sr=_sr_path(job.replaces),
-                    )
+            for job in jobs.claim_batch(session, limit, max_images=cap):
+                inputs = processable_instances(job.study)
+                item = WorkItem(
+                    job_id=job.id,
+                    run=job.run,
+                    study_uid=job.study.study_uid,
+                    accession=job.study.accession,
+                    patient_id=job.study.patient_id,
+                    images=tuple((i.sop_uid, i.path) for i in inputs[:cap]),
+                    text=job.report.text if job.report else None,
+                    text_source=job.text_source,
+                    reason=job.reason,
+                    replaces_sr=_sr_path(job.replaces),
                 )
+                for instance in inputs[cap:]:
+                    audit.record(
+                        session,
+                        "image.skipped",
+                        Outcome.WARNING,
+                        **{**item.ids, "sop_uid": instance.sop_uid},
+                        detail={
+                            "run": job.run,
+                            "reason": f"a run reads at most {cap} images (max_run_images)",
+                        },
+                    )
+                items.append(item)
             return items
 
     def _decode(self, item: WorkItem) -> _Run:
@@ -237,13 +341,16 @@ class Pipeline:
         for sop_uid, relpath in item.images:
             try:
                 clock = time.perf_counter()
-                ds = dcmread(self.spool.path(relpath), force=True)
-                pixels, photometric = decode_pixels(ds)
+                path = self.spool.path(relpath)
+                # Again in the worker: files spooled before a limit existed, or changed since.
+                check_deflated_file(path, self.settings.max_decoded_bytes)
+                ds = dcmread(path, force=True)
+                pixels, photometric = decode_pixels(ds, self.settings.max_decoded_bytes)
                 decoded = time.perf_counter()
                 display = pixels_to_display(ds, pixels, photometric)
                 run.add_time("decode_s", decoded - clock)
                 run.add_time("preprocess_s", time.perf_counter() - decoded)
-                run.images.append((ds, display))
+                run.images.append((_without_pixels(ds), display))
             except (PreprocessingError, ValueError, OSError, NotImplementedError) as exc:
                 failures.append({"sop_uid": sop_uid, "reason": str(exc)})
         run.unreadable = len(failures)
@@ -314,6 +421,7 @@ class Pipeline:
         # Only now, when nothing can fail any more: a batch that failed is retried run by run.
         for run, images in zip(runs, per_run, strict=True):
             run.results = images
+            run.summary_images = [_image_summary(image) for image in images]
             run.batch_studies = len(runs)
             # The batch's model time, shared out by images.
             share = len(run.images) / len(displays)
@@ -331,6 +439,9 @@ class Pipeline:
             self._requeue_or_fail(item, "a result builder process died")
             return
         except Exception as exc:
+            if is_disk_full(exc):
+                self._defer_for_disk(item, exc)
+                return
             log.error("job %d failed", item.job_id, exc_info=exc)
             self._fail(item, f"internal error: {type(exc).__name__}: {exc}")
             return
@@ -367,14 +478,7 @@ class Pipeline:
     def _summary(self, run: _Run) -> dict:
         item = run.item
         return {
-            "images": [
-                {
-                    "sop_uid": str(image.source.SOPInstanceUID),
-                    "probabilities": {f.name: round(f.probability, 4) for f in image.findings},
-                    "present": [f.name for f in image.findings if f.present],
-                }
-                for image in run.results
-            ],
+            "images": run.summary_images,
             "unreadable": run.unreadable,
             "text": item.text_source if self.reads_text else "none",
             "reason": item.reason,
@@ -385,7 +489,7 @@ class Pipeline:
     def _requeue_or_fail(self, item: WorkItem, reason: str) -> None:
         with self.db.transaction() as session:
             job = session.get(Job, item.job_id)
-            if job.attempts >= MAX_ATTEMPTS:
+            if job.attempts >= self.settings.max_job_attempts:
                 reason = f"{reason}, {job.attempts} times"
                 jobs.fail(session, job, reason)
                 action, outcome = "job.failed", Outcome.FAILURE
@@ -402,21 +506,36 @@ class Pipeline:
         log.warning("job %d: %s (%s)", item.job_id, reason, action)
 
     def _fail(self, item: WorkItem, reason: str) -> None:
-        with self.db.transaction() as session:
-            job = session.get(Job, item.job_id)
-            jobs.fail(session, job, reason)
-            audit.record(
-                session,
-                "job.failed",
-                Outcome.FAILURE,
-                **item.ids,
-                detail={"run": item.run, "reason": reason},
-            )
+        try:
+            with self.db.transaction() as session:
+                job = session.get(Job, item.job_id)
+                jobs.fail(session, job, reason)
+                audit.record(
+                    session,
+                    "job.failed",
+                    Outcome.FAILURE,
+                    **item.ids,
+                    detail={"run": item.run, "reason": reason},
+                )
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            # Not even the failure can be written: the run stays the worker's to record.
+            self._defer_for_disk(item, exc)
 
     # 3. delivery --------------------------------------------------------------------------
 
     def deliver(self) -> int:
-        """Send every due outbox item; return how many were confirmed."""
+        """Send every due outbox item; return how many were confirmed.
+
+        When the outcome of a send cannot be recorded (the database's disk is full, say), the
+        outcomes are kept and recording them is retried with backoff
+        (``delivery_retry_initial_s`` doubling up to ``delivery_retry_max_s``) before anything
+        else is sent: a confirmed object is never sent again because its confirmation could
+        not be written.
+        """
+        if self._unrecorded and not self._record_unrecorded():
+            return 0
         with self.db.transaction() as session:
             due = [(i.id, i.destination, i.path) for i in outbox.due(session)]
         confirmed = 0
@@ -426,8 +545,38 @@ class Pipeline:
         for destination, items in by_destination.items():
             paths = [self.results.path(relpath) for _, relpath in items]
             deliveries = self.sender.send(Destination.parse(destination), paths)
-            confirmed += self._record_deliveries(destination, items, deliveries)
+            try:
+                confirmed += self._record_deliveries(destination, items, deliveries)
+            except Exception:
+                log.exception(
+                    "sends to %s could not be recorded; kept to record later", destination
+                )
+                self._unrecorded[destination] = list(zip(items, deliveries, strict=True))
+                self._back_off_recording()
         return confirmed
+
+    def _record_unrecorded(self) -> bool:
+        """Record the kept send outcomes, when their backoff is over; True once none wait."""
+        if time.monotonic() < self._record_retry_at:
+            return False
+        for destination, outcomes in list(self._unrecorded.items()):
+            items = [item for item, _ in outcomes]
+            deliveries = [delivery for _, delivery in outcomes]
+            try:
+                self._record_deliveries(destination, items, deliveries)
+            except Exception:
+                log.exception("sends to %s still cannot be recorded", destination)
+                self._back_off_recording()
+                return False
+            del self._unrecorded[destination]
+        self._record_failures = 0
+        return True
+
+    def _back_off_recording(self) -> None:
+        settings = self.settings
+        delay = settings.delivery_retry_initial_s * 2 ** min(self._record_failures, 20)
+        self._record_failures += 1
+        self._record_retry_at = time.monotonic() + min(delay, settings.delivery_retry_max_s)
 
     def _record_deliveries(self, destination: str, items, deliveries) -> int:
         confirmed = 0
@@ -503,9 +652,38 @@ class Pipeline:
         return timedelta(seconds=delay)
 
 
+def _describe(exc: BaseException) -> str:
+    """An error in a few words, for the audit: the OS's text for an OSError."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return f"{type(exc).__name__}: {exc}"[:300]
+
+
+def _image_summary(image: ImageResult) -> dict:
+    """What the audit (``inference.completed``) keeps of one image's results."""
+    return {
+        "sop_uid": str(image.source.SOPInstanceUID),
+        "probabilities": {f.name: round(f.probability, 4) for f in image.findings},
+        "present": [f.name for f in image.findings if f.present],
+    }
+
+
+def _without_pixels(ds: Dataset) -> Dataset:
+    """The source once decoded: the result writers read its header only (``reference_header``
+    drops the pixels), so the worker need not hold a study's pixel data while it runs."""
+    for keyword in _PIXEL_KEYWORDS:
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
 def _sr_path(job: Job | None) -> str | None:
-    """Results path of the SR a job produced, if it got as far as building one."""
-    if job is None:
+    """Results path of the SR a job produced, if it got as far as building one and its files
+    were not purged since."""
+    if job is None or job.results_purged_at is not None:
         return None
     return next((o.path for o in job.outbox if o.kind == "SR"), None)
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import logging
 import signal
+import sqlite3
 import ssl
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy.exc import DBAPIError
 
 from models.default import bundled_default_package, ensure_reference_package
 from models.package import load_package
@@ -21,11 +23,13 @@ from node.dicom.sender import DicomSender
 from node.feeds.csvfeed import CsvFeed
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
+from node.integrity import IntegrityReport, check_database, check_file, damaged
 from node.pipeline import Pipeline
+from node.recovery import recover_interrupted_runs
 from node.refusals import RefusalAudit
 from node.retention import Retention
 from node.tls import client_context, server_context
-from storage import audit, jobs
+from storage import audit
 from storage.database import Database
 from storage.spool import FileStore
 
@@ -43,7 +47,7 @@ class Node:
         self.db = Database(settings.database_url, node_name=settings.effective_node_name)
         self.spool = FileStore(data_dir / "spool")
         self.results = FileStore(data_dir / "results")
-        self.retention = Retention(settings, self.db, self.spool)
+        self.retention = Retention(settings, self.db, self.spool, self.results)
         # Refused connections of the DICOM and MLLP listeners: one event per peer and window.
         self.refusals = RefusalAudit(self.db, settings.refusal_audit_window_s)
         self._stopping = threading.Event()
@@ -68,20 +72,7 @@ class Node:
     def start(self) -> None:
         # Built first: a bad admin setting must stop the node before it accepts anything.
         admin = self._admin_server()
-        self.db.create_schema()
-        with self.db.transaction() as session:
-            resumed = jobs.requeue_interrupted(session)
-            audit.record(
-                session,
-                "node.started",
-                detail={
-                    "ae_title": self.settings.ae_title,
-                    "port": self.settings.dicom_port,
-                    "resumed_jobs": len(resumed),
-                    "role": self.settings.role,
-                    "node_name": self.settings.effective_node_name,
-                },
-            )
+        self._open_database()
         package = load_package(self._model_path())
         predictor = Predictor(
             package, device=None if self.settings.device == "auto" else self.settings.device
@@ -114,6 +105,35 @@ class Node:
             self._work_available.set()  # resumed jobs, if any
         if admin is not None:
             self.admin = admin.start()
+
+    def _open_database(self) -> None:
+        """Check the database, bring its schema up to date, compare it with the spool and the
+        head journal, resume interrupted runs; a damaged file stops the start with one line
+        (``DatabaseDamaged``)."""
+        check_file(self.db)
+        try:
+            self.db.create_schema()
+            integrity = IntegrityReport()
+            if self.receives:
+                integrity = check_database(self.settings, self.db, self.spool)
+            with self.db.transaction() as session:
+                recovered = recover_interrupted_runs(session, self.settings.max_job_attempts)
+                audit.record(
+                    session,
+                    "node.started",
+                    detail={
+                        "ae_title": self.settings.ae_title,
+                        "port": self.settings.dicom_port,
+                        "resumed_jobs": len(recovered.requeued),
+                        "failed_jobs": len(recovered.failed),
+                        "database_loss": integrity.loss,
+                        "recovered_instances": integrity.recovered,
+                        "role": self.settings.role,
+                        "node_name": self.settings.effective_node_name,
+                    },
+                )
+        except (DBAPIError, sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise damaged(self.db, exc) from None
 
     def _schedule_receiving(self) -> None:
         # Assembly polls: a study becomes stable through the passage of time, not an event.

@@ -60,6 +60,8 @@ SEALED_FIELDS = (
     "detail",
 )
 _UNSEALED = "cxrnode.audit.unsealed"
+# (seq, hash) of the head a session's transaction moved to, set when it seals events.
+SEALED_HEAD = "cxrnode.audit.sealed_head"
 
 
 def canonical_time(value: datetime) -> str:
@@ -148,6 +150,7 @@ def seal(session: Session, events: Iterable[AuditEvent]) -> None:
         audit_event.prev_hash = prev
         audit_event.row_hash = prev = row_hash(event_fields(audit_event), seq, prev)
     head.last_seq, head.last_hash, head.updated_at = seq, prev, utcnow()
+    session.info[SEALED_HEAD] = (seq, prev)  # for the head journal, once committed
 
 
 def lock_head(session: Session) -> AuditChainHead:
@@ -231,7 +234,11 @@ class _Findings:
 
 
 def verify(
-    session: Session, *, anchor: tuple[int, str] | None = None, max_problems: int = 50
+    session: Session,
+    *,
+    anchor: tuple[int, str] | None = None,
+    journal: tuple[int, str] | None = None,
+    max_problems: int = 50,
 ) -> ChainReport:
     """Walk the whole chain and report where it is broken.
 
@@ -242,6 +249,10 @@ def verify(
     anchor:
         ``(seq, hash)`` of a head recorded earlier outside the database: the row with that
         number must still carry that hash (catches a chain recomputed wholesale).
+    journal:
+        ``(seq, hash)`` of the head last committed, from the journal beside a SQLite file
+        (``storage.head_journal``): a log that ends before it lost committed rows (catches
+        a database gone back to an earlier state, its write-ahead log deleted).
     max_problems:
         Stop listing problems after this many (the walk itself always completes).
 
@@ -326,7 +337,30 @@ def verify(
             f"event {row.id} ({row.action}) carries no seal: it was inserted outside the node",
         )
     _check_head(report, found, last_seq, last_hash, last_id, head is not None)
+    if journal is not None:
+        _check_journal(found, journal, last_seq, last_hash, last_id)
     return report
+
+
+def _check_journal(found, journal, last_seq, last_hash, last_id) -> None:
+    seq, recorded = journal
+    if seq > last_seq:
+        found.add(
+            Damage.DELETED,
+            None,
+            last_seq + 1,
+            f"seq {last_seq + 1}–{seq} were committed (the head journal beside the database "
+            f"is at seq {seq}) and are gone: the database went back to an earlier state "
+            "(its write-ahead log deleted?)",
+        )
+    elif seq == last_seq and recorded != last_hash:
+        found.add(
+            Damage.EDITED,
+            last_id,
+            last_seq,
+            f"the last event {last_id} (seq {last_seq}) is not the one the head journal "
+            "recorded: the log was rewritten or replaced",
+        )
 
 
 def _check_head(report, found, last_seq, last_hash, last_id, has_head) -> None:

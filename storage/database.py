@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import sqlite3
 import threading
@@ -15,6 +16,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from storage import migrations
+from storage.audit_chain import SEALED_HEAD
+from storage.head_journal import HeadJournal
+
+log = logging.getLogger(__name__)
 
 
 def sqlite_url(path: Path) -> str:
@@ -55,9 +60,35 @@ class Database:
         self._writers = threading.RLock() if self.is_sqlite else nullcontext()
         info = {"node_name": node_name}
         self._sessions = sessionmaker(self.engine, expire_on_commit=False, info=info)
+        # SQLite: the chain head is also written beside the file (storage.head_journal).
+        self.journal = HeadJournal(Path(self.path)) if self.is_sqlite and self.path else None
+        if self.journal is not None:
+            event.listen(self._sessions, "after_commit", self._journal_head)
         self._readers = sessionmaker(
             self.engine.execution_options(**{_READ_ONLY: True}), expire_on_commit=False, info=info
         )
+
+    @property
+    def path(self) -> str | None:
+        """The SQLite file, or None (PostgreSQL, or an in-memory database)."""
+        if not self.is_sqlite:
+            return None
+        path = self.url.removeprefix("sqlite:///")
+        return None if not path or path == ":memory:" else path
+
+    def recorded_head(self) -> tuple[int, str] | None:
+        """(seq, hash) of the audit head last committed, from the journal beside a SQLite
+        file, for ``audit_chain.verify(journal=...)``; None without one."""
+        head = self.journal.read() if self.journal is not None else None
+        return (head.seq, head.hash) if head is not None else None
+
+    def _journal_head(self, session: Session) -> None:
+        head = session.info.pop(SEALED_HEAD, None)
+        if head is not None:
+            try:
+                self.journal.write(*head)
+            except OSError:  # the commit stands; the next start's check says what it can
+                log.warning("could not write the audit head journal", exc_info=True)
 
     def create_schema(self) -> None:
         """Bring the schema to the current revision with the Alembic migrations (idempotent;

@@ -1,4 +1,5 @@
-"""Purging spooled instances of finished studies after the retention period."""
+"""Purging spooled instances of finished studies, and result files of finished runs, after
+the retention period."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from datetime import datetime
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from storage.schema import Instance, Study, StudyState, utcnow
+from storage.schema import Instance, Job, JobState, Study, StudyState, utcnow
 
 FINISHED = (StudyState.DONE, StudyState.SKIPPED, StudyState.FAILED)
 
@@ -30,3 +31,19 @@ def purgeable(session: Session, received_before: datetime, limit: int = 500) -> 
 
 def mark_purged(instance: Instance) -> None:
     instance.purged_at = utcnow()
+
+
+def purgeable_results(session: Session, finished_before: datetime, limit: int = 200) -> list[Job]:
+    """Finished runs (delivered, or failed) whose result files are still kept and whose last
+    change is older than the cutoff."""
+    stmt = (
+        select(Job)
+        .where(
+            Job.results_purged_at.is_(None),
+            Job.state.in_((JobState.DONE, JobState.FAILED)),
+            Job.updated_at < finished_before,
+        )
+        .order_by(Job.id)
+        .limit(limit)
+    )
+    return list(session.scalars(stmt))

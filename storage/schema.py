@@ -140,6 +140,10 @@ class Job(Base):
     # The node (``node_name``) whose worker claimed the run: a restarting node re-queues only
     # its own interrupted runs, never those other workers sharing the queue are running.
     claimed_by: Mapped[str | None] = mapped_column(String(64))
+    # A run deferred because the disk was full is not claimed before this time.
+    not_before: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    # When retention deleted the run's result files (the rows stay).
+    results_purged_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
 
     study: Mapped[Study] = relationship(back_populates="jobs")
     outbox: Mapped[list[OutboxItem]] = relationship(back_populates="job")

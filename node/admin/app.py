@@ -202,8 +202,9 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
     @app.get("/api/audit/verify")
     def audit_verify(request: Request) -> JSONResponse:
         require_token(request)
+        journal = db.recorded_head()
         with db.reading() as session:
-            report = verify(session)
+            report = verify(session, journal=journal)
         return JSONResponse(report.as_dict(), status_code=200)
 
     @app.get("/api/studies")

@@ -132,8 +132,9 @@ def run_verify(args, settings) -> int:
     from storage.audit_chain import verify
 
     db = _database(settings)
+    journal = db.recorded_head()  # read before the walk: it can only be behind the database
     with db.reading() as session:
-        report = verify(session, anchor=args.anchor)
+        report = verify(session, anchor=args.anchor, journal=journal)
     # Recorded after the walk (its own seal is not part of what was checked).
     with db.transaction() as session:
         audit.record(

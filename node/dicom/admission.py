@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import ipaddress
-import shutil
 import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from node.disk import has_room
 
 # A-ASSOCIATE-RJ (result, source, diagnostic), PS3.8 9.3.4.
 REJECT_UNKNOWN_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE unknown
@@ -36,13 +37,22 @@ class Admission:
     min_free_bytes:
         Below this much free space new associations are refused as "local limit exceeded"
         (transient: the sender retries later) instead of accepting what cannot be stored.
+    also:
+        Other folders the node writes to (results, database): their disks must have the
+        reserve free too, or what is received could not be processed.
     """
 
     def __init__(
-        self, ae_title: str, allowed: Iterable[str], spool: Path, min_free_bytes: int
+        self,
+        ae_title: str,
+        allowed: Iterable[str],
+        spool: Path,
+        min_free_bytes: int,
+        also: Iterable[Path] = (),
     ) -> None:
         self.ae_title = ae_title.strip()
         self.spool = Path(spool)
+        self.disks = (self.spool, *(Path(p) for p in also))
         self.min_free_bytes = min_free_bytes
         self._anywhere: set[str] = set()
         self._bound: dict[str, set[str]] = {}
@@ -78,8 +88,9 @@ class Admission:
         return any(address in _resolve(host) for host in hosts if not _is_address(host))
 
     def has_room(self) -> bool:
-        """Whether the spool's file system has more than the reserve free."""
-        return shutil.disk_usage(self.spool).free > self.min_free_bytes
+        """Whether the spool's file system, and those of the other folders, have more than
+        the reserve free."""
+        return has_room(self.disks, self.min_free_bytes)
 
 
 def _is_address(host: str) -> bool:

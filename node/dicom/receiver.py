@@ -25,8 +25,10 @@ from pynetdicom.sop_class import Verification
 from node.config import Settings
 from node.dicom.admission import REJECT_LOCAL_LIMIT, Admission
 from node.dicom.classify import classify
+from node.dicom.limits import IngestLimits, LimitRefusal
 from node.dicom.tcp import no_delay
 from node.dicom.transport import ConnectionGuard
+from node.disk import data_paths
 from node.logsafe import describe, quiet_pydicom_values
 from node.refusals import RefusalAudit
 from node.tls import server_context
@@ -97,11 +99,13 @@ class StorageSCP:
         self._sent_by: dict[object, Counter[str]] = {}
         self._senders: Counter[str] = Counter()
         self._tracking = threading.Lock()
+        self.limits = IngestLimits(settings.max_decoded_bytes, settings.max_study_instances)
         self.admission = Admission(
             settings.ae_title,
             settings.known_calling_aes,
             spool.root,
             settings.min_free_disk_mb * 1024 * 1024,
+            also=data_paths(settings),
         )
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.dicom_max_associations
@@ -218,12 +222,14 @@ class StorageSCP:
         if written:  # the application log, too, gets one line per peer and window
             log.warning("rejected an association from %s: %s", address, reason)
 
-    def _on_store(self, event: evt.Event) -> int:
+    def _on_store(self, event: evt.Event) -> int | Dataset:
         requestor = event.assoc.requestor
         actor = {"actor_ae": requestor.ae_title, "actor_ip": requestor.address}
         sop_uid = str(event.request.AffectedSOPInstanceUID)
         try:
             data = event.encoded_dataset(include_meta=True)
+            if (over := self._over_size_limit(event)) is not None:
+                return self._refuse_over_limit(over, sop_uid, actor)
             header, note = self._read_header(data, event)
         except _Refused as refused:
             return self._refuse(refused.status, refused.reason, sop_uid, actor)
@@ -239,6 +245,9 @@ class StorageSCP:
         }
         if not self.admission.has_room():
             return self._refuse(OUT_OF_RESOURCES, "spool disk nearly full", sop_uid, actor)
+        over = self.limits.check_study(self.db, header.study_uid, sop_uid)
+        if over is not None:
+            return self._refuse_over_limit(over, sop_uid, actor, ids)
         try:
             status = self._store(header, data, note, actor, ids)
         except OSError as exc:
@@ -247,6 +256,31 @@ class StorageSCP:
         if status == SUCCESS:
             self._track(event.assoc, header.study_uid)
         return status
+
+    def _over_size_limit(self, event: evt.Event) -> LimitRefusal | None:
+        """Check the dataset as received against the size limits, before pydicom reads it
+        (pydicom inflates a deflated dataset whole as it opens it)."""
+        stream = event.request.DataSet.getvalue()
+        return self.limits.check_dataset(stream, str(event.context.transfer_syntax))
+
+    def _refuse_over_limit(
+        self, over: LimitRefusal, sop_uid: str, actor: dict, ids: dict | None = None
+    ) -> Dataset:
+        """Audit (``instance.refused``) and answer a refusal for size, with its ErrorComment."""
+        try:
+            with self.db.transaction() as session:
+                audit.record(
+                    session,
+                    "instance.refused",
+                    Outcome.FAILURE,
+                    **actor,
+                    **(ids or {"sop_uid": sop_uid or None}),
+                    detail={"reason": over.reason, "status": f"0x{over.status:04X}"},
+                )
+        except Exception:  # the status must reach the peer even when the database is down
+            log.exception("could not audit a refused instance")
+        log.warning("refused an instance: %s", over.comment)
+        return over.status_dataset()
 
     def _track(self, assoc: object, study_uid: str) -> None:
         with self._tracking:

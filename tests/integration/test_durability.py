@@ -77,7 +77,10 @@ def result_counts(orthanc, study_uid: str) -> tuple[int, int]:
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(make_node, orthanc, shared_data):
     studies, kills = (50, 10) if LONG else (12, 3)
     rng = random.Random(2026)
-    node = make_node()
+    # The kills come seconds apart, so one run may be under all of them: the crash-loop
+    # breaker (max_job_attempts) must not take this test's kills for a run that kills the node.
+    breaker = {"max_job_attempts": kills + 1}
+    node = make_node(**breaker)
     uploaded = []
     for n in range(studies):
         ds = new_study(chest_files(shared_data)[n % 12])
@@ -98,7 +101,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(make_node, orthan
     for _ in range(kills):
         time.sleep(rng.uniform(1.0, 6.0))
         node.kill()
-        node = make_node()
+        node = make_node(**breaker)
     sender.join(timeout=600)
     assert not sender.is_alive()
 

@@ -28,6 +28,8 @@ from node.config import Destination, Settings
 from node.errors import ConfigError
 from node.orthanc import free_port
 from storage import audit
+from storage.audit_chain import HEAD_ID
+from storage.schema import AuditChainHead
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -242,3 +244,15 @@ def test_admin_server_refuses_to_start_without_a_proper_token(db):
         AdminServer(Settings(admin_port=8080), db)
     with pytest.raises(ConfigError, match="16 characters"):
         AdminServer(replace(Settings(), admin_port=8080, admin_token="short"), db)
+
+
+def test_verify_reports_rows_lost_behind_the_head_journal(admin, db):
+    if db.journal is None:
+        pytest.skip("the head journal is kept beside a SQLite file only")
+    with db.reading() as session:
+        head = session.get(AuditChainHead, HEAD_ID)
+    # As after a deleted write-ahead log: two commits the database no longer holds.
+    db.journal.write(head.last_seq + 2, "f" * 64, force=True)
+    report = json.loads(admin.get("/api/audit/verify", TOKEN)[2])
+    assert report["ok"] is False
+    assert "were committed (the head journal" in report["first_problem"]["message"]
