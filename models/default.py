@@ -1,9 +1,10 @@
 """The node's bundled models: the trained default, and the untrained reference for plumbing.
 
 ``default`` (:func:`bundled_default_package`) is a real, small, trained package shipped inside
-cxrnode: an image-only normal/abnormal ResNet-18 trained by ``cxrnode train --config
-training/configs/default-nih-normal-abnormal.toml`` on NIH ChestX-ray14 images (its card in
-``models/bundled/`` gives its data, split sizes, metrics and limits).
+cxrnode: an image-only EfficientNet-Lite0, ImageNet-initialised, predicting Abnormal and
+Pneumonia, trained by ``cxrnode train --config training/configs/default-abnormal-pneumonia.toml``
+on NIH ChestX-ray14 and Kermany's paediatric images (its card in ``models/bundled/`` gives its
+data, split sizes, metrics per source, the view-position check and its limits).
 
 ``reference`` (:func:`ensure_reference_package`), described below, is an untrained multimodal
 model built on first use; tests of the text path use it, because the trained default reads no
@@ -140,7 +141,7 @@ def build_reference_package(path: str | Path) -> Path:
 
 
 BUNDLED_DIR = Path(__file__).resolve().parent / "bundled"
-DEFAULT_NAME = "cxrnode-nih-normal-abnormal"
+DEFAULT_NAME = "cxrnode-abnormal-pneumonia"
 
 
 def bundled_default_package() -> Path:
