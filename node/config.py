@@ -86,8 +86,8 @@ class Settings:
     dicom_dimse_timeout_s: float = 30.0
     dicom_network_timeout_s: float = 60.0
     # A PDU (e.g. a P-DATA-TF fragment of an image) must be complete within this of its first
-    # byte, or its connection is closed: more than the largest PDU takes on the slowest link
-    # (the node accepts the sender's PDU size, and pynetdicom senders send an image as one).
+    # byte, or its connection is closed: more than a PDU of dicom_max_pdu_bytes takes on the
+    # slowest link.
     dicom_pdu_timeout_s: float = 120.0
     # The maximum P-DATA-TF length the node announces; a PDU declaring more (or an association
     # PDU declaring more than 256 KiB) is answered A-ABORT before its body is read.
