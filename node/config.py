@@ -19,6 +19,9 @@ from node.errors import ConfigError
 
 ENV_PREFIX = "CXRNODE_"
 ROLES = ("all", "receiver", "worker")
+# Bounds of dicom_max_pdu_bytes: each association may hold a PDU of that size in memory.
+MIN_PDU_BYTES = 4096
+MAX_PDU_BYTES = 64 * 1024 * 1024
 # Never printed or logged: shown as "***".
 SECRET_SETTINGS = ("admin_token",)
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: printable, no backslash
@@ -98,9 +101,15 @@ class Settings:
     dicom_dimse_timeout_s: float = 30.0
     dicom_network_timeout_s: float = 60.0
     # A PDU (e.g. a P-DATA-TF fragment of an image) must be complete within this of its first
-    # byte, or its connection is closed: more than the largest PDU takes on the slowest link
-    # (the node accepts the sender's PDU size, and pynetdicom senders send an image as one).
+    # byte, or its connection is closed: more than a PDU of dicom_max_pdu_bytes takes on the
+    # slowest link.
     dicom_pdu_timeout_s: float = 120.0
+    # The maximum P-DATA-TF length the node announces; a PDU declaring more (or an association
+    # PDU declaring more than 256 KiB) is answered A-ABORT before its body is read.
+    dicom_max_pdu_bytes: int = 4 * 1024 * 1024
+    # A DIMSE message (e.g. a C-STORE of one image) must be complete within this of its first
+    # fragment, or its connection is closed: more than the largest image takes on the slowest link.
+    dicom_message_timeout_s: float = 600.0
     # A TLS handshake (DICOM and MLLP) must finish within this, on the connection's own thread.
     tls_handshake_timeout_s: float = 10.0
     # Refused connections and requests (failed TLS handshakes, peers over their cap, wrong admin
@@ -277,12 +286,18 @@ class Settings:
             "dicom_dimse_timeout_s",
             "dicom_network_timeout_s",
             "dicom_pdu_timeout_s",
+            "dicom_message_timeout_s",
             "tls_handshake_timeout_s",
             "hl7_idle_timeout_s",
             "hl7_frame_timeout_s",
         ):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} {getattr(self, name)} must be more than 0 seconds")
+        if not MIN_PDU_BYTES <= self.dicom_max_pdu_bytes <= MAX_PDU_BYTES:
+            raise ConfigError(
+                f"dicom_max_pdu_bytes {self.dicom_max_pdu_bytes} must be between "
+                f"{MIN_PDU_BYTES} and {MAX_PDU_BYTES}"
+            )
         if self.refusal_audit_window_s < 0:
             raise ConfigError(f"refusal_audit_window_s {self.refusal_audit_window_s} must be >= 0")
 

@@ -75,9 +75,9 @@ class StorageSCP:
         Called (outside the database transaction) when a released association completed at
         least one study, e.g. to wake the study assembler.
     refusals:
-        Where refused connections (per-peer cap, failed TLS handshake, an overdue PDU) and
-        rejected associations are audited, once per peer and window; by default one of its
-        own.
+        Where refused connections (per-peer cap, failed TLS handshake, an overdue PDU or
+        DIMSE message, an oversized PDU) and rejected associations are audited, once per
+        peer and window; by default one of its own.
     """
 
     def __init__(
@@ -109,7 +109,8 @@ class StorageSCP:
         )
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.dicom_max_associations
-        self.ae.maximum_pdu_size = 0  # accept the peer's PDU size: fewer, larger PDUs
+        # Announced to peers; a PDU declaring more is refused before it is read.
+        self.ae.maximum_pdu_size = settings.dicom_max_pdu_bytes
         self.ae.add_supported_context(Verification)
         for context in AllStoragePresentationContexts:
             self.ae.add_supported_context(context.abstract_syntax, ALL_TRANSFER_SYNTAXES)
@@ -146,6 +147,8 @@ class StorageSCP:
             ssl_context=ssl_context,
             handshake_timeout_s=settings.tls_handshake_timeout_s,
             pdu_timeout_s=settings.dicom_pdu_timeout_s,
+            max_pdu_bytes=settings.dicom_max_pdu_bytes,
+            message_timeout_s=settings.dicom_message_timeout_s,
         )
 
     def stop(self) -> None:

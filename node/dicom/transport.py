@@ -13,10 +13,17 @@ connection's own thread:
 - every read waits at most ``network_timeout_s``, and the A-ASSOCIATE-RQ must be complete
   within ``acse_timeout_s`` of the connection (PS3.8 ARTIM), however slowly its bytes trickle;
 - every PDU, before and after association, must be complete within ``pdu_timeout_s`` of its
-  first byte: a P-DATA-TF trickled a byte per network timeout held its slot for hours.
+  first byte: a P-DATA-TF trickled a byte per network timeout held its slot for hours;
+- a PDU whose header declares more than the node accepts (``max_pdu_bytes``, the maximum
+  length the node announces, for a P-DATA-TF; ``ASSOCIATION_PDU_MAX_BYTES`` for any other) is
+  answered A-ABORT before its body is read: pynetdicom reads what a header declares, up to
+  4 GiB, into memory;
+- every DIMSE message must be complete within ``message_timeout_s`` of its first fragment:
+  small complete PDUs carrying fragments that never end held a slot as long as they came
+  within the network timeout of each other.
 
-Refusals, failed handshakes and overdue PDUs are audited against the peer, once per peer and
-window (``RefusalAudit``).
+Refusals, failed handshakes, overdue PDUs and messages and oversized PDUs are audited against
+the peer, once per peer and window (``RefusalAudit``).
 """
 
 from __future__ import annotations
@@ -34,7 +41,7 @@ from datetime import datetime
 from typing import Any
 
 from pynetdicom import AE, evt
-from pynetdicom.pdu import A_ASSOCIATE_RJ
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ
 from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from node.dicom.admission import REJECT_LOCAL_LIMIT
@@ -48,6 +55,21 @@ _REAPER_TICK_S = 0.1
 # Discarded deadlines stay in the heap until due; past this many more than the live ones, the
 # heap is rebuilt (one entry is pushed per PDU read).
 _COMPACT_SLACK = 1024
+# The largest PDU other than a P-DATA-TF the node reads (an A-ASSOCIATE-RQ: 128 presentation
+# contexts of a dozen transfer syntaxes each, user identity included, fit several times over).
+ASSOCIATION_PDU_MAX_BYTES = 256 * 1024
+P_DATA_TF = 0x04
+_PDU_NAMES = {
+    0x01: "A-ASSOCIATE-RQ",
+    0x02: "A-ASSOCIATE-AC",
+    0x03: "A-ASSOCIATE-RJ",
+    P_DATA_TF: "P-DATA-TF",
+    0x05: "A-RELEASE-RQ",
+    0x06: "A-RELEASE-RP",
+    0x07: "A-ABORT",
+}
+# A-ABORT from the service provider (2), "invalid PDU parameter value" (6): PS3.8 9.3.8.
+_ABORT_SOURCE, _ABORT_INVALID_PARAMETER = 0x02, 0x06
 
 
 class ConnectionGuard:
@@ -68,6 +90,11 @@ class ConnectionGuard:
         How long a TLS handshake may take.
     pdu_timeout_s:
         How long a PDU may take from its first byte to its last.
+    max_pdu_bytes:
+        The largest P-DATA-TF variable field (the PDU length) the node reads: what it announces
+        as its maximum length received.
+    message_timeout_s:
+        How long a DIMSE message may take from its first fragment to its last.
     """
 
     def __init__(
@@ -81,6 +108,8 @@ class ConnectionGuard:
         ssl_context: ssl.SSLContext | None = None,
         handshake_timeout_s: float = 10.0,
         pdu_timeout_s: float = 120.0,
+        max_pdu_bytes: int = 4 * 1024 * 1024,
+        message_timeout_s: float = 600.0,
     ) -> None:
         self.refusals = refusals
         self.max_per_peer = max_per_peer
@@ -90,6 +119,8 @@ class ConnectionGuard:
         self.ssl_context = ssl_context
         self.handshake_timeout_s = handshake_timeout_s
         self.pdu_timeout_s = pdu_timeout_s
+        self.max_pdu_bytes = max_pdu_bytes
+        self.message_timeout_s = message_timeout_s
         self._opening: Counter[str] = Counter()  # connections not yet handed to pynetdicom
         self._lock = threading.Lock()
         self._deadlines = _Deadlines()
@@ -103,6 +134,7 @@ class ConnectionGuard:
         ae.acse_timeout = self.acse_timeout_s
         ae.dimse_timeout = self.dimse_timeout_s
         ae.network_timeout = self.network_timeout_s
+        ae.maximum_pdu_size = self.max_pdu_bytes  # announced; larger P-DATA-TFs are refused
         guard = self
 
         class GuardedRequestHandler(RequestHandler):
@@ -111,8 +143,8 @@ class ConnectionGuard:
 
         handlers = [
             *handlers,
-            (evt.EVT_REQUESTED, self._requested_or_closed),
-            (evt.EVT_CONN_CLOSE, self._requested_or_closed),
+            (evt.EVT_REQUESTED, self._requested),
+            (evt.EVT_CONN_CLOSE, self._closed),
         ]
         server = ae.make_server(
             address,
@@ -152,6 +184,8 @@ class ConnectionGuard:
             handler.request = sock
             assoc = handler._create_association()
             self._time_pdus(assoc, sock, address)
+            self._bound_pdu_sizes(assoc, sock, address)
+            self._time_messages(assoc, sock)
             # ARTIM: the A-ASSOCIATE-RQ must be complete in time, or the socket is shut.
             self._deadlines.add(assoc, time.monotonic() + self.acse_timeout_s, sock)
             evt.trigger(assoc, evt.EVT_CONN_OPEN, {"address": handler.client_address})
@@ -233,13 +267,96 @@ class ConnectionGuard:
 
     def _audit_overdue_pdu(self, assoc: Any, address: str) -> None:
         reason = f"PDU not complete within {self.pdu_timeout_s:g} s of its first byte"
-        try:
-            calling_ae = str(assoc.requestor.ae_title).strip() or None
-        except (AttributeError, TypeError, ValueError):  # before the A-ASSOCIATE-RQ was read
-            calling_ae = None
         detail = {"reason": reason, "limit_s": self.pdu_timeout_s}
-        if self.refusals.record("association.pdu_timeout", address, detail, actor_ae=calling_ae):
-            log.warning("DICOM connection from %s closed: %s", address, reason)
+        self._audit_closed("association.pdu_timeout", assoc, address, detail)
+
+    def _audit_closed(self, action: str, assoc: Any, address: str, detail: dict) -> None:
+        """Audit a connection the guard closed, once per peer and window."""
+        if self.refusals.record(action, address, detail, actor_ae=_calling_ae(assoc)):
+            log.warning("DICOM connection from %s closed: %s", address, detail["reason"])
+
+    def pdu_limit(self, pdu_type: int) -> int:
+        """The largest PDU length (the header's, without its 6 bytes) read of ``pdu_type``."""
+        return self.max_pdu_bytes if pdu_type == P_DATA_TF else ASSOCIATION_PDU_MAX_BYTES
+
+    def _bound_pdu_sizes(self, assoc: Any, sock: socket.socket, address: str) -> None:
+        """Refuse a PDU whose header declares more than ``pdu_limit`` before its body is read.
+
+        pynetdicom's ``dul._read_pdu_data`` reads a PDU as two ``recv`` calls on the
+        association socket, the 6-byte header then the length it declares, and keeps all of
+        it. The first ``recv`` of each PDU read is checked here; an oversized PDU is audited
+        and answered A-ABORT, its socket shut, and pynetdicom is handed an empty header,
+        which it takes for a closed connection (the association ends, its slot is freed).
+        """
+        dul = assoc.dul
+        read_pdu = dul._read_pdu_data
+        recv = dul.socket.recv
+        header_next = False
+
+        def recv_checked(nr_bytes: int) -> bytearray:
+            nonlocal header_next
+            data = recv(nr_bytes)
+            if header_next:
+                header_next = False
+                if len(data) == 6:
+                    pdu_type, length = data[0], int.from_bytes(data[2:6], "big")
+                    if pdu_type in _PDU_NAMES and length > self.pdu_limit(pdu_type):
+                        self._refuse_pdu(dul.assoc, sock, address, pdu_type, length)
+                        return bytearray()
+            return data
+
+        def read_pdu_checked() -> None:
+            nonlocal header_next
+            header_next = True
+            try:
+                read_pdu()
+            finally:
+                header_next = False
+
+        dul.socket.recv = recv_checked
+        dul._read_pdu_data = read_pdu_checked
+
+    def _refuse_pdu(
+        self, assoc: Any, sock: socket.socket, address: str, pdu_type: int, length: int
+    ) -> None:
+        name, limit = _PDU_NAMES[pdu_type], self.pdu_limit(pdu_type)
+        detail = {
+            "reason": f"{name} of {length} bytes declared, more than the {limit} accepted",
+            "pdu_type": name,
+            "declared_bytes": length,
+            "limit_bytes": limit,
+        }
+        # Audit first: once the peer reads the A-ABORT, the event must already be there.
+        self._audit_closed("association.pdu_too_large", assoc, address, detail)
+        abort = A_ABORT_RQ()
+        abort.source, abort.reason_diagnostic = _ABORT_SOURCE, _ABORT_INVALID_PARAMETER
+        with contextlib.suppress(OSError):
+            sock.sendall(abort.encode())
+        with contextlib.suppress(OSError):
+            socket.socket.shutdown(sock, socket.SHUT_RDWR)  # the reaper's way, TLS or not
+
+    def _time_messages(self, assoc: Any, sock: socket.socket) -> None:
+        """Bound each DIMSE message of ``assoc`` by ``message_timeout_s``, from its first
+        fragment to its last.
+
+        pynetdicom's ``dimse.receive_primitive`` takes each P-DATA (one or more fragments) and
+        keeps the message it assembles in ``dimse.message`` until its last fragment; each PDU
+        is bounded by the PDU deadline and the time between them by the network timeout, but
+        nothing bounded the message. The deadline shuts the socket; ``_closed`` audits it.
+        """
+        dimse = assoc.dimse
+        receive = dimse.receive_primitive
+
+        def receive_in_time(primitive: Any) -> None:
+            started = dimse.message is None
+            receive(primitive)
+            if dimse.message is None:  # complete
+                if not self._deadlines.expired(dimse):  # else audited when the socket closes
+                    self._deadlines.discard(dimse)
+            elif started:
+                self._deadlines.add(dimse, time.monotonic() + self.message_timeout_s, sock)
+
+        dimse.receive_primitive = receive_in_time
 
     def _refuse(self, sock: socket.socket, address: str, held: int) -> None:
         reason = f"peer holds {held} connections, the per-peer limit"
@@ -250,8 +367,20 @@ class ConnectionGuard:
             _send_local_limit_reject(sock)
         _close(sock)
 
-    def _requested_or_closed(self, event: evt.Event) -> None:
+    def _requested(self, event: evt.Event) -> None:
         self._deadlines.discard(event.assoc)  # its ARTIM deadline no longer applies
+
+    def _closed(self, event: evt.Event) -> None:
+        assoc = event.assoc
+        self._deadlines.discard(assoc)
+        if self._deadlines.expired(assoc.dimse):
+            reason = (
+                f"DIMSE message not complete within {self.message_timeout_s:g} s "
+                "of its first fragment"
+            )
+            detail = {"reason": reason, "limit_s": self.message_timeout_s}
+            self._audit_closed("association.message_timeout", assoc, _peer_address(assoc), detail)
+        self._deadlines.discard(assoc.dimse)
 
 
 class _Deadlines:
@@ -288,6 +417,7 @@ class _Deadlines:
         with self._lock:
             ticket = next(self._next_ticket)
             self._tickets[id(key)] = ticket
+            self._expired.discard(id(key))  # an earlier object with the same id is gone
             self._entries[ticket] = (id(key), sock)
             heapq.heappush(self._due, (deadline, ticket))
 
@@ -328,6 +458,13 @@ class _Deadlines:
                     self._expired.add(key_id)
                 due.append(sock)
         return due
+
+
+def _calling_ae(assoc: Any) -> str | None:
+    try:
+        return str(assoc.requestor.ae_title).strip() or None
+    except (AttributeError, TypeError, ValueError):  # before the A-ASSOCIATE-RQ was read
+        return None
 
 
 def _peer_address(assoc: Any) -> str | None:

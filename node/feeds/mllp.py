@@ -37,6 +37,8 @@ EB = b"\x1c"  # end block (FS)
 CR = b"\x0d"
 DEFAULT_MAX_FRAME_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_CONNECTIONS = 32
+# Peer addresses named in a "connection limit reached" event (the largest holders).
+MAX_NAMED_HOLDERS = 10
 _HEAD_BYTES = 4096  # kept of an oversized frame, enough for its MSH
 
 Peer = tuple[str, int]
@@ -273,13 +275,25 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
     def _refusal(self, address: str) -> dict[str, Any] | None:
         owner = self.owner
         if self._active >= owner.max_connections:
-            return {"reason": "connection limit reached", "limit": owner.max_connections}
+            return {
+                "reason": "connection limit reached",
+                "limit": owner.max_connections,
+                "holders": self._holders(),
+            }
         if self._per_peer[address] >= owner.max_connections_per_peer:
             return {
                 "reason": "per-peer connection limit reached",
                 "limit": owner.max_connections_per_peer,
             }
         return None
+
+    def _holders(self) -> list[dict[str, Any]]:
+        """Who holds the connections (under the lock): each peer address with its open
+        connections, the largest first, at most ``MAX_NAMED_HOLDERS`` of them."""
+        return [
+            {"address": address, "connections": count}
+            for address, count in self._per_peer.most_common(MAX_NAMED_HOLDERS)
+        ]
 
     def process_request_thread(self, request, client_address) -> None:
         try:

@@ -60,6 +60,9 @@ def test_default_database_is_a_sqlite_file_under_the_data_dir(tmp_path: Path):
         ({"CXRNODE_HL7_FRAME_TIMEOUT_S": "0"}, "hl7_frame_timeout_s"),
         ({"CXRNODE_TLS_HANDSHAKE_TIMEOUT_S": "-1"}, "tls_handshake_timeout_s"),
         ({"CXRNODE_DICOM_PDU_TIMEOUT_S": "0"}, "dicom_pdu_timeout_s"),
+        ({"CXRNODE_DICOM_MAX_PDU_BYTES": "0"}, "dicom_max_pdu_bytes"),
+        ({"CXRNODE_DICOM_MAX_PDU_BYTES": str(2**32)}, "dicom_max_pdu_bytes"),
+        ({"CXRNODE_DICOM_MESSAGE_TIMEOUT_S": "0"}, "dicom_message_timeout_s"),
         ({"CXRNODE_REFUSAL_AUDIT_WINDOW_S": "-5"}, "refusal_audit_window_s"),
     ],
 )

@@ -339,3 +339,128 @@ def test_deadlines_discarded_in_time_do_not_pile_up():
         deadlines.add(keys[0], time.monotonic() + 3600, sock)
     assert len(deadlines._due) <= 2 * 1 + 1024 + 1
     assert not deadlines.expired(keys[0])
+
+
+# A-ABORT from the service provider, "invalid PDU parameter value" (PS3.8 9.3.8).
+INVALID_PDU_ABORT = b"\x07\x00\x00\x00\x00\x04\x00\x00\x02\x06"
+MiB = 1024 * 1024
+
+
+def resident_bytes() -> int:
+    """This process's resident set (the SCP runs in it), from /proc."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def push(sock: socket.socket, total: int) -> int:
+    """Send up to ``total`` bytes in 1 MiB chunks; return how many went out before the
+    connection broke (or 2 s passed without progress)."""
+    chunk = b"\x00" * MiB
+    sock.settimeout(2)
+    sent = 0
+    try:
+        while sent < total:
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:
+        pass
+    return sent
+
+
+def test_a_p_data_declaring_3_gib_is_aborted_before_its_body_is_read(tmp_path, stopping):
+    # Long PDU and read timeouts: only the declared length can end this connection.
+    scp = start_scp(tmp_path, dicom_pdu_timeout_s=60.0, dicom_network_timeout_s=60.0)
+    stopping(scp)
+    port = scp.settings.dicom_port
+    assert scp.ae.maximum_pdu_size == 4 * MiB  # announced in the A-ASSOCIATE-AC
+    before = resident_bytes()
+    with connect_from(ATTACKER, port) as sock:
+        assert associate_raw(sock)[0] == 0x02
+        sock.sendall(b"\x04\x00" + struct.pack(">L", 3 * 1024 * MiB))  # the header only
+        assert sock.recv(64) == INVALID_PDU_ABORT  # at once, before any of the body
+        assert closed_by_server(sock)
+        # The node reads no more: 64 MiB of body do not get through (pynetdicom read them all
+        # into memory, and went on waiting for the rest of the 3 GiB).
+        assert push(sock, 64 * MiB) < 16 * MiB
+    assert resident_bytes() - before < 16 * MiB
+    assert echo(port)  # a normal association still works
+    (event,) = events(scp, "association.pdu_too_large")  # written before the A-ABORT
+    assert (event.actor_ip, event.actor_ae, event.outcome) == (ATTACKER, "MODALITY", "failure")
+    assert event.detail["pdu_type"] == "P-DATA-TF"
+    assert (event.detail["declared_bytes"], event.detail["limit_bytes"]) == (
+        3 * 1024 * MiB,
+        4 * MiB,
+    )
+    assert event.detail["count"] == 1
+
+
+def test_an_association_request_declaring_more_than_256_kib_is_aborted(tmp_path, stopping):
+    scp = start_scp(tmp_path, dicom_acse_timeout_s=60.0, dicom_network_timeout_s=60.0)
+    stopping(scp)
+    port = scp.settings.dicom_port
+    for _ in range(2):  # twice in one window: one row, counted
+        with connect_from(ATTACKER, port) as sock:
+            sock.sendall(b"\x01\x00" + struct.pack(">L", 256 * 1024 + 1) + b"\x00\x01")
+            assert sock.recv(64) == INVALID_PDU_ABORT
+            assert closed_by_server(sock)
+    assert echo(port)
+    (event,) = events(scp, "association.pdu_too_large")
+    assert (event.actor_ip, event.actor_ae) == (ATTACKER, None)  # before negotiation
+    assert event.detail["pdu_type"] == "A-ASSOCIATE-RQ"
+    assert event.detail["limit_bytes"] == 256 * 1024
+    scp.stop()
+    assert sum(e.detail["count"] for e in events(scp, "association.pdu_too_large")) == 2
+
+
+def test_pdus_up_to_the_announced_size_are_read(tmp_path, stopping):
+    scp = start_scp(tmp_path, dicom_max_pdu_bytes=8192)
+    stopping(scp)
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate("127.0.0.1", scp.settings.dicom_port, ae_title="CXRNODE")
+    try:
+        assert assoc.acceptor.maximum_length == 8192
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+    assert events(scp, "association.pdu_too_large") == []
+
+
+def test_a_dimse_message_whose_fragments_never_end_is_cut_at_the_message_deadline(
+    tmp_path, stopping
+):
+    scp = start_scp(
+        tmp_path,
+        dicom_message_timeout_s=1.0,
+        dicom_pdu_timeout_s=30.0,
+        dicom_network_timeout_s=30.0,
+    )
+    stopping(scp)
+    port = scp.settings.dicom_port
+    # A complete P-DATA-TF with one command fragment (context 1, header 0x01: not the last).
+    fragment = b"\x04\x00" + struct.pack(">L", 8) + struct.pack(">L", 4) + b"\x01\x01\x00\x00"
+    with connect_from(ATTACKER, port) as sock:
+        assert associate_raw(sock)[0] == 0x02
+        sock.settimeout(0.2)
+        closed = False
+        # A fragment every 0.2 s: each PDU is complete at once and none is 30 s after the
+        # last, so only the message deadline (1 s) ends it; 50 tries, 10 s at most.
+        for _ in range(50):
+            try:
+                sock.sendall(fragment)
+                if sock.recv(64) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except OSError:
+                closed = True
+                break
+    assert closed
+    assert echo(port)  # the slot is free, the listener answers
+    (event,) = wait_for(lambda: events(scp, "association.message_timeout"), 10, "message")
+    assert (event.actor_ip, event.actor_ae, event.outcome) == (ATTACKER, "MODALITY", "failure")
+    assert event.detail["reason"] == "DIMSE message not complete within 1 s of its first fragment"
+    assert event.detail["count"] == 1

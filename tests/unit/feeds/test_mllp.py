@@ -372,6 +372,35 @@ def test_slow_loris_peer_is_capped_and_closed_and_others_still_get_their_ack(db,
     assert [r.message_id for r in rows(db)] == ["WHILE-LORIS", "AFTER-LORIS"]
 
 
+def test_a_refusal_at_the_total_limit_names_the_peers_holding_the_connections(db, audited):
+    refusals = RefusalAudit(db)
+    server = MllpServer(
+        HL7Feed(db),
+        "127.0.0.1",
+        0,
+        idle_timeout_s=30,
+        max_connections=3,
+        max_connections_per_peer=2,
+        on_refused=refusals.record,
+    )
+    with server:
+        holders = [connect_from(server, source) for source in ("127.0.0.2",) * 2 + ("127.0.0.3",)]
+        try:
+            with connect_from(server, "127.0.0.1") as refused:
+                assert refused.recv(10) == b""  # closed at once: the feed is full
+        finally:
+            for sock in holders:
+                sock.close()
+    (event,) = [e for e in audited() if e["action"] == "hl7.connection_refused"]
+    assert event["actor_ip"] == "127.0.0.1"  # the refused sender, and who holds the feed:
+    assert event["detail"]["reason"] == "connection limit reached"
+    assert event["detail"]["limit"] == 3
+    assert event["detail"]["holders"] == [
+        {"address": "127.0.0.2", "connections": 2},
+        {"address": "127.0.0.3", "connections": 1},
+    ]
+
+
 def test_bytes_between_frames_do_not_keep_a_connection_from_idling_out(db):
     server = MllpServer(HL7Feed(db), "127.0.0.1", 0, idle_timeout_s=0.5, frame_timeout_s=30)
     with server, connect_from(server, "127.0.0.3") as sock:
