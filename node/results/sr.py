@@ -32,6 +32,10 @@ from node.results.notices import TEXT_SOURCES, notices, series_description, summ
 from node.results.region import DEFAULT_REGION_LEVEL, HeatRegion, finding_regions, tracking_uid
 from node.results.source import reference_header
 
+# Tracking identifier (TEXT) of an outlined finding: Cornerstone's SR adapters (OHIF) pick the
+# tool that rehydrates a measurement group by this prefix; a closed POLYLINE is a freehand ROI.
+CORNERSTONE_OUTLINE = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
+
 # Probabilities are written to 4 decimals: float32 model outputs carry noise beyond that, and
 # viewers show NumericValue (DS) as written.
 _PROBABILITY_DECIMALS = 4
@@ -115,6 +119,7 @@ def build_structured_report(
         title=codes.REPORT_TITLE,
         referenced_images=[_library_view(header) for header in headers],
     )
+    _code_library_modalities(report[0], headers)
     # highdicom builds TID 1500 up to row 8 only; row 12 (Qualitative Evaluations) is appended
     # to the root container it returns.
     report[0].ContentSequence.append(
@@ -190,6 +195,36 @@ def _library_view(header: Dataset) -> Dataset:
     return view
 
 
+def _code_library_modalities(root: Dataset, headers: Sequence[Dataset]) -> None:
+    """Give each Image Library entry (TID 1602 row 1) the Modality its source image states.
+
+    highdicom codes the entry's modality from the SOP Class, so a CR image stored as Secondary
+    Capture (as the RSNA and SIIM exports are) would be listed as "OT", which disagrees with
+    the image. The source's own Modality is used where CID 29 knows it.
+    """
+    stated = {str(header.SOPInstanceUID): header.get("Modality", "") for header in headers}
+    for library in _children(root, codes.IMAGE_LIBRARY):
+        for group in _children(library, codes.IMAGE_LIBRARY_GROUP):
+            for entry in group.ContentSequence:
+                if entry.ValueType != "IMAGE":
+                    continue
+                uid = str(entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                coded = codes.modality(stated.get(uid, ""))
+                if coded is None:
+                    continue
+                for item in _children(entry, codes.MODALITY):
+                    item.ConceptCodeSequence = [coded]
+
+
+def _children(item: Dataset, concept: hd.sr.CodedConcept) -> list[Dataset]:
+    return [
+        child
+        for child in item.get("ContentSequence", [])
+        if child.ConceptNameCodeSequence[0].CodeValue == concept.value
+        and child.ConceptNameCodeSequence[0].CodingSchemeDesignator == concept.scheme_designator
+    ]
+
+
 def _finding_group(
     number: int,
     header: Dataset,
@@ -198,14 +233,19 @@ def _finding_group(
     algorithm: AlgorithmInfo,
     text_source: str,
     sop_instance_uid: str,
-) -> (
-    hd.sr.MeasurementsAndQualitativeEvaluations
-    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-):
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The TID 1501 group of one label on one image.
+
+    A present finding with a Grad-CAM region is the layout viewers built on Cornerstone (OHIF)
+    hydrate into an editable measurement: a Cornerstone tracking identifier, the probability
+    NUM INFERRED FROM the region's SCOORD (TID 300 row 8, TID 320), and a Comment naming the
+    finding and its probability, which those viewers show as the measurement's label.
+    """
     concept = hd.sr.CodedConcept(finding.code_value, finding.coding_scheme, finding.code_meaning)
+    outlined = region is not None
     tracking = hd.sr.TrackingIdentifier(
         uid=tracking_uid(sop_instance_uid, header.SOPInstanceUID, finding.name),
-        identifier=f"{finding.name} — image {number}",
+        identifier=CORNERSTONE_OUTLINE if outlined else f"{finding.name} — image {number}",
     )
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,
@@ -217,28 +257,26 @@ def _finding_group(
             f"text_input={text_source}",
         ],
     )
+    value = round(float(finding.probability), _PROBABILITY_DECIMALS)
+    coordinates = None
+    if outlined:
+        coordinates = [
+            hd.sr.CoordinatesForMeasurement(
+                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+                graphic_data=region.points,
+                source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
+            )
+        ]
     probability = hd.sr.Measurement(
         name=codes.PROBABILITY,
-        value=round(float(finding.probability), _PROBABILITY_DECIMALS),
+        value=value,
         unit=codes.NO_UNITS,
+        referenced_coordinates=coordinates,
     )
     call = hd.sr.QualitativeEvaluation(
         name=concept, value=codes.PRESENT if finding.present else codes.ABSENT
     )
-    if region is not None:
-        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_region=hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=region.points,
-                source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
-            ),
-            finding_type=concept,
-            algorithm_id=algorithm_id,
-            measurements=[probability],
-            qualitative_evaluations=[call],
-        )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         finding_type=concept,
         algorithm_id=algorithm_id,
@@ -248,6 +286,20 @@ def _finding_group(
             hd.sr.SourceImageForMeasurementGroup(header.SOPClassUID, header.SOPInstanceUID)
         ],
     )
+    if outlined:
+        group[0].ContentSequence.append(
+            hd.sr.TextContentItem(
+                name=codes.COMMENT,
+                value=finding_label(finding.name, value),
+                relationship_type=RelationshipTypeValues.CONTAINS,
+            )
+        )
+    return group
+
+
+def finding_label(name: str, probability: float) -> str:
+    """The label a viewer shows beside a finding's outline, e.g. "Pneumonia (AI p=0.53)"."""
+    return f"{name} (AI p={probability:.2f})"
 
 
 def _report_statements(

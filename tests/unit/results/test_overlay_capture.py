@@ -48,7 +48,7 @@ def test_overlay_is_a_valid_rgb_capture_on_the_source_grid_in_the_source_study(
         tmp_path,
     )
 
-    assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path, sources.rsna) == []
     assert back.SOPClassUID == SecondaryCaptureImageStorage
     assert (back.Rows, back.Columns) == (source.Rows, source.Columns)
     assert back.PhotometricInterpretation == "RGB"

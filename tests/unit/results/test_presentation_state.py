@@ -56,7 +56,7 @@ def test_presentation_state_draws_the_sr_regions_with_labels_and_is_valid(
     path = tmp_path / "pr.dcm"
     state.save_as(path, enforce_file_format=True)
 
-    assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path, sources.rsna) == []
     # highdicom has no reader for presentation states; pydicom reads the plain dataset.
     back = pydicom.dcmread(path)
     assert back.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
@@ -137,7 +137,7 @@ def test_one_capture_per_present_finding_shows_its_outline_and_the_colour_scale(
         )
         path = tmp_path / f"{name}.dcm"
         capture.save_as(path, enforce_file_format=True)
-        assert dciodvfy_errors(path) == []
+        assert dciodvfy_errors(path, sources.rsna) == []
         back = pydicom.dcmread(path)
         assert list(back.ImageType) == ["DERIVED", "SECONDARY", "FINDING"]
         assert back.SeriesNumber == 9903 and back.BurnedInAnnotation == "YES"
