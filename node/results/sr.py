@@ -135,7 +135,7 @@ def build_structured_report(
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
-        series_description=description or series_description(algorithm),
+        series_description=description or series_description(algorithm, "sr"),
         coding_schemes=_local_coding_schemes(images),
         # The content is complete, but no human verified it and it is not the final word.
         is_complete=True,

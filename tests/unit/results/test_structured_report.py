@@ -150,8 +150,8 @@ def test_untrained_model_disclaimer_and_review_notice_are_in_the_content(
     texts = _texts(sr)
     assert untrained.disclaimer in texts
     assert "AI result — requires review by a radiologist" in texts
-    assert "not for diagnostic use without review" in sr.SeriesDescription
-    assert sr.SeriesDescription.startswith("UNTRAINED AI")
+    assert sr.SeriesDescription.startswith("UNTRAINED AI findings (SR) - ")
+    assert sr.SeriesDescription.endswith(" - requires review")
     assert len(sr.SeriesDescription) <= 64
     assert sr.PreliminaryFlag == "PRELIMINARY"
     assert sr.VerificationFlag == "UNVERIFIED"
@@ -169,7 +169,7 @@ def test_trained_model_sr_carries_the_review_notice_but_no_disclaimer(
     texts = _texts(sr)
     assert "AI result — requires review by a radiologist" in texts
     assert not any("NOT A TRAINED" in text for text in texts)
-    assert sr.SeriesDescription == "AI cxr-densenet 2.3.1 - not for diagnostic use without review"
+    assert sr.SeriesDescription == "AI findings (SR) - cxr-densenet 2.3.1 - requires review"
 
 
 def test_sr_joins_the_source_study_with_the_patient_and_study_attributes(
