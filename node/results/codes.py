@@ -47,6 +47,9 @@ SUMMARY_FINDING = CodedConcept(*codes.DCM.Finding)
 ABNORMAL = CodedConcept(*codes.SCT.Abnormal)
 NO_ABNORMALITY = CodedConcept("281900007", "SCT", "No abnormality detected")
 
+# TID 1500 row 6, the container of the measurement groups.
+IMAGING_MEASUREMENTS = CodedConcept(*codes.DCM.ImagingMeasurements)
+
 # TID 1600 Image Library containers and the TID 1602 row 1 "Modality" descriptor (CID 29).
 IMAGE_LIBRARY = CodedConcept(*codes.DCM.ImageLibrary)
 IMAGE_LIBRARY_GROUP = CodedConcept(*codes.DCM.ImageLibraryGroup)

@@ -3,16 +3,20 @@
 Tree (row numbers of TID 1500):
 
 - 1 Imaging Measurement Report, with language (2), the algorithm as device observer (3),
-  procedure reported (4) and the image library of every source image (5)
-- 6 Imaging Measurements: one group per label per image, holding the tracking identifier, the
-  algorithm (TID 4019: name, version, threshold, package digest, text input), the finding's
-  code, its probability (TID 300) and the present/absent call. A present finding whose Grad-CAM
-  has a region is a TID 1410 planar-ROI group whose region (SCOORD polyline around the heat
-  mass, on the source image's pixel grid) SR-aware viewers draw on the original; every other
-  label is a TID 1501 group naming its source image
+  procedure reported (4) and the image library of every source image (5), each entry with the
+  Modality its image states
+- 6 Imaging Measurements: one TID 1501 group per outlined finding per image (a present finding
+  whose Grad-CAM has a region), laid out as OHIF 3 / Cornerstone hydrate it into a measurement:
+  a Cornerstone tracking identifier and a tracking UID, the algorithm (TID 4019: name, version,
+  threshold, package digest, text input), the finding's code, its probability (TID 300)
+  INFERRED FROM the region (SCOORD polyline around the heat mass on the source image's pixel
+  grid, TID 320), the present call, and a Comment "<finding> (AI p=0.53)" that viewers show as
+  the measurement's label. Left out when nothing is outlined
 - 12 Qualitative Evaluations: the summary finding (abnormal or not, with the highest
-  probability) as a CODE and in words, the review notice, the disclaimer of an untrained model
-  and which clinical text the model read, as TEXT items (row 14)
+  probability) as a CODE and in words, the review notice, the disclaimer of an untrained model,
+  which clinical text the model read, and every label without a region (probability,
+  threshold, present/absent) as TEXT items (row 14). OHIF 3.13 stops loading an SR at any
+  measurement group without spatial coordinates, so those labels are not groups
 """
 
 from __future__ import annotations
@@ -98,32 +102,44 @@ def build_structured_report(
         )
     headers = [reference_header(image.source) for image in images]
     groups = []
+    unoutlined = []
     for number, (image, header) in enumerate(zip(images, headers, strict=True), start=1):
         regions = {region.finding: region for region in finding_regions(image, region_level)}
-        groups += [
-            _finding_group(
-                number,
-                header,
-                finding,
-                regions.get(finding.name),
-                algorithm,
-                text_source,
-                sop_instance_uid,
-            )
-            for finding in image.findings
-        ]
+        for finding in image.findings:
+            if finding.name in regions:
+                groups.append(
+                    _finding_group(
+                        number,
+                        header,
+                        finding,
+                        regions[finding.name],
+                        algorithm,
+                        text_source,
+                        sop_instance_uid,
+                    )
+                )
+            else:
+                unoutlined.append(_unoutlined_statement(finding, number, len(images)))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.PROCEDURE_CHEST_XRAY,
-        imaging_measurements=groups,
+        # highdicom wants at least one group; with no outline the placeholder's container is
+        # removed below (TID 1500 row 6 is optional beside the Qualitative Evaluations).
+        imaging_measurements=groups or [_placeholder_group()],
         title=codes.REPORT_TITLE,
         referenced_images=[_library_view(header) for header in headers],
     )
+    if not groups:
+        report[0].ContentSequence = [
+            item
+            for item in report[0].ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeValue != codes.IMAGING_MEASUREMENTS.value
+        ]
     _code_library_modalities(report[0], headers)
     # highdicom builds TID 1500 up to row 8 only; row 12 (Qualitative Evaluations) is appended
     # to the root container it returns.
     report[0].ContentSequence.append(
-        _report_statements(images, algorithm, text_source, text_note, predecessors)
+        _report_statements(images, algorithm, text_source, text_note, predecessors, unoutlined)
     )
     return hd.sr.ComprehensiveSR(
         evidence=headers,
@@ -195,6 +211,12 @@ def _library_view(header: Dataset) -> Dataset:
     return view
 
 
+def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="none")
+    )
+
+
 def _code_library_modalities(root: Dataset, headers: Sequence[Dataset]) -> None:
     """Give each Image Library entry (TID 1602 row 1) the Modality its source image states.
 
@@ -229,23 +251,22 @@ def _finding_group(
     number: int,
     header: Dataset,
     finding: Finding,
-    region: HeatRegion | None,
+    region: HeatRegion,
     algorithm: AlgorithmInfo,
     text_source: str,
     sop_instance_uid: str,
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """The TID 1501 group of one label on one image.
+    """The TID 1501 group of one outlined finding on one image.
 
-    A present finding with a Grad-CAM region is the layout viewers built on Cornerstone (OHIF)
-    hydrate into an editable measurement: a Cornerstone tracking identifier, the probability
-    NUM INFERRED FROM the region's SCOORD (TID 300 row 8, TID 320), and a Comment naming the
-    finding and its probability, which those viewers show as the measurement's label.
+    The layout viewers built on Cornerstone (OHIF 3) hydrate into a measurement: a Cornerstone
+    tracking identifier, the probability NUM INFERRED FROM the region's SCOORD (TID 300 row 8,
+    TID 320), and a Comment naming the finding and its probability, which those viewers show
+    as the measurement's label.
     """
     concept = hd.sr.CodedConcept(finding.code_value, finding.coding_scheme, finding.code_meaning)
-    outlined = region is not None
     tracking = hd.sr.TrackingIdentifier(
         uid=tracking_uid(sop_instance_uid, header.SOPInstanceUID, finding.name),
-        identifier=CORNERSTONE_OUTLINE if outlined else f"{finding.name} — image {number}",
+        identifier=CORNERSTONE_OUTLINE,
     )
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,
@@ -258,20 +279,16 @@ def _finding_group(
         ],
     )
     value = round(float(finding.probability), _PROBABILITY_DECIMALS)
-    coordinates = None
-    if outlined:
-        coordinates = [
-            hd.sr.CoordinatesForMeasurement(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=region.points,
-                source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
-            )
-        ]
+    outline = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=region.points,
+        source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
+    )
     probability = hd.sr.Measurement(
         name=codes.PROBABILITY,
         value=value,
         unit=codes.NO_UNITS,
-        referenced_coordinates=coordinates,
+        referenced_coordinates=[outline],
     )
     call = hd.sr.QualitativeEvaluation(
         name=concept, value=codes.PRESENT if finding.present else codes.ABSENT
@@ -286,15 +303,28 @@ def _finding_group(
             hd.sr.SourceImageForMeasurementGroup(header.SOPClassUID, header.SOPInstanceUID)
         ],
     )
-    if outlined:
-        group[0].ContentSequence.append(
-            hd.sr.TextContentItem(
-                name=codes.COMMENT,
-                value=finding_label(finding.name, value),
-                relationship_type=RelationshipTypeValues.CONTAINS,
-            )
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.COMMENT,
+            value=finding_label(finding.name, value),
+            relationship_type=RelationshipTypeValues.CONTAINS,
         )
+    )
     return group
+
+
+def _unoutlined_statement(finding: Finding, number: int, images: int) -> str:
+    """A label without a drawn region, in words (Qualitative Evaluations, not a measurement).
+
+    OHIF 3 stops loading an SR at any measurement group without spatial coordinates, so the
+    labels without a region are stated here, with probability, threshold and call.
+    """
+    where = f" (image {number})" if images > 1 else ""
+    call = "present" if finding.present else "absent"
+    return (
+        f"{finding.name}{where}: probability {finding.probability:.{_PROBABILITY_DECIMALS}f}, "
+        f"threshold {finding.threshold:g}, {call}; no region drawn."
+    )
 
 
 def finding_label(name: str, probability: float) -> str:
@@ -308,6 +338,7 @@ def _report_statements(
     text_source: str,
     text_note: str | None,
     predecessors: Sequence[Dataset],
+    unoutlined: Sequence[str] = (),
 ) -> hd.sr.ContainerContentItem:
     used = f"Clinical text used by the algorithm: {TEXT_SOURCES[text_source]}"
     abnormal, summary_text = summary(images)
@@ -315,6 +346,7 @@ def _report_statements(
         summary_text,
         *notices(algorithm),
         f"{used} ({text_note})." if text_note else f"{used}.",
+        *unoutlined,
     ]
     statements += [
         f"This result replaces the earlier AI result {p.SOPInstanceUID} "
