@@ -74,9 +74,16 @@ async function main() {
         const targets = step.clickSelectors
           ? step.clickSelectors.map((selector) => page.locator(selector).first())
           : [page.getByText(step.clickText, { exact: false }).first()];
-        for (const target of targets) {
+        for (let i = 0; i < targets.length; i++) {
+          // A panel toggle is skipped when what it opens is already shown.
+          const next = targets[i + 1];
+          if (next && (await next.isVisible())) continue;
           await dismissTours(page);
-          await target.click({ timeout: 10000 });
+          try {
+            await targets[i].click({ timeout: 5000 });
+          } catch (error) {
+            await targets[i].click({ timeout: 5000, force: true });  // under a toast
+          }
           await page.waitForTimeout(500);
         }
         clicked = step.clickSelectors || step.clickText;
