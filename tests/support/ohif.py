@@ -49,7 +49,9 @@ def need_ohif() -> tuple[Path, Path, str]:
     if not DICOMWEB_PLUGIN.exists():
         pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
     if not (OHIF_DIST / "index.html").exists():
-        pytest.skip(f"OHIF {OHIF_VERSION} is not in {OHIF_DIST} (scripts/setup fetches it from npm)")
+        pytest.skip(
+            f"OHIF {OHIF_VERSION} is not in {OHIF_DIST} (scripts/setup fetches it from npm)"
+        )
     if not (PLAYWRIGHT / "package.json").exists():
         pytest.skip(f"playwright-core is not in {PLAYWRIGHT.parent} (scripts/setup installs it)")
     node = shutil.which("node")
