@@ -161,7 +161,9 @@ class Settings:
     delivery_retry_max_s: float = 300.0
     delivery_give_up_after_s: float = 86_400.0
     # Result series: SR, overview captures, per-finding captures, presentation states. An
-    # empty description is generated (the AI's name and "not for diagnostic use without review").
+    # empty description is generated: what the series is ("AI findings (SR)", "AI outlines
+    # (GSPS)", "AI heatmap overview", "AI heatmap per finding"), the AI's name where it fits
+    # and "requires review".
     sr_series_number: int = 9901
     sc_series_number: int = 9902
     finding_sc_series_number: int = 9903

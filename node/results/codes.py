@@ -12,10 +12,12 @@ from pydicom.sr.codedict import codes
 # TID 1500 row 1, document title (CID 7021).
 REPORT_TITLE = CodedConcept(*codes.cid7021.ImagingMeasurementReport)
 
-# TID 1500 row 4, "Procedure reported" (CID 100, extensible). SNOMED CT 399208008 says "plain
-# chest X-ray" without a number of views; LOINC 36643-5 "XR Chest 2V" would claim two views for
-# the usual single PA/AP study, and SNOMED keeps the SR in the same terminology as the findings.
-PROCEDURE_CHEST_XRAY = CodedConcept("399208008", "SCT", "Plain chest X-ray")
+# TID 1500 row 4, "Procedure reported" (CID 100). CID 100 has no chest radiography code: its
+# only projection-radiography member, LOINC 43468-8 "XR unspecified body region", came in 2021
+# and validators built on the 2019 groups (PixelMed's) reject it as they reject SNOMED CT
+# 399208008 "Plain chest X-ray" (extending the group). SNOMED CT 363679005 "Imaging procedure"
+# is in every edition; the body part and view are the source image's own attributes.
+PROCEDURE_CHEST_XRAY = CodedConcept(*codes.cid100.ImagingProcedure)
 
 # TID 300 concept name of the model output. DCM 122157 "Probability" (PS3.16 Table D-1) is the
 # generic concept. The alternatives in CID 6048 mean something narrower: 111047 "Probability of
@@ -44,6 +46,22 @@ COMMENT = CodedConcept(*codes.DCM.Comment)
 SUMMARY_FINDING = CodedConcept(*codes.DCM.Finding)
 ABNORMAL = CodedConcept(*codes.SCT.Abnormal)
 NO_ABNORMALITY = CodedConcept("281900007", "SCT", "No abnormality detected")
+
+# TID 1500 row 6, the container of the measurement groups.
+IMAGING_MEASUREMENTS = CodedConcept(*codes.DCM.ImagingMeasurements)
+
+# TID 1600 Image Library containers and the TID 1602 row 1 "Modality" descriptor (CID 29).
+IMAGE_LIBRARY = CodedConcept(*codes.DCM.ImageLibrary)
+IMAGE_LIBRARY_GROUP = CodedConcept(*codes.DCM.ImageLibraryGroup)
+MODALITY = CodedConcept(*codes.DCM.Modality)
+_CID29 = {code.value: code for code in codes.cid29.concepts.values()}
+
+
+def modality(value: str) -> CodedConcept | None:
+    """The CID 29 code of a Modality attribute value ("CR", "DX"), or None if it has none."""
+    code = _CID29.get(str(value).strip().upper())
+    return None if code is None else CodedConcept(code.value, code.scheme_designator, code.meaning)
+
 
 # Purpose of reference of the overlay's Source Image Sequence (CID 7202).
 SOURCE_FOR_IMAGE_PROCESSING = CodedConcept(*codes.DCM.SourceImageForImageProcessingOperation)

@@ -7,7 +7,18 @@ from collections.abc import Sequence
 from node.results.findings import AlgorithmInfo, ImageResult
 
 REVIEW_NOTICE = "AI result — requires review by a radiologist"
-NOT_FOR_DIAGNOSIS = "not for diagnostic use without review"
+REVIEW_REQUIRED = "requires review"
+
+# What each result series is, first in its Series Description so that a PACS or viewer series
+# list tells them apart even when the rest is cut off.
+SERIES_KINDS = {
+    "sr": "AI findings (SR)",
+    "gsps": "AI outlines (GSPS)",
+    "sc": "AI heatmap overview",
+    "finding_sc": "AI heatmap per finding",
+}
+# A model name shortened below this many characters says nothing; it is left out instead.
+_MIN_NAME = 8
 
 # Series Description is LO: at most 64 characters. Plain ASCII there, because PACS series
 # lists are where a mangled UTF-8 dash would be seen most.
@@ -38,29 +49,44 @@ def notices(algorithm: AlgorithmInfo) -> tuple[str, ...]:
     return (REVIEW_NOTICE, algorithm.disclaimer)
 
 
-def series_description(algorithm: AlgorithmInfo) -> str:
-    """Series Description naming the AI and saying it is not for diagnosis without review.
+def series_description(algorithm: AlgorithmInfo, kind: str) -> str:
+    """Series Description saying what the series is, which AI made it, and that it needs review.
 
-    The warning is kept whole; to fit 64 characters the version goes first, then the name
-    is shortened. Untrained models are marked ``UNTRAINED``.
+    E.g. "AI findings (SR) - cxr-densenet 2.3.1 - requires review". What the series is and
+    the review warning are always kept; to fit 64 characters the version goes first, then the
+    name is shortened, then left out (it is in the Manufacturer's Model Name too). Untrained
+    models are marked ``UNTRAINED``.
 
     Parameters
     ----------
     algorithm : AlgorithmInfo
         The model that produced the result.
+    kind : {"sr", "gsps", "sc", "finding_sc"}
+        The result series: the SR, the presentation state, the overview captures or the
+        per-finding captures.
 
     Returns
     -------
     str
         At most 64 ASCII characters.
+
+    Raises
+    ------
+    ValueError
+        If `kind` is not one of the result series.
     """
-    marker = "AI" if algorithm.trained else "UNTRAINED AI"
-    tail = f" - {NOT_FOR_DIAGNOSIS}"
-    for head in (f"{marker} {algorithm.name} {algorithm.version}", f"{marker} {algorithm.name}"):
-        if len(head) + len(tail) <= _LO_MAX:
-            return head + tail
-    room = _LO_MAX - len(tail) - len(marker) - 1
-    return f"{marker} {algorithm.name[: room - 3]}...{tail}"
+    if kind not in SERIES_KINDS:
+        raise ValueError(f"series kind {kind!r} is not one of {sorted(SERIES_KINDS)}")
+    what = SERIES_KINDS[kind] if algorithm.trained else f"UNTRAINED {SERIES_KINDS[kind]}"
+    tail = f" - {REVIEW_REQUIRED}"
+    for model in (f"{algorithm.name} {algorithm.version}", algorithm.name):
+        text = f"{what} - {model}{tail}"
+        if len(text) <= _LO_MAX:
+            return text
+    room = _LO_MAX - len(what) - len(tail) - len(" - ...")
+    if room >= _MIN_NAME:
+        return f"{what} - {algorithm.name[:room]}...{tail}"
+    return what + tail
 
 
 def summary(images: Sequence[ImageResult]) -> tuple[bool, str]:

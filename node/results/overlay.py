@@ -170,7 +170,8 @@ def _capture(
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
-        series_description=description or series_description(algorithm),
+        series_description=description
+        or series_description(algorithm, "sc" if overview else "finding_sc"),
         # highdicom insists on single-letter orientations for the PATIENT coordinate system;
         # the source's actual value is written below, whatever it is.
         patient_orientation=orientation or ("L", "F"),

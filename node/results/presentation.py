@@ -119,7 +119,7 @@ def build_presentation_state(
         content_description=f"{algorithm.name} findings"[:64],
         graphic_annotations=annotations,
         graphic_layers=[outlines, labels],
-        series_description=description or series_description(algorithm),
+        series_description=description or series_description(algorithm, "gsps"),
         # The notices contain non-ASCII (e.g. the em dash).
         specific_character_set="ISO_IR 192",
     )

@@ -29,16 +29,17 @@ _TYPE2_PATIENT_STUDY = (
 _PATIENT_SEX = {"M", "F", "O"}
 # Only values whose form can be rewritten without changing their meaning are touched. Names,
 # IDs and UIDs are copied verbatim even when non-conformant: the results must match the source's
-# patient and study in the PACS exactly.
-_REWRITABLE_VRS = {"AS", "DA", "DS", "DT", "IS", "TM"}
+# patient and study in the PACS exactly. Patient's Age too: an RSNA "32" rewritten "032Y" made
+# the study disagree with itself (dcentvfy), and highdicom does not check AS values.
+_REWRITABLE_VRS = {"DA", "DS", "DT", "IS", "TM"}
 
 
 def reference_header(source: Dataset) -> Dataset:
     """Return a cleaned, pixel-free copy of the source header.
 
-    Dates, times, ages and numbers that do not conform to their VR are rewritten in DICOM form
-    where the meaning is clear (ACR-NEMA dates, ``HH:MM:SS`` times, an age in bare years,
-    over-long decimals) and emptied otherwise; a Patient's Sex outside M/F/O is emptied;
+    Dates, times and numbers that do not conform to their VR are rewritten in DICOM form where
+    the meaning is clear (ACR-NEMA dates, ``HH:MM:SS`` times, over-long decimals) and emptied
+    otherwise; Patient's Age is copied as it is; a Patient's Sex outside M/F/O is emptied;
     missing Type 2 patient/study attributes are added empty. Everything else is verbatim.
 
     Parameters
@@ -99,7 +100,4 @@ def _repaired(vr: str, value: object) -> str:
             return str(int(float(text)))
     except (ValueError, OverflowError):
         return ""
-    if vr == "AS" and text.isdigit() and len(text) <= 3:
-        # A bare number of years ("51"), as some converters write Patient's Age.
-        return f"{int(text):03d}Y"
     return ""

@@ -3,16 +3,20 @@
 Tree (row numbers of TID 1500):
 
 - 1 Imaging Measurement Report, with language (2), the algorithm as device observer (3),
-  procedure reported (4) and the image library of every source image (5)
-- 6 Imaging Measurements: one group per label per image, holding the tracking identifier, the
-  algorithm (TID 4019: name, version, threshold, package digest, text input), the finding's
-  code, its probability (TID 300) and the present/absent call. A present finding whose Grad-CAM
-  has a region is a TID 1410 planar-ROI group whose region (SCOORD polyline around the heat
-  mass, on the source image's pixel grid) SR-aware viewers draw on the original; every other
-  label is a TID 1501 group naming its source image
+  procedure reported (4) and the image library of every source image (5), each entry with the
+  Modality its image states
+- 6 Imaging Measurements: one TID 1501 group per outlined finding per image (a present finding
+  whose Grad-CAM has a region), laid out as OHIF 3 / Cornerstone hydrate it into a measurement:
+  a Cornerstone tracking identifier and a tracking UID, the algorithm (TID 4019: name, version,
+  threshold, package digest, text input), the finding's code, its probability (TID 300)
+  INFERRED FROM the region (SCOORD polyline around the heat mass on the source image's pixel
+  grid, TID 320), the present call, and a Comment "<finding> (AI p=0.53)" that viewers show as
+  the measurement's label. Left out when nothing is outlined
 - 12 Qualitative Evaluations: the summary finding (abnormal or not, with the highest
-  probability) as a CODE and in words, the review notice, the disclaimer of an untrained model
-  and which clinical text the model read, as TEXT items (row 14)
+  probability) as a CODE and in words, the review notice, the disclaimer of an untrained model,
+  which clinical text the model read, and every label without a region (probability,
+  threshold, present/absent) as TEXT items (row 14). OHIF 3.13 stops loading an SR at any
+  measurement group without spatial coordinates, so those labels are not groups
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ from node.results.findings import AlgorithmInfo, Finding, ImageResult, ResultInp
 from node.results.notices import TEXT_SOURCES, notices, series_description, summary
 from node.results.region import DEFAULT_REGION_LEVEL, HeatRegion, finding_regions, tracking_uid
 from node.results.source import reference_header
+
+# Tracking identifier (TEXT) of an outlined finding: Cornerstone's SR adapters (OHIF) pick the
+# tool that rehydrates a measurement group by this prefix; a closed POLYLINE is a freehand ROI.
+CORNERSTONE_OUTLINE = "Cornerstone3DTools@^0.1.0:PlanarFreehandROI"
 
 # Probabilities are written to 4 decimals: float32 model outputs carry noise beyond that, and
 # viewers show NumericValue (DS) as written.
@@ -94,31 +102,44 @@ def build_structured_report(
         )
     headers = [reference_header(image.source) for image in images]
     groups = []
+    unoutlined = []
     for number, (image, header) in enumerate(zip(images, headers, strict=True), start=1):
         regions = {region.finding: region for region in finding_regions(image, region_level)}
-        groups += [
-            _finding_group(
-                number,
-                header,
-                finding,
-                regions.get(finding.name),
-                algorithm,
-                text_source,
-                sop_instance_uid,
-            )
-            for finding in image.findings
-        ]
+        for finding in image.findings:
+            if finding.name in regions:
+                groups.append(
+                    _finding_group(
+                        number,
+                        header,
+                        finding,
+                        regions[finding.name],
+                        algorithm,
+                        text_source,
+                        sop_instance_uid,
+                    )
+                )
+            else:
+                unoutlined.append(_unoutlined_statement(finding, number, len(images)))
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(algorithm),
         procedure_reported=codes.PROCEDURE_CHEST_XRAY,
-        imaging_measurements=groups,
+        # highdicom wants at least one group; with no outline the placeholder's container is
+        # removed below (TID 1500 row 6 is optional beside the Qualitative Evaluations).
+        imaging_measurements=groups or [_placeholder_group()],
         title=codes.REPORT_TITLE,
         referenced_images=[_library_view(header) for header in headers],
     )
+    if not groups:
+        report[0].ContentSequence = [
+            item
+            for item in report[0].ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeValue != codes.IMAGING_MEASUREMENTS.value
+        ]
+    _code_library_modalities(report[0], headers)
     # highdicom builds TID 1500 up to row 8 only; row 12 (Qualitative Evaluations) is appended
     # to the root container it returns.
     report[0].ContentSequence.append(
-        _report_statements(images, algorithm, text_source, text_note, predecessors)
+        _report_statements(images, algorithm, text_source, text_note, predecessors, unoutlined)
     )
     return hd.sr.ComprehensiveSR(
         evidence=headers,
@@ -130,7 +151,7 @@ def build_structured_report(
         manufacturer=algorithm.manufacturer,
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
-        series_description=description or series_description(algorithm),
+        series_description=description or series_description(algorithm, "sr"),
         coding_schemes=_local_coding_schemes(images),
         # The content is complete, but no human verified it and it is not the final word.
         is_complete=True,
@@ -190,22 +211,62 @@ def _library_view(header: Dataset) -> Dataset:
     return view
 
 
+def _placeholder_group() -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier="none")
+    )
+
+
+def _code_library_modalities(root: Dataset, headers: Sequence[Dataset]) -> None:
+    """Give each Image Library entry (TID 1602 row 1) the Modality its source image states.
+
+    highdicom codes the entry's modality from the SOP Class, so a CR image stored as Secondary
+    Capture (as the RSNA and SIIM exports are) would be listed as "OT", which disagrees with
+    the image. The source's own Modality is used where CID 29 knows it.
+    """
+    stated = {str(header.SOPInstanceUID): header.get("Modality", "") for header in headers}
+    for library in _children(root, codes.IMAGE_LIBRARY):
+        for group in _children(library, codes.IMAGE_LIBRARY_GROUP):
+            for entry in group.ContentSequence:
+                if entry.ValueType != "IMAGE":
+                    continue
+                uid = str(entry.ReferencedSOPSequence[0].ReferencedSOPInstanceUID)
+                coded = codes.modality(stated.get(uid, ""))
+                if coded is None:
+                    continue
+                for item in _children(entry, codes.MODALITY):
+                    item.ConceptCodeSequence = [coded]
+
+
+def _children(item: Dataset, concept: hd.sr.CodedConcept) -> list[Dataset]:
+    return [
+        child
+        for child in item.get("ContentSequence", [])
+        if child.ConceptNameCodeSequence[0].CodeValue == concept.value
+        and child.ConceptNameCodeSequence[0].CodingSchemeDesignator == concept.scheme_designator
+    ]
+
+
 def _finding_group(
     number: int,
     header: Dataset,
     finding: Finding,
-    region: HeatRegion | None,
+    region: HeatRegion,
     algorithm: AlgorithmInfo,
     text_source: str,
     sop_instance_uid: str,
-) -> (
-    hd.sr.MeasurementsAndQualitativeEvaluations
-    | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
-):
+) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """The TID 1501 group of one outlined finding on one image.
+
+    The layout viewers built on Cornerstone (OHIF 3) hydrate into a measurement: a Cornerstone
+    tracking identifier, the probability NUM INFERRED FROM the region's SCOORD (TID 300 row 8,
+    TID 320), and a Comment naming the finding and its probability, which those viewers show
+    as the measurement's label.
+    """
     concept = hd.sr.CodedConcept(finding.code_value, finding.coding_scheme, finding.code_meaning)
     tracking = hd.sr.TrackingIdentifier(
         uid=tracking_uid(sop_instance_uid, header.SOPInstanceUID, finding.name),
-        identifier=f"{finding.name} — image {number}",
+        identifier=CORNERSTONE_OUTLINE,
     )
     algorithm_id = hd.sr.AlgorithmIdentification(
         name=algorithm.name,
@@ -217,28 +278,22 @@ def _finding_group(
             f"text_input={text_source}",
         ],
     )
+    value = round(float(finding.probability), _PROBABILITY_DECIMALS)
+    outline = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=region.points,
+        source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
+    )
     probability = hd.sr.Measurement(
         name=codes.PROBABILITY,
-        value=round(float(finding.probability), _PROBABILITY_DECIMALS),
+        value=value,
         unit=codes.NO_UNITS,
+        referenced_coordinates=[outline],
     )
     call = hd.sr.QualitativeEvaluation(
         name=concept, value=codes.PRESENT if finding.present else codes.ABSENT
     )
-    if region is not None:
-        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
-            tracking_identifier=tracking,
-            referenced_region=hd.sr.ImageRegion(
-                graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                graphic_data=region.points,
-                source_image=hd.sr.SourceImageForRegion(header.SOPClassUID, header.SOPInstanceUID),
-            ),
-            finding_type=concept,
-            algorithm_id=algorithm_id,
-            measurements=[probability],
-            qualitative_evaluations=[call],
-        )
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking,
         finding_type=concept,
         algorithm_id=algorithm_id,
@@ -248,6 +303,33 @@ def _finding_group(
             hd.sr.SourceImageForMeasurementGroup(header.SOPClassUID, header.SOPInstanceUID)
         ],
     )
+    group[0].ContentSequence.append(
+        hd.sr.TextContentItem(
+            name=codes.COMMENT,
+            value=finding_label(finding.name, value),
+            relationship_type=RelationshipTypeValues.CONTAINS,
+        )
+    )
+    return group
+
+
+def _unoutlined_statement(finding: Finding, number: int, images: int) -> str:
+    """A label without a drawn region, in words (Qualitative Evaluations, not a measurement).
+
+    OHIF 3 stops loading an SR at any measurement group without spatial coordinates, so the
+    labels without a region are stated here, with probability, threshold and call.
+    """
+    where = f" (image {number})" if images > 1 else ""
+    call = "present" if finding.present else "absent"
+    return (
+        f"{finding.name}{where}: probability {finding.probability:.{_PROBABILITY_DECIMALS}f}, "
+        f"threshold {finding.threshold:g}, {call}; no region drawn."
+    )
+
+
+def finding_label(name: str, probability: float) -> str:
+    """The label a viewer shows beside a finding's outline, e.g. "Pneumonia (AI p=0.53)"."""
+    return f"{name} (AI p={probability:.2f})"
 
 
 def _report_statements(
@@ -256,6 +338,7 @@ def _report_statements(
     text_source: str,
     text_note: str | None,
     predecessors: Sequence[Dataset],
+    unoutlined: Sequence[str] = (),
 ) -> hd.sr.ContainerContentItem:
     used = f"Clinical text used by the algorithm: {TEXT_SOURCES[text_source]}"
     abnormal, summary_text = summary(images)
@@ -263,6 +346,7 @@ def _report_statements(
         summary_text,
         *notices(algorithm),
         f"{used} ({text_note})." if text_note else f"{used}.",
+        *unoutlined,
     ]
     statements += [
         f"This result replaces the earlier AI result {p.SOPInstanceUID} "

@@ -48,7 +48,7 @@ def test_overlay_is_a_valid_rgb_capture_on_the_source_grid_in_the_source_study(
         tmp_path,
     )
 
-    assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path, sources.rsna) == []
     assert back.SOPClassUID == SecondaryCaptureImageStorage
     assert (back.Rows, back.Columns) == (source.Rows, source.Columns)
     assert back.PhotometricInterpretation == "RGB"
@@ -59,7 +59,8 @@ def test_overlay_is_a_valid_rgb_capture_on_the_source_grid_in_the_source_study(
         assert back[keyword].value == source[keyword].value, keyword
     assert back.SeriesInstanceUID == uids("sc-series") != source.SeriesInstanceUID
     assert (back.SeriesNumber, back.InstanceNumber) == (9902, 3)
-    assert "not for diagnostic use without review" in back.SeriesDescription
+    assert back.SeriesDescription.startswith("UNTRAINED AI heatmap overview - ")
+    assert back.SeriesDescription.endswith(" - requires review")
     assert back.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     assert untrained.name in back.DerivationDescription
     # The source was JPEG baseline; the derived capture keeps saying it went through lossy

@@ -56,10 +56,11 @@ def test_presentation_state_draws_the_sr_regions_with_labels_and_is_valid(
     path = tmp_path / "pr.dcm"
     state.save_as(path, enforce_file_format=True)
 
-    assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path, sources.rsna) == []
     # highdicom has no reader for presentation states; pydicom reads the plain dataset.
     back = pydicom.dcmread(path)
     assert back.SOPClassUID == GrayscaleSoftcopyPresentationStateStorage
+    assert back.SeriesDescription.startswith("UNTRAINED AI outlines (GSPS) - ")
     assert back.StudyInstanceUID == image.source.StudyInstanceUID
     assert back.SeriesInstanceUID != image.source.SeriesInstanceUID
     referenced = back.ReferencedSeriesSequence[0].ReferencedImageSequence[0]
@@ -137,9 +138,10 @@ def test_one_capture_per_present_finding_shows_its_outline_and_the_colour_scale(
         )
         path = tmp_path / f"{name}.dcm"
         capture.save_as(path, enforce_file_format=True)
-        assert dciodvfy_errors(path) == []
+        assert dciodvfy_errors(path, sources.rsna) == []
         back = pydicom.dcmread(path)
         assert list(back.ImageType) == ["DERIVED", "SECONDARY", "FINDING"]
+        assert back.SeriesDescription.startswith("UNTRAINED AI heatmap per finding - ")
         assert back.SeriesNumber == 9903 and back.BurnedInAnnotation == "YES"
         pixels = back.pixel_array
         # The outline lies on the region's edge: orange pixels along its left side.

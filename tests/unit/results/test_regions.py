@@ -138,7 +138,10 @@ def _sr_regions_read_back(image: ImageResult, algorithm: AlgorithmInfo) -> dict[
             for c in children
             if c.ValueType == "CODE" and c.ConceptNameCodeSequence[0].CodeValue == "121071"
         ]
-        for scoord in (c for c in children if c.ValueType == "SCOORD"):
+        # The region is the SCOORD the probability NUM is INFERRED FROM (TID 300 row 8).
+        numbers = [c for c in children if c.ValueType == "NUM"]
+        inferred = [s for n in numbers for s in n.get("ContentSequence", [])]
+        for scoord in (c for c in [*children, *inferred] if c.ValueType == "SCOORD"):
             (source,) = [c for c in scoord.ContentSequence if c.ValueType == "IMAGE"]
             assert (
                 source.ReferencedSOPSequence[0].ReferencedSOPInstanceUID

@@ -45,14 +45,39 @@ def test_untrained_algorithm_needs_its_disclaimer():
         AlgorithmInfo("m", "1", "0" * 64, trained=False, disclaimer=" ")
 
 
-def test_series_description_fits_lo_and_keeps_the_warning_whole():
+def test_series_description_fits_lo_and_keeps_what_and_the_warning_whole():
     long = AlgorithmInfo("a-very-long-model-name-" * 4, "10.20.30", "0" * 64, False, "untrained")
 
-    text = series_description(long)
+    texts = {kind: series_description(long, kind) for kind in ("sr", "gsps", "sc", "finding_sc")}
 
-    assert len(text) <= 64
-    assert text.startswith("UNTRAINED AI a-very-")
-    assert text.endswith(" - not for diagnostic use without review")
+    assert texts["sr"] == "UNTRAINED AI findings (SR) - a-very-long-mo... - requires review"
+    for text in texts.values():
+        assert len(text) <= 64 and text.isascii()
+        assert text.endswith(" - requires review")
+    # The name is left out rather than cut to a stub; what the series is stays.
+    assert texts["finding_sc"] == "UNTRAINED AI heatmap per finding - a-very-l... - requires review"
+
+
+def test_every_result_series_says_what_it_is_and_which_ai_made_it():
+    # Before, all four series read "AI cxrnode-nih-normal... - not for diagnostic use without
+    # review": SR, presentation state and both captures could not be told apart.
+    model = AlgorithmInfo("cxrnode-abnormal-pneumonia", "1.0.0", "0" * 64, True, "")
+
+    texts = [series_description(model, kind) for kind in ("sr", "gsps", "sc", "finding_sc")]
+
+    assert texts == [
+        "AI findings (SR) - cxrnode-abnormal-pneumonia - requires review",
+        "AI outlines (GSPS) - cxrnode-abnormal-pneum... - requires review",
+        "AI heatmap overview - cxrnode-abnormal-pneu... - requires review",
+        "AI heatmap per finding - cxrnode-abnormal-p... - requires review",
+    ]
+    short = AlgorithmInfo("cxr-densenet", "2.3.1", "0" * 64, True, "")
+    assert (
+        series_description(short, "sr") == "AI findings (SR) - cxr-densenet 2.3.1 - requires review"
+    )
+    assert all(len(text) <= 64 for text in texts)
+    with pytest.raises(ValueError, match="series kind"):
+        series_description(model, "report")
 
 
 def test_writers_leave_the_received_dataset_untouched(

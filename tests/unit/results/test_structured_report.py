@@ -4,11 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ComprehensiveSRStorage
 
 from node.results import ResultInputError, build_structured_report
+from node.results.sr import CORNERSTONE_OUTLINE
 
 # The staged sources carry single-component patient names; they are copied as received.
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
@@ -76,24 +78,27 @@ def two_image_study(sources, read_source, make_result):
 
 
 def test_two_image_study_sr_is_valid_and_dsrdump_shows_every_finding(
-    two_image_study, untrained, uids, tmp_path, dciodvfy_errors, dsrdump
+    two_image_study, sources, untrained, uids, tmp_path, dciodvfy_errors, dsrdump
 ):
     sr = build_structured_report(
         two_image_study, untrained, sop_instance_uid=uids("sr"), series_instance_uid=uids("s")
     )
     path = _write(sr, tmp_path)
 
-    assert dciodvfy_errors(path) == []
+    assert dciodvfy_errors(path, sources.siim, sources.siim_mono1) == []
     dump = dsrdump(path)
     assert dump.returncode == 0, dump.stderr
     for image in two_image_study:
         assert image.source.SOPInstanceUID in dump.stdout
         for finding in image.findings:
             assert finding.name in dump.stdout
-            assert f'"{round(finding.probability, 4)}"' in dump.stdout
+            # A NUM where the finding is outlined, otherwise a statement in words.
+            assert f'"{round(finding.probability, 4)}"' in dump.stdout or (
+                f"probability {finding.probability:.4f}" in dump.stdout
+            )
 
 
-def test_sr_references_every_source_and_has_one_group_per_label_per_image(
+def test_sr_references_every_source_and_has_one_group_per_outlined_finding(
     two_image_study, untrained, uids, tmp_path
 ):
     sr = build_structured_report(
@@ -117,8 +122,10 @@ def test_sr_references_every_source_and_has_one_group_per_label_per_image(
     }
     assert sources <= library
 
+    # Only the first image has a heatmap (Pneumothorax); every other label of both images is
+    # a statement: OHIF stops loading an SR at a measurement group without coordinates.
     groups = _groups(back)
-    assert len(groups) == sum(len(image.findings) for image in two_image_study)
+    assert len(groups) == 1
     tracking = [_child(group, "UIDREF", "Tracking Unique Identifier").UID for group in groups]
     assert len(set(tracking)) == len(tracking)
     expected = {
@@ -135,7 +142,14 @@ def test_sr_references_every_source_and_has_one_group_per_label_per_image(
         assert probability.MeasurementUnitsCodeSequence[0].CodeValue == "1"
         call = _child(group, "CODE", finding.code_meaning).ConceptCodeSequence[0].CodeMeaning
         assert call == ("Present" if finding.present else "Absent")
-    assert expected == {}
+    texts = _texts(back)
+    for (uid, _), finding in expected.items():
+        number = 1 + [i.source.SOPInstanceUID for i in two_image_study].index(uid)
+        call = "present" if finding.present else "absent"
+        assert (
+            f"{finding.name} (image {number}): probability {finding.probability:.4f}, "
+            f"threshold {finding.threshold:g}, {call}; no region drawn."
+        ) in texts
 
 
 def test_untrained_model_disclaimer_and_review_notice_are_in_the_content(
@@ -148,8 +162,8 @@ def test_untrained_model_disclaimer_and_review_notice_are_in_the_content(
     texts = _texts(sr)
     assert untrained.disclaimer in texts
     assert "AI result — requires review by a radiologist" in texts
-    assert "not for diagnostic use without review" in sr.SeriesDescription
-    assert sr.SeriesDescription.startswith("UNTRAINED AI")
+    assert sr.SeriesDescription.startswith("UNTRAINED AI findings (SR) - ")
+    assert sr.SeriesDescription.endswith(" - requires review")
     assert len(sr.SeriesDescription) <= 64
     assert sr.PreliminaryFlag == "PRELIMINARY"
     assert sr.VerificationFlag == "UNVERIFIED"
@@ -167,7 +181,7 @@ def test_trained_model_sr_carries_the_review_notice_but_no_disclaimer(
     texts = _texts(sr)
     assert "AI result — requires review by a radiologist" in texts
     assert not any("NOT A TRAINED" in text for text in texts)
-    assert sr.SeriesDescription == "AI cxr-densenet 2.3.1 - not for diagnostic use without review"
+    assert sr.SeriesDescription == "AI findings (SR) - cxr-densenet 2.3.1 - requires review"
 
 
 def test_sr_joins_the_source_study_with_the_patient_and_study_attributes(
@@ -196,8 +210,9 @@ def test_sr_joins_the_source_study_with_the_patient_and_study_attributes(
         "ReferringPhysicianName",
     ):
         assert sr[keyword].value == source[keyword].value, keyword
-    # The RSNA export writes Patient's Age as "51", which is not an AS value.
-    assert sr.PatientAge == "051Y"
+    # The RSNA export writes Patient's Age as "51", which is not an AS value; the results copy
+    # it as it is, or the study would disagree with itself (dcentvfy).
+    assert sr.PatientAge == source.PatientAge == "51"
     assert sr.SeriesInstanceUID == uids("s") != source.SeriesInstanceUID
     assert sr.SeriesNumber == 9901
     assert sr.Manufacturer == "cxrnode"
@@ -274,6 +289,9 @@ def test_no_region_for_an_absent_finding(sources, read_source, make_result, untr
     )
 
     assert not [item for item in _items(sr.ContentSequence) if item.ValueType == "SCOORD"]
+    # Nothing is outlined: no Imaging Measurements (TID 1500 row 6 is optional beside row 12).
+    assert _groups(sr) == []
+    assert "Cardiomegaly: probability 0.2456, threshold 0.5, absent; no region drawn." in _texts(sr)
 
 
 @pytest.mark.parametrize("text_source", ["report", "indication", "none"])
@@ -343,3 +361,65 @@ def test_unknown_text_source_is_refused(sources, read_source, make_result, untra
             series_instance_uid=uids("s"),
             text_source="history",
         )
+
+
+def _rsna_sr(sources, read_source, make_result, untrained, uids):
+    return build_structured_report(
+        [make_result(read_source(sources.rsna))],
+        untrained,
+        sop_instance_uid=uids("sr"),
+        series_instance_uid=uids("s"),
+    )
+
+
+def test_outlined_finding_has_the_layout_ohif_hydrates_into_a_named_measurement(
+    sources, read_source, make_result, untrained, uids
+):
+    # OHIF's Cornerstone SR adapter picks the tool by the tracking identifier and looks for
+    # the SCOORD under the group's first NUM (INFERRED FROM); its label is the group's Comment.
+    sr = _rsna_sr(sources, read_source, make_result, untrained, uids)
+
+    outlined = [
+        g
+        for g in _groups(sr)
+        if _child(g, "TEXT", "Tracking Identifier").TextValue == CORNERSTONE_OUTLINE
+    ]
+    (group,) = outlined  # only Pneumothorax has a heatmap in the test results
+    assert _child(group, "CODE", "Finding").ConceptCodeSequence[0].CodeMeaning == "Pneumothorax"
+    number = next(i for i in group.ContentSequence if i.ValueType == "NUM")
+    assert _meaning(number) == "Probability"
+    scoord = _child(number, "SCOORD")
+    assert scoord.RelationshipType == "INFERRED FROM"
+    assert scoord.GraphicType == "POLYLINE"
+    points = np.asarray(scoord.GraphicData, dtype=float).reshape(-1, 2)
+    assert len(points) >= 4 and np.allclose(points[0], points[-1])  # closed: a freehand ROI
+    (image,) = [i for i in scoord.ContentSequence if i.ValueType == "IMAGE"]
+    source_uid = read_source(sources.rsna).SOPInstanceUID
+    assert image.ReferencedSOPSequence[0].ReferencedSOPInstanceUID == source_uid
+    assert _child(group, "TEXT", "Comment").TextValue == "Pneumothorax (AI p=0.90)"
+    # Labels without a region are no measurement group (OHIF stops at one without a SCOORD).
+    assert _groups(sr) == outlined
+
+
+def test_sr_of_a_cr_stored_as_secondary_capture_passes_pixelmeds_validator(
+    sources, read_source, make_result, untrained, uids, tmp_path, pixelmed_sr_errors
+):
+    # Before: the Image Library said Modality OT for the CR source (TID 1602) and the
+    # procedure code was not in CID 100.
+    sr = _rsna_sr(sources, read_source, make_result, untrained, uids)
+    path = _write(sr, tmp_path)
+
+    assert pixelmed_sr_errors(path) == []
+    (modality,) = [
+        i for i in _items(sr.ContentSequence) if i.ValueType == "CODE" and _meaning(i) == "Modality"
+    ]
+    assert modality.ConceptCodeSequence[0].CodeValue == "CR"
+
+
+def test_sr_agrees_with_its_source_study_for_dcentvfy(
+    sources, read_source, make_result, untrained, uids, tmp_path, dcentvfy_errors
+):
+    # Before: Patient's Age "51" in the source, "051Y" in the SR.
+    sr = _rsna_sr(sources, read_source, make_result, untrained, uids)
+
+    assert dcentvfy_errors(sources.rsna, _write(sr, tmp_path)) == []

@@ -1,0 +1,179 @@
+"""What the radiologist sees in OHIF Viewer 3.13 (the most used open-source radiology viewer): a
+real RSNA study through the node into Orthanc, Orthanc's DICOMweb and OHIF's built viewer on one
+origin, OHIF in headless Chromium (software WebGL).
+
+Checked in one OHIF session: the study list shows the study; the study browser tells the four
+result series apart by their descriptions and the overview capture is drawn; OHIF hydrates the
+SR into one measurement per outlined finding, named by the finding with its probability, drawn
+on the source image and listed in the Measurements panel. Screenshots go to
+``/tmp/cxrnode-artifacts/ohif-*.png``. Skips where Chromium, node, the DICOMweb plugin or the
+npm packages (``scripts/setup`` fetches them into ``.cache/ohif``) are missing.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.uid import (
+    ComprehensiveSRStorage,
+    GrayscaleSoftcopyPresentationStateStorage,
+    SecondaryCaptureImageStorage,
+)
+
+from node.orthanc import Modality
+from node.results.notices import SERIES_KINDS
+from node.results.sr import CORNERSTONE_OUTLINE
+from support.ohif import OHIF_DIST, OhifServer, OrthancWithDicomWeb, drive, need_ohif
+from support.peers import NODE_AE, need, wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning"),
+]
+
+ARTIFACTS = Path("/tmp/cxrnode-artifacts")
+RSNA_CASE = "00436515-870c-4b36-a041-de91049b9ab4"
+# OHIF draws SR measurements in Cornerstone's annotation yellow.
+_YELLOW = (255, 255, 0)
+
+
+@pytest.fixture
+def orthanc(tmp_path, node_port) -> Iterator[OrthancWithDicomWeb]:
+    """The integration harness's Orthanc, serving DICOMweb for OHIF."""
+    need("Orthanc")
+    need_ohif()
+    server = OrthancWithDicomWeb(
+        tmp_path / "orthanc", [Modality("cxrnode", NODE_AE, "127.0.0.1", node_port)]
+    ).start()
+    yield server
+    server.stop()
+
+
+def _results(node, orthanc, source: Path) -> list[pydicom.Dataset]:
+    """Send the study through the node; the node's results as Orthanc holds them."""
+    uploaded = orthanc.upload(source.read_bytes())
+    header = pydicom.dcmread(source, stop_before_pixels=True)
+    orthanc.send_study("cxrnode", uploaded["ParentStudy"])
+    wait_for(
+        lambda: node.audit("--study", header.StudyInstanceUID, "--action", "study.done"),
+        300,
+        "study.done",
+    )
+    results = [
+        pydicom.dcmread(io.BytesIO(orthanc.instance_file(instance["ID"])))
+        for instance in orthanc.study_instances(uploaded["ParentStudy"])
+    ]
+    return [ds for ds in results if ds.SOPInstanceUID != header.SOPInstanceUID]
+
+
+def _outline_labels(sr: pydicom.Dataset) -> list[str]:
+    """The labels of the SR's outlined findings (the Comment of each Cornerstone group)."""
+    labels = []
+    for container in sr.ContentSequence:
+        for group in container.get("ContentSequence", []):
+            items = group.get("ContentSequence", [])
+            if any(i.ValueType == "TEXT" and i.TextValue == CORNERSTONE_OUTLINE for i in items):
+                (comment,) = [
+                    i
+                    for i in items
+                    if i.ValueType == "TEXT" and i.ConceptNameCodeSequence[0].CodeValue == "121106"
+                ]
+                labels.append(comment.TextValue)
+    return labels
+
+
+def _viewer(study_uid: str, series_uid: str) -> str:
+    query = {"StudyInstanceUIDs": study_uid, "initialSeriesInstanceUID": series_uid}
+    return f"/viewer?{urlencode(query)}"
+
+
+def _yellow_pixels(png: str) -> int:
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return int(np.sum(np.abs(rgb - np.array(_YELLOW)).max(axis=2) < 60))
+
+
+def _saturated(png: str) -> float:
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    return float(np.mean(rgb.max(axis=2) - rgb.min(axis=2) > 80))
+
+
+def test_ohif_lists_the_study_tells_the_series_apart_and_hydrates_each_outlined_finding(
+    make_node, orthanc, shared_data, tmp_path
+):
+    source = shared_data / "rsna-pneumonia-sample" / "stage_1_train_images" / f"{RSNA_CASE}.dcm"
+    node = make_node()
+    results = _results(node, orthanc, source)
+    by_class: dict[str, list[pydicom.Dataset]] = {}
+    for ds in results:
+        by_class.setdefault(ds.SOPClassUID, []).append(ds)
+    (sr,) = by_class[ComprehensiveSRStorage]
+    (state,) = by_class[GrayscaleSoftcopyPresentationStateStorage]
+    (overview,) = [c for c in by_class[SecondaryCaptureImageStorage] if "OVERVIEW" in c.ImageType]
+    labels = _outline_labels(sr)
+    assert labels, "the reference model outlines at least one finding on this case"
+    descriptions = [ds.SeriesDescription for ds in (sr, state, overview)]
+    assert len(set(descriptions)) == 3
+
+    server = OhifServer(OHIF_DIST, orthanc).start()
+    shots = tmp_path / "ohif"
+    shots.mkdir()
+    study = sr.StudyInstanceUID
+    steps = [
+        {"name": "ohif-study-list", "path": "/", "waitText": [RSNA_CASE], "timeoutMs": 60000},
+        {
+            "name": "ohif-overview-capture",
+            "path": _viewer(study, overview.SeriesInstanceUID),
+            # OHIF cuts long descriptions in its study browser; the kind comes first.
+            "waitText": list(SERIES_KINDS.values()),
+            "waitSelector": "canvas.cornerstone-canvas",
+            "timeoutMs": 90000,
+            "settleMs": 8000,
+        },
+        {
+            "name": "ohif-sr-measurements",
+            "path": _viewer(study, sr.SeriesInstanceUID),
+            "waitText": [SERIES_KINDS["sr"]],
+            "clickSelectors": [
+                '[data-cy="side-panel-header-right"]',
+                '[data-cy="trackedMeasurements-btn"]',
+            ],
+            "afterClickText": [f"Measurements ({len(labels)})", *labels],
+            "timeoutMs": 90000,
+            "settleMs": 8000,
+        },
+    ]
+    try:
+        report = drive({"url": server.url, "out": str(shots), "steps": steps}, tmp_path)
+    finally:
+        server.stop()
+    ARTIFACTS.mkdir(exist_ok=True)
+    for step in report["steps"]:
+        shutil.copy(step["screenshot"], ARTIFACTS / f"{step['name']}.png")
+    (ARTIFACTS / "ohif-report.json").write_text(
+        json.dumps([{k: v for k, v in s.items() if k != "log"} for s in report["steps"]], indent=2)
+    )
+    listed, capture, measured = report["steps"]
+    print(f"\nOHIF screenshots: {sorted(str(p) for p in ARTIFACTS.glob('ohif-*.png'))}")
+
+    assert listed["missing"] == [], listed["text"][-2000:]
+    assert "CR" in listed["text"] and "SR" in listed["text"]
+    # Each result series says what it is in OHIF's study browser; the capture is drawn (the
+    # heatmap is the only strong colour besides the viewer's blue chrome).
+    assert capture["missing"] == [], capture["text"][-2000:]
+    assert capture["canvases"], "OHIF drew no viewport"
+    assert _saturated(capture["screenshot"]) > 0.01
+    # The SR is hydrated: one measurement per outlined finding, named by the finding with its
+    # probability, drawn in yellow on the source image; nothing went wrong on the way.
+    assert measured["missing"] == [], measured["text"][-3000:]
+    assert "Something went wrong" not in measured["text"]
+    assert not [line for line in measured["log"] if "not rehydratable" in line]
+    assert _yellow_pixels(measured["screenshot"]) > 200
