@@ -10,6 +10,7 @@ loopback, as the node sees them.
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import struct
 import threading
@@ -145,13 +146,19 @@ def test_half_sent_association_requests_do_not_hold_the_slots(tmp_path, stopping
     try:
         for sock in attackers:
             sock.sendall(PARTIAL_RQ)
-        # The peer's connections beyond its 4 are rejected at once, "local limit exceeded"...
-        answers = [sock.recv(64) for sock in attackers[4:]]
-        assert answers == [LOCAL_LIMIT_RJ] * 6
-        # ...so the legitimate sender still finds a slot while the 4 are held,
+        # The legitimate sender still finds a slot while the peer's 4 are held,
         assert echo(port)
-        # and the 4 are closed once their A-ASSOCIATE-RQ is overdue (ARTIM, 1 s).
-        assert all(closed_by_server(sock) for sock in attackers[:4])
+        # the peer's connections beyond its 4 were rejected "local limit exceeded" (which 4
+        # were admitted depends on the order their threads ran), and the 4 admitted ones are
+        # closed once their A-ASSOCIATE-RQ is overdue (ARTIM, 1 s), without an answer.
+        answers = []
+        for sock in attackers:
+            answer = b""
+            with contextlib.suppress(OSError):
+                while chunk := sock.recv(64):
+                    answer += chunk
+            answers.append(answer)
+        assert sorted(answers) == sorted([LOCAL_LIMIT_RJ] * 6 + [b""] * 4)
     finally:
         for sock in attackers:
             sock.close()

@@ -54,9 +54,10 @@ def test_invalid_uid_reaches_neither_the_log_nor_stderr(scp, shared_data, caplog
         assoc.send_c_store(ds)
         assoc.release()
     out, err = capfd.readouterr()
+    # The receiver reads with pydicom's value check off (node.logsafe), so pydicom has nothing
+    # to complain about; whatever it still logs about the value is withheld.
     complaints = [
         r.getMessage() for r in caplog.records if "Invalid value for VR UI" in r.getMessage()
     ]
-    assert complaints, "the SCP's reading should have complained about the UID"
     assert all(WITHHELD in message for message in complaints)
     assert "PATIENT7" not in caplog.text and "PATIENT7" not in out + err
