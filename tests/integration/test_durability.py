@@ -158,8 +158,12 @@ def test_results_wait_for_a_pacs_that_was_down(make_node, orthanc, shared_data):
 
 
 def test_eight_concurrent_associations_lose_nothing(make_node, shared_data):
-    # Ingest only; one address sending 8 at once needs a per-peer cap above the default 4.
-    node = make_node(stable_age_s=600, complete_on_release=False, dicom_max_associations_per_peer=8)
+    # Ingest only; one address sending 8 at once needs a per-peer cap above the default 4, and
+    # above 8: one of the eight was refused once in a full run, most likely because the start-up
+    # probe's connection from the same address was still counted while it closed.
+    node = make_node(
+        stable_age_s=600, complete_on_release=False, dicom_max_associations_per_peer=10
+    )
     files = chest_files(shared_data)
     statuses: list[int] = []
     lock = threading.Lock()
