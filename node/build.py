@@ -17,7 +17,6 @@ from pydicom.uid import generate_uid
 
 from node.config import Settings
 from node.log_privacy import withhold_dicom_values_from_the_log
-from node.logsafe import quiet_pydicom_values
 from node.results import (
     AlgorithmInfo,
     ImageResult,
@@ -35,7 +34,6 @@ def keep_identifiers_out_of_the_log() -> None:
     the patient's name when it has a single component, and quotes invalid values, UIDs
     included, in its log and warnings). Also the builder processes' initializer."""
     logging.getLogger("highdicom").setLevel(logging.WARNING)
-    quiet_pydicom_values()  # it logs each bad value it reads, quoted (a birth date, a UID)
     withhold_dicom_values_from_the_log()
     warnings.filterwarnings(
         "ignore", message=r"(?s)The string .* is unlikely to represent the intended person name"

@@ -12,6 +12,8 @@ import logging
 import re
 import warnings
 
+import pydicom.config
+
 # A Python repr of a str or bytes value, as pydicom's messages quote it.
 _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""")
 WITHHELD = "<value withheld>"
@@ -32,8 +34,17 @@ class WithholdQuotedValues(logging.Filter):
 
 
 def withhold_dicom_values_from_the_log() -> None:
-    """Install the filter on pydicom's logger (once) and silence pydicom's value warnings,
-    whose text the logger already carries without the value."""
+    """Keep pydicom's complaints about values out of the log, in three steps.
+
+    pydicom's check of the values it reads is turned off: it would warn and log each bad value
+    quoted ("Invalid value for VR UI: '<Study Instance UID>'"), while the node checks what it
+    uses itself and says what is wrong without the value (e.g. the receiver's ``0xC006``). The
+    setting is pydicom's and process-wide; reading is otherwise unchanged (pydicom only warns
+    in its default mode, it never refuses a value read). Whatever pydicom still logs has its
+    quoted values withheld by the filter (installed once), and its value warnings, whose text
+    the logger already carries without the value, are silenced.
+    """
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     logger = logging.getLogger("pydicom")
     if not any(isinstance(f, WithholdQuotedValues) for f in logger.filters):
         logger.addFilter(WithholdQuotedValues())

@@ -12,8 +12,6 @@ from __future__ import annotations
 import traceback
 from pathlib import Path
 
-import pydicom.config
-
 # Longest exception text an audit event keeps (a statement with a whole report is longer).
 MAX_AUDIT_DETAIL_CHARS = 2000
 
@@ -49,14 +47,3 @@ def describe(exc: BaseException) -> str:
 def audit_text(exc: BaseException) -> str:
     """The exception as the audit log keeps it: type and message, cut to a bounded length."""
     return f"{type(exc).__name__}: {exc}"[:MAX_AUDIT_DETAIL_CHARS]
-
-
-def quiet_pydicom_values() -> None:
-    """Turn off pydicom's check of the values it reads, which warns and logs each bad value
-    quoted ("Invalid value for VR UI: '<Study Instance UID>'").
-
-    The node checks what it uses itself and says what is wrong without the value (e.g. the
-    receiver's ``0xC006``). The setting is pydicom's and process-wide; reading is otherwise
-    unchanged (pydicom only warns in its default mode, it never refuses a value read).
-    """
-    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE

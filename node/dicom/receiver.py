@@ -29,7 +29,8 @@ from node.dicom.limits import IngestLimits, LimitRefusal
 from node.dicom.tcp import no_delay
 from node.dicom.transport import ConnectionGuard
 from node.disk import data_paths
-from node.logsafe import describe, quiet_pydicom_values
+from node.log_privacy import withhold_dicom_values_from_the_log
+from node.logsafe import describe
 from node.refusals import RefusalAudit
 from node.tls import server_context
 from node.uids import uid_problem
@@ -88,7 +89,7 @@ class StorageSCP:
         on_complete: Callable[[], None] | None = None,
         refusals: RefusalAudit | None = None,
     ) -> None:
-        quiet_pydicom_values()  # it would log the bad UIDs the receiver refuses, quoted
+        withhold_dicom_values_from_the_log()  # pydicom would log the bad UIDs refused, quoted
         self.settings = settings
         self.db = db
         self.spool = spool

@@ -54,7 +54,7 @@ def test_invalid_uid_reaches_neither_the_log_nor_stderr(scp, shared_data, caplog
         assoc.send_c_store(ds)
         assoc.release()
     out, err = capfd.readouterr()
-    # The receiver reads with pydicom's value check off (node.logsafe), so pydicom has nothing
+    # The receiver reads with pydicom's value check off (node.log_privacy), so pydicom has nothing
     # to complain about; whatever it still logs about the value is withheld.
     complaints = [
         r.getMessage() for r in caplog.records if "Invalid value for VR UI" in r.getMessage()
