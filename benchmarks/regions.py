@@ -76,12 +76,6 @@ def box_mask(shape: tuple[int, int], boxes: list[tuple[float, float, float, floa
     return mask
 
 
-def touches_border(bounds: tuple[float, float, float, float], shape: tuple[int, int]) -> bool:
-    left, top, right, bottom = bounds
-    rows, cols = shape
-    return left <= 1.0 or top <= 1.0 or right >= cols - 1.0 or bottom >= rows - 1.0
-
-
 def measure(
     package_dir: Path,
     level: float,
@@ -118,7 +112,7 @@ def measure(
                 "patient": patient,
                 "label": label.name,
                 "probability": round(float(prediction.probabilities[index]), 4),
-                "border": touches_border(region.bounds, display.shape),
+                "border": region.touches_border(display.shape),
                 "area": round(float(mask.mean()), 4),
                 "iou": None
                 if target is None
@@ -149,7 +143,7 @@ def measure(
                     "image": relative,
                     "probability": round(probability, 4),
                     "present": probability >= labels[pneumonia].threshold,
-                    "border": touches_border(region.bounds, display.shape),
+                    "border": region.touches_border(display.shape),
                     "area": round(float(mask.mean()), 4),
                     "iou": float((mask & target).sum() / (mask | target).sum()),
                     "peak_in_box": bool(target[peak_row, peak_col]),

@@ -57,6 +57,12 @@ class HeatRegion:
         ImageDraw.Draw(canvas).polygon([(x - 0.5, y - 0.5) for x, y in self.points], fill=1)
         return np.asarray(canvas, dtype=bool)
 
+    def touches_border(self, shape: tuple[int, int]) -> bool:
+        """Whether the outline reaches (within a pixel) the edge of a (rows, cols) image."""
+        left, top, right, bottom = self.bounds
+        rows, cols = shape
+        return left <= 1.0 or top <= 1.0 or right >= cols - 1.0 or bottom >= rows - 1.0
+
     @property
     def bounds(self) -> tuple[float, float, float, float]:
         """(left, top, right, bottom) of the polygon in image coordinates."""

@@ -17,12 +17,6 @@ from models.preprocess import image_file_to_display
 from node.results.region import heat_region
 
 
-def _touches_border(bounds: tuple[float, float, float, float], shape: tuple[int, int]) -> bool:
-    left, top, right, bottom = bounds
-    rows, cols = shape
-    return left <= 1.0 or top <= 1.0 or right >= cols - 1.0 or bottom >= rows - 1.0
-
-
 def test_default_regions_on_real_rsna_dicoms_stay_off_the_border(shared_data: Path):
     predictor = Predictor(load_package(bundled_default_package()), device="cpu")
     labels = predictor.package.config.labels
@@ -35,6 +29,6 @@ def test_default_regions_on_real_rsna_dicoms_stay_off_the_border(shared_data: Pa
             if region is None:
                 continue
             regions += 1
-            touching += _touches_border(region.bounds, display.shape)
+            touching += region.touches_border(display.shape)
     assert regions >= 20  # 12 images, 2 labels: (almost) every map has a region
     assert touching / regions <= 0.25, f"{touching} of {regions} regions touch the image border"
