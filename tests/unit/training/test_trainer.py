@@ -135,7 +135,6 @@ def test_mixed_precision_training_on_the_gpu_matches_the_cpu_closely(parts, tmp_
     assert np.allclose(cpu.predict(val), gpu.predict(val), atol=0.05)
 
 
-
 def test_channels_last_trains_the_same_network_in_another_memory_layout(
     parts, tmp_path: Path
 ) -> None:
