@@ -47,6 +47,7 @@ from node.results import AlgorithmInfo, Finding, ImageResult
 from storage import audit, jobs, outbox
 from storage.audit import Outcome
 from storage.database import Database
+from storage.run_summary import ImageSummary, InferenceCompleted, RunSummary
 from storage.schema import Job, JobState, OutboxItem, StudyState, as_utc, utcnow
 from storage.spool import FileStore
 from storage.studies import processable_instances, stable_studies
@@ -64,7 +65,7 @@ class _Run:
     # images of one batch at a time.
     images: list[tuple[Dataset, np.ndarray]] = field(default_factory=list)
     results: list[ImageResult] = field(default_factory=list)
-    summary_images: list[dict] = field(default_factory=list)  # what the audit keeps of results
+    summary_images: list[ImageSummary] = field(default_factory=list)  # what the audit keeps
     unreadable: int = 0
     batch_studies: int = 0  # how many studies shared its forward pass
     timings: dict[str, float] = field(default_factory=dict)
@@ -467,24 +468,24 @@ class Pipeline:
             # The commit's own time is not in the record it commits.
             run.add_time("database_s", time.perf_counter() - clock)
             summary = self._summary(run)
-            job.result = summary
+            job.result = summary.to_json()
             audit.record(
                 session,
                 "inference.completed",
                 **item.ids,
-                detail={"run": item.run, "model": job.model_id, **summary},
+                detail=InferenceCompleted(item.run, job.model_id, summary).to_json(),
             )
 
-    def _summary(self, run: _Run) -> dict:
+    def _summary(self, run: _Run) -> RunSummary:
         item = run.item
-        return {
-            "images": run.summary_images,
-            "unreadable": run.unreadable,
-            "text": item.text_source if self.reads_text else "none",
-            "reason": item.reason,
-            "batch_studies": run.batch_studies,
-            "timings": {k: round(v, 4) for k, v in run.timings.items()},
-        }
+        return RunSummary(
+            images=tuple(run.summary_images),
+            unreadable=run.unreadable,
+            text=item.text_source if self.reads_text else "none",
+            reason=item.reason,
+            batch_studies=run.batch_studies,
+            timings=dict(run.timings),
+        )
 
     def _requeue_or_fail(self, item: WorkItem, reason: str) -> None:
         with self.db.transaction() as session:
@@ -659,13 +660,13 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
 
-def _image_summary(image: ImageResult) -> dict:
+def _image_summary(image: ImageResult) -> ImageSummary:
     """What the audit (``inference.completed``) keeps of one image's results."""
-    return {
-        "sop_uid": str(image.source.SOPInstanceUID),
-        "probabilities": {f.name: round(f.probability, 4) for f in image.findings},
-        "present": [f.name for f in image.findings if f.present],
-    }
+    return ImageSummary.of(
+        str(image.source.SOPInstanceUID),
+        {f.name: f.probability for f in image.findings},
+        (f.name for f in image.findings if f.present),
+    )
 
 
 def _without_pixels(ds: Dataset) -> Dataset:

@@ -17,6 +17,7 @@ from sqlalchemy import case, distinct, func, literal_column, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from storage.audit import Outcome
+from storage.run_summary import Finding, RunSummary
 from storage.schema import (
     AuditChainHead,
     AuditEvent,
@@ -35,17 +36,10 @@ _RECEIVED, _QUEUED, _DONE = "instance.received", "study.queued", "study.done"
 
 
 @dataclass(frozen=True)
-class Finding:
-    """One label of a run: its highest probability over the run's images, and whether any
-    image was called positive at the model's threshold."""
+class RunOverview:
+    """A run as the admin sees it: the job's row, the findings of its stored
+    :class:`~storage.run_summary.RunSummary`, and its results' delivery."""
 
-    name: str
-    probability: float
-    present: bool
-
-
-@dataclass(frozen=True)
-class RunSummary:
     run: int
     state: str
     reason: str
@@ -87,11 +81,11 @@ class StudySummary:
     last_received_at: datetime
     instances: int
     processable: int
-    runs: list[RunSummary]
+    runs: list[RunOverview]
     reports: list[ReportSummary] = field(default_factory=list)
 
     @property
-    def latest(self) -> RunSummary | None:
+    def latest(self) -> RunOverview | None:
         return self.runs[-1] if self.runs else None
 
     @property
@@ -192,7 +186,7 @@ def summarize_study(
         last_received_at=study.last_received_at,
         instances=counts[0],
         processable=counts[1],
-        runs=[_run_summary(job) for job in study.jobs],
+        runs=[_run_overview(job) for job in study.jobs],
     )
 
 
@@ -211,12 +205,12 @@ def _instance_counts(session: Session, study_ids: list[int]) -> dict[int, tuple[
     return {study_id: (total, int(processable or 0)) for study_id, total, processable in rows}
 
 
-def _run_summary(job: Job) -> RunSummary:
+def _run_overview(job: Job) -> RunOverview:
     results: dict[str, int] = defaultdict(int)
     for item in job.outbox:
         results[item.state] += 1
-    images = (job.result or {}).get("images") or []
-    return RunSummary(
+    summary = RunSummary.from_json(job.result)
+    return RunOverview(
         run=job.run,
         state=job.state,
         reason=job.reason,
@@ -227,25 +221,9 @@ def _run_summary(job: Job) -> RunSummary:
         created_at=job.created_at,
         updated_at=job.updated_at,
         error=job.error,
-        images=len(images),
-        findings=findings_of(images),
+        images=len(summary.images),
+        findings=summary.findings,
         results=dict(results),
-    )
-
-
-def findings_of(images: list[dict[str, Any]]) -> list[Finding]:
-    """Study-level findings from a run's per-image results (``inference.completed`` detail
-    ``images`` or ``jobs.result``): highest probability per label, present if any image
-    was positive; highest probability first."""
-    best: dict[str, float] = {}
-    present: set[str] = set()
-    for image in images:
-        for name, probability in (image.get("probabilities") or {}).items():
-            best[name] = max(best.get(name, 0.0), float(probability))
-        present.update(image.get("present") or [])
-    return sorted(
-        (Finding(name, p, name in present) for name, p in best.items()),
-        key=lambda f: (-f.present, -f.probability, f.name),
     )
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from storage.audit_chain import ChainReport
 from storage.queries import Stats, StudySummary, StudyTimeline, iso_utc, to_json
+from storage.run_summary import InferenceCompleted
 
 EVENT_FIELDS = (
     "id",
@@ -30,51 +31,19 @@ EVENT_FIELDS = (
 
 
 def summarize(action: str, detail: dict[str, Any] | None) -> str:
-    """One line saying what an event's detail means, in the admin's words."""
+    """One line saying what an event's detail means, in the admin's words.
+
+    The line comes from the action's own writer in ``_LINES`` (or the one of its family,
+    ``hl7.`` or ``admin.``); an action without one, or a detail its writer cannot say more of,
+    shows its reason, error or why, else every key.
+    """
     d = detail or {}
-    if action == "inference.completed":
-        return _inference_line(d)
-    if action == "study.queued":
-        text = d.get("text")
-        return f"run {d.get('run')} ({d.get('reason', 'first')}" + (
-            f", text: {text})" if text else ")"
-        )
-    if action in ("result.sent", "result.send_failed"):
-        line = f"{d.get('kind', 'result')} to {d.get('destination', '?')}"
-        if action == "result.send_failed":
-            retry = d.get("retry_in_s")
-            line += f": {d.get('error')}; attempt {d.get('attempt')}, " + (
-                f"retry in {retry} s" if retry is not None else "given up"
-            )
-        return line
-    if action.startswith("hl7."):
-        parts = [
-            d.get("message_type"),
-            d.get("message_id"),
-            f"ACK {d['ack']}" if "ack" in d else None,
-        ]
-        line = " ".join(p for p in parts if p)
-        return f"{line}: {d['reason']}" if d.get("reason") else line
-    if action in ("instance.received", "instance.duplicate") and "size" in d:
-        line = f"{d['size']} bytes" + (
-            f", {d['transfer_syntax']}" if d.get("transfer_syntax") else ""
-        )
-        return line + (f"; {d['note']}" if d.get("note") else "")
-    if action == "study.done":
-        return f"run {d.get('run')}: every result confirmed"
-    if action == "pairing.window_expired":
-        return f"no report in time: runs with {d.get('runs_with')}"
-    if action == "node.started":
-        return (
-            f"{d.get('ae_title')} port {d.get('port')}, role {d.get('role', 'all')}, "
-            f"{d.get('resumed_jobs', 0)} job(s) resumed"
-        )
-    if action.startswith("admin."):
-        filters = d.get("filters") or {}
-        shown = ", ".join(f"{k}={v}" for k, v in filters.items())
-        return f"{d.get('what', '')} {shown}".strip() + (
-            f" ({d['rows']} rows)" if "rows" in d else ""
-        )
+    line = _LINES.get(action) or next(
+        (write for prefix, write in _FAMILY_LINES.items() if action.startswith(prefix)), None
+    )
+    said = line(d) if line else None
+    if said is not None:
+        return said
     for key in ("reason", "error", "why"):
         if d.get(key):
             return str(d[key])
@@ -82,15 +51,75 @@ def summarize(action: str, detail: dict[str, Any] | None) -> str:
 
 
 def _inference_line(d: dict[str, Any]) -> str:
-    from storage.queries import findings_of
-
-    findings = findings_of(d.get("images") or [])
+    event = InferenceCompleted.from_json(d)
+    findings = event.summary.findings
     present = [f for f in findings if f.present]
-    head = f"run {d.get('run')}, {d.get('model')}: "
+    head = f"run {event.run}, {event.model}: "
     if present:
         return head + ", ".join(f"{f.name} {f.probability:.2f}" for f in present)
     top = ", ".join(f"{f.name} {f.probability:.2f}" for f in findings[:2])
     return head + (f"no finding above threshold (top: {top})" if top else "no image result")
+
+
+def _queued_line(d: dict[str, Any]) -> str:
+    text = d.get("text")
+    return f"run {d.get('run')} ({d.get('reason', 'first')}" + (f", text: {text})" if text else ")")
+
+
+def _sent_line(d: dict[str, Any]) -> str:
+    return f"{d.get('kind', 'result')} to {d.get('destination', '?')}"
+
+
+def _send_failed_line(d: dict[str, Any]) -> str:
+    retry = d.get("retry_in_s")
+    return f"{_sent_line(d)}: {d.get('error')}; attempt {d.get('attempt')}, " + (
+        f"retry in {retry} s" if retry is not None else "given up"
+    )
+
+
+def _hl7_line(d: dict[str, Any]) -> str:
+    parts = [d.get("message_type"), d.get("message_id"), f"ACK {d['ack']}" if "ack" in d else None]
+    line = " ".join(p for p in parts if p)
+    return f"{line}: {d['reason']}" if d.get("reason") else line
+
+
+def _instance_line(d: dict[str, Any]) -> str | None:
+    if "size" not in d:
+        return None  # older events: said by their reason or keys
+    line = f"{d['size']} bytes" + (f", {d['transfer_syntax']}" if d.get("transfer_syntax") else "")
+    return line + (f"; {d['note']}" if d.get("note") else "")
+
+
+def _node_started_line(d: dict[str, Any]) -> str:
+    return (
+        f"{d.get('ae_title')} port {d.get('port')}, role {d.get('role', 'all')}, "
+        f"{d.get('resumed_jobs', 0)} job(s) resumed"
+    )
+
+
+def _admin_line(d: dict[str, Any]) -> str:
+    filters = d.get("filters") or {}
+    shown = ", ".join(f"{k}={v}" for k, v in filters.items())
+    return f"{d.get('what', '')} {shown}".strip() + (f" ({d['rows']} rows)" if "rows" in d else "")
+
+
+# Each action's line writer; None from a writer: the detail is said the generic way.
+_LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "inference.completed": _inference_line,
+    "study.queued": _queued_line,
+    "result.sent": _sent_line,
+    "result.send_failed": _send_failed_line,
+    "instance.received": _instance_line,
+    "instance.duplicate": _instance_line,
+    "study.done": lambda d: f"run {d.get('run')}: every result confirmed",
+    "pairing.window_expired": lambda d: f"no report in time: runs with {d.get('runs_with')}",
+    "node.started": _node_started_line,
+}
+# Families of actions sharing one writer, by the prefix of their names.
+_FAMILY_LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
+    "hl7.": _hl7_line,
+    "admin.": _admin_line,
+}
 
 
 def _compact(detail: dict[str, Any]) -> str:

@@ -121,4 +121,4 @@ class AdminServer:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self._server = self._thread = None
-        self.app.state.refusals.flush()  # the refusals counted since the last event
+        self.app.state.admin.refusals.flush()  # the refusals counted since the last event

@@ -19,7 +19,7 @@ import pytest
 from pydicom.uid import generate_uid
 
 from node.orthanc import free_port
-from storage.queries import findings_of
+from storage.run_summary import RunSummary
 from support.chromium import dump_dom, need_chromium, screenshot
 from support.peers import wait_for
 
@@ -90,7 +90,7 @@ def test_admin_page_shows_the_study_just_processed_and_verify_catches_tampering(
 
     # With it: what the AI said, as the audit log recorded it.
     (inferred,) = node.audit("--study", study_uid, "--action", "inference.completed")
-    top = findings_of(inferred["detail"]["images"])[0]
+    top = RunSummary.from_json(inferred["detail"]).findings[0]
     status, body = http_get(f"{base}/api/studies/ADMIN-0001/timeline", TOKEN)
     assert status == 200 and json.loads(body)["study"]["state"] == "done"
 

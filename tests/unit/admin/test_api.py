@@ -21,7 +21,9 @@ from unit.admin.history import (
     record_formulas,
 )
 
+from node.admin import api, health, login, pages
 from node.admin.auth import COOKIE
+from node.admin.dependencies import require_browser_session, require_token
 from node.admin.probe import DestinationProbe
 from node.admin.server import AdminServer
 from node.config import Destination, Settings
@@ -256,3 +258,79 @@ def test_verify_reports_rows_lost_behind_the_head_journal(admin, db):
     report = json.loads(admin.get("/api/audit/verify", TOKEN)[2])
     assert report["ok"] is False
     assert "were committed (the head journal" in report["first_problem"]["message"]
+
+
+def test_every_route_but_health_and_login_sits_behind_a_token_check():
+    # The routers put the check in front of each route they serve: a route added to the API
+    # or the pages cannot be reached without the token, whatever its own signature says.
+    guards = {
+        (method, route.path): [d.call for d in route.dependant.dependencies]
+        for served in (api, pages, login, health)
+        for route in served.router.routes
+        for method in route.methods
+    }
+    assert sorted(guards) == [
+        ("GET", "/"),
+        ("GET", "/api/audit"),
+        ("GET", "/api/audit/verify"),
+        ("GET", "/api/health"),
+        ("GET", "/api/stats"),
+        ("GET", "/api/studies"),
+        ("GET", "/api/studies/{key}/timeline"),
+        ("GET", "/login"),
+        ("GET", "/logout"),
+        ("GET", "/studies/{key}"),
+        ("POST", "/login"),
+    ]
+    for (_, path), dependencies in guards.items():
+        if path.startswith("/api/") and path != "/api/health":
+            assert dependencies[0] is require_token, path
+        elif path in ("/", "/studies/{key}"):
+            assert dependencies[0] is require_browser_session, path
+        else:
+            assert require_token not in dependencies and require_browser_session not in dependencies
+
+
+def test_the_token_is_checked_before_the_parameters(admin, db):
+    # Without the token even a malformed request learns nothing but 401, and is counted.
+    status, headers, body = admin.get("/api/audit?limit=0&since=last-tuesday")
+    assert status == 401 and headers.get("www-authenticate") == "Bearer"
+    assert "limit" not in body
+    status, _, body = admin.get("/?limit=0")
+    assert status == 401 and 'name="token"' in body
+    with db.reading() as session:
+        (event,) = audit.query(session, audit.AuditFilter(action="admin.auth_failed"))
+    assert event.detail["path"] == "/api/audit"  # the first of the window; the rest counted
+
+
+def test_a_stale_cookie_gets_the_login_form_saying_so_and_is_counted(admin, db):
+    status, _, body = admin.get(f"/studies/{STUDY_A.study_uid}", cookie="from-an-old-token")
+    assert status == 401 and "not valid" in body and "ACC1" not in body
+    with db.reading() as session:
+        (event,) = audit.query(session, audit.AuditFilter(action="admin.auth_failed"))
+    assert event.detail["path"] == f"/studies/{STUDY_A.study_uid}"
+    status, _, body = admin.get("/")  # no cookie at all: the form, without the complaint
+    assert status == 401 and 'name="token"' in body and "not valid" not in body
+
+
+def test_logout_drops_the_cookie(admin):
+    assert admin.get("/login")[0] == 200
+    status, headers, _ = admin.get("/logout")
+    assert status == 303 and headers["location"] == "/login"
+    dropped = headers["set-cookie"]
+    assert dropped.startswith(f'{COOKIE}="";') and "Max-Age=0" in dropped
+    assert headers["x-frame-options"] == "DENY"  # every answer has the security headers
+
+
+def test_a_page_read_is_recorded_before_it_is_answered(admin, db):
+    status, _, body = admin.get(f"/studies/{STUDY_A.accession}", TOKEN)
+    assert status == 200 and "Effusion" in body
+    status, _, body = admin.get("/studies/9.9.9", TOKEN)
+    assert status == 404 and "9.9.9" in body
+    with db.reading() as session:
+        reads = audit.query(session, audit.AuditFilter(action="admin.query"))
+    assert [(e.detail["what"], e.detail["filters"], e.detail["rows"]) for e in reads] == [
+        ("GET /studies", {"study": STUDY_A.accession}, 1),
+        ("GET /studies", {"study": "9.9.9"}, 0),
+    ]
+    assert {e.actor_ip for e in reads} == {"127.0.0.1"}

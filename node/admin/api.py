@@ -1,0 +1,116 @@
+"""The admin's JSON API (``/api/...`` but the health check): audit events, the chain check,
+studies, a study's timeline and statistics, each behind the token.
+
+Every answer carrying patient data is recorded in the audit log before it is sent
+(``admin.query``: what was asked, the filters, how many rows).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from node.admin import render
+from node.admin.dependencies import Access, Admin, ReadSession, require_token
+from node.admin.timespec import parse_time
+from storage import audit, queries
+from storage.audit_chain import verify
+
+# Bounds of the numeric query parameters; outside them the answer is 422 naming the bound
+# (an unbounded integer once reached the database and came back as a 500).
+MAX_AUDIT_EVENTS = 10_000  # a JSON answer of about 10 MB at most
+MAX_STUDIES = 500
+
+router = APIRouter(prefix="/api", dependencies=[Depends(require_token)])
+
+
+@router.get("/audit")
+def audit_events(
+    session: ReadSession,
+    access: Access,
+    study_uid: str | None = None,
+    accession: str | None = None,
+    patient_id: str | None = None,
+    action: str | None = None,
+    outcome: str | None = None,
+    model: str | None = None,
+    since: str | None = None,
+    until: str | None = None,
+    limit: int = Query(1000, ge=1, le=MAX_AUDIT_EVENTS),
+    format: str = "json",
+):
+    if outcome is not None and outcome not in audit.Outcome.ALL:
+        raise HTTPException(400, f"outcome must be one of {', '.join(audit.Outcome.ALL)}")
+    if format not in ("json", "csv"):
+        raise HTTPException(400, "format must be json or csv")
+    where = audit.AuditFilter(
+        study_uid=study_uid,
+        accession=accession,
+        patient_id=patient_id,
+        action=action,
+        outcome=outcome,
+        model=model,
+        since=time_parameter(since),
+        until=time_parameter(until),
+        limit=limit,
+    )
+    rows = [audit.as_dict(e) for e in audit.query(session, where)]
+    access.record("GET /api/audit", where.describe(), len(rows))
+    if format == "csv":
+        return PlainTextResponse(
+            render.events_csv(rows),
+            media_type="text/csv; charset=utf-8",
+            headers={"Content-Disposition": 'attachment; filename="cxrnode-audit.csv"'},
+        )
+    return JSONResponse(rows)
+
+
+@router.get("/audit/verify")
+def audit_verify(admin: Admin) -> JSONResponse:
+    # The journal first, then the database's snapshot: a commit between the two is in the
+    # snapshot, not reported lost. (So not a ReadSession, opened before the route runs.)
+    journal = admin.db.recorded_head()
+    with admin.db.reading() as session:
+        report = verify(session, journal=journal)
+    return JSONResponse(report.as_dict(), status_code=200)
+
+
+@router.get("/studies")
+def studies(
+    session: ReadSession,
+    access: Access,
+    q: str | None = None,
+    limit: int = Query(50, ge=1, le=MAX_STUDIES),
+) -> JSONResponse:
+    found = queries.recent_studies(session, limit=limit, key=q)
+    access.record("GET /api/studies", {"q": q} if q else {}, len(found))
+    return JSONResponse(queries.to_json(found))
+
+
+@router.get("/studies/{key}/timeline")
+def timeline(session: ReadSession, access: Access, key: str) -> JSONResponse:
+    found = queries.study_timeline(session, key)
+    access.record("GET /api/studies/timeline", {"study": key}, int(found is not None))
+    if found is None:
+        raise HTTPException(404, "no study with this UID or accession")
+    return JSONResponse(queries.to_json(found))
+
+
+@router.get("/stats")
+def stats(session: ReadSession, since: str | None = "7d", until: str | None = None):
+    # Counts and durations only, no identifiers: not recorded as an access.
+    result = queries.stats(session, time_parameter(since), time_parameter(until))
+    return JSONResponse(queries.to_json(result))
+
+
+def time_parameter(text: str | None) -> datetime | None:
+    """A ``since``/``until`` parameter (ISO time, ``today``, ``24h``, ``7d``); 400 naming the
+    problem when it is not one."""
+    if not text:
+        return None
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise HTTPException(400, str(exc)) from exc

@@ -1,0 +1,41 @@
+"""The admin's HTML pages: recent studies (``/``) and a study (``/studies/{key}``), rendered on
+the server and usable without JavaScript, for a browser with the session cookie (else the
+login form)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import HTMLResponse
+
+from node.admin.api import MAX_STUDIES
+from node.admin.dependencies import Access, Admin, ReadSession, require_browser_session
+from storage import queries
+
+router = APIRouter(dependencies=[Depends(require_browser_session)])
+
+
+@router.get("/", response_class=HTMLResponse)
+def index(
+    admin: Admin,
+    session: ReadSession,
+    access: Access,
+    q: str | None = None,
+    limit: int = Query(50, ge=1, le=MAX_STUDIES),
+):
+    found = queries.recent_studies(session, limit=limit, key=q or None)
+    backlog = queries.queue_health(session)
+    access.record("GET /", {"q": q} if q else {}, len(found))
+    return admin.page(
+        "studies.html", studies=found, backlog=backlog, q=q or "", now=datetime.now(UTC)
+    )
+
+
+@router.get("/studies/{key}", response_class=HTMLResponse)
+def study_page(admin: Admin, session: ReadSession, access: Access, key: str):
+    found = queries.study_timeline(session, key)
+    access.record("GET /studies", {"study": key}, int(found is not None))
+    if found is None:
+        return admin.page("missing.html", 404, key=key)
+    return admin.page("study.html", timeline=found, study=found.study)
