@@ -28,6 +28,17 @@ _PANEL = (0, 0, 0, 170)  # semi-opaque, so the anatomy under the text stays fain
 _FONT_FRACTION = 0.018
 _MIN_FONT_PX = 12
 
+# Viewers draw their own overlays on the image: a few lines of text in every corner (patient,
+# study, window, zoom; OHIF's corner text takes about a third of the width) and orientation
+# letters at each edge's midpoint (OHIF's ViewportOrientationMarkers, a letter or two beside
+# the edge). Burned-in text and the legend keep out of these zones, so neither hides the
+# other. Fractions of the image: a corner zone's (width, height), a midpoint zone's (length
+# along the edge, depth into the image).
+CORNER_ZONE = (0.30, 0.12)
+MIDPOINT_ZONE = (0.12, 0.06)
+
+Box = tuple[int, int, int, int]  # (left, top, right, bottom), pixels, right/bottom exclusive
+
 # Pillow's built-in scalable font covers ASCII only; these have an ASCII stand-in.
 _ASCII_STAND_INS = str.maketrans(
     {"—": "-", "–": "-", "‘": "'", "’": "'", "“": '"', "”": '"', "…": "...", "≥": ">=", "≤": "<="}
@@ -126,8 +137,38 @@ def draw_regions(
     return np.asarray(canvas)
 
 
+def viewer_zones(rows: int, cols: int) -> list[Box]:
+    """Where viewers draw their own overlays on a (rows, cols) image: corners and midpoints.
+
+    Viewers place their text relative to the viewport, so these are the zones it covers when
+    the image fills the viewport (the tightest case): the four corners and the four edges'
+    midpoints, sized by `CORNER_ZONE` and `MIDPOINT_ZONE`.
+
+    Returns
+    -------
+    list of (left, top, right, bottom)
+        Eight boxes in pixels, right and bottom exclusive: the corners, then the midpoints
+        (top, bottom, left, right).
+    """
+    corner_w, corner_h = round(CORNER_ZONE[0] * cols), round(CORNER_ZONE[1] * rows)
+    along_x, along_y = round(MIDPOINT_ZONE[0] * cols), round(MIDPOINT_ZONE[0] * rows)
+    depth_x, depth_y = round(MIDPOINT_ZONE[1] * cols), round(MIDPOINT_ZONE[1] * rows)
+    mid_x, mid_y = cols // 2, rows // 2
+    return [
+        (0, 0, corner_w, corner_h),
+        (cols - corner_w, 0, cols, corner_h),
+        (0, rows - corner_h, corner_w, rows),
+        (cols - corner_w, rows - corner_h, cols, rows),
+        (mid_x - along_x // 2, 0, mid_x + along_x // 2, depth_y),
+        (mid_x - along_x // 2, rows - depth_y, mid_x + along_x // 2, rows),
+        (0, mid_y - along_y // 2, depth_x, mid_y + along_y // 2),
+        (cols - depth_x, mid_y - along_y // 2, cols, mid_y + along_y // 2),
+    ]
+
+
 def draw_legend(rgb: np.ndarray, ramp: np.ndarray) -> np.ndarray:
-    """A vertical colour scale at the right edge: the heat colours from low to high.
+    """A vertical colour scale at the right edge, between the top-right corner and the right
+    edge's midpoint (clear of the viewer's corner text and orientation letter).
 
     Parameters
     ----------
@@ -144,39 +185,46 @@ def draw_legend(rgb: np.ndarray, ramp: np.ndarray) -> np.ndarray:
     rows, cols = rgb.shape[:2]
     font = _font(max(_MIN_FONT_PX, round(_FONT_FRACTION * min(rows, cols))))
     margin = max(4, font.size // 2)
+    step = round(font.size * 1.25)
+    left, top, right, bottom = _legend_box(rows, cols, font)
     bar_width = max(8, cols // 40)
-    bar_height = max(3 * font.size, rows // 3)
-    label_width = round(max(font.getlength(t) for t in ("Grad-CAM", "high", "low")))
-    right = cols - margin
-    left = right - max(bar_width, label_width) - 2 * margin
-    top = rows // 2 - bar_height // 2
+    bar_top = top + margin + 2 * step
+    bar_height = max(8, bottom - margin - step - bar_top)
     layer = _layer(rgb)
     draw = ImageDraw.Draw(layer)
-    step = round(font.size * 1.25)
-    draw.rectangle(
-        (left, top - 2 * step - margin, right, top + bar_height + step + 2 * margin),
-        fill=_PANEL,
-    )
-    draw.text((left + margin, top - 2 * step), "Grad-CAM", font=font, fill=_WHITE)
-    draw.text((left + margin, top - step), "high", font=font, fill=_WHITE)
+    draw.rectangle((left, top, right - 1, bottom - 1), fill=_PANEL)
+    draw.text((left + margin, top + margin), "Grad-CAM", font=font, fill=_WHITE)
+    draw.text((left + margin, top + margin + step), "high", font=font, fill=_WHITE)
     bar_left = left + margin
     for y in range(bar_height):
         # Top of the bar is the hottest colour.
         colour = ramp[round((len(ramp) - 1) * (1 - y / max(1, bar_height - 1)))]
-        draw.line((bar_left, top + y, bar_left + bar_width, top + y), fill=(*map(int, colour), 255))
-    draw.text((left + margin, top + bar_height + margin // 2), "low", font=font, fill=_WHITE)
+        draw.line(
+            (bar_left, bar_top + y, bar_left + bar_width, bar_top + y),
+            fill=(*map(int, colour), 255),
+        )
+    draw.text((left + margin, bar_top + bar_height), "low", font=font, fill=_WHITE)
     return _composited(rgb.copy(), layer)
 
 
-def burn_in(rgb: np.ndarray, header: Sequence[Line], footer: Sequence[Line]) -> np.ndarray:
-    """Draw the header at the top left and the footer along the bottom, each on a dark panel.
+def burn_in(
+    rgb: np.ndarray, header: Sequence[Line], footer: Sequence[Line], *, legend: bool = False
+) -> np.ndarray:
+    """Draw the header down the left edge and the footer above the bottom edge's midpoint,
+    each on a dark panel, clear of the zones where viewers draw their own overlays.
+
+    The header starts below the top-left corner zone, against the left edge when it ends
+    above the left edge's midpoint, and otherwise moved in past the orientation letter. The
+    footer sits between the bottom corner zones, above the bottom edge's midpoint.
 
     Parameters
     ----------
     rgb : numpy.ndarray
         uint8 (rows, cols, 3).
     header, footer : sequence of Line
-        Text to draw; lines wider than the image are wrapped at word boundaries.
+        Text to draw; lines wider than their place are wrapped at word boundaries.
+    legend : bool
+        Whether `draw_legend` drew the colour scale: the header then wraps before it.
 
     Returns
     -------
@@ -186,20 +234,43 @@ def burn_in(rgb: np.ndarray, header: Sequence[Line], footer: Sequence[Line]) -> 
     rows, cols = rgb.shape[:2]
     font = _font(max(_MIN_FONT_PX, round(_FONT_FRACTION * min(rows, cols))))
     margin = max(4, font.size // 2)
-    width = cols - 4 * margin
-    header_lines = _wrap(header, font, width)
-    footer_lines = _wrap(footer, font, width)
+    step = round(font.size * 1.25)
+    zones = viewer_zones(rows, cols)
+    corner_bottom = zones[0][3]
+    left_mid, right_mid, bottom_mid = zones[6], zones[7], zones[5]
+    right_limit = (_legend_box(rows, cols, font)[0] if legend else right_mid[0]) - margin
     layer = _layer(rgb)
     draw = ImageDraw.Draw(layer)
-    step = round(font.size * 1.25)
+    top = corner_bottom + margin
+    left = margin
+    header_lines = _wrap(header, font, right_limit - left - 2 * margin)
+    if top + step * len(header_lines) + margin > left_mid[1] - margin:
+        left = left_mid[2] + margin
+        header_lines = _wrap(header, font, right_limit - left - 2 * margin)
     if header_lines:
-        _draw_block(draw, header_lines, font, (margin, margin), step, margin)
-    top = rows - margin - step * len(footer_lines) - margin
+        _draw_block(draw, header_lines, font, (left, top), step, margin)
+    corner_right = zones[2][2]
+    footer_lines = _wrap(footer, font, cols - 2 * corner_right - 4 * margin)
+    footer_top = bottom_mid[1] - margin - step * len(footer_lines) - margin
     if footer_lines:
-        _draw_block(draw, footer_lines, font, (margin, top), step, margin)
+        widest = max(draw.textlength(line.text, font=font) for line in footer_lines)
+        footer_left = round((cols - widest) / 2) - margin
+        _draw_block(draw, footer_lines, font, (footer_left, footer_top), step, margin)
     # Cut where the footer starts, so the header's and the footer's boxes are composited apart
     # rather than as one box spanning the image.
-    return _composited(rgb.copy(), layer, cuts=(top,))
+    return _composited(rgb.copy(), layer, cuts=(footer_top,))
+
+
+def _legend_box(rows: int, cols: int, font: ImageFont.FreeTypeFont) -> Box:
+    """The legend's panel: at the right edge, below the top-right corner zone and above the
+    right edge's midpoint zone."""
+    zones = viewer_zones(rows, cols)
+    margin = max(4, font.size // 2)
+    bar_width = max(8, cols // 40)
+    label_width = round(max(font.getlength(t) for t in ("Grad-CAM", "high", "low")))
+    right = cols - margin
+    left = right - max(bar_width, label_width) - 2 * margin
+    return left, zones[1][3] + margin, right, zones[7][1] - margin
 
 
 def _draw_block(

@@ -155,7 +155,7 @@ def _capture(
     pixels = draw_regions(blended, regions, scale)
     if shown is not None:
         pixels = draw_legend(pixels, legend_ramp())
-    pixels = burn_in(pixels, header_lines, footer_lines)
+    pixels = burn_in(pixels, header_lines, footer_lines, legend=shown is not None)
     orientation = _orientation(header)
     capture = hd.sc.SCImage.from_ref_dataset(
         ref_dataset=header,

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import highdicom as hd
 import numpy as np
+from PIL import Image, ImageDraw
 from pydicom import Dataset
+from pydicom.pixels import pack_bits
 
 from node.results.findings import AlgorithmInfo, ImageResult
 from node.results.notices import REVIEW_NOTICE, notices, series_description
@@ -128,7 +130,47 @@ def build_presentation_state(
     # General Series, Type 3. Saying the body part also tells validators that Laterality
     # (Type 2C, for paired body parts) does not apply.
     state.BodyPartExamined = "CHEST"
+    if regions:
+        _add_outline_overlay(state, regions, outlines.GraphicLayer, rows, cols)
     return state
+
+
+# The overlay group the outlines are rasterised into (PS3.3 C.9.2, groups 6000-601E).
+OUTLINE_OVERLAY_GROUP = 0x6000
+
+
+def _add_outline_overlay(
+    state: Dataset, regions: list[HeatRegion], layer: str, rows: int, cols: int
+) -> None:
+    """The outlines once more as a 1-bit overlay plane, activated on the outlines' layer.
+
+    Renderers that apply overlays but not graphic annotations (dcmtk's dcmpstat, which
+    dcmp2pgm and DICOMscope use, draws no polyline) then show the outlines too; the plane
+    covers the outlines' bounding box only. Overlay Plane (C.9.2) and Overlay Activation
+    (C.11.7) modules, which highdicom's presentation state has no parameter for.
+    """
+    left = max(0, int(np.floor(min(r.bounds[0] for r in regions))) - 2)
+    top = max(0, int(np.floor(min(r.bounds[1] for r in regions))) - 2)
+    right = min(cols, int(np.ceil(max(r.bounds[2] for r in regions))) + 2)
+    bottom = min(rows, int(np.ceil(max(r.bounds[3] for r in regions))) + 2)
+    canvas = Image.new("1", (right - left, bottom - top), 0)
+    draw = ImageDraw.Draw(canvas)
+    for region in regions:
+        # PIL puts pixel (x, y)'s centre at (x, y); image coordinates put it at (x + .5, y + .5).
+        points = [(float(x) - 0.5 - left, float(y) - 0.5 - top) for x, y in region.points]
+        draw.line(points, fill=1, width=1)
+    bits = np.asarray(canvas, dtype=np.uint8)
+    group = OUTLINE_OVERLAY_GROUP << 16
+    state.add_new(group | 0x0010, "US", bits.shape[0])  # Overlay Rows
+    state.add_new(group | 0x0011, "US", bits.shape[1])  # Overlay Columns
+    state.add_new(group | 0x0022, "LO", "AI finding regions")  # Overlay Description
+    state.add_new(group | 0x0040, "CS", "G")  # Overlay Type: graphics
+    state.add_new(group | 0x0050, "SS", [top + 1, left + 1])  # Overlay Origin, 1-based row\col
+    state.add_new(group | 0x0100, "US", 1)  # Overlay Bits Allocated
+    state.add_new(group | 0x0102, "US", 0)  # Overlay Bit Position
+    state.add_new(group | 0x1001, "CS", layer)  # Overlay Activation Layer
+    state.add_new(group | 0x1500, "LO", "AI outlines")  # Overlay Label
+    state.add_new(group | 0x3000, "OW", pack_bits(bits.ravel()))  # Overlay Data
 
 
 def _outline(

@@ -9,7 +9,8 @@ from PIL import Image, ImageDraw
 from pydicom.uid import SecondaryCaptureImageStorage
 
 from node.results import build_finding_capture, build_overview
-from node.results.annotation import _composited
+from node.results.annotation import _composited, viewer_zones
+from node.results.heatmap import blend_heatmap
 
 # The staged sources carry single-component patient names; they are copied as received.
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
@@ -134,8 +135,10 @@ def test_capture_without_heatmap_is_gray_outside_the_text(
     image = make_result(read_source(sources.nih), heatmap_finding=None)
     pixels = _build(image, untrained, uids).pixel_array
 
-    rows = pixels.shape[0]
-    body = pixels[rows // 4 : rows - rows // 8]
+    # The text runs down the left edge and above the bottom edge's midpoint: the right half
+    # of the body is left as it was.
+    rows, cols = pixels.shape[:2]
+    body = pixels[rows // 8 : rows - rows // 8, cols // 2 :]
     assert int(np.max(body.max(axis=2).astype(int) - body.min(axis=2))) == 0
 
 
@@ -181,3 +184,30 @@ def test_finding_capture_is_the_same_built_after_the_overview_that_shares_its_bl
     assert (after == alone).all()
     # The overview outlines every region and the capture one: they differ, from one blend.
     assert (overview != after).any()
+
+
+@pytest.mark.parametrize("source", ["rsna", "barre"])
+def test_burned_in_text_and_legend_keep_out_of_the_corners_and_midpoints_viewers_draw_on(
+    source, sources, read_source, make_result, untrained, uids
+):
+    # Every finding absent: no outline, so the capture differs from the plain heatmap blend
+    # only by its text and legend.
+    source_ds = read_source(getattr(sources, source))
+    image = make_result(source_ds, probabilities=(0.1,) * 4 + (0.4, 0.1))
+    pixels = _build(image, untrained, uids).pixel_array
+    plain = blend_heatmap(image.display, image.heatmaps["Pneumothorax"])
+    drawn = (pixels != plain).any(axis=2)
+
+    rows, cols = drawn.shape
+    for left, top, right, bottom in viewer_zones(rows, cols):
+        assert not drawn[top:bottom, left:right].any(), (left, top, right, bottom)
+    # The zones are as large as what OHIF 3.13 covers on a capture filling its viewport: corner
+    # text up to about 30% of the width in two to four lines, orientation letters about 4% in.
+    corner, *_, right_mid = viewer_zones(rows, cols)
+    assert corner[2] >= round(0.3 * cols) and corner[3] >= round(0.12 * rows)
+    assert right_mid[2] - right_mid[0] >= round(0.06 * cols)
+    # The text and the legend are still there: the notice in yellow, the scale's red top.
+    notice = (pixels[..., 0] > 200) & (pixels[..., 1] > 170) & (pixels[..., 2] < 90) & drawn
+    assert notice.sum() > 50
+    legend = drawn[:, int(0.8 * cols) :] & (pixels[:, int(0.8 * cols) :, 0] > 200)
+    assert legend.sum() > 50
