@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pynetdicom
 from pydicom import dcmread
 from pynetdicom import AE, evt
 
@@ -19,6 +21,11 @@ log = logging.getLogger(__name__)
 # C-STORE statuses that mean the peer kept the object (0xB000-class warnings included,
 # e.g. "coercion of data elements").
 _KEPT = {0x0000, 0xB000, 0xB006, 0xB007}
+
+# The pynetdicom releases (major, minor) whose reactor ``_pause_reactor`` was written against and
+# tested on: 3.0.x (3.0.4 when written). pyproject.toml bounds the dependency to them; the
+# guard is for an environment that installed another release anyway.
+REACTOR_WORKAROUND_RELEASES = frozenset({(3, 0)})
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,14 @@ class DicomSender:
         self.ae_title = ae_title
         self.timeout_s = timeout_s
         self.ssl_context = ssl_context
+        self.parks_reactor = reactor_workaround_applies(pynetdicom.__version__)
+        if not self.parks_reactor:
+            log.warning(
+                "pynetdicom %s is not a release the C-STORE reactor workaround is tested on "
+                "(3.0.x); sending with pynetdicom's own pause, which can wait out the DIMSE "
+                "timeout on a fast peer (pynetdicom issue #875)",
+                pynetdicom.__version__,
+            )
 
     def send(self, destination: Destination, paths: list[Path]) -> list[Delivery]:
         """Send every file in ``paths`` to ``destination`` over one association.
@@ -76,10 +91,10 @@ class DicomSender:
         results += [Delivery(p, False, f"{destination}: association lost") for p in lost]
         return results
 
-    @staticmethod
-    def _store_one(assoc, path: Path) -> Delivery:
+    def _store_one(self, assoc, path: Path) -> Delivery:
         try:
-            _pause_reactor(assoc)
+            if self.parks_reactor:
+                _pause_reactor(assoc)
             status = assoc.send_c_store(path)
         except (ValueError, RuntimeError, OSError) as exc:
             return Delivery(path, False, f"cannot send: {exc}")
@@ -89,6 +104,30 @@ class DicomSender:
         if code in _KEPT:
             return Delivery(path, True)
         return Delivery(path, False, f"refused with status 0x{code:04X}")
+
+
+def reactor_workaround_applies(version: str) -> bool:
+    """Whether :func:`_pause_reactor` may be used with this pynetdicom version.
+
+    The workaround reaches into two private attributes of ``pynetdicom.association.Association``
+    (``_reactor_checkpoint``, ``_is_paused``) and relies on how the 3.0 reactor loop uses them.
+    Another release may keep the names with other meanings (a checkpoint left cleared would
+    stall the association), so it is used only on the releases it was tested on; elsewhere the
+    sender relies on pynetdicom's own pause.
+
+    Parameters
+    ----------
+    version : str
+        A pynetdicom version string (``pynetdicom.__version__``), e.g. ``"3.0.4"``.
+
+    Returns
+    -------
+    bool
+        True when the version's major and minor release is in
+        :data:`REACTOR_WORKAROUND_RELEASES`.
+    """
+    match = re.match(r"(\d+)\.(\d+)", version)
+    return bool(match) and (int(match[1]), int(match[2])) in REACTOR_WORKAROUND_RELEASES
 
 
 def _pause_reactor(assoc) -> None:

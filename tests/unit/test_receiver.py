@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 import pydicom
+import pynetdicom
 import pytest
 from pynetdicom import AE, evt
 from pynetdicom.sop_class import SecondaryCaptureImageStorage
@@ -25,7 +26,7 @@ from node.dicom.receiver import (
     StorageSCP,
     _failure,
 )
-from node.dicom.sender import _pause_reactor
+from node.dicom.sender import DicomSender, _pause_reactor, reactor_workaround_applies
 from node.dicom.tcp import no_delay
 from node.orthanc import free_port
 from storage import audit
@@ -474,6 +475,31 @@ def test_the_senders_reactor_is_parked_before_each_request(scp, shared_data):
             assert assoc._reactor_checkpoint.is_set()  # send_c_store let it run again
     finally:
         assoc.release()
+
+
+def test_the_reactor_workaround_is_used_only_on_the_releases_it_is_tested_on():
+    assert reactor_workaround_applies("3.0.4") and reactor_workaround_applies("3.0.0")
+    for other in ("3.1.0", "3.1.0.dev0", "4.0.0", "2.1.1", "not-a-version", ""):
+        assert not reactor_workaround_applies(other), other
+    # pyproject.toml bounds pynetdicom to those releases: the installed one is one of them.
+    assert DicomSender("CXRNODE").parks_reactor
+
+
+def test_on_another_pynetdicom_release_the_sender_warns_and_uses_pynetdicoms_own_pause(
+    scp, shared_data, tmp_path, monkeypatch, caplog
+):
+    monkeypatch.setattr(pynetdicom, "__version__", "3.1.0")
+    sender = DicomSender("MODALITY")
+    assert not sender.parks_reactor
+    assert "pynetdicom 3.1.0 is not a release the C-STORE reactor workaround" in caplog.text
+    paths = []
+    for n in range(3):
+        path = tmp_path / f"{n}.dcm"
+        rsna(shared_data, n).save_as(path, enforce_file_format=True)
+        paths.append(path)
+    destination = Destination(scp.settings.ae_title, "127.0.0.1", scp.settings.dicom_port)
+    assert [d.ok for d in sender.send(destination, paths)] == [True, True, True]
+    assert len(events(scp, "instance.received")) == 3
 
 
 def test_a_bad_uid_is_refused_without_pydicom_logging_it(scp, shared_data, caplog):
