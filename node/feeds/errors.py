@@ -7,12 +7,8 @@ an ERR segment naming the field), a ``CsvFileRejected`` sends the whole file to 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from node.errors import CxrNodeError
-
-if TYPE_CHECKING:
-    from node.feeds.hl7message import MessageHeader
+from node.feeds.hl7header import MessageHeader
 
 
 class ErrorCode:

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 
 from node.feeds.errors import ErrorCode
 from node.feeds.hl7codec import CHARSETS, EncodingChars, escape
-from node.feeds.hl7message import MessageHeader
+from node.feeds.hl7header import MessageHeader
 
 AA = "AA"  # application accept: stored (or already stored)
 AE = "AE"  # application error: the content cannot be used; resending it unchanged won't help

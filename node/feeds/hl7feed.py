@@ -25,9 +25,9 @@ from sqlalchemy.orm import Session
 from node.errors import ConfigError
 from node.feeds.errors import ErrorCode, HL7ParseError, HL7Unusable
 from node.feeds.hl7ack import AA, AE, AR, AckError, build_ack
+from node.feeds.hl7header import MessageHeader
 from node.feeds.hl7message import (
     DEFAULT_ACCESSION_KEYS,
-    MessageHeader,
     ParsedReport,
     parse_accession_keys,
     parse_message,

@@ -23,11 +23,11 @@ from node.feeds.errors import ErrorCode, HL7ParseError, HL7Unusable
 from node.feeds.hl7codec import (
     BOM,
     DecodedMessage,
-    EncodingChars,
     UndecodableMessage,
     declared_charset,
     decode_message,
 )
+from node.feeds.hl7header import MessageHeader
 from node.feeds.hl7segments import HL7Structure, Location, Segment
 from node.feeds.sections import INDICATION, detect_sections, section_for_observation
 from node.feeds.values import normalise_status, parse_hl7_datetime
@@ -46,24 +46,6 @@ DOCUMENT_TYPES = {"ED", "RP"}  # encapsulated (PDF, CDA) or referenced documents
 _DICOM_STUDY = "113014"  # DCM code "DICOM Study" in OBX-3 (IHE RAD ORU)
 # The order-group fields that exist on both OBR and ORC with the same meaning.
 _ORC_FALLBACK = {2: 2, 3: 3}
-
-
-@dataclass(frozen=True)
-class MessageHeader:
-    """What the ACK needs from MSH; application and facility fields are kept as sent."""
-
-    message_id: str
-    message_type: str  # "ORU^R01": MSH-9 code and trigger event
-    version: str
-    processing_id: str
-    sending_application: str
-    sending_facility: str
-    receiving_application: str
-    receiving_facility: str
-    charset: str  # MSH-18 as sent
-    codec: str  # the Python codec the message was decoded with
-    encoding: EncodingChars
-    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)
