@@ -14,7 +14,6 @@ decode itself).
 
 from __future__ import annotations
 
-import csv
 import re
 import shutil
 import subprocess
@@ -34,13 +33,13 @@ from node.results import (
     build_presentation_state,
     build_structured_report,
 )
+from support.rsna import rsna_case_boxes, rsna_case_path
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning"),
 ]
 
-RSNA_CASE = "00436515-870c-4b36-a041-de91049b9ab4"  # two labelled opacity boxes
 # How far (pixels) a drawn outline pixel's centre may lie from the SR polyline, and a point of
 # the polyline from the nearest drawn pixel's centre.
 TOLERANCE = 1.5
@@ -55,15 +54,9 @@ def _need(tool: str) -> str:
 
 def _rsna_result(shared_data: Path) -> ImageResult:
     """The RSNA image with one present finding per labelled opacity box, its heat a blob there."""
-    folder = shared_data / "rsna-pneumonia-sample"
-    source = pydicom.dcmread(folder / "stage_1_train_images" / f"{RSNA_CASE}.dcm")
+    source = pydicom.dcmread(rsna_case_path(shared_data))
     display = source.pixel_array.astype(np.float32) / 255.0
-    with open(folder / "example_train_labels.csv", newline="") as fh:
-        boxes = [
-            [float(row[k]) for k in ("x", "y", "width", "height")]
-            for row in csv.DictReader(fh)
-            if row["patientId"] == RSNA_CASE and row["Target"] == "1"
-        ]
+    boxes = rsna_case_boxes(shared_data)
     y, x = np.mgrid[0 : display.shape[0], 0 : display.shape[1]].astype(np.float32)
     findings, heatmaps = [], {}
     for n, (left, top, width, height) in enumerate(boxes):
@@ -122,7 +115,7 @@ def test_dcmp2pgm_renders_the_gsps_outline_on_the_sr_region(shared_data, tmp_pat
     )
     state_path = tmp_path / "gsps.dcm"
     state.save_as(state_path, enforce_file_format=True)
-    source = shared_data / "rsna-pneumonia-sample" / "stage_1_train_images" / f"{RSNA_CASE}.dcm"
+    source = rsna_case_path(shared_data)
     plain = tmp_path / "source.dcm"
     subprocess.run([dcmdjpeg, str(source), str(plain)], check=True, timeout=60)
 

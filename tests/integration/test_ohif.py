@@ -34,6 +34,7 @@ from node.results.notices import SERIES_KINDS
 from node.results.sr import CORNERSTONE_OUTLINE
 from support.ohif import OHIF_DIST, OhifServer, OrthancWithDicomWeb, drive, need_ohif
 from support.peers import NODE_AE, need, wait_for
+from support.rsna import RSNA_CASE, rsna_case_path
 
 pytestmark = [
     pytest.mark.integration,
@@ -41,7 +42,6 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path("/tmp/cxrnode-artifacts")
-RSNA_CASE = "00436515-870c-4b36-a041-de91049b9ab4"
 # OHIF draws SR measurements in Cornerstone's annotation yellow.
 _YELLOW = (255, 255, 0)
 
@@ -109,7 +109,7 @@ def _saturated(png: str) -> float:
 def test_ohif_lists_the_study_tells_the_series_apart_and_hydrates_each_outlined_finding(
     make_node, orthanc, shared_data, tmp_path
 ):
-    source = shared_data / "rsna-pneumonia-sample" / "stage_1_train_images" / f"{RSNA_CASE}.dcm"
+    source = rsna_case_path(shared_data)
     node = make_node()
     results = _results(node, orthanc, source)
     by_class: dict[str, list[pydicom.Dataset]] = {}

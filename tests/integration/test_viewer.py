@@ -7,7 +7,6 @@ The screenshot is saved in the test's tmp dir and copied to ``/tmp/cxrnode-artif
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import shutil
@@ -31,6 +30,7 @@ from pynetdicom import AE, evt
 from node.orthanc import Modality, free_port
 from node.results.region import HeatRegion
 from support.peers import NODE_AE, need, wait_for
+from support.rsna import RSNA_CASE, rsna_case_boxes, rsna_case_path
 from support.viewer import OrthancWithViewer, screenshot_viewer
 
 pytestmark = [
@@ -39,7 +39,6 @@ pytestmark = [
 ]
 
 ARTIFACTS = Path("/tmp/cxrnode-artifacts")
-RSNA_CASE = "00436515-870c-4b36-a041-de91049b9ab4"  # two labelled opacity boxes
 
 
 @pytest.fixture
@@ -54,15 +53,11 @@ def orthanc(tmp_path, node_port) -> Iterator[OrthancWithViewer]:
 
 
 def _rsna(shared_data: Path) -> tuple[Path, np.ndarray]:
-    folder = shared_data / "rsna-pneumonia-sample"
-    path = folder / "stage_1_train_images" / f"{RSNA_CASE}.dcm"
     boxes = np.zeros((1024, 1024), dtype=bool)
-    with open(folder / "example_train_labels.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["patientId"] == RSNA_CASE and row["Target"] == "1":
-                x, y, w, h = (round(float(row[k])) for k in ("x", "y", "width", "height"))
-                boxes[y : y + h, x : x + w] = True
-    return path, boxes
+    for box in rsna_case_boxes(shared_data):
+        x, y, w, h = (round(v) for v in box)
+        boxes[y : y + h, x : x + w] = True
+    return rsna_case_path(shared_data), boxes
 
 
 def _processed(node, orthanc, source: Path) -> tuple[str, list[pydicom.Dataset]]:

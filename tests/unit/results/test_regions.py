@@ -14,7 +14,6 @@ The overlap figures are printed and written to ``/tmp/cxrnode-artifacts/region-o
 
 from __future__ import annotations
 
-import csv
 import json
 from io import BytesIO
 from pathlib import Path
@@ -37,11 +36,11 @@ from node.results import (
 )
 from node.results.region import HeatRegion
 from node.synthetic import synthetic_study
+from support.rsna import rsna_case_boxes, rsna_case_path
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* person name:UserWarning")
 
 ARTIFACTS = Path("/tmp/cxrnode-artifacts")
-RSNA_CASE = "00436515-870c-4b36-a041-de91049b9ab4"  # two labelled opacity boxes
 # The synthetic lesion: a round opacity in the right lung (image left), on a 800 x 1024 grid so
 # that a swap of rows and columns cannot go unnoticed.
 LESION_CENTRE, LESION_RADIUS, GRID = (430, 330), 48, (800, 1024)
@@ -81,14 +80,11 @@ def _lesion_mask() -> np.ndarray:
 
 
 def _rsna_case(shared_data: Path) -> tuple[pydicom.Dataset, np.ndarray]:
-    folder = shared_data / "rsna-pneumonia-sample"
-    ds = pydicom.dcmread(folder / "stage_1_train_images" / f"{RSNA_CASE}.dcm")
+    ds = pydicom.dcmread(rsna_case_path(shared_data))
     boxes = np.zeros((int(ds.Rows), int(ds.Columns)), dtype=bool)
-    with open(folder / "example_train_labels.csv", newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["patientId"] == RSNA_CASE and row["Target"] == "1":
-                x, y, w, h = (round(float(row[k])) for k in ("x", "y", "width", "height"))
-                boxes[y : y + h, x : x + w] = True
+    for box in rsna_case_boxes(shared_data):
+        x, y, w, h = (round(v) for v in box)
+        boxes[y : y + h, x : x + w] = True
     assert boxes.any()
     return ds, boxes
 
