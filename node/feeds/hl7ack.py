@@ -66,13 +66,13 @@ def build_ack(
     version = (header.version if header else "") or DEFAULT_VERSION
     f = enc.field
     delimiters = enc.component + enc.repetition + enc.escape + enc.subcomponent
-    if enc.truncation and _at_least(version, (2, 7)):
+    if enc.truncation and version_at_least(version, (2, 7)):
         delimiters += enc.truncation
     trigger = header.message_type.partition("^")[2] if header else ""
     message_type = "ACK"
     if trigger:
         message_type += f"{enc.component}{trigger}"
-        if _at_least(version, (2, 3, 1)):
+        if version_at_least(version, (2, 3, 1)):
             message_type += f"{enc.component}ACK"
     timestamp = (now or datetime.now(UTC)).astimezone(UTC).strftime("%Y%m%d%H%M%S+0000")
     msh = [
@@ -93,7 +93,7 @@ def build_ack(
         msh += [""] * 5 + [header.charset]  # MSH-13..17 empty, MSH-18
     msa = ["MSA", ack_code, escape(header.message_id, enc) if header else ""]
     segments = [f.join(msh)]
-    if error is not None and not _at_least(version, (2, 5)):
+    if error is not None and not version_at_least(version, (2, 5)):
         msa.append(escape(error.reason, enc)[:80])  # MSA-3, the text message, until v2.4
     segments.append(f.join(msa))
     if error is not None:
@@ -106,7 +106,7 @@ def _err(error: AckError, enc: EncodingChars, version: str) -> str:
     text = ErrorCode.TEXT.get(error.code, "")
     match = _LOCATION.match(error.location or "")
     location = [match["segment"], "1", match["field"] or ""] if match else []
-    if not _at_least(version, (2, 5)):
+    if not version_at_least(version, (2, 5)):
         code = s.join([str(error.code), text, "HL70357"])
         return f"ERR{f}" + c.join((location or ["", "", ""]) + [code])
     return f.join(
@@ -132,7 +132,9 @@ def _ack_codec(header: MessageHeader | None) -> str:
     return CHARSETS.get(header.charset.upper(), header.codec) if header.charset else header.codec
 
 
-def _at_least(version: str, minimum: tuple[int, ...]) -> bool:
+def version_at_least(version: str, minimum: tuple[int, ...]) -> bool:
+    """Whether an HL7 version ("2.5.1") is ``minimum`` or later; an unreadable one counts as
+    current."""
     try:
         parts = tuple(int(p) for p in version.split("."))
     except ValueError:
