@@ -6,6 +6,7 @@ node, started and stopped like any other process.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -57,6 +58,9 @@ class Orthanc:
         Start Orthanc with ``TCP_NODELAY=1``: dcmtk, which Orthanc's DICOM side is built on,
         leaves Nagle's algorithm on unless told, and its C-STORE responses then wait out the
         peer's delayed ACK (~40 ms an instance). A PACS tuned for throughput runs with it.
+    users:
+        User name to password: Orthanc then requires HTTP Basic authentication, and this
+        client's own REST calls authenticate as the first user.
     """
 
     def __init__(
@@ -68,8 +72,10 @@ class Orthanc:
         dicom_port: int | None = None,
         executable: str | None = None,
         tcp_nodelay: bool = True,
+        users: dict[str, str] | None = None,
     ) -> None:
         self.workdir = Path(workdir)
+        self.users = dict(users or {})
         self.ae_title = ae_title
         self.http_port = http_port or free_port()
         self.dicom_port = dicom_port or free_port()
@@ -92,7 +98,8 @@ class Orthanc:
             "StorageDirectory": storage,
             "IndexDirectory": storage,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
             "DicomCheckCalledAet": False,
             # Accept results only from the peers we declared, as a hospital PACS would.
             "DicomAlwaysAllowStore": False,
@@ -149,6 +156,10 @@ class Orthanc:
 
     def request(self, method: str, path: str, body: bytes | None = None, ctype: str = "") -> bytes:
         req = urllib.request.Request(self.url + path, data=body, method=method)
+        if self.users:  # the REST calls authenticate as the first registered user
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
         if ctype:
             req.add_header("Content-Type", ctype)
         try:
