@@ -11,54 +11,36 @@ processed at once instead of after the stable age. An aborted association comple
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 from collections import Counter
 from collections.abc import Callable
-from io import BytesIO
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 from node.config import Settings
 from node.dicom.admission import REJECT_LOCAL_LIMIT, Admission
-from node.dicom.classify import classify
-from node.dicom.limits import IngestLimits, LimitRefusal
+from node.dicom.intake import (
+    CANNOT_PARSE,
+    SUCCESS,
+    Instance,
+    InstanceIntake,
+    Sender,
+    status_dataset,
+)
 from node.dicom.tcp import no_delay
 from node.dicom.transport import ConnectionGuard
 from node.disk import data_paths
 from node.log_privacy import withhold_dicom_values_from_the_log
-from node.logsafe import describe
 from node.refusals import RefusalAudit
 from node.tls import server_context
-from node.uids import uid_problem
-from storage import audit
-from storage.audit import Outcome
 from storage.database import Database
-from storage.spool import FileStore, instance_relpath
-from storage.studies import (
-    InstanceHeader,
-    ReceiveOutcome,
-    add_instance,
-    complete_studies,
-    duplicate_outcome,
-    find_instance,
-    patient_conflict,
-)
+from storage.spool import FileStore
 
 log = logging.getLogger(__name__)
 
-SUCCESS = 0x0000
-OUT_OF_RESOURCES = 0xA700
-# 0xCxxx: "cannot understand". The low byte tells an admin reading a peer's log which check failed.
-CANNOT_PARSE = 0xC001
-MISSING_UIDS = 0xC002
-UID_MISMATCH = 0xC003
-CONFLICTING_DUPLICATE = 0xC004
-PATIENT_MISMATCH = 0xC005  # another patient's identity under a Study UID already received
-INVALID_UID = 0xC006  # a Study, Series or SOP Instance UID that is not a DICOM UID
 # Peer addresses named in a "total association limit reached" event (the largest holders).
 MAX_NAMED_HOLDERS = 10
 
@@ -100,7 +82,6 @@ class StorageSCP:
         self._sent_by: dict[object, Counter[str]] = {}
         self._senders: Counter[str] = Counter()
         self._tracking = threading.Lock()
-        self.limits = IngestLimits(settings.max_decoded_bytes, settings.max_study_instances)
         self.admission = Admission(
             settings.ae_title,
             settings.known_calling_aes,
@@ -108,6 +89,7 @@ class StorageSCP:
             settings.min_free_disk_mb * 1024 * 1024,
             also=data_paths(settings),
         )
+        self.intake = InstanceIntake(settings, db, spool, self.admission)
         self.ae = AE(ae_title=settings.ae_title)
         self.ae.maximum_associations = settings.dicom_max_associations
         # Announced to peers; a PDU declaring more is refused before it is read.
@@ -228,63 +210,24 @@ class StorageSCP:
 
     def _on_store(self, event: evt.Event) -> int | Dataset:
         requestor = event.assoc.requestor
-        actor = {"actor_ae": requestor.ae_title, "actor_ip": requestor.address}
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
+        sender = Sender(requestor.ae_title, requestor.address)
         try:
-            data = event.encoded_dataset(include_meta=True)
-            if (over := self._over_size_limit(event)) is not None:
-                return self._refuse_over_limit(over, sop_uid, actor)
-            header, note = self._read_header(data, event)
-        except _Refused as refused:
-            return self._refuse(refused.status, refused.reason, sop_uid, actor)
-        except Exception as exc:  # any malformed input: pydicom decodes values lazily
+            instance = Instance(
+                data=event.encoded_dataset(include_meta=True),
+                dataset=event.request.DataSet.getvalue(),
+                transfer_syntax=str(event.context.transfer_syntax),
+                sop_uid=str(event.request.AffectedSOPInstanceUID),
+                sop_class_uid=str(event.request.AffectedSOPClassUID),
+            )
+        except Exception as exc:  # a request pynetdicom could decode but not re-encode
             reason = f"cannot parse dataset: {type(exc).__name__}: {exc}"[:500]
-            return self._refuse(CANNOT_PARSE, reason, sop_uid, actor)
-        ids = {
-            "study_uid": header.study_uid,
-            "series_uid": header.series_uid,
-            "sop_uid": sop_uid,
-            "accession": header.accession,
-            "patient_id": header.patient_id,
-        }
-        if not self.admission.has_room():
-            return self._refuse(OUT_OF_RESOURCES, "spool disk nearly full", sop_uid, actor)
-        over = self.limits.check_study(self.db, header.study_uid, sop_uid)
-        if over is not None:
-            return self._refuse_over_limit(over, sop_uid, actor, ids)
-        try:
-            status = self._store(header, data, note, actor, ids)
-        except OSError as exc:
-            log.error("spool write failed: %s", exc.strerror)
-            return self._refuse(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", sop_uid, actor)
-        if status == SUCCESS:
-            self._track(event.assoc, header.study_uid)
-        return status
-
-    def _over_size_limit(self, event: evt.Event) -> LimitRefusal | None:
-        """Check the dataset as received against the size limits, before pydicom reads it
-        (pydicom inflates a deflated dataset whole as it opens it)."""
-        stream = event.request.DataSet.getvalue()
-        return self.limits.check_dataset(stream, str(event.context.transfer_syntax))
-
-    def _refuse_over_limit(
-        self, over: LimitRefusal, sop_uid: str, actor: dict, ids: dict | None = None
-    ) -> Dataset:
-        """Audit (``instance.refused``) and answer a refusal for size, with its ErrorComment."""
-        try:
-            with self.db.transaction() as session:
-                audit.record(
-                    session,
-                    "instance.refused",
-                    Outcome.FAILURE,
-                    **actor,
-                    **(ids or {"sop_uid": sop_uid or None}),
-                    detail={"reason": over.reason, "status": f"0x{over.status:04X}"},
-                )
-        except Exception:  # the status must reach the peer even when the database is down
-            log.exception("could not audit a refused instance")
-        log.warning("refused an instance: %s", over.comment)
-        return over.status_dataset()
+            uid = str(event.request.AffectedSOPInstanceUID or "")
+            return status_dataset(self.intake.refuse(CANNOT_PARSE, reason, uid, sender))
+        received = self.intake.take(instance, sender)
+        if not received.stored:
+            return status_dataset(received)
+        self._track(event.assoc, received.study_uid)
+        return SUCCESS
 
     def _track(self, assoc: object, study_uid: str) -> None:
         with self._tracking:
@@ -311,167 +254,9 @@ class StorageSCP:
         if not finished or not self.settings.complete_on_release:
             return
         requestor = event.assoc.requestor
-        try:
-            with self.db.transaction() as session:
-                for study in complete_studies(session, finished):
-                    audit.record(
-                        session,
-                        "study.complete",
-                        actor_ae=requestor.ae_title,
-                        actor_ip=requestor.address,
-                        study_uid=study.study_uid,
-                        accession=study.accession,
-                        patient_id=study.patient_id,
-                        detail={"instances": finished[study.study_uid]},
-                    )
-        except Exception as exc:  # the study still becomes stable after the stable age
-            # Type only: the error's text quotes the statement's UIDs and patient IDs.
-            log.error("could not mark released studies complete: %s", describe(exc))
-            return
-        self.on_complete()
+        if self.intake.complete(finished, Sender(requestor.ae_title, requestor.address)):
+            self.on_complete()
 
     def _on_closed(self, event: evt.Event) -> None:
         # After an abort (or a release already handled): nothing completes, only forget.
         self._untrack(event.assoc)
-
-    def _read_header(self, data: bytes, event: evt.Event) -> tuple[InstanceHeader, str | None]:
-        """Parse and check what the node keeps of an instance; raise ``_Refused`` or any
-        parsing error for input that cannot be accepted."""
-        ds = dcmread(BytesIO(data))
-        sop_uid = str(event.request.AffectedSOPInstanceUID)
-        study_uid = str(ds.get("StudyInstanceUID", "")).strip()
-        if not study_uid or not str(ds.get("SOPInstanceUID", "")).strip():
-            raise _Refused(MISSING_UIDS, "Study or SOP Instance UID missing")
-        if str(ds.SOPInstanceUID) != sop_uid:
-            raise _Refused(UID_MISMATCH, "dataset SOP Instance UID differs from the request")
-        _check_uids(ds)
-        verdict = classify(
-            ds, assume_chest_without_body_part=self.settings.assume_chest_without_body_part
-        )
-        header = InstanceHeader(
-            sop_uid=sop_uid,
-            sop_class_uid=str(event.request.AffectedSOPClassUID),
-            study_uid=study_uid,
-            series_uid=_short(ds.get("SeriesInstanceUID")),
-            modality=_short(ds.get("Modality"), 16),
-            patient_id=_short(ds.get("PatientID")),
-            patient_name=_short(ds.get("PatientName"), 200),
-            issuer_of_patient_id=_short(ds.get("IssuerOfPatientID")),
-            patient_birth_date=_short(ds.get("PatientBirthDate"), 16),
-            accession=_short(ds.get("AccessionNumber")),
-            transfer_syntax=str(event.context.transfer_syntax),
-            view=verdict.view,
-            processable=verdict.processable,
-            skip_reason=None if verdict.processable else verdict.reason,
-        )
-        return header, verdict.reason if verdict.processable else None
-
-    def _store(
-        self, header: InstanceHeader, data: bytes, note: str | None, actor: dict, ids: dict
-    ) -> int:
-        # The file first, then one transaction. The content hash in the name means a second,
-        # different object with the same UID never overwrites the one already accepted, and
-        # an identical one rewrites the same bytes.
-        sha256 = hashlib.sha256(data).hexdigest()
-        relpath = instance_relpath(header.study_uid, f"{header.sop_uid}.{sha256[:12]}")
-        stored = self.spool.write(relpath, data)
-        with self.db.transaction() as session:
-            existing = find_instance(session, header.sop_uid)
-            if existing is None:
-                conflict = patient_conflict(session, header)
-                if conflict is None:
-                    self._record(session, header, stored, sha256, note, actor, ids)
-                    return SUCCESS
-                status, reason = PATIENT_MISMATCH, conflict
-            elif duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
-                audit.record(session, "instance.duplicate", Outcome.SUCCESS, **actor, **ids)
-                return SUCCESS
-            else:
-                status = CONFLICTING_DUPLICATE
-                reason = "SOP Instance UID already received with different content"
-            audit.record(
-                session,
-                "instance.refused",
-                Outcome.FAILURE,
-                **actor,
-                **ids,
-                detail={"reason": reason, "status": f"0x{status:04X}"},
-            )
-        self.spool.remove(stored.relpath)  # the refused copy; the accepted ones are untouched
-        log.warning("refused an instance: %s", reason)
-        return _failure(status, reason)
-
-    @staticmethod
-    def _record(session, header, stored, sha256, note, actor: dict, ids: dict) -> None:
-        add_instance(
-            session,
-            header,
-            relpath=stored.relpath,
-            size=stored.size,
-            sha256=sha256,
-            calling_ae=actor["actor_ae"],
-        )
-        detail = {"size": stored.size, "transfer_syntax": header.transfer_syntax}
-        if note:
-            detail["note"] = note
-        audit.record(session, "instance.received", Outcome.SUCCESS, **actor, **ids, detail=detail)
-        if not header.processable:
-            audit.record(
-                session,
-                "instance.skipped",
-                Outcome.WARNING,
-                **actor,
-                **ids,
-                detail={"reason": header.skip_reason},
-            )
-
-    def _refuse(self, status: int, reason: str, sop_uid: str, actor: dict) -> int:
-        try:
-            with self.db.transaction() as session:
-                audit.record(
-                    session,
-                    "instance.refused",
-                    Outcome.FAILURE,
-                    **actor,
-                    sop_uid=sop_uid or None,
-                    detail={"reason": reason, "status": f"0x{status:04X}"},
-                )
-        except Exception as exc:  # the status must reach the peer even when the database is down
-            log.error("could not audit a refused instance: %s", describe(exc))
-        return _failure(status, reason)
-
-
-class _Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.status = status
-        self.reason = reason
-
-
-def _check_uids(ds: Dataset) -> None:
-    """Refuse an instance whose UIDs are not DICOM UIDs: they name spool and result paths and
-    are copied into the results the PACS gets. A missing Series UID is left to the reader."""
-    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-        if keyword not in ds:
-            continue
-        problem = uid_problem(str(ds.get(keyword) or "").strip())
-        if problem:
-            raise _Refused(INVALID_UID, f"{keyword} is not a valid UID ({problem})")
-
-
-def _failure(status: int, reason: str) -> Dataset:
-    """A C-STORE response status whose Error Comment (0000,0902) tells the sender's admin what
-    was wrong, as an LO value in the command set's default repertoire: at most 64 characters,
-    printable ASCII, no backslash."""
-    response = Dataset()
-    response.Status = status
-    comment = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in reason)
-    response.ErrorComment = comment[:64].strip()
-    return response
-
-
-def _short(value: object, limit: int = 64) -> str | None:
-    """A header value as text for a database column, or None; malformed over-long values are
-    cut rather than refused (the spooled file keeps them whole)."""
-    text = str(value).strip() if value is not None else ""
-    return text[:limit] or None

@@ -18,14 +18,15 @@ from sqlalchemy import select
 from sqlalchemy import text as sql_text
 
 from node.config import Destination, Settings
-from node.dicom.receiver import (
+from node.dicom.intake import (
     CONFLICTING_DUPLICATE,
     INVALID_UID,
     MISSING_UIDS,
     PATIENT_MISMATCH,
-    StorageSCP,
-    _failure,
+    Received,
+    status_dataset,
 )
+from node.dicom.receiver import StorageSCP
 from node.dicom.sender import DicomSender, _pause_reactor, reactor_workaround_applies
 from node.dicom.tcp import no_delay
 from node.orthanc import free_port
@@ -375,7 +376,7 @@ def test_invalid_uid_is_refused_audited_and_never_stored(scp, shared_data, attri
 
 
 def test_error_comment_is_a_short_ascii_lo_value():
-    response = _failure(0xC001, "cannot parse: naïve\\value\n" + "x" * 100)
+    response = status_dataset(Received(0xC001, "cannot parse: naïve\\value\n" + "x" * 100))
     assert response.Status == 0xC001
     assert response.ErrorComment == "cannot parse: na?ve?value?" + "x" * 38
     assert len(response.ErrorComment) == 64
