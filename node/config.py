@@ -23,7 +23,7 @@ ROLES = ("all", "receiver", "worker")
 MIN_PDU_BYTES = 4096
 MAX_PDU_BYTES = 64 * 1024 * 1024
 # Never printed or logged: shown as "***".
-SECRET_SETTINGS = ("admin_token",)
+SECRET_SETTINGS = ("admin_token", "dicomweb_token")
 _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: printable, no backslash
 # What can be sent to a destination: the SR, the captures (overview and one per finding), the
 # presentation states.
@@ -186,6 +186,14 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     admin_token: str = ""
+    # STOW-RS (DICOMweb) endpoint: studies POSTed to /dicom-web/studies are admitted as C-STORE
+    # admits them. dicomweb_port 0 turns it off; it refuses to start without a dicomweb_token
+    # (16 characters or more), presented as a bearer token or as the HTTP Basic password. A
+    # request is spooled to disk as it arrives, at most stow_max_request_mb.
+    dicomweb_host: str = "0.0.0.0"
+    dicomweb_port: int = 0
+    dicomweb_token: str = ""
+    stow_max_request_mb: int = 2048
     # Several node processes may share one PostgreSQL database: "receiver" (SCP, feeds,
     # assembly, delivery, retention, no worker), "worker" (claims and runs jobs only) or "all".
     # Each needs its own node_name (default: the host name); jobs record who claimed them.
@@ -255,6 +263,10 @@ class Settings:
         self._validate_resource_limits()
         if not 0 <= self.admin_port < 65536:
             raise ConfigError(f"admin_port {self.admin_port} out of range (0 turns it off)")
+        if not 0 <= self.dicomweb_port < 65536:
+            raise ConfigError(f"dicomweb_port {self.dicomweb_port} out of range (0 turns it off)")
+        if self.stow_max_request_mb < 1:
+            raise ConfigError("stow_max_request_mb must be at least 1")
         self._validate_results()
         if self.role not in ROLES:
             raise ConfigError(f"role {self.role!r} is not one of {', '.join(ROLES)}")

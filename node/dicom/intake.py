@@ -69,6 +69,7 @@ class Sender:
 
     ae_title: str | None
     address: str | None
+    via: str | None = None  # the door, when not C-STORE ("STOW-RS")
 
     @property
     def actor(self) -> dict[str, str | None]:
@@ -119,10 +120,11 @@ class Instance:
 
 
 class _Refused(Exception):
-    def __init__(self, status: int, reason: str) -> None:
+    def __init__(self, status: int, reason: str, sop_uid: str | None = None) -> None:
         super().__init__(reason)
         self.status = status
         self.reason = reason
+        self.sop_uid = sop_uid  # once known to be a valid UID: the answer may name it
 
 
 class InstanceIntake:
@@ -146,7 +148,7 @@ class InstanceIntake:
                 return self._refuse_over_limit(over, claimed, sender)
             header, note = self._read_header(instance)
         except _Refused as refused:
-            return self.refuse(refused.status, refused.reason, claimed, sender)
+            return self.refuse(refused.status, refused.reason, claimed or refused.sop_uid, sender)
         except Exception as exc:  # any malformed input: pydicom decodes values lazily
             reason = f"cannot parse dataset: {type(exc).__name__}: {exc}"[:500]
             return self.refuse(CANNOT_PARSE, reason, claimed, sender)
@@ -207,7 +209,8 @@ class InstanceIntake:
             raise _Refused(UID_MISMATCH, "dataset SOP Instance UID differs from the request")
         _check_uids(ds)
         if instance.study_uid and study_uid != instance.study_uid:
-            raise _Refused(WRONG_STUDY, "the instance belongs to another study than the request's")
+            reason = "the instance belongs to another study than the request's"
+            raise _Refused(WRONG_STUDY, reason, sop_uid)
         verdict = classify(
             ds, assume_chest_without_body_part=self.settings.assume_chest_without_body_part
         )
@@ -277,6 +280,8 @@ class InstanceIntake:
             calling_ae=sender.ae_title,
         )
         detail = {"size": stored.size, "transfer_syntax": header.transfer_syntax}
+        if sender.via:
+            detail["via"] = sender.via
         if note:
             detail["note"] = note
         audit.record(

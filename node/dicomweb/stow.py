@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import http.client
 import json
+import re
 import ssl
 import uuid
 from collections.abc import Iterator, Mapping
@@ -28,6 +29,7 @@ from node.errors import ConfigError
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # the answer lists UIDs; far more is not an answer
 _CHUNK = 1024 * 1024
+_STUDIES = re.compile(r"/studies(?:/[0-9.]+)?$")  # the studies resource, or one study's
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"
 _SOP_INSTANCE_UID = "00081155"
@@ -41,12 +43,12 @@ class StowTarget:
     scheme: str
     host: str
     port: int
-    path: str  # ends in /studies
+    path: str  # ends in /studies (or /studies/{StudyInstanceUID})
     authorization: str | None = None  # "Basic ..." from user:password in the URL
 
     @classmethod
     def parse(cls, url: str) -> StowTarget:
-        """Read ``http(s)://[user:password@]host[:port]/base[/studies]``.
+        """Read ``http(s)://[user:password@]host[:port]/base[/studies[/{StudyInstanceUID}]]``.
 
         Raises
         ------
@@ -59,7 +61,7 @@ class StowTarget:
         if parts.query or parts.fragment:
             raise ConfigError(f"STOW-RS destination {url!r} must not carry a query or fragment")
         path = parts.path.rstrip("/")
-        if not path.endswith("/studies"):
+        if not _STUDIES.search(path):  # a DICOMweb root: its studies resource
             path += "/studies"
         authorization = None
         if parts.username is not None:

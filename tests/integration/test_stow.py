@@ -10,6 +10,7 @@ import pytest
 from node.dicomweb.stow import StowSender, StowTarget
 from support.ohif import DICOMWEB_PLUGIN, OrthancWithDicomWeb
 from support.peers import need
+from support.stow import TOKEN, StowNode
 
 
 @pytest.fixture
@@ -62,3 +63,38 @@ def _instances(orthanc) -> list[dict]:
 
 def _sop_uid(path: Path) -> str:
     return str(pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID)
+
+
+class _OrthancSendingToTheNode(OrthancWithDicomWeb):
+    """Orthanc whose DICOMweb plugin knows the node's STOW-RS endpoint as a server."""
+
+    def __init__(self, workdir: Path, node_url: str) -> None:
+        super().__init__(workdir)
+        self.node_url = node_url
+
+    def config(self) -> dict:
+        config = super().config()
+        config["DicomWeb"]["Servers"] = {
+            "cxrnode": {"Url": self.node_url, "Username": "orthanc", "Password": TOKEN}
+        }
+        return config
+
+
+def test_orthanc_pushes_a_study_to_the_nodes_stow_rs_endpoint(tmp_path, rsna_files) -> None:
+    need("Orthanc")
+    if not DICOMWEB_PLUGIN.exists():
+        pytest.skip("Orthanc's DICOMweb plugin is not installed (apt-get install orthanc-dicomweb)")
+    node = StowNode(tmp_path / "node")
+    try:
+        url = f"http://127.0.0.1:{node.server.http.port}/dicom-web/"
+        with _OrthancSendingToTheNode(tmp_path / "orthanc", url).start() as orthanc:
+            studies = {orthanc.upload(p.read_bytes())["ParentStudy"] for p in rsna_files}
+            for study in studies:
+                orthanc.post_json("/dicom-web/servers/cxrnode/stow", {"Resources": [study]})
+        assert node.instances() == len(rsna_files)
+        received = node.events("instance.received")
+        assert {e["sop_uid"] for e in received} == {_sop_uid(p) for p in rsna_files}
+        assert {e["detail"]["via"] for e in received} == {"STOW-RS"}
+        assert len(node.events("study.complete")) == len(studies)
+    finally:
+        node.server.stop()
