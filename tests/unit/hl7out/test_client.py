@@ -14,8 +14,8 @@ import pytest
 from node.hl7out.client import MAX_ACK_BYTES, HL7SendError, read_ack, send_message
 from node.hl7out.oru import MessageOptions, Patient, ResultObjects, RunResult, build_oru
 from node.results.findings import AlgorithmInfo, Finding
-from tests.support.certs import make_pki
-from tests.support.hl7_receiver import hl7, hl7_receiver
+from support.certs import make_pki
+from support.hl7_receiver import hl7, hl7_receiver
 
 
 def _message():
