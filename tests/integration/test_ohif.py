@@ -4,13 +4,13 @@ origin, OHIF in headless Chromium (software WebGL).
 
 Checked in one OHIF session: the study list shows the study; the study browser tells the four
 result series apart by their descriptions and the overview capture is drawn; OHIF's own overlays
-(corner text, orientation markers, cine player) cover none of the capture's burned-in text and
-colour scale, in OHIF's default layout and with the viewport made square (the image then fills
-it: the tightest case); OHIF hydrates the SR into one measurement per outlined finding, named by
-the finding with its probability, drawn on the source image and listed in the Measurements
-panel. Screenshots go to ``/tmp/cxrnode-artifacts/ohif-*.png``, the capture's with the boxes
-compared drawn on as ``ohif-*-boxes.png``. Skips where Chromium, node, the DICOMweb plugin or the
-npm packages (``scripts/setup`` fetches them into ``.cache/ohif``) are missing.
+(corner text, orientation markers, action-corner icons, cine player) cover none of the capture's
+burned-in text and colour scale, in OHIF's default layout and with the viewport made square (the
+image then fills it: the tightest case); OHIF hydrates the SR into one measurement per outlined
+finding, named by the finding with its probability, drawn on the source image and listed in the
+Measurements panel. Screenshots go to ``/tmp/cxrnode-artifacts/ohif-*.png``, the capture's with
+the boxes compared drawn on as ``ohif-*-boxes.png``. Skips where Chromium, node, the DICOMweb
+plugin or the npm packages (``scripts/setup`` fetches them into ``.cache/ohif``) are missing.
 """
 
 from __future__ import annotations

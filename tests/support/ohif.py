@@ -244,8 +244,9 @@ PageBox = tuple[float, float, float, float]  # (left, top, right, bottom), page 
 
 def overlay_text_boxes(geometry: dict[str, Any]) -> list[tuple[str, str, PageBox]]:
     """What OHIF itself draws over its viewports, from a driver step's ``geometry``: per text
-    line of its corner overlays and orientation markers (and the cine player's box), the
-    overlay's kind, the text and its box on the page."""
+    line of its corner overlays and orientation markers (and the whole box of its action
+    corners' icons and of the cine player), the overlay's kind, the text and its box on the
+    page."""
     return [
         (overlay["kind"], overlay["text"], tuple(line))
         for overlay in geometry["overlays"]

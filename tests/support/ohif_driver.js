@@ -75,7 +75,7 @@ async function waitLoaded(page, timeoutMs) {
 
 // What OHIF draws over the image, in page pixels [left, top, right, bottom]: each corner's
 // overlay text and each orientation marker, with the boxes of the text lines it shows, and the
-// cine player (its whole box); per
+// action corners' icons and the cine player (their whole boxes); per
 // viewport, its image and where the image's outer edges lie on the page (Cornerstone's own
 // image-to-canvas transform; image coordinates are pixel edges, 0..columns, 0..rows).
 function probeGeometry() {
@@ -102,6 +102,25 @@ function probeGeometry() {
       box: box(element.getBoundingClientRect()),
       textBoxes: textBoxes(element),
     });
+  }
+  // OHIF's viewport action corners (icon buttons: layers, data overlays, window presets),
+  // told apart only by their Tailwind position classes (OHIF's ViewportActionCorners).
+  const actionCorners = {
+    "top-left": '[class~="top-[4px]"][class~="left-[0px]"]',
+    "top-right": '[class~="top-[4px]"].right-viewport-scrollbar',
+    "bottom-left": '[class~="bottom-[3px]"][class~="left-[0px]"]',
+    "bottom-right": '[class~="bottom-[3px]"].right-viewport-scrollbar',
+    "top-middle": '[class~="top-[25px]"][class~="left-1/2"]',
+    "bottom-middle": '[class~="bottom-[3px]"][class~="left-1/2"]',
+    "left-middle": '[class~="left-[20px]"]',
+    "right-middle": '[class~="top-1/2"].right-viewport-scrollbar',
+  };
+  for (const [where, position] of Object.entries(actionCorners)) {
+    for (const element of document.querySelectorAll(`.pointer-events-auto.flex.absolute${position}`)) {
+      const r = element.getBoundingClientRect();
+      if (r.width === 0 || r.height === 0) continue;
+      overlays.push({ kind: `action-corner-${where}`, text: element.innerText, box: box(r), textBoxes: [box(r)] });
+    }
   }
   // OHIF's cine player (frame rate and play controls), shown at the viewport's top middle.
   for (const element of document.querySelectorAll(".bg-muted.inline-flex")) {
