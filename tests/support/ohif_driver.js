@@ -10,9 +10,9 @@
 // enabled), and waits for afterClickText. It waits settleMs more for drawing and saves
 // <out>/<name>.png. With squareViewport the page is first resized so that the viewport is
 // square (the image then fills it: the tightest case for the viewer's corner text). With
-// geometry the report holds the boxes of OHIF's own overlays (corner text, orientation markers)
-// and, per viewport, where the image's edges lie on the page. One browser page serves all
-// steps, so OHIF's code is fetched once.
+// geometry the report holds the boxes of OHIF's own overlays (corner text, orientation markers,
+// action-corner icons, cine player) and, per viewport, where the image's edges lie on the page.
+// One browser page serves all steps, so OHIF's code is fetched once.
 "use strict";
 
 const fs = require("fs");
@@ -75,9 +75,9 @@ async function waitLoaded(page, timeoutMs) {
 
 // What OHIF draws over the image, in page pixels [left, top, right, bottom]: each corner's
 // overlay text and each orientation marker, with the boxes of the text lines it shows, and the
-// action corners' icons and the cine player (their whole boxes); per
-// viewport, its image and where the image's outer edges lie on the page (Cornerstone's own
-// image-to-canvas transform; image coordinates are pixel edges, 0..columns, 0..rows).
+// action corners' icons and the cine player (their whole boxes); per viewport, its image and
+// where the image's outer edges lie on the page (Cornerstone's own image-to-canvas transform;
+// its image coordinates are pixel edges, 0..columns, 0..rows).
 function probeGeometry() {
   const box = (r) => [r.left, r.top, r.right, r.bottom];
   const textBoxes = (element) => {
@@ -116,10 +116,16 @@ function probeGeometry() {
     "right-middle": '[class~="top-1/2"].right-viewport-scrollbar',
   };
   for (const [where, position] of Object.entries(actionCorners)) {
-    for (const element of document.querySelectorAll(`.pointer-events-auto.flex.absolute${position}`)) {
+    const selector = `.pointer-events-auto.flex.absolute${position}`;
+    for (const element of document.querySelectorAll(selector)) {
       const r = element.getBoundingClientRect();
       if (r.width === 0 || r.height === 0) continue;
-      overlays.push({ kind: `action-corner-${where}`, text: element.innerText, box: box(r), textBoxes: [box(r)] });
+      overlays.push({
+        kind: `action-corner-${where}`,
+        text: element.innerText,
+        box: box(r),
+        textBoxes: [box(r)],
+      });
     }
   }
   // OHIF's cine player (frame rate and play controls), shown at the viewport's top middle.
@@ -181,8 +187,8 @@ async function squareTheViewport(page, timeoutMs) {
   }
 }
 
-// Click a panel toggle or button once it is attached and enabled (OHIF renders the side panel
-// buttons disabled until the study has loaded); a toast that covers it is clicked through.
+// Click a panel toggle or button once it is shown and enabled, however long a loaded machine
+// takes to get there (one 5 s try timed out once); a toast that covers it is clicked through.
 async function clickWhenReady(page, target, timeoutMs) {
   await target.waitFor({ state: "visible", timeout: timeoutMs });
   const handle = await target.elementHandle({ timeout: timeoutMs });
