@@ -245,7 +245,8 @@ def test_ohif_lists_the_study_tells_the_series_apart_and_hydrates_each_outlined_
     assert len(burned) == 3, burned
     assert square["missing"] == [], square["text"][-2000:]
     collisions = {shot["name"]: _collisions(shot, overview, burned) for shot in (capture, square)}
-    print(f"OHIF overlays against the capture's text: {sorted(ARTIFACTS.glob('ohif-*-boxes.png'))}")
+    boxes = sorted(str(p) for p in ARTIFACTS.glob("ohif-*-boxes.png"))
+    print(f"OHIF overlays against the capture's text: {boxes}")
     assert collisions == {capture["name"]: [], square["name"]: []}
     # The SR is hydrated: one measurement per outlined finding, named by the finding with its
     # probability, drawn in yellow on the source image; nothing went wrong on the way.
