@@ -3,11 +3,14 @@ real RSNA study through the node into Orthanc, Orthanc's DICOMweb and OHIF's bui
 origin, OHIF in headless Chromium (software WebGL).
 
 Checked in one OHIF session: the study list shows the study; the study browser tells the four
-result series apart by their descriptions and the overview capture is drawn; OHIF hydrates the
-SR into one measurement per outlined finding, named by the finding with its probability, drawn
-on the source image and listed in the Measurements panel. Screenshots go to
-``/tmp/cxrnode-artifacts/ohif-*.png``. Skips where Chromium, node, the DICOMweb plugin or the
-npm packages (``scripts/setup`` fetches them into ``.cache/ohif``) are missing.
+result series apart by their descriptions and the overview capture is drawn; OHIF's own overlays
+(corner text, orientation markers, action-corner icons, cine player) cover none of the capture's
+burned-in text and colour scale, in OHIF's default layout and with the viewport made square (the
+image then fills it: the tightest case); OHIF hydrates the SR into one measurement per outlined
+finding, named by the finding with its probability, drawn on the source image and listed in the
+Measurements panel. Screenshots go to ``/tmp/cxrnode-artifacts/ohif-*.png``, the capture's with
+the boxes compared drawn on as ``ohif-*-boxes.png``. Skips where Chromium, node, the DICOMweb
+plugin or the npm packages (``scripts/setup`` fetches them into ``.cache/ohif``) are missing.
 """
 
 from __future__ import annotations
@@ -22,17 +25,29 @@ from urllib.parse import urlencode
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 from pydicom.uid import (
     ComprehensiveSRStorage,
     GrayscaleSoftcopyPresentationStateStorage,
     SecondaryCaptureImageStorage,
 )
 
+from models.preprocess import dicom_to_display
 from node.orthanc import Modality
 from node.results.notices import SERIES_KINDS
 from node.results.sr import CORNERSTONE_OUTLINE
-from support.ohif import OHIF_DIST, OhifServer, OrthancWithDicomWeb, drive, need_ohif
+from support.burned_in import burned_in_boxes
+from support.ohif import (
+    OHIF_DIST,
+    OhifServer,
+    OrthancWithDicomWeb,
+    PageBox,
+    drive,
+    image_box_on_page,
+    need_ohif,
+    overlaps,
+    overlay_text_boxes,
+)
 from support.peers import NODE_AE, need, wait_for
 from support.rsna import RSNA_CASE, rsna_case_path
 
@@ -96,6 +111,46 @@ def _viewer(study_uid: str, series_uid: str) -> str:
     return f"/viewer?{urlencode(query)}"
 
 
+def _collisions(
+    shot: dict, capture: pydicom.Dataset, burned: list[tuple[int, int, int, int]]
+) -> list[tuple[str, str, PageBox, PageBox]]:
+    """OHIF's overlay text lines that cover a burned-in box of the capture shown in ``shot``.
+
+    Also checks that OHIF shows the capture, and, when the viewport is square, that the image
+    fills it and some of OHIF's corner text lies on the image (so the check is not empty);
+    saves the screenshot with both sets of boxes drawn (burned-in cyan, OHIF's magenta).
+    """
+    geometry = shot["geometry"]
+    (viewport,) = [v for v in geometry["viewports"] if capture.SOPInstanceUID in v["imageId"]]
+    assert (viewport["rows"], viewport["columns"]) == (capture.Rows, capture.Columns)
+    image = image_box_on_page(viewport, (0, 0, capture.Columns, capture.Rows))
+    drawn = overlay_text_boxes(geometry)
+    kinds = {kind for kind, _, _ in drawn}
+    assert {"viewport-overlay-top-left", "viewport-overlay-bottom-left"} <= kinds, drawn
+    if shot["squared"]:
+        canvas = viewport["canvas"]
+        assert abs((image[2] - image[0]) - (canvas[2] - canvas[0])) <= 2, (image, canvas)
+        assert any(overlaps(box, image) for kind, _, box in drawn if "overlay" in kind), drawn
+    on_page = [image_box_on_page(viewport, box) for box in burned]
+    found = [
+        (kind, text, box, panel)
+        for kind, text, box in drawn
+        for panel in on_page
+        if overlaps(box, panel)
+    ]
+    _draw_boxes(shot["screenshot"], on_page, [box for _, _, box in drawn], shot["name"])
+    return found
+
+
+def _draw_boxes(screenshot: str, burned: list[PageBox], ohif: list[PageBox], name: str) -> None:
+    picture = Image.open(screenshot).convert("RGB")
+    draw = ImageDraw.Draw(picture)
+    for boxes, colour in ((burned, (0, 255, 255)), (ohif, (255, 0, 255))):
+        for left, top, right, bottom in boxes:
+            draw.rectangle((left, top, right - 1, bottom - 1), outline=colour, width=2)
+    picture.save(ARTIFACTS / f"{name}-boxes.png")
+
+
 def _yellow_pixels(png: str) -> int:
     rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
     return int(np.sum(np.abs(rgb - np.array(_YELLOW)).max(axis=2) < 60))
@@ -135,13 +190,26 @@ def test_ohif_lists_the_study_tells_the_series_apart_and_hydrates_each_outlined_
             # OHIF cuts long descriptions in its study browser; the kind comes first.
             "waitText": list(SERIES_KINDS.values()),
             "waitSelector": "canvas.cornerstone-canvas",
+            "waitLoaded": True,
+            "geometry": True,
             "timeoutMs": 90000,
             "settleMs": 8000,
+        },
+        {
+            "name": "ohif-overview-capture-square",
+            "path": _viewer(study, overview.SeriesInstanceUID),
+            "waitText": [SERIES_KINDS["sc"]],
+            "waitLoaded": True,
+            "squareViewport": True,
+            "geometry": True,
+            "timeoutMs": 90000,
+            "settleMs": 4000,
         },
         {
             "name": "ohif-sr-measurements",
             "path": _viewer(study, sr.SeriesInstanceUID),
             "waitText": [SERIES_KINDS["sr"]],
+            "waitLoaded": True,
             "clickSelectors": [
                 '[data-cy="side-panel-header-right"]',
                 '[data-cy="trackedMeasurements-btn"]',
@@ -161,7 +229,7 @@ def test_ohif_lists_the_study_tells_the_series_apart_and_hydrates_each_outlined_
     (ARTIFACTS / "ohif-report.json").write_text(
         json.dumps([{k: v for k, v in s.items() if k != "log"} for s in report["steps"]], indent=2)
     )
-    listed, capture, measured = report["steps"]
+    listed, capture, square, measured = report["steps"]
     print(f"\nOHIF screenshots: {sorted(str(p) for p in ARTIFACTS.glob('ohif-*.png'))}")
 
     assert listed["missing"] == [], listed["text"][-2000:]
@@ -171,6 +239,15 @@ def test_ohif_lists_the_study_tells_the_series_apart_and_hydrates_each_outlined_
     assert capture["missing"] == [], capture["text"][-2000:]
     assert capture["canvases"], "OHIF drew no viewport"
     assert _saturated(capture["screenshot"]) > 0.01
+    # The capture's text blocks and colour scale, found in its pixels (the header, the scale
+    # and the untrained model's disclaimer): none of OHIF's overlays covers any of them.
+    burned = burned_in_boxes(overview.pixel_array, dicom_to_display(pydicom.dcmread(source)))
+    assert len(burned) == 3, burned
+    assert square["missing"] == [], square["text"][-2000:]
+    collisions = {shot["name"]: _collisions(shot, overview, burned) for shot in (capture, square)}
+    boxes = sorted(str(p) for p in ARTIFACTS.glob("ohif-*-boxes.png"))
+    print(f"OHIF overlays against the capture's text: {boxes}")
+    assert collisions == {capture["name"]: [], square["name"]: []}
     # The SR is hydrated: one measurement per outlined finding, named by the finding with its
     # probability, drawn in yellow on the source image; nothing went wrong on the way.
     assert measured["missing"] == [], measured["text"][-3000:]

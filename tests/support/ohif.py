@@ -237,3 +237,37 @@ def drive(plan: dict[str, Any], workdir: Path, timeout_s: float = 240) -> dict[s
     if done.returncode != 0:
         raise AssertionError(f"the OHIF driver failed ({done.returncode}): {done.stderr[-4000:]}")
     return json.loads(done.stdout)
+
+
+PageBox = tuple[float, float, float, float]  # (left, top, right, bottom), page CSS pixels
+
+
+def overlay_text_boxes(geometry: dict[str, Any]) -> list[tuple[str, str, PageBox]]:
+    """What OHIF itself draws over its viewports, from a driver step's ``geometry``: per text
+    line of its corner overlays and orientation markers (and the whole box of its action
+    corners' icons and of the cine player), the overlay's kind, the text and its box on the
+    page."""
+    return [
+        (overlay["kind"], overlay["text"], tuple(line))
+        for overlay in geometry["overlays"]
+        for line in overlay["textBoxes"]
+    ]
+
+
+def image_box_on_page(viewport: dict[str, Any], box: tuple[int, int, int, int]) -> PageBox:
+    """Where a box of the viewport's image (pixels, right/bottom exclusive) lies on the page.
+
+    The driver gives the page position of the image's outer corners through Cornerstone's own
+    transform; an unrotated, unflipped image (the default) maps each axis linearly.
+    """
+    (x0, y0), (x1, y1) = viewport["imageTopLeft"], viewport["imageBottomRight"]
+    sx, sy = (x1 - x0) / viewport["columns"], (y1 - y0) / viewport["rows"]
+    if sx <= 0 or sy <= 0:
+        raise AssertionError(f"the viewport shows its image flipped or rotated: {viewport}")
+    left, top, right, bottom = box
+    return (x0 + left * sx, y0 + top * sy, x0 + right * sx, y0 + bottom * sy)
+
+
+def overlaps(a: PageBox, b: PageBox) -> bool:
+    """Whether two boxes share any area."""
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
