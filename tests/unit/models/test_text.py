@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from models.hl7_escapes import decode_hl7_escapes
 from models.preprocess import clean_report_text as reexported
 from models.text import (
     TextCleaning,
@@ -55,7 +56,7 @@ def test_text_without_headings_is_kept_whole_and_headed_text_without_wanted_sect
 def test_lowercase_prose_with_a_colon_is_not_a_heading():
     text = "FINDINGS: No acute findings: lungs clear."
     assert clean_report_text(text) == "no acute findings: lungs clear."
-    assert extract_sections("Impression:\nclear lungs") == {"impression": "clear lungs"}
+    assert extract_sections("Impression:\nclear lungs") == {"IMPRESSION": "clear lungs"}
 
 
 def test_deidentification_runs_become_one_token():
@@ -63,9 +64,14 @@ def test_deidentification_runs_become_one_token():
     assert clean_report_text(text) == "heart size xxxx. inferior xxxx. xxxx-year-old xxxx."
 
 
-def test_hl7_escapes_are_decoded_before_sections_are_found():
-    text = r"FINDINGS: Lungs clear.\.br\IMPRESSION: No acute disease \T\ stable\X0D\\X0A\ok"
-    assert clean_report_text(text) == "lungs clear. no acute disease & stable ok"
+def test_hl7_escapes_decoded_where_the_text_is_read_give_the_input_the_cleaning_once_gave():
+    raw = r"FINDINGS: Lungs clear.\.br\IMPRESSION: No acute disease \T\ stable\X0D\\X0A\ok"
+    assert clean_report_text(decode_hl7_escapes(raw)) == "lungs clear. no acute disease & stable ok"
+
+
+def test_the_cleaning_does_not_decode_hl7_escapes_a_second_time():
+    # What a feed already decoded: "\E\T\E\" arrived, the backslashes are the report's own.
+    assert clean_report_text(r"FINDINGS: ratio 1\T\2 on the scale") == r"ratio 1\t\2 on the scale"
 
 
 def test_label_words_are_masked_as_whole_words_only():
