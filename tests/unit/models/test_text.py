@@ -7,6 +7,7 @@ import pytest
 from models.hl7_escapes import decode_hl7_escapes
 from models.preprocess import clean_report_text as reexported
 from models.text import (
+    ReportText,
     TextCleaning,
     clean_report_text,
     compose_report,
@@ -107,3 +108,49 @@ def test_label_mask_words_come_from_label_names():
         "abnormal",
         "normal",
     )
+
+
+def test_stored_sections_are_selected_from_and_not_found_again():
+    # The sender labelled the lines (HL7 OBX-3); the text alone has no heading.
+    report = ReportText(
+        "Lungs clear.\nNo acute disease.\nPatient cooperative.",
+        {"FINDINGS": "Lungs clear.", "IMPRESSION": "No acute disease.", "TECHNIQUE": "Patient"},
+    )
+    assert clean_report_text(report) == "lungs clear. no acute disease."
+    assert clean_report_text(report.text) == "lungs clear. no acute disease. patient cooperative."
+    assert clean_report_text(report, sections=("impression", "findings")) == (
+        "no acute disease. lungs clear."
+    )
+    assert clean_report_text(ReportText("Lungs clear.", {"COMPARISON": "None."})) is None
+
+
+def test_text_without_stored_sections_is_split_once_here():
+    assert clean_report_text(ReportText(IU_REPORT)) == clean_report_text(IU_REPORT)
+    assert clean_report_text(ReportText(IU_REPORT, {})) == clean_report_text(IU_REPORT)
+
+
+def test_a_stored_section_that_is_the_whole_text_is_kept_whole_like_text_without_headings():
+    # An order's indication: the HL7 feed stores its text as the INDICATION section.
+    order = ReportText("Cough and fever for 3 days", {"INDICATION": "Cough and fever for 3 days"})
+    assert clean_report_text(order) == "cough and fever for 3 days"
+
+
+def test_an_addendum_follows_the_impression_it_amends():
+    report = ReportText(
+        "FINDINGS: Clear.\nIMPRESSION: Normal.\nADDENDUM: Small effusion on the left.",
+        {"FINDINGS": "Clear.", "IMPRESSION": "Normal.", "ADDENDUM": "Small effusion on the left."},
+    )
+    assert clean_report_text(report) == "clear. normal. small effusion on the left."
+    assert clean_report_text(report, sections=("addendum",)) == "small effusion on the left."
+    assert clean_report_text(report, sections=("findings",)) == "clear."
+
+
+def test_section_names_are_read_in_any_spelling():
+    assert ReportText("x", {"findings": "a", "Findings": "b", "Impressions": "c"}).sections == {
+        "FINDINGS": "a\nb",
+        "IMPRESSION": "c",
+    }
+    # Packages written before the names were upper case say "findings".
+    old_package = TextCleaning.from_dict({"sections": ["findings", "impression"]})
+    assert old_package == TextCleaning()
+    assert old_package.to_dict()["sections"] == ["FINDINGS", "IMPRESSION"]
