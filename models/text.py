@@ -12,9 +12,9 @@ The steps, in order:
    not found again. Text that comes without them (training data, a row stored without any) is
    split once, with the feed's own splitter (:mod:`models.sections`). Text without any heading
    is kept whole (a bare indication or a one-line report), and so are sections that are the
-   whole text (a feed that labelled an order's text as its indication). Text whose sections
-   include none of the requested ones gives ``None``: there is nothing in it of what the model
-   was trained on.
+   whole text (a feed that labelled an order's text as its indication). An ADDENDUM is read
+   after the impression it amends. Text whose sections include none of the requested ones
+   gives ``None``: there is nothing in it of what the model was trained on.
 3. De-identification tokens: runs of upper-case ``X`` (Open-i/IU X-ray writes ``XXXX`` for every
    removed word) become the single token ``xxxx``, and consecutive ones merge into one.
    ``xxxx`` is kept rather than a bracketed token because BERT-family tokenizers split ``[deid]``
@@ -35,36 +35,13 @@ from typing import Any
 
 from models.sections import (
     ADDENDUM,
-    COMPARISON,
-    EXAMINATION,
     FINDINGS,
     IMPRESSION,
-    INDICATION,
     SECTIONS,
-    TECHNIQUE,
     extract_sections,
     has_headings,
     section_name,
 )
-
-__all__ = [
-    "ADDENDUM",
-    "COMPARISON",
-    "DEFAULT_SECTIONS",
-    "DEID_TOKEN",
-    "EXAMINATION",
-    "FINDINGS",
-    "IMPRESSION",
-    "INDICATION",
-    "SECTIONS",
-    "TECHNIQUE",
-    "ReportText",
-    "TextCleaning",
-    "clean_report_text",
-    "compose_report",
-    "extract_sections",
-    "label_mask_words",
-]
 
 DEFAULT_SECTIONS = (FINDINGS, IMPRESSION)
 DEID_TOKEN = "xxxx"
@@ -277,9 +254,9 @@ def _select_sections(
     for name in wanted:
         if name in found:
             parts.append(found[name])
-        if name == IMPRESSION and IMPRESSION in found and ADDENDUM in found:
-            if ADDENDUM not in wanted:
-                parts.append(found[ADDENDUM])  # an addendum amends the impression it follows
+        # An addendum amends the impression it follows: read with it unless asked for apart.
+        if name == IMPRESSION and name in found and ADDENDUM in found and ADDENDUM not in wanted:
+            parts.append(found[ADDENDUM])
     return "\n".join(parts) if parts else None
 
 

@@ -43,13 +43,14 @@ import numpy as np
 
 from models.hl7_escapes import decode_hl7_escapes
 from models.labels import VOCABULARIES
+from models.sections import INDICATION, extract_sections
 from models.targets import (
     UncertainPolicy,
     normal_abnormal_target,
     openi_mesh_targets,
     uncertain_targets,
 )
-from models.text import INDICATION, compose_report, extract_sections
+from models.text import compose_report
 from training.errors import DatasetError
 
 NORMAL_ABNORMAL = "normal-abnormal"
