@@ -67,7 +67,7 @@ def section_name(name: str) -> str | None:
     ``"findings"``, ``"Findings"`` and ``"FINDINGS"`` are :data:`FINDINGS`;
     ``"Impressions"`` is :data:`IMPRESSION`. ``None`` for a name no heading means.
     """
-    return HEADINGS.get(" ".join(name.split()).upper())
+    return HEADINGS.get(_heading_key(name))
 
 
 def split_sections(lines: Iterable[tuple[str, str | None]]) -> dict[str, str]:
@@ -142,4 +142,8 @@ def _split_at_headings(line: str) -> list[tuple[str | None, str]]:
 
 
 def _section(heading: str) -> str:
-    return HEADINGS[" ".join(heading.split()).upper()]
+    return HEADINGS[_heading_key(heading)]
+
+
+def _heading_key(words: str) -> str:
+    return " ".join(words.split()).upper()
