@@ -23,6 +23,7 @@ from models.gradcam import grad_cam
 from models.network import TextBatch
 from models.package import LoadedPackage
 from models.preprocess import crop_region, to_model_input
+from models.text import ReportText
 
 MAX_BATCH = 32
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
@@ -132,7 +133,7 @@ class Predictor:
         return self.model.uses_text
 
     def predict(
-        self, displays: Sequence[np.ndarray], texts: Sequence[str | None] | None = None
+        self, displays: Sequence[np.ndarray], texts: Sequence[ReportText | str | None] | None = None
     ) -> list[Prediction]:
         """Predict every label for each image, up to :data:`MAX_BATCH` images per pass.
 
@@ -141,7 +142,9 @@ class Predictor:
         displays : sequence of numpy.ndarray
             2-D display images from :func:`models.preprocess.dicom_to_display`.
         texts : sequence of (str or None), optional
-            Report text per image as received (cleaned here); ``None`` for no report.
+            Report per image as received (cleaned here): a :class:`models.text.ReportText`
+            with the sections its feed stored (selected from, not split again), or plain text;
+            ``None`` for no report.
             Image-only models ignore it.
 
         Returns
@@ -168,7 +171,7 @@ class Predictor:
         return results
 
     def _predict_batch(
-        self, displays: Sequence[np.ndarray], texts: Sequence[str | None] | None
+        self, displays: Sequence[np.ndarray], texts: Sequence[ReportText | str | None] | None
     ) -> list[Prediction]:
         images = self._images([to_model_input(display, self._spec) for display in displays])
         # Tokenizing holds the lock too: a fast tokenizer refuses concurrent calls.
@@ -192,7 +195,10 @@ class Predictor:
         ]
 
     def explain(
-        self, display: np.ndarray, label_indices: Sequence[int], text: str | None = None
+        self,
+        display: np.ndarray,
+        label_indices: Sequence[int],
+        text: ReportText | str | None = None,
     ) -> np.ndarray:
         """Return a Grad-CAM map per requested label, on the display image's own pixel grid.
 
@@ -202,7 +208,7 @@ class Predictor:
             The 2-D display image, ``(H, W)``.
         label_indices : sequence of int
             Indices into the package's labels.
-        text : str or None
+        text : ReportText, str or None
             The report, if any (see :meth:`predict`).
 
         Returns
@@ -223,7 +229,7 @@ class Predictor:
         self,
         displays: Sequence[np.ndarray],
         label_indices: Sequence[Sequence[int]],
-        texts: Sequence[str | None] | None = None,
+        texts: Sequence[ReportText | str | None] | None = None,
     ) -> list[np.ndarray]:
         """Grad-CAM maps for several images at once (e.g. each image's positive labels).
 
@@ -237,7 +243,7 @@ class Predictor:
         label_indices : sequence of sequences of int
             The labels to explain, per image (may be empty).
         texts : sequence of (str or None), optional
-            Report text per image.
+            Report per image (see :meth:`predict`).
 
         Returns
         -------
@@ -324,7 +330,7 @@ class Predictor:
             images = images.contiguous(memory_format=torch.channels_last)
         return images.to(self.device)
 
-    def _text_batch(self, texts: Sequence[str | None] | None) -> TextBatch | None:
+    def _text_batch(self, texts: Sequence[ReportText | str | None] | None) -> TextBatch | None:
         if texts is None or not self.model.uses_text:
             return None
         batch = self.model.tokenize([self._cleaning(text) for text in texts], self.text_padding)

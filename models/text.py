@@ -2,15 +2,19 @@
 
 Training and serving both call :func:`clean_report_text` with the options a package records
 (:class:`TextCleaning`), so a model never reads text prepared differently from what it learned
-on. The steps, in order:
+on. It takes text as a reader sees it: HL7 escape sequences are decoded once, where the text is
+read (the HL7 codec, the CSV feed, the dataset readers: :mod:`models.hl7_escapes`), never here.
+The steps, in order:
 
-1. HL7 v2 escape sequences (``\\.br\\``, ``\\X0D\\``, ``\\F\\``...) are decoded, line ends
-   normalised.
-2. Sections: when the text has headings (``FINDINGS:``, ``IMPRESSION:``, ``INDICATION:``...),
-   only the requested sections are kept, in the requested order, headings removed. Text
-   without any heading is kept whole (a bare indication or a one-line report). Text whose
-   headings name none of the requested sections gives ``None``: there is nothing in it of what
-   the model was trained on.
+1. Line ends normalised.
+2. Sections: the requested sections are kept, in the requested order, headings removed. A
+   :class:`ReportText` brings the sections the feed found and stored; they are selected from,
+   not found again. Text that comes without them (training data, a row stored without any) is
+   split once, with the feed's own splitter (:mod:`models.sections`). Text without any heading
+   is kept whole (a bare indication or a one-line report), and so are sections that are the
+   whole text (a feed that labelled an order's text as its indication). An ADDENDUM is read
+   after the impression it amends. Text whose sections include none of the requested ones
+   gives ``None``: there is nothing in it of what the model was trained on.
 3. De-identification tokens: runs of upper-case ``X`` (Open-i/IU X-ray writes ``XXXX`` for every
    removed word) become the single token ``xxxx``, and consecutive ones merge into one.
    ``xxxx`` is kept rather than a bracketed token because BERT-family tokenizers split ``[deid]``
@@ -29,66 +33,52 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-FINDINGS = "findings"
-IMPRESSION = "impression"
-INDICATION = "indication"
-COMPARISON = "comparison"
-TECHNIQUE = "technique"
-EXAMINATION = "examination"
-SECTIONS = (FINDINGS, IMPRESSION, INDICATION, COMPARISON, TECHNIQUE, EXAMINATION)
+from models.sections import (
+    ADDENDUM,
+    FINDINGS,
+    IMPRESSION,
+    SECTIONS,
+    extract_sections,
+    has_headings,
+    section_name,
+)
+
 DEFAULT_SECTIONS = (FINDINGS, IMPRESSION)
 DEID_TOKEN = "xxxx"
 
-# Heading words as radiologists write them, to the section they open.
-_HEADINGS = {
-    "FINDINGS": FINDINGS,
-    "FINDING": FINDINGS,
-    "IMPRESSION": IMPRESSION,
-    "IMPRESSIONS": IMPRESSION,
-    "CONCLUSION": IMPRESSION,
-    "CONCLUSIONS": IMPRESSION,
-    "INDICATION": INDICATION,
-    "INDICATIONS": INDICATION,
-    "CLINICAL INDICATION": INDICATION,
-    "CLINICAL HISTORY": INDICATION,
-    "HISTORY": INDICATION,
-    "REASON FOR EXAM": INDICATION,
-    "REASON FOR EXAMINATION": INDICATION,
-    "COMPARISON": COMPARISON,
-    "COMPARISONS": COMPARISON,
-    "TECHNIQUE": TECHNIQUE,
-    "EXAMINATION": EXAMINATION,
-    "EXAM": EXAMINATION,
-    "PROCEDURE": EXAMINATION,
-}
-_PHRASES = "|".join(
-    re.escape(p).replace(r"\ ", r"\s+") for p in sorted(_HEADINGS, key=len, reverse=True)
-)
-# A heading at the start of a line may be in any case; within a line only upper-case headings
-# count, so that prose such as "no acute findings: stable" is not split.
-_LINE_HEADING = re.compile(rf"^[ \t]*(?P<h>{_PHRASES})[ \t]*:", re.IGNORECASE | re.MULTILINE)
-_INLINE_HEADING = re.compile(rf"(?<![A-Za-z])(?P<h>{_PHRASES})[ \t]*:")
-
-# HL7 v2 escapes (v2.5 section 2.7): delimiters and the formatting commands of FT fields.
-_HL7_ESCAPES = {
-    "F": "|",
-    "S": "^",
-    "T": "&",
-    "R": "~",
-    "E": "\\",
-    ".br": "\n",
-    ".sp": "\n",
-    "X0D": "\n",
-    "X0A": "\n",
-    "X0D0A": "\n",
-}
-_HL7_ESCAPE = re.compile(
-    r"\\(\.br|\.sp\d*|\.in[+-]?\d*|\.ti[+-]?\d*|\.ce|\.fi|\.nf|\.sk\d*|"
-    r"X[0-9A-Fa-f]+|[FSTREHN])\\"
-)
 _DEID_RUN = re.compile(r"X{3,}")
 _DEID_REPEATS = re.compile(rf"\b{DEID_TOKEN}(?:[\s,;]+{DEID_TOKEN}\b)+", re.IGNORECASE)
 _HAS_CONTENT = re.compile(r"[A-Za-z0-9]")
+
+
+@dataclass(frozen=True)
+class ReportText:
+    """A report as the model is handed it: its text and the sections a feed stored for it.
+
+    Parameters
+    ----------
+    text : str
+        The text as received, HL7 escapes already decoded by the feed.
+    sections : mapping of str to str, optional
+        Section name to its text, as the feed found and stored them; a name may be in any
+        case (databases hold ``"FINDINGS"`` and ``"findings"`` alike) and is read as its
+        canonical name (:func:`models.sections.section_name`). ``None`` or empty when none
+        were stored: the cleaning then splits the text itself.
+    """
+
+    text: str
+    sections: Mapping[str, str] | None = field(default=None, hash=False)
+
+    def __post_init__(self) -> None:
+        if self.sections:
+            merged: dict[str, list[str]] = {}
+            for name, part in self.sections.items():
+                merged.setdefault(section_name(name) or name.upper(), []).append(part)
+            object.__setattr__(
+                self, "sections", {name: "\n".join(parts) for name, parts in merged.items()}
+            )
+        else:
+            object.__setattr__(self, "sections", None)
 
 
 @dataclass(frozen=True)
@@ -99,7 +89,8 @@ class TextCleaning:
     ----------
     sections : tuple of str
         Sections to keep, in this order, from text that has headings; empty keeps all text.
-        Each one of :data:`SECTIONS`.
+        Each one of :data:`SECTIONS`, in any case (packages written before the names were
+        upper case say ``"findings"``).
     mask_words : tuple of str
         Words or phrases removed as whole words (seed 000's label-leakage masking); an
         underscore matches a space (``"Pleural_Thickening"``).
@@ -112,7 +103,7 @@ class TextCleaning:
     lowercase: bool = True
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "sections", tuple(str(s).lower() for s in self.sections))
+        object.__setattr__(self, "sections", tuple(str(s).upper() for s in self.sections))
         object.__setattr__(self, "mask_words", tuple(str(w) for w in self.mask_words))
         unknown = [name for name in self.sections if name not in SECTIONS]
         if unknown:
@@ -120,7 +111,7 @@ class TextCleaning:
         if any(not word.strip() for word in self.mask_words):
             raise ValueError("mask_words must not contain empty words")
 
-    def __call__(self, text: str | None) -> str | None:
+    def __call__(self, text: ReportText | str | None) -> str | None:
         """Clean one report with these options; see :func:`clean_report_text`."""
         return clean_report_text(
             text, mask_label_words=self.mask_words, sections=self.sections, lowercase=self.lowercase
@@ -157,7 +148,7 @@ class TextCleaning:
 
 
 def clean_report_text(
-    text: str | None,
+    text: ReportText | str | None,
     *,
     mask_label_words: Sequence[str] | None = None,
     sections: Sequence[str] = DEFAULT_SECTIONS,
@@ -167,12 +158,14 @@ def clean_report_text(
 
     Parameters
     ----------
-    text : str or None
-        Report text as received (HL7 escapes and headings allowed).
+    text : ReportText, str or None
+        Report text as received (HL7 escapes decoded, headings allowed), with the sections
+        its feed stored (:class:`ReportText`) or without (a plain ``str``: split here).
     mask_label_words : sequence of str, optional
         Words or phrases to remove as whole words, case-insensitively.
     sections : sequence of str
-        Sections to keep from text with headings, in this order; empty keeps the whole text.
+        Sections to keep from text with headings, in this order (names in any case); empty
+        keeps the whole text.
     lowercase : bool
         Lower-case the result.
 
@@ -183,9 +176,10 @@ def clean_report_text(
     """
     if text is None:
         return None
-    body = _unescape_hl7(text).replace("\r\n", "\n").replace("\r", "\n")
+    report = text if isinstance(text, ReportText) else ReportText(text)
+    body = report.text.replace("\r\n", "\n").replace("\r", "\n")
     if sections:
-        selected = _select_sections(body, tuple(s.lower() for s in sections))
+        selected = _select_sections(body, report.sections, tuple(s.upper() for s in sections))
         if selected is None:
             return None
         body = selected
@@ -197,33 +191,6 @@ def clean_report_text(
         body = _mask(body, mask_label_words)
     cleaned = " ".join(body.split())
     return cleaned if _HAS_CONTENT.search(cleaned) else None
-
-
-def extract_sections(text: str) -> dict[str, str]:
-    """Split report text at its headings.
-
-    Parameters
-    ----------
-    text : str
-        Report text; headings such as ``FINDINGS:`` open sections.
-
-    Returns
-    -------
-    dict
-        Section name (one of :data:`SECTIONS`) to its text, headings removed; a repeated
-        heading's texts are joined. Text before the first heading belongs to no section. Empty
-        when the text has no heading.
-    """
-    marks = sorted(
-        {(m.start("h"), m.end(), _HEADINGS[_heading_key(m["h"])]) for m in _headings(text)}
-    )
-    collected: dict[str, list[str]] = {}
-    for i, (_, end, name) in enumerate(marks):
-        stop = marks[i + 1][0] if i + 1 < len(marks) else len(text)
-        part = text[end:stop].strip()
-        if part:
-            collected.setdefault(name, []).append(part)
-    return {name: "\n".join(parts) for name, parts in collected.items()}
 
 
 def compose_report(sections: Mapping[str, str | None]) -> str:
@@ -243,7 +210,7 @@ def compose_report(sections: Mapping[str, str | None]) -> str:
     str
         ``"FINDINGS: ...\\nIMPRESSION: ..."`` in the mapping's order.
     """
-    unknown = [name for name in sections if name.lower() not in SECTIONS]
+    unknown = [name for name in sections if name.upper() not in SECTIONS]
     if unknown:
         raise ValueError(f"unknown report sections {unknown}; known: {list(SECTIONS)}")
     return "\n".join(
@@ -272,37 +239,24 @@ def label_mask_words(label_names: Iterable[str], extra: Iterable[str] = ()) -> t
     return tuple(dict.fromkeys(word for word in words if word))
 
 
-def _unescape_hl7(text: str) -> str:
-    if "\\" not in text:
-        return text
-
-    def replace(match: re.Match[str]) -> str:
-        code = match.group(1)
-        if code in _HL7_ESCAPES:
-            return _HL7_ESCAPES[code]
-        if code.startswith((".sp", ".sk")):
-            return "\n"
-        return " "  # highlighting and indentation carry no words
-
-    return _HL7_ESCAPE.sub(replace, text)
-
-
-def _headings(text: str) -> Iterable[re.Match[str]]:
-    yield from _LINE_HEADING.finditer(text)
-    for match in _INLINE_HEADING.finditer(text):
-        if match["h"].isupper():
-            yield match
-
-
-def _heading_key(heading: str) -> str:
-    return " ".join(heading.upper().split())
-
-
-def _select_sections(text: str, wanted: tuple[str, ...]) -> str | None:
-    found = extract_sections(text)
-    if not found and not any(True for _ in _headings(text)):
-        return text  # no headings at all: the whole text is the report
-    parts = [found[name] for name in wanted if name in found]
+def _select_sections(
+    text: str, stored: Mapping[str, str] | None, wanted: tuple[str, ...]
+) -> str | None:
+    if stored:
+        if len(stored) == 1 and next(iter(stored.values())).strip() == text.strip():
+            return text  # one part that is the whole text: the feed labelled it, not split it
+        found = stored
+    else:
+        found = extract_sections(text)
+        if not found and not has_headings(text):
+            return text  # no headings at all: the whole text is the report
+    parts = []
+    for name in wanted:
+        if name in found:
+            parts.append(found[name])
+        # An addendum amends the impression it follows: read with it unless asked for apart.
+        if name == IMPRESSION and name in found and ADDENDUM in found and ADDENDUM not in wanted:
+            parts.append(found[ADDENDUM])
     return "\n".join(parts) if parts else None
 
 

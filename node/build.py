@@ -15,6 +15,7 @@ from io import BytesIO
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
+from models.text import ReportText
 from node.config import Settings
 from node.log_privacy import withhold_dicom_values_from_the_log
 from node.results import (
@@ -50,7 +51,7 @@ class WorkItem:
     accession: str | None
     patient_id: str | None
     images: tuple[tuple[str, str], ...]  # (SOP Instance UID, spool path) of each model input
-    text: str | None  # the report or indication text as received; cleaned by the predictor
+    text: ReportText | None  # the report or indication with its sections; cleaned by the predictor
     text_source: str  # "report" | "indication" | "none"
     reason: str
     replaces_sr: str | None  # results path of the SR this run supersedes

@@ -33,6 +33,7 @@ from models.errors import PreprocessingError
 from models.pixel_limits import check_deflated_file
 from models.predictor import Predictor
 from models.preprocess import decode_pixels, pixels_to_display
+from models.text import ReportText
 from node.build import (
     ResultJob,
     WorkItem,
@@ -316,7 +317,7 @@ class Pipeline:
                     accession=job.study.accession,
                     patient_id=job.study.patient_id,
                     images=tuple((i.sop_uid, i.path) for i in inputs[:cap]),
-                    text=job.report.text if job.report else None,
+                    text=ReportText(job.report.text, job.report.sections) if job.report else None,
                     text_source=job.text_source,
                     reason=job.reason,
                     replaces_sr=_sr_path(job.replaces),

@@ -70,7 +70,10 @@ def store_report(
     kind:
         ``"report"`` or ``"indication"``.
     text:
-        The text as received (unescaped and joined, not cleaned).
+        The text as received: HL7 escapes decoded by the feed, lines joined, not cleaned.
+    sections:
+        Section name (``"FINDINGS"``, ``"IMPRESSION"``...: ``models.sections``) to its text, as
+        the feed found them; the model selects from these and does not split the text again.
 
     Returns
     -------

@@ -41,14 +41,16 @@ from pathlib import Path
 
 import numpy as np
 
+from models.hl7_escapes import decode_hl7_escapes
 from models.labels import VOCABULARIES
+from models.sections import INDICATION, extract_sections
 from models.targets import (
     UncertainPolicy,
     normal_abnormal_target,
     openi_mesh_targets,
     uncertain_targets,
 )
-from models.text import compose_report, extract_sections
+from models.text import compose_report
 from training.errors import DatasetError
 
 NORMAL_ABNORMAL = "normal-abnormal"
@@ -162,9 +164,12 @@ def _rows(path: Path) -> Iterator[dict[str, str]]:
 
 
 def _clean(value: str | None) -> str | None:
+    """A report or indication cell as a reader sees it: whitespace collapsed, then HL7 escapes
+    decoded (IU X-ray's text came from a RIS that escaped it: ``asthma \\T\\ XXXX``), after
+    the collapse so that an escaped line break still breaks the line; placeholders are None."""
     if value is None:
         return None
-    value = " ".join(value.split())
+    value = decode_hl7_escapes(" ".join(value.split()))
     return value if value and value.lower() not in ("none", "none.", "nan") else None
 
 
@@ -390,7 +395,9 @@ def read_mimic_cxr(
         targets, mask = uncertain_targets(values, uncertain)
         folder = base / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
         report_path = folder.with_suffix(".txt")
-        report = report_path.read_text(encoding="utf-8") if report_path.exists() else None
+        report = None
+        if report_path.exists():
+            report = decode_hl7_escapes(report_path.read_text(encoding="utf-8"))
         if report is None:
             missing.append(str(report_path))
         dicoms = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
@@ -409,7 +416,7 @@ def read_mimic_cxr(
                 mask=mask[0],
                 image=dicoms[0] if dicoms else None,
                 report=report,
-                indication=sections.get("indication"),
+                indication=sections.get(INDICATION),
             )
         )
     return LabelledData(

@@ -36,6 +36,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from models.hl7_escapes import decode_hl7_escapes
 from node.feeds.csvtable import SECTION_COLUMNS, CsvRow, CsvTable, read_table
 from node.feeds.errors import CsvFileRejected
 from node.feeds.sections import FINDINGS, IMPRESSION, INDICATION, detect_sections
@@ -311,7 +312,7 @@ class CsvFeed:
                 }
                 detail = {"file": name, "line": row.line, "message_id": message_id}
                 try:
-                    fields = self._row_fields(row)
+                    fields = self._row_fields(row, table.encoding)
                     outcome = store_report(
                         session, source=SOURCE, message_id=message_id, sender=name, **fields
                     )
@@ -355,8 +356,10 @@ class CsvFeed:
             )
         return result
 
-    def _row_fields(self, row: CsvRow) -> dict[str, Any]:
-        cells = {name: value.strip() for name, value in row.cells.items()}
+    def _row_fields(self, row: CsvRow, encoding: str) -> dict[str, Any]:
+        cells = _decode_text_cells(
+            {name: value.strip() for name, value in row.cells.items()}, encoding
+        )
         if row.extra:
             raise RowRejected(f"{len(row.extra)} more cell(s) than the header has columns")
         kind = (cells.get("kind") or "report").lower()
@@ -469,6 +472,23 @@ def _write_new(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(text)
+
+
+def _decode_text_cells(cells: dict[str, str], encoding: str) -> dict[str, str]:
+    """The row with HL7 escapes decoded in its report text and section columns, once, here.
+
+    Report tables come out of a RIS that received the reports over HL7 and may keep them as
+    HL7 wrote them: the IU X-ray export has no raw ``|``, ``^`` or ``~`` in its 3,851 reports
+    (``&`` only in the XML entities of its conversion, ``&gt;``) but one ``\\T\\``, an
+    escaped ``&`` (``asthma \\T\\ XXXX``). CSV has no escape of its own that a backslash
+    sequence could mean instead; an unknown sequence is kept as written. ``\\Xhh\\``
+    bytes are read in the file's encoding.
+    """
+    decoded = dict(cells)
+    for name in ("text", *SECTION_COLUMNS):
+        if cells.get(name):
+            decoded[name] = decode_hl7_escapes(cells[name], codec=encoding).strip()
+    return decoded
 
 
 def _row_text(cells: dict[str, str], kind: str) -> tuple[str, dict[str, str]]:

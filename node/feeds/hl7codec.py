@@ -14,6 +14,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from models.hl7_escapes import decode_hl7_escapes
+
 BOM = b"\xef\xbb\xbf"
 
 # HL7 table 0211 (alternate character sets) to Python codecs. Values outside this table are
@@ -79,6 +81,19 @@ class EncodingChars:
         ]
         truncation = declared[4] if len(declared) > 4 else None
         return cls(field, *chars, truncation=truncation)
+
+    @property
+    def delimiters(self) -> dict[str, str]:
+        """Escape letter (``F S T R E``, and ``P`` where MSH-2 names a truncation character) to
+        the delimiter it stands for."""
+        letters = {
+            "F": self.field,
+            "S": self.component,
+            "T": self.subcomponent,
+            "R": self.repetition,
+            "E": self.escape,
+        }
+        return letters | ({"P": self.truncation} if self.truncation else {})
 
 
 @dataclass(frozen=True)
@@ -196,64 +211,11 @@ def _segments(text: str) -> str:
     return "\r".join(line for line in lines if line.strip())
 
 
-_FORMAT_NUMBER = re.compile(r"^\.(sp|sk|in|ti)\s*([+-]?\d+)?$")
-# \Cxxyy\ single-byte and \Mxxyyzz\ multi-byte set switches, \Z..\ locally defined escapes.
-_CHARSET_SWITCH = re.compile(r"C[0-9A-Fa-f]{4}|M[0-9A-Fa-f]{4}(?:[0-9A-Fa-f]{2})?|Z.*")
-
-
 def unescape(value: str, enc: EncodingChars, codec: str) -> str:
-    """Replace HL7 escape sequences in one value by the characters they stand for.
-
-    Delimiter escapes (``\\F\\ \\S\\ \\T\\ \\R\\ \\E\\ \\P\\``) become the delimiter,
-    ``\\Xhh..\\`` the bytes it spells decoded in ``codec``, ``\\.br\\`` a line break,
-    ``\\.sp n\\`` n + 1 line breaks, ``\\.sk n\\`` n spaces. Highlighting, indentation,
-    fill mode and character-set switches (``\\H\\ \\N\\ \\.in\\ \\.fi\\ \\Cxxyy\\``...) carry
-    no words and are dropped. An unknown or unterminated sequence is left as sent.
-    """
-    esc = enc.escape
-    if esc not in value:
-        return value
-    out: list[str] = []
-    pos = 0
-    while True:
-        start = value.find(esc, pos)
-        end = value.find(esc, start + 1) if start >= 0 else -1
-        if start < 0 or end < 0:
-            out.append(value[pos:])
-            return "".join(out)
-        out.append(value[pos:start])
-        out.append(_expand(value[start + 1 : end], enc, codec, literal=value[start : end + 1]))
-        pos = end + 1
-
-
-def _expand(seq: str, enc: EncodingChars, codec: str, literal: str) -> str:
-    delimiters = {
-        "F": enc.field,
-        "S": enc.component,
-        "T": enc.subcomponent,
-        "R": enc.repetition,
-        "E": enc.escape,
-        "P": enc.truncation or literal,
-    }
-    if seq in delimiters:
-        return delimiters[seq]
-    if seq in ("H", "N", ".fi", ".nf") or _CHARSET_SWITCH.fullmatch(seq):
-        return ""
-    if seq == ".ce":
-        return "\n"
-    if seq == ".br":
-        return "\n"
-    if seq[:1] == "X" and re.fullmatch(r"(?:[0-9A-Fa-f]{2})+", seq[1:]):
-        return bytes.fromhex(seq[1:]).decode(codec, errors="replace")
-    match = _FORMAT_NUMBER.match(seq)
-    if match:
-        command, number = match[1], abs(int(match[2] or 1))
-        if command == "sp":
-            return "\n" * (number + 1)
-        if command == "sk":
-            return " " * number
-        return ""  # .in / .ti: indentation only
-    return literal
+    """Replace HL7 escape sequences in one value by the characters they stand for, with the
+    delimiters the message declares: :func:`models.hl7_escapes.decode_hl7_escapes`, the one
+    decoding of HL7 escapes (report text is not decoded again after the feed)."""
+    return decode_hl7_escapes(value, escape=enc.escape, delimiters=enc.delimiters, codec=codec)
 
 
 def escape(value: str, enc: EncodingChars) -> str:

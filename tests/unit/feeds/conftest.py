@@ -17,6 +17,7 @@ from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import CR, EB, SB, MllpServer
 from storage import audit
 from storage.database import Database
+from tests.support.model_input import ris_log_messages
 
 MLLP_SEND = Path(sys.executable).parent / "mllp_send"
 TEST_MAX_FRAME = 256 * 1024  # small, so the oversize test sends little
@@ -164,17 +165,7 @@ def audited(db: Database):
     return lambda: audit_actions(db)
 
 
-def read_ris_log(data: bytes) -> list[bytes]:
-    """The messages of a WashU RIS log: ``<SB>`` ... ``<EB>`` blocks whose segments end in a
-    literal ``<R>`` and a line break; timestamp lines and blank lines between blocks."""
-    messages = []
-    for block in re.findall(rb"<SB>(.*?)<EB>", data, re.S):
-        segments = re.split(rb"<R>\r?\n?", block.strip(b"\r\n"))
-        messages.append(b"\r".join(s.strip(b"\r\n") for s in segments if s.strip(b"\r\n")))
-    return messages
-
-
 @pytest.fixture(scope="session")
 def washu_logs(shared_data: Path) -> list[tuple[Path, list[bytes]]]:
     root = shared_data / "hl7-washu-scout-ris-logs"
-    return [(p, read_ris_log(p.read_bytes())) for p in sorted(root.rglob("*.log"))]
+    return [(p, ris_log_messages(p.read_bytes())) for p in sorted(root.rglob("*.log"))]

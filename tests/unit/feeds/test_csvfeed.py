@@ -229,6 +229,28 @@ def test_iu_xray_reports_as_a_site_export(drop, feed, db, shared_data):
     assert first.sections["INDICATION"] == rows[0]["indication"]
 
 
+def test_hl7_escapes_a_ris_export_kept_are_decoded_once_at_the_feed(drop, feed, db, shared_data):
+    # IU report 2324's indication reads "asthma \T\ XXXX": HL7's escaped "&", left in by the
+    # RIS the collection was exported from. The stored text is what a reader sees.
+    source = shared_data / "iu-xray-openi-reports" / "indiana_reports.csv"
+    with source.open(encoding="utf-8", newline="") as handle:
+        [row] = [r for r in csv.DictReader(handle) if r["uid"] == "2324"]
+    assert row["indication"] == "pt states hx of asthma \\T\\ XXXX"
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["accession", "patient_id", "indication", "findings", "impression"])
+    writer.writerow(["IU2324", "IUP2324", row["indication"], row["findings"], row["impression"]])
+    writer.writerow(["A2", "P2", r"path C:\temp\ and 5 \ 2", "Clear.", ""])
+    (drop / "iu.csv").write_text(out.getvalue(), "utf-8")
+    [result] = settle(feed)
+
+    assert result.stored == 2
+    first, second = reports(db)
+    assert first.sections["INDICATION"] == "pt states hx of asthma & XXXX"
+    assert "INDICATION:\npt states hx of asthma & XXXX\n" in first.text
+    assert second.sections["INDICATION"] == r"path C:\temp\ and 5 \ 2"  # no escape: as written
+
+
 def test_the_real_iu_file_is_rejected_for_its_missing_key_columns(drop, feed, shared_data):
     shutil.copy(shared_data / "iu-xray-openi-reports" / "indiana_reports.csv", drop)
     [result] = settle(feed)

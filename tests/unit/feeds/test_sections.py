@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from models.text import extract_sections
 from node.feeds.sections import detect_sections, section_for_observation
 
 
@@ -52,3 +55,33 @@ def test_observation_identifiers_name_sections():
     assert section_for_observation(["19005-8", "Impression", "LN"]) == "IMPRESSION"
     assert section_for_observation(["", "Findings"]) == "FINDINGS"
     assert section_for_observation(["3750492"]) is None
+
+
+def test_words_before_a_heading_within_a_line_stay_in_their_section_without_the_heading():
+    # WashU's "FINDINGS AND IMPRESSION:" line: once the words before the inline heading were
+    # stored with the heading and the rest of the line a second time.
+    report = lines("IMPRESSION:\nFINDINGS AND IMPRESSION:\nNo malignancy.")
+    assert detect_sections(report) == {"IMPRESSION": "FINDINGS AND \nNo malignancy."}
+
+
+@pytest.mark.parametrize(
+    ("heading", "section"),
+    [
+        # Known before to the feed only...
+        ("CLINICAL INDICATIONS", "INDICATION"),
+        ("CLINICAL INFORMATION", "INDICATION"),
+        ("REASON FOR STUDY", "INDICATION"),
+        ("ADDENDUM", "ADDENDUM"),
+        # ...and to both.
+        ("FINDINGS", "FINDINGS"),
+        ("CONCLUSIONS", "IMPRESSION"),
+        ("Reason for examination", "INDICATION"),
+        ("PROCEDURE", "EXAMINATION"),
+    ],
+)
+def test_the_feed_and_the_model_split_at_the_same_headings(heading, section):
+    text = f"{heading}: the text under it\nCOMPARISON: none"
+    expected = {section: "the text under it", "COMPARISON": "none"}
+    assert detect_sections(lines(text)) == expected
+    assert extract_sections(text) == expected
+    assert section_for_observation(["", heading]) == section

@@ -69,7 +69,7 @@ def test_config_json_describes_the_model_completely(reference_package_dir: Path)
     assert text_encoder["kind"] == "hf" and text_encoder["path"] == "minilm"
     assert text_encoder["trainable"] is False and len(text_encoder["weights_sha256"]) == 64
     assert config["architecture"]["fusion"] == "concat"
-    assert config["text_cleaning"]["sections"] == ["findings", "impression"]
+    assert config["text_cleaning"]["sections"] == ["FINDINGS", "IMPRESSION"]
     assert config["label_vocabulary"] == "nih-chestxray14"
     assert config["preprocessing"]["image_size"] == 224
     assert config["trained"] is False and config["disclaimer"] == REFERENCE_DISCLAIMER

@@ -19,6 +19,7 @@ from models.network import CxrClassifier, build_model
 from models.package import LoadedPackage
 from models.predictor import Predictor
 from models.preprocess import dicom_to_display, to_model_input
+from models.text import ReportText
 
 MASS = 9  # index of "Mass" in NIH_CHESTXRAY14
 REPORTS = [
@@ -318,3 +319,19 @@ def test_one_predictor_serves_several_threads(predictor: Predictor):
     for run in runs:
         for prediction, want in zip(run, expected, strict=True):
             np.testing.assert_allclose(prediction.probabilities, want, atol=1e-5)
+
+
+def test_a_report_with_stored_sections_is_read_from_them(predictor: Predictor):
+    # Lines an HL7 sender labelled (OBX-3 "&GDT", "&IMP", "&TCM"): no heading in the text.
+    text = "Large right pleural effusion.\nEffusion.\nPatient cooperative."
+    stored = {"FINDINGS": "Large right pleural effusion.", "IMPRESSION": "Effusion."}
+    displays = _displays(3)
+    from_sections, as_text, selected = predictor.predict(
+        displays,
+        [ReportText(text, stored), text, "FINDINGS: Large right pleural effusion.\nEffusion."],
+    )
+    assert from_sections.text_used and as_text.text_used
+    np.testing.assert_allclose(from_sections.text_embedding, selected.text_embedding, atol=1e-6)
+    assert not np.allclose(from_sections.text_embedding, as_text.text_embedding, atol=1e-4)
+    maps = predictor.explain_many(displays[:1], [[0]], [ReportText(text, stored)])
+    assert maps[0].shape == (1, *displays[0].shape)

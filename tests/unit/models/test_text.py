@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from models.hl7_escapes import decode_hl7_escapes
 from models.preprocess import clean_report_text as reexported
 from models.text import (
+    ReportText,
     TextCleaning,
     clean_report_text,
     compose_report,
@@ -55,7 +57,7 @@ def test_text_without_headings_is_kept_whole_and_headed_text_without_wanted_sect
 def test_lowercase_prose_with_a_colon_is_not_a_heading():
     text = "FINDINGS: No acute findings: lungs clear."
     assert clean_report_text(text) == "no acute findings: lungs clear."
-    assert extract_sections("Impression:\nclear lungs") == {"impression": "clear lungs"}
+    assert extract_sections("Impression:\nclear lungs") == {"IMPRESSION": "clear lungs"}
 
 
 def test_deidentification_runs_become_one_token():
@@ -63,9 +65,14 @@ def test_deidentification_runs_become_one_token():
     assert clean_report_text(text) == "heart size xxxx. inferior xxxx. xxxx-year-old xxxx."
 
 
-def test_hl7_escapes_are_decoded_before_sections_are_found():
-    text = r"FINDINGS: Lungs clear.\.br\IMPRESSION: No acute disease \T\ stable\X0D\\X0A\ok"
-    assert clean_report_text(text) == "lungs clear. no acute disease & stable ok"
+def test_hl7_escapes_decoded_where_the_text_is_read_give_the_input_the_cleaning_once_gave():
+    raw = r"FINDINGS: Lungs clear.\.br\IMPRESSION: No acute disease \T\ stable\X0D\\X0A\ok"
+    assert clean_report_text(decode_hl7_escapes(raw)) == "lungs clear. no acute disease & stable ok"
+
+
+def test_the_cleaning_does_not_decode_hl7_escapes_a_second_time():
+    # What a feed already decoded: "\E\T\E\" arrived, the backslashes are the report's own.
+    assert clean_report_text(r"FINDINGS: ratio 1\T\2 on the scale") == r"ratio 1\t\2 on the scale"
 
 
 def test_label_words_are_masked_as_whole_words_only():
@@ -101,3 +108,49 @@ def test_label_mask_words_come_from_label_names():
         "abnormal",
         "normal",
     )
+
+
+def test_stored_sections_are_selected_from_and_not_found_again():
+    # The sender labelled the lines (HL7 OBX-3); the text alone has no heading.
+    report = ReportText(
+        "Lungs clear.\nNo acute disease.\nPatient cooperative.",
+        {"FINDINGS": "Lungs clear.", "IMPRESSION": "No acute disease.", "TECHNIQUE": "Patient"},
+    )
+    assert clean_report_text(report) == "lungs clear. no acute disease."
+    assert clean_report_text(report.text) == "lungs clear. no acute disease. patient cooperative."
+    assert clean_report_text(report, sections=("impression", "findings")) == (
+        "no acute disease. lungs clear."
+    )
+    assert clean_report_text(ReportText("Lungs clear.", {"COMPARISON": "None."})) is None
+
+
+def test_text_without_stored_sections_is_split_once_here():
+    assert clean_report_text(ReportText(IU_REPORT)) == clean_report_text(IU_REPORT)
+    assert clean_report_text(ReportText(IU_REPORT, {})) == clean_report_text(IU_REPORT)
+
+
+def test_a_stored_section_that_is_the_whole_text_is_kept_whole_like_text_without_headings():
+    # An order's indication: the HL7 feed stores its text as the INDICATION section.
+    order = ReportText("Cough and fever for 3 days", {"INDICATION": "Cough and fever for 3 days"})
+    assert clean_report_text(order) == "cough and fever for 3 days"
+
+
+def test_an_addendum_follows_the_impression_it_amends():
+    report = ReportText(
+        "FINDINGS: Clear.\nIMPRESSION: Normal.\nADDENDUM: Small effusion on the left.",
+        {"FINDINGS": "Clear.", "IMPRESSION": "Normal.", "ADDENDUM": "Small effusion on the left."},
+    )
+    assert clean_report_text(report) == "clear. normal. small effusion on the left."
+    assert clean_report_text(report, sections=("addendum",)) == "small effusion on the left."
+    assert clean_report_text(report, sections=("findings",)) == "clear."
+
+
+def test_section_names_are_read_in_any_spelling():
+    assert ReportText("x", {"findings": "a", "Findings": "b", "Impressions": "c"}).sections == {
+        "FINDINGS": "a\nb",
+        "IMPRESSION": "c",
+    }
+    # Packages written before the names were upper case say "findings".
+    old_package = TextCleaning.from_dict({"sections": ["findings", "impression"]})
+    assert old_package == TextCleaning()
+    assert old_package.to_dict()["sections"] == ["FINDINGS", "IMPRESSION"]

@@ -11,6 +11,7 @@ import pytest
 
 from models.labels import CHEXPERT_14, OPENI_MESH
 from models.preprocess import dicom_to_display, image_file_to_display
+from models.text import TextCleaning
 from training.datasets import (
     read_iu_xray,
     read_manifest,
@@ -22,6 +23,7 @@ from training.datasets import (
     read_rsna_pneumonia,
 )
 from training.errors import DatasetError
+from training.loader import sample_text
 
 
 def test_iu_reports_give_normal_abnormal_targets_and_sectioned_text(iu_dir: Path) -> None:
@@ -35,6 +37,18 @@ def test_iu_reports_give_normal_abnormal_targets_and_sectioned_text(iu_dir: Path
     assert first.indication == "Positive TB test"
     second = next(s for s in data.samples if s.key == "2")
     assert second.targets.tolist() == [1.0]  # Cardiomegaly/borderline
+
+
+def test_hl7_escapes_in_iu_text_are_decoded_where_the_reports_are_read(iu_dir: Path) -> None:
+    # Report 2324's indication holds "\\T\\", HL7's escaped "&"; the text cleaning no longer
+    # decodes escapes, so the reader does, and the model reads what it read before.
+    for data in (
+        read_iu_xray(iu_dir / "indiana_reports.csv"),
+        read_r2gen(iu_dir / "annotation.json", iu_dir / "indiana_reports.csv"),
+    ):
+        sample = next(s for s in data.samples if s.key == "2324")
+        assert sample.indication == "pt states hx of asthma & XXXX"
+        assert sample_text(sample, "indication", TextCleaning()) == "pt states hx of asthma & xxxx"
 
 
 def test_iu_reports_as_openi_mesh_multilabel(iu_dir: Path) -> None:
