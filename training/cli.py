@@ -33,6 +33,11 @@ def add_training_commands(commands: Any) -> None:
     evaluate.add_argument("--package", type=Path, required=True, help="model package directory")
     evaluate.add_argument("--split", default="test", choices=("train", "val", "test", "all"))
     evaluate.add_argument("--set", dest="overrides", action="append", default=[])
+    evaluate.add_argument(
+        "--retrieval",
+        action="store_true",
+        help="also score case retrieval by embedding (P@5, mAP, MRR, DCG@5, query time)",
+    )
     evaluate.set_defaults(run=_evaluate)
 
 
@@ -109,7 +114,7 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
 
     try:
         config = load_run_config(args.run_config, parse_overrides(args.overrides))
-        results = run_evaluate(args.package, config, args.split)
+        results = run_evaluate(args.package, config, args.split, retrieval=args.retrieval)
     except (TrainingError, ValueError) as exc:
         print(f"cxrnode evaluate: {exc}", file=sys.stderr)
         return 2

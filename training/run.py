@@ -221,6 +221,12 @@ def _arrays(samples: list[Sample]) -> tuple[np.ndarray, np.ndarray]:
     return np.stack([s.targets for s in samples]), np.stack([s.mask for s in samples])
 
 
+def _known_labels(samples: list[Sample]) -> np.ndarray:
+    """``(N, L)`` targets with NaN where a label is unknown (masked)."""
+    targets, mask = _arrays(samples)
+    return np.where(mask > 0, targets, np.nan).astype(np.float32)
+
+
 def _thresholds(
     config: RunConfig, targets: np.ndarray, mask: np.ndarray, probabilities: np.ndarray
 ) -> list[float]:
@@ -537,8 +543,11 @@ def crossval_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run_evaluate(package_path: Path, config: RunConfig, split: str = "test") -> dict[str, Any]:
-    """Evaluate a model package on a config's data (its test part, or ``all``)."""
+def run_evaluate(
+    package_path: Path, config: RunConfig, split: str = "test", retrieval: bool = False
+) -> dict[str, Any]:
+    """Evaluate a model package on a config's data (its test part, or ``all``); with
+    ``retrieval``, also its embeddings for case retrieval (``training.retrieval``)."""
     package = load_package(package_path)
     data = config.read_data()
     if data.vocabulary != package.config.label_vocabulary:
@@ -546,13 +555,9 @@ def run_evaluate(package_path: Path, config: RunConfig, split: str = "test") -> 
             f"package predicts {package.config.label_vocabulary!r}, "
             f"data is labelled {data.vocabulary!r}"
         )
-    samples = data.samples if split == "all" else _splits(config, data)[0][split]
-    dataset = SampleDataset(
-        samples,
-        package.config.preprocessing,
-        package.config.text_cleaning,
-        config.text_source if package.config.uses_text else "none",
-    )
+    splits = _splits(config, data)[0]
+    samples = data.samples if split == "all" else splits[split]
+    dataset = _dataset_for(package, config, samples)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     probabilities = predict(package.model.to(device), dataset, 32, device)
     targets, mask = _arrays(samples)
@@ -576,8 +581,50 @@ def run_evaluate(package_path: Path, config: RunConfig, split: str = "test") -> 
         "roc_png": str(png),
         "host": platform.node(),
     }
+    if retrieval:
+        results["retrieval"] = _retrieval(
+            package, config, dataset, samples, splits["train"], device
+        )
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
     return results
+
+
+def _dataset_for(package: Any, config: RunConfig, samples: list[Sample]) -> SampleDataset:
+    """The samples as the package's model reads them."""
+    return SampleDataset(
+        samples,
+        package.config.preprocessing,
+        package.config.text_cleaning,
+        config.text_source if package.config.uses_text else "none",
+    )
+
+
+def _retrieval(
+    package: Any,
+    config: RunConfig,
+    dataset: SampleDataset,
+    samples: list[Sample],
+    train: list[Sample],
+    device: torch.device,
+) -> dict[str, Any]:
+    """Seed 003's two retrieval protocols over the package's embeddings."""
+    from training.retrieval import SEED_003, embed, evaluate_protocol
+
+    model = package.model.to(device)
+    if not isinstance(model, CxrClassifier):
+        raise TrainingError("retrieval needs an image model's embeddings")
+    queries, query_labels = embed(model, dataset, 32, device), _known_labels(samples)
+    gallery = embed(model, _dataset_for(package, config, train), 32, device)
+    train_labels = _known_labels(train)
+    protocols = [
+        evaluate_protocol(
+            "generalization (test -> test)", queries, query_labels, queries, query_labels, True
+        ),
+        evaluate_protocol(
+            "historical (test -> train)", queries, query_labels, gallery, train_labels, False
+        ),
+    ]
+    return {"protocols": [p.to_dict() for p in protocols], "seed_003": SEED_003}
 
 
 def _json_default(value: Any) -> Any:
