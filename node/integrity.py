@@ -31,6 +31,7 @@ from node.config import Settings
 from node.dicom.classify import classify
 from node.errors import CxrNodeError
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.audit_chain import HEAD_ID
 from storage.database import Database
@@ -177,7 +178,7 @@ def _report_loss(session, report: IntegrityReport) -> None:
     log.error("DATABASE LOST COMMITTED DATA (its -wal file deleted or replaced?): %s", message)
     audit.record(
         session,
-        "database.loss_detected",
+        Action.DATABASE_LOSS_DETECTED,
         Outcome.FAILURE,
         detail={
             "reason": message,
@@ -223,7 +224,7 @@ def _recover(
         )
         audit.record(
             session,
-            "instance.recovered",
+            Action.INSTANCE_RECOVERED,
             Outcome.WARNING,
             study_uid=header.study_uid,
             series_uid=header.series_uid,

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 
 from node.config import Settings
 from storage import audit, jobs
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.matching import awaiting_studies, late_reports, latest_run, reports_for
 from storage.schema import Job, Report, ReportState, Study, StudyState, as_utc
@@ -49,7 +50,7 @@ class ReportPairing:
                 study.state = StudyState.AWAITING_REPORT
                 audit.record(
                     session,
-                    "study.awaiting_report",
+                    Action.STUDY_AWAITING_REPORT,
                     **study_ids(study),
                     detail={"window_s": self.window.total_seconds()},
                 )
@@ -57,7 +58,7 @@ class ReportPairing:
         indications = [r for r in matching if r.kind == "indication"]
         audit.record(
             session,
-            "pairing.window_expired",
+            Action.PAIRING_WINDOW_EXPIRED,
             Outcome.WARNING,
             **study_ids(study),
             detail={"runs_with": "indication" if indications else "image only"},
@@ -96,7 +97,7 @@ class ReportPairing:
                 )
                 audit.record(
                     session,
-                    "pairing.no_rerun",
+                    Action.PAIRING_NO_RERUN,
                     **study_ids(study),
                     detail={"report_id": report.id, "why": why},
                 )
@@ -114,7 +115,7 @@ class ReportPairing:
         report.state = ReportState.REFUSED
         audit.record(
             session,
-            "pairing.refused",
+            Action.PAIRING_REFUSED,
             Outcome.FAILURE,
             **study_ids(study),
             detail={
@@ -139,7 +140,7 @@ class ReportPairing:
             report.study_id = study.id
             audit.record(
                 session,
-                "pairing.paired",
+                Action.PAIRING_PAIRED,
                 **study_ids(study),
                 detail={"report_id": report.id, "kind": report.kind, "status": report.status},
             )
@@ -147,7 +148,7 @@ class ReportPairing:
         session.flush()
         audit.record(
             session,
-            "study.queued",
+            Action.STUDY_QUEUED,
             **study_ids(study),
             detail={
                 "run": job.run,

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from node.config import Settings
 from storage import audit
+from storage.actions import Action
 from storage.database import Database
 from storage.retention import mark_purged, purgeable, purgeable_results
 from storage.schema import utcnow
@@ -54,7 +55,7 @@ class Retention:
                     study = job.study
                     audit.record(
                         session,
-                        "result.purged",
+                        Action.RESULT_PURGED,
                         study_uid=study.study_uid,
                         accession=study.accession,
                         patient_id=study.patient_id,
@@ -101,7 +102,7 @@ class Retention:
                     study = studies[study_id]
                     audit.record(
                         session,
-                        "study.purged",
+                        Action.STUDY_PURGED,
                         study_uid=study.study_uid,
                         accession=study.accession,
                         patient_id=study.patient_id,

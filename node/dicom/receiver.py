@@ -35,6 +35,7 @@ from node.refusals import RefusalAudit
 from node.tls import server_context
 from node.uids import uid_problem
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
 from storage.spool import FileStore, instance_relpath
@@ -221,7 +222,7 @@ class StorageSCP:
         per request, and the first one is recorded before the peer reads its rejection."""
         detail = {"reason": reason, "called_ae": called_ae or self.ae.ae_title, **extra}
         written = self.refusals.record(
-            "association.rejected", address, detail, actor_ae=calling_ae, group=reason
+            Action.ASSOCIATION_REJECTED, address, detail, actor_ae=calling_ae, group=reason
         )
         if written:  # the application log, too, gets one line per peer and window
             log.warning("rejected an association from %s: %s", address, reason)
@@ -275,7 +276,7 @@ class StorageSCP:
             with self.db.transaction() as session:
                 audit.record(
                     session,
-                    "instance.refused",
+                    Action.INSTANCE_REFUSED,
                     Outcome.FAILURE,
                     **actor,
                     **(ids or {"sop_uid": sop_uid or None}),
@@ -316,7 +317,7 @@ class StorageSCP:
                 for study in complete_studies(session, finished):
                     audit.record(
                         session,
-                        "study.complete",
+                        Action.STUDY_COMPLETE,
                         actor_ae=requestor.ae_title,
                         actor_ip=requestor.address,
                         study_uid=study.study_uid,
@@ -384,14 +385,14 @@ class StorageSCP:
                     return SUCCESS
                 status, reason = PATIENT_MISMATCH, conflict
             elif duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
-                audit.record(session, "instance.duplicate", Outcome.SUCCESS, **actor, **ids)
+                audit.record(session, Action.INSTANCE_DUPLICATE, Outcome.SUCCESS, **actor, **ids)
                 return SUCCESS
             else:
                 status = CONFLICTING_DUPLICATE
                 reason = "SOP Instance UID already received with different content"
             audit.record(
                 session,
-                "instance.refused",
+                Action.INSTANCE_REFUSED,
                 Outcome.FAILURE,
                 **actor,
                 **ids,
@@ -414,11 +415,13 @@ class StorageSCP:
         detail = {"size": stored.size, "transfer_syntax": header.transfer_syntax}
         if note:
             detail["note"] = note
-        audit.record(session, "instance.received", Outcome.SUCCESS, **actor, **ids, detail=detail)
+        audit.record(
+            session, Action.INSTANCE_RECEIVED, Outcome.SUCCESS, **actor, **ids, detail=detail
+        )
         if not header.processable:
             audit.record(
                 session,
-                "instance.skipped",
+                Action.INSTANCE_SKIPPED,
                 Outcome.WARNING,
                 **actor,
                 **ids,
@@ -430,7 +433,7 @@ class StorageSCP:
             with self.db.transaction() as session:
                 audit.record(
                     session,
-                    "instance.refused",
+                    Action.INSTANCE_REFUSED,
                     Outcome.FAILURE,
                     **actor,
                     sop_uid=sop_uid or None,

@@ -36,6 +36,7 @@ from node.feeds.hl7message import (
 from node.feeds.mllp import Peer
 from node.logsafe import audit_text, describe
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
 from storage.reports import ReportFieldTooLong, ReportOutcome, store_report
@@ -182,10 +183,10 @@ class HL7Feed:
             )
             error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not store the message")
             detail = self._detail(report.header, peer, AR, error)
-            self._audit_safely("hl7.rejected", peer, ids, detail | {"error": audit_text(exc)})
+            self._audit_safely(Action.HL7_REJECTED, peer, ids, detail | {"error": audit_text(exc)})
             return self._ack(report.header, AR, error)
         log.info("%s %s from %s: %s", report.message_type, report.message_id, peer[0], action)
-        if action == "hl7.received":
+        if action == Action.HL7_RECEIVED:
             self._notify()
         return self._ack(report.header, AA)
 
@@ -200,7 +201,9 @@ class HL7Feed:
                     "MSH-10",
                     ErrorCode.DUPLICATE_KEY,
                 )
-            action = "hl7.duplicate" if outcome == ReportOutcome.DUPLICATE else "hl7.received"
+            action = (
+                Action.HL7_DUPLICATE if outcome == ReportOutcome.DUPLICATE else Action.HL7_RECEIVED
+            )
             detail = self._detail(report.header, peer, AA) | {
                 "kind": report.kind,
                 "status": report.status,
@@ -258,7 +261,7 @@ class HL7Feed:
         }
         if internal is not None:
             detail["error"] = audit_text(internal)
-        self._audit_safely("hl7.rejected", peer, {}, detail)
+        self._audit_safely(Action.HL7_REJECTED, peer, {}, detail)
         log.warning("rejected a message from %s: %s", peer[0], logged or error.reason)
         return ack
 
@@ -266,7 +269,7 @@ class HL7Feed:
         self, exc: HL7Unusable, header: MessageHeader | None, peer: Peer, ids: dict[str, Any]
     ) -> bytes:
         error = AckError(exc.code, exc.reason, exc.error_location)
-        self._audit_safely("hl7.unusable", peer, ids, self._detail(header, peer, AE, error))
+        self._audit_safely(Action.HL7_UNUSABLE, peer, ids, self._detail(header, peer, AE, error))
         log.warning(
             "%s %s from %s not usable: %s",
             header.message_type if header else "message",
@@ -280,7 +283,7 @@ class HL7Feed:
         return build_ack(header, code, error, application=self.application, facility=self.facility)
 
     def _audit_safely(
-        self, action: str, peer: Peer, ids: dict[str, Any], detail: dict[str, Any]
+        self, action: Action, peer: Peer, ids: dict[str, Any], detail: dict[str, Any]
     ) -> None:
         # A refusal is answered even when it cannot be recorded: the sender must not hang.
         try:
