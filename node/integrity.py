@@ -35,6 +35,7 @@ from storage.actions import Action
 from storage.audit import Outcome
 from storage.audit_chain import HEAD_ID
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.schema import AuditChainHead, Instance
 from storage.spool import FileStore
 from storage.studies import InstanceHeader, add_instance, find_instance
@@ -226,11 +227,9 @@ def _recover(
             session,
             Action.INSTANCE_RECOVERED,
             Outcome.WARNING,
-            study_uid=header.study_uid,
+            ids=StudyIds.of(header),
             series_uid=header.series_uid,
             sop_uid=header.sop_uid,
-            accession=header.accession,
-            patient_id=header.patient_id,
             detail={"reason": "spooled but missing from the database", "path": relpath},
         )
         recovered += 1

@@ -20,16 +20,15 @@ from node.config import Settings
 from storage import audit, jobs
 from storage.actions import Action
 from storage.audit import Outcome
+from storage.identifiers import StudyIds
 from storage.matching import awaiting_studies, late_reports, latest_run, reports_for
 from storage.schema import Job, Report, ReportState, Study, StudyState, as_utc
 
 
-def study_ids(study: Study) -> dict[str, str | None]:
-    return {
-        "study_uid": study.study_uid,
-        "accession": study.accession,
-        "patient_id": study.patient_id,
-    }
+def study_ids(study: Study) -> StudyIds:
+    """The study's identifiers (``StudyIds.of``), kept under this name for node/pipeline.py's
+    ``**study_ids(study)``."""
+    return StudyIds.of(study)
 
 
 class ReportPairing:
@@ -51,7 +50,7 @@ class ReportPairing:
                 audit.record(
                     session,
                     Action.STUDY_AWAITING_REPORT,
-                    **study_ids(study),
+                    ids=StudyIds.of(study),
                     detail={"window_s": self.window.total_seconds()},
                 )
             return None
@@ -60,7 +59,7 @@ class ReportPairing:
             session,
             Action.PAIRING_WINDOW_EXPIRED,
             Outcome.WARNING,
-            **study_ids(study),
+            ids=StudyIds.of(study),
             detail={"runs_with": "indication" if indications else "image only"},
         )
         return self._queue(session, study, indications[-1] if indications else None, "first")
@@ -98,7 +97,7 @@ class ReportPairing:
                 audit.record(
                     session,
                     Action.PAIRING_NO_RERUN,
-                    **study_ids(study),
+                    ids=StudyIds.of(study),
                     detail={"report_id": report.id, "why": why},
                 )
                 continue
@@ -117,7 +116,7 @@ class ReportPairing:
             session,
             Action.PAIRING_REFUSED,
             Outcome.FAILURE,
-            **study_ids(study),
+            ids=StudyIds.of(study),
             detail={
                 "reason": "patient ID of the report differs from the study's",
                 "report_id": report.id,
@@ -141,7 +140,7 @@ class ReportPairing:
             audit.record(
                 session,
                 Action.PAIRING_PAIRED,
-                **study_ids(study),
+                ids=StudyIds.of(study),
                 detail={"report_id": report.id, "kind": report.kind, "status": report.status},
             )
         job = jobs.queue_run(session, study, report=report, reason=reason, replaces=replaces)
@@ -149,7 +148,7 @@ class ReportPairing:
         audit.record(
             session,
             Action.STUDY_QUEUED,
-            **study_ids(study),
+            ids=StudyIds.of(study),
             detail={
                 "run": job.run,
                 "reason": reason,

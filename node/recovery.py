@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 from storage import audit, jobs
 from storage.actions import Action
 from storage.audit import Outcome
+from storage.identifiers import StudyIds
 from storage.schema import Job
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ def recover_interrupted_runs(session: Session, max_attempts: int) -> Recovered:
 
 
 def _audit(session: Session, job: Job, action: Action, outcome: str) -> None:
-    study = job.study
     reason = (
         job.error
         if action == Action.JOB_FAILED
@@ -54,8 +54,6 @@ def _audit(session: Session, job: Job, action: Action, outcome: str) -> None:
         session,
         action,
         outcome,
-        study_uid=study.study_uid,
-        accession=study.accession,
-        patient_id=study.patient_id,
+        ids=StudyIds.of(job.study),
         detail={"run": job.run, "reason": reason, "attempts": job.attempts},
     )

@@ -17,6 +17,7 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from io import BytesIO
+from typing import Any
 
 from pydicom import Dataset, dcmread
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, AllStoragePresentationContexts, evt
@@ -38,6 +39,7 @@ from storage import audit
 from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.spool import FileStore, instance_relpath
 from storage.studies import (
     InstanceHeader,
@@ -241,20 +243,13 @@ class StorageSCP:
         except Exception as exc:  # any malformed input: pydicom decodes values lazily
             reason = f"cannot parse dataset: {type(exc).__name__}: {exc}"[:500]
             return self._refuse(CANNOT_PARSE, reason, sop_uid, actor)
-        ids = {
-            "study_uid": header.study_uid,
-            "series_uid": header.series_uid,
-            "sop_uid": sop_uid,
-            "accession": header.accession,
-            "patient_id": header.patient_id,
-        }
         if not self.admission.has_room():
             return self._refuse(OUT_OF_RESOURCES, "spool disk nearly full", sop_uid, actor)
         over = self.limits.check_study(self.db, header.study_uid, sop_uid)
         if over is not None:
-            return self._refuse_over_limit(over, sop_uid, actor, ids)
+            return self._refuse_over_limit(over, sop_uid, actor, header)
         try:
-            status = self._store(header, data, note, actor, ids)
+            status = self._store(header, data, note, actor)
         except OSError as exc:
             log.error("spool write failed: %s", exc.strerror)
             return self._refuse(OUT_OF_RESOURCES, f"cannot store: {exc.strerror}", sop_uid, actor)
@@ -269,7 +264,7 @@ class StorageSCP:
         return self.limits.check_dataset(stream, str(event.context.transfer_syntax))
 
     def _refuse_over_limit(
-        self, over: LimitRefusal, sop_uid: str, actor: dict, ids: dict | None = None
+        self, over: LimitRefusal, sop_uid: str, actor: dict, header: InstanceHeader | None = None
     ) -> Dataset:
         """Audit (``instance.refused``) and answer a refusal for size, with its ErrorComment."""
         try:
@@ -279,7 +274,7 @@ class StorageSCP:
                     Action.INSTANCE_REFUSED,
                     Outcome.FAILURE,
                     **actor,
-                    **(ids or {"sop_uid": sop_uid or None}),
+                    **(_instance_ids(header) if header else {"sop_uid": sop_uid or None}),
                     detail={"reason": over.reason, "status": f"0x{over.status:04X}"},
                 )
         except Exception:  # the status must reach the peer even when the database is down
@@ -320,9 +315,7 @@ class StorageSCP:
                         Action.STUDY_COMPLETE,
                         actor_ae=requestor.ae_title,
                         actor_ip=requestor.address,
-                        study_uid=study.study_uid,
-                        accession=study.accession,
-                        patient_id=study.patient_id,
+                        ids=StudyIds.of(study),
                         detail={"instances": finished[study.study_uid]},
                     )
         except Exception as exc:  # the study still becomes stable after the stable age
@@ -367,9 +360,7 @@ class StorageSCP:
         )
         return header, verdict.reason if verdict.processable else None
 
-    def _store(
-        self, header: InstanceHeader, data: bytes, note: str | None, actor: dict, ids: dict
-    ) -> int:
+    def _store(self, header: InstanceHeader, data: bytes, note: str | None, actor: dict) -> int:
         # The file first, then one transaction. The content hash in the name means a second,
         # different object with the same UID never overwrites the one already accepted, and
         # an identical one rewrites the same bytes.
@@ -381,11 +372,17 @@ class StorageSCP:
             if existing is None:
                 conflict = patient_conflict(session, header)
                 if conflict is None:
-                    self._record(session, header, stored, sha256, note, actor, ids)
+                    self._record(session, header, stored, sha256, note, actor)
                     return SUCCESS
                 status, reason = PATIENT_MISMATCH, conflict
             elif duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
-                audit.record(session, Action.INSTANCE_DUPLICATE, Outcome.SUCCESS, **actor, **ids)
+                audit.record(
+                    session,
+                    Action.INSTANCE_DUPLICATE,
+                    Outcome.SUCCESS,
+                    **actor,
+                    **_instance_ids(header),
+                )
                 return SUCCESS
             else:
                 status = CONFLICTING_DUPLICATE
@@ -395,7 +392,7 @@ class StorageSCP:
                 Action.INSTANCE_REFUSED,
                 Outcome.FAILURE,
                 **actor,
-                **ids,
+                **_instance_ids(header),
                 detail={"reason": reason, "status": f"0x{status:04X}"},
             )
         self.spool.remove(stored.relpath)  # the refused copy; the accepted ones are untouched
@@ -403,7 +400,7 @@ class StorageSCP:
         return _failure(status, reason)
 
     @staticmethod
-    def _record(session, header, stored, sha256, note, actor: dict, ids: dict) -> None:
+    def _record(session, header, stored, sha256, note, actor: dict) -> None:
         add_instance(
             session,
             header,
@@ -415,6 +412,7 @@ class StorageSCP:
         detail = {"size": stored.size, "transfer_syntax": header.transfer_syntax}
         if note:
             detail["note"] = note
+        ids = _instance_ids(header)
         audit.record(
             session, Action.INSTANCE_RECEIVED, Outcome.SUCCESS, **actor, **ids, detail=detail
         )
@@ -442,6 +440,11 @@ class StorageSCP:
         except Exception as exc:  # the status must reach the peer even when the database is down
             log.error("could not audit a refused instance: %s", describe(exc))
         return _failure(status, reason)
+
+
+def _instance_ids(header: InstanceHeader) -> dict[str, Any]:
+    """The audit columns that name a received instance: its study's, its series and itself."""
+    return {"ids": StudyIds.of(header), "series_uid": header.series_uid, "sop_uid": header.sop_uid}
 
 
 class _Refused(Exception):

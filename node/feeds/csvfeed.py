@@ -31,7 +31,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -46,6 +46,7 @@ from storage import audit
 from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.reports import ReportFieldTooLong, ReportOutcome, store_report
 
 log = logging.getLogger(__name__)
@@ -306,10 +307,10 @@ class CsvFeed:
         with self.db.transaction() as session:
             for row in table.rows:
                 message_id = f"{sha256[:16]}:{row.line}"
-                ids = {
-                    "accession": row.cells.get("accession", "").strip()[:64] or None,
-                    "patient_id": row.cells.get("patient_id", "").strip()[:64] or None,
-                }
+                ids = StudyIds(
+                    accession=row.cells.get("accession", "").strip()[:64] or None,
+                    patient_id=row.cells.get("patient_id", "").strip()[:64] or None,
+                )
                 detail = {"file": name, "line": row.line, "message_id": message_id}
                 try:
                     fields = self._row_fields(row)
@@ -324,7 +325,7 @@ class CsvFeed:
                         session,
                         Action.CSV_ROW_REJECTED,
                         Outcome.FAILURE,
-                        **ids,
+                        ids=ids,
                         detail=detail | {"reason": str(exc)},
                     )
                     continue
@@ -336,8 +337,7 @@ class CsvFeed:
                     session,
                     action,
                     Outcome.SUCCESS,
-                    study_uid=fields["study_uid"],
-                    **ids,
+                    ids=replace(ids, study_uid=fields["study_uid"]),
                     detail=detail,
                 )
             audit.record(
