@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -29,11 +28,10 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from node.orthanc import Modality
 from node.results.notices import SERIES_KINDS
 from node.results.sr import CORNERSTONE_OUTLINE
 from support.ohif import OHIF_DIST, OhifServer, OrthancWithDicomWeb, drive, need_ohif
-from support.peers import NODE_AE, need, wait_for
+from support.peers import wait_for
 from support.rsna import RSNA_CASE, rsna_case_path
 
 pytestmark = [
@@ -47,15 +45,10 @@ _YELLOW = (255, 255, 0)
 
 
 @pytest.fixture
-def orthanc(tmp_path, node_port) -> Iterator[OrthancWithDicomWeb]:
+def orthanc_kind() -> type[OrthancWithDicomWeb]:
     """The integration harness's Orthanc, serving DICOMweb for OHIF."""
-    need("Orthanc")
     need_ohif()
-    server = OrthancWithDicomWeb(
-        tmp_path / "orthanc", [Modality("cxrnode", NODE_AE, "127.0.0.1", node_port)]
-    ).start()
-    yield server
-    server.stop()
+    return OrthancWithDicomWeb
 
 
 def _results(node, orthanc, source: Path) -> list[pydicom.Dataset]:
