@@ -31,7 +31,7 @@ import logging
 import os
 import stat
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -337,7 +337,7 @@ class CsvFeed:
                     session,
                     action,
                     Outcome.SUCCESS,
-                    ids=replace(ids, study_uid=fields["study_uid"]),
+                    ids=dataclasses.replace(ids, study_uid=fields["study_uid"]),
                     detail=detail,
                 )
             audit.record(
