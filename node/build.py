@@ -26,6 +26,7 @@ from node.results import (
     build_presentation_state,
     build_structured_report,
 )
+from storage.identifiers import StudyIds
 from storage.spool import FileStore, results_folder
 
 
@@ -57,12 +58,9 @@ class WorkItem:
     replaces_sr: str | None  # results path of the SR this run supersedes
 
     @property
-    def ids(self) -> dict[str, str | None]:
-        return {
-            "study_uid": self.study_uid,
-            "accession": self.accession,
-            "patient_id": self.patient_id,
-        }
+    def ids(self) -> StudyIds:
+        """The study's identifiers; they unpack as audit keywords too (``**item.ids``)."""
+        return StudyIds.of(self)
 
 
 @dataclass(frozen=True)

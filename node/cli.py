@@ -11,6 +11,7 @@ from pathlib import Path
 from node.admin.commands import add_audit_command
 from node.config import describe, load_settings
 from node.errors import CxrNodeError
+from storage.actions import Action
 from training.cli import add_training_commands
 
 
@@ -117,7 +118,7 @@ def _record_import(settings, succeeded: bool, detail: dict) -> None:
 
     outcome = audit.Outcome.SUCCESS if succeeded else audit.Outcome.FAILURE
     with _database(settings).transaction() as session:
-        audit.record(session, "model.imported", outcome, actor_user=_user(), detail=detail)
+        audit.record(session, Action.MODEL_IMPORTED, outcome, actor_user=_user(), detail=detail)
 
 
 def _serve(args, settings) -> int:

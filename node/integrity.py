@@ -31,9 +31,11 @@ from node.config import Settings
 from node.dicom.classify import classify
 from node.errors import CxrNodeError
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.audit_chain import HEAD_ID
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.schema import AuditChainHead, Instance
 from storage.spool import FileStore
 from storage.studies import InstanceHeader, add_instance, find_instance
@@ -177,7 +179,7 @@ def _report_loss(session, report: IntegrityReport) -> None:
     log.error("DATABASE LOST COMMITTED DATA (its -wal file deleted or replaced?): %s", message)
     audit.record(
         session,
-        "database.loss_detected",
+        Action.DATABASE_LOSS_DETECTED,
         Outcome.FAILURE,
         detail={
             "reason": message,
@@ -223,13 +225,11 @@ def _recover(
         )
         audit.record(
             session,
-            "instance.recovered",
+            Action.INSTANCE_RECOVERED,
             Outcome.WARNING,
-            study_uid=header.study_uid,
+            ids=StudyIds.of(header),
             series_uid=header.series_uid,
             sop_uid=header.sop_uid,
-            accession=header.accession,
-            patient_id=header.patient_id,
             detail={"reason": "spooled but missing from the database", "path": relpath},
         )
         recovered += 1

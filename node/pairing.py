@@ -18,17 +18,17 @@ from sqlalchemy.orm import Session
 
 from node.config import Settings
 from storage import audit, jobs
+from storage.actions import Action
 from storage.audit import Outcome
+from storage.identifiers import StudyIds
 from storage.matching import awaiting_studies, late_reports, latest_run, reports_for
 from storage.schema import Job, Report, ReportState, Study, StudyState, as_utc
 
 
-def study_ids(study: Study) -> dict[str, str | None]:
-    return {
-        "study_uid": study.study_uid,
-        "accession": study.accession,
-        "patient_id": study.patient_id,
-    }
+def study_ids(study: Study) -> StudyIds:
+    """The study's identifiers (``StudyIds.of``), kept under this name for node/pipeline.py's
+    ``**study_ids(study)``."""
+    return StudyIds.of(study)
 
 
 class ReportPairing:
@@ -49,17 +49,17 @@ class ReportPairing:
                 study.state = StudyState.AWAITING_REPORT
                 audit.record(
                     session,
-                    "study.awaiting_report",
-                    **study_ids(study),
+                    Action.STUDY_AWAITING_REPORT,
+                    ids=StudyIds.of(study),
                     detail={"window_s": self.window.total_seconds()},
                 )
             return None
         indications = [r for r in matching if r.kind == "indication"]
         audit.record(
             session,
-            "pairing.window_expired",
+            Action.PAIRING_WINDOW_EXPIRED,
             Outcome.WARNING,
-            **study_ids(study),
+            ids=StudyIds.of(study),
             detail={"runs_with": "indication" if indications else "image only"},
         )
         return self._queue(session, study, indications[-1] if indications else None, "first")
@@ -96,8 +96,8 @@ class ReportPairing:
                 )
                 audit.record(
                     session,
-                    "pairing.no_rerun",
-                    **study_ids(study),
+                    Action.PAIRING_NO_RERUN,
+                    ids=StudyIds.of(study),
                     detail={"report_id": report.id, "why": why},
                 )
                 continue
@@ -114,9 +114,9 @@ class ReportPairing:
         report.state = ReportState.REFUSED
         audit.record(
             session,
-            "pairing.refused",
+            Action.PAIRING_REFUSED,
             Outcome.FAILURE,
-            **study_ids(study),
+            ids=StudyIds.of(study),
             detail={
                 "reason": "patient ID of the report differs from the study's",
                 "report_id": report.id,
@@ -139,16 +139,16 @@ class ReportPairing:
             report.study_id = study.id
             audit.record(
                 session,
-                "pairing.paired",
-                **study_ids(study),
+                Action.PAIRING_PAIRED,
+                ids=StudyIds.of(study),
                 detail={"report_id": report.id, "kind": report.kind, "status": report.status},
             )
         job = jobs.queue_run(session, study, report=report, reason=reason, replaces=replaces)
         session.flush()
         audit.record(
             session,
-            "study.queued",
-            **study_ids(study),
+            Action.STUDY_QUEUED,
+            ids=StudyIds.of(study),
             detail={
                 "run": job.run,
                 "reason": reason,

@@ -15,7 +15,9 @@ from dataclasses import dataclass
 from sqlalchemy.orm import Session
 
 from storage import audit, jobs
+from storage.actions import Action
 from storage.audit import Outcome
+from storage.identifiers import StudyIds
 from storage.schema import Job
 
 log = logging.getLogger(__name__)
@@ -34,27 +36,24 @@ def recover_interrupted_runs(session: Session, max_attempts: int) -> Recovered:
     audit each (``job.failed`` / ``job.requeued``), in the caller's transaction."""
     failed = jobs.fail_crash_looping(session, max_attempts)
     for job in failed:
-        _audit(session, job, "job.failed", Outcome.FAILURE)
+        _audit(session, job, Action.JOB_FAILED, Outcome.FAILURE)
         log.error("job %d failed: the node died while running it %d times", job.id, job.attempts)
     requeued = jobs.requeue_interrupted(session)
     for job in requeued:
-        _audit(session, job, "job.requeued", Outcome.WARNING)
+        _audit(session, job, Action.JOB_REQUEUED, Outcome.WARNING)
     return Recovered(tuple(j.id for j in requeued), tuple(j.id for j in failed))
 
 
-def _audit(session: Session, job: Job, action: str, outcome: str) -> None:
-    study = job.study
+def _audit(session: Session, job: Job, action: Action, outcome: str) -> None:
     reason = (
         job.error
-        if action == "job.failed"
+        if action == Action.JOB_FAILED
         else "the node stopped while the run was in progress; queued again"
     )
     audit.record(
         session,
         action,
         outcome,
-        study_uid=study.study_uid,
-        accession=study.accession,
-        patient_id=study.patient_id,
+        ids=StudyIds.of(job.study),
         detail={"run": job.run, "reason": reason, "attempts": job.attempts},
     )

@@ -22,6 +22,7 @@ from typing import Any
 
 from node.logsafe import describe
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
 
@@ -69,7 +70,7 @@ class RefusalAudit:
 
     def record(
         self,
-        action: str,
+        action: Action,
         address: str | None,
         detail: dict[str, Any] | None = None,
         *,
@@ -135,7 +136,7 @@ class RefusalAudit:
 
     def _write(
         self,
-        action: str,
+        action: Action,
         address: str | None,
         detail: dict[str, Any],
         count: int,

@@ -6,12 +6,18 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from datetime import timedelta
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
+
+from sqlalchemy.orm import Session
 
 from node.config import Settings
 from storage import audit
+from storage.actions import Action
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.retention import mark_purged, purgeable, purgeable_results
 from storage.schema import utcnow
 from storage.spool import FileStore
@@ -44,33 +50,63 @@ class Retention:
         if self.days <= 0 or self.results is None:
             return 0
         cutoff = utcnow() - timedelta(days=self.days)
-        total = 0
-        while True:
-            with self.db.transaction() as session:
-                batch = purgeable_results(session, cutoff)
-                for job in batch:
-                    files = self._remove_results(job)
-                    job.results_purged_at = utcnow()
-                    study = job.study
-                    audit.record(
-                        session,
-                        "result.purged",
-                        study_uid=study.study_uid,
-                        accession=study.accession,
-                        patient_id=study.patient_id,
-                        detail={
-                            "run": job.run,
-                            "state": job.state,
-                            "files": files,
-                            "retention_days": self.days,
-                        },
-                    )
-            total += len(batch)
-            if not batch:
-                break
+        total = self._in_batches(partial(self._purge_results_batch, cutoff=cutoff))
         if total:
             log.info("retention: purged the results of %d runs", total)
         return total
+
+    def _purge_instances(self, cutoff: datetime) -> int:
+        total = self._in_batches(partial(self._purge_instances_batch, cutoff=cutoff))
+        if total:
+            log.info("retention: purged %d instances", total)
+        return total
+
+    def _in_batches(self, purge_batch: Callable[[Session], int]) -> int:
+        """Run ``purge_batch`` in a transaction of its own until it finds nothing more to
+        purge; return how much it purged in all."""
+        total = 0
+        while True:
+            with self.db.transaction() as session:
+                purged = purge_batch(session)
+            if not purged:
+                return total
+            total += purged
+
+    def _purge_results_batch(self, session: Session, cutoff: datetime) -> int:
+        batch = purgeable_results(session, cutoff)
+        for job in batch:
+            files = self._remove_results(job)
+            job.results_purged_at = utcnow()
+            audit.record(
+                session,
+                Action.RESULT_PURGED,
+                ids=StudyIds.of(job.study),
+                detail={
+                    "run": job.run,
+                    "state": job.state,
+                    "files": files,
+                    "retention_days": self.days,
+                },
+            )
+        return len(batch)
+
+    def _purge_instances_batch(self, session: Session, cutoff: datetime) -> int:
+        batch = purgeable(session, cutoff)
+        per_study: Counter = Counter()
+        studies = {}
+        for instance in batch:
+            self.spool.remove(instance.path)
+            mark_purged(instance)
+            per_study[instance.study_id] += 1
+            studies[instance.study_id] = instance.study
+        for study_id, count in per_study.items():
+            audit.record(
+                session,
+                Action.STUDY_PURGED,
+                ids=StudyIds.of(studies[study_id]),
+                detail={"instances": count, "retention_days": self.days},
+            )
+        return len(batch)
 
     def _remove_results(self, job) -> int:
         """Delete a run's result files (those its outbox names) and their emptied folders."""
@@ -84,35 +120,6 @@ class Retention:
         for folder in sorted(folders, key=lambda p: len(p.parts), reverse=True):
             _remove_empty(folder, self.results.root)
         return removed
-
-    def _purge_instances(self, cutoff) -> int:
-        total = 0
-        while True:
-            with self.db.transaction() as session:
-                batch = purgeable(session, cutoff)
-                per_study: Counter = Counter()
-                studies = {}
-                for instance in batch:
-                    self.spool.remove(instance.path)
-                    mark_purged(instance)
-                    per_study[instance.study_id] += 1
-                    studies[instance.study_id] = instance.study
-                for study_id, count in per_study.items():
-                    study = studies[study_id]
-                    audit.record(
-                        session,
-                        "study.purged",
-                        study_uid=study.study_uid,
-                        accession=study.accession,
-                        patient_id=study.patient_id,
-                        detail={"instances": count, "retention_days": self.days},
-                    )
-            total += len(batch)
-            if not batch:
-                break
-        if total:
-            log.info("retention: purged %d instances", total)
-        return total
 
 
 def _remove_empty(folder: Path, root: Path) -> None:

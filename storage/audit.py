@@ -14,6 +14,8 @@ from sqlalchemy import Select, or_, select
 from sqlalchemy.orm import Session
 
 from storage import audit_chain
+from storage.actions import Action
+from storage.identifiers import StudyIds
 from storage.schema import AuditEvent, utcnow
 
 
@@ -26,9 +28,10 @@ class Outcome:
 
 def record(
     session: Session,
-    action: str,
+    action: Action,
     outcome: str = Outcome.SUCCESS,
     *,
+    ids: StudyIds | None = None,
     actor_ae: str | None = None,
     actor_ip: str | None = None,
     actor_user: str | None = None,
@@ -44,18 +47,30 @@ def record(
     Parameters
     ----------
     action:
-        What happened, ``<subject>.<verb>`` (e.g. ``instance.received``).
+        What happened (``Action.INSTANCE_RECEIVED``); stored as its name, ``<subject>.<verb>``.
     outcome:
         ``Outcome.SUCCESS``, ``WARNING`` or ``FAILURE``.
+    ids:
+        The study the event is about; or give ``study_uid``, ``accession`` and ``patient_id``
+        one by one (not both ways).
     actor_ae, actor_ip, actor_user:
         Who did it: a peer's AE title and address, or an admin's user name.
     detail:
         JSON-serialisable facts the admin needs (reasons, model, probabilities, timings).
+
+    Raises
+    ------
+    TypeError
+        When ``ids`` and one of the identifiers it holds are both given.
     """
+    if ids is not None:
+        if study_uid is not None or accession is not None or patient_id is not None:
+            raise TypeError("give a study's identifiers as ids or one by one, not both ways")
+        study_uid, accession, patient_id = ids.study_uid, ids.accession, ids.patient_id
     event = AuditEvent(
         # The time the step happened, not the commit: sealing may come a moment later.
         time=utcnow(),
-        action=action,
+        action=str(action),  # the plain name, as it reads back from the database
         outcome=outcome,
         actor_ae=actor_ae,
         actor_ip=actor_ip,

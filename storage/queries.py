@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import case, distinct, func, literal_column, or_, select
 from sqlalchemy.orm import Session, selectinload
 
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.run_summary import Finding, RunSummary
 from storage.schema import (
@@ -32,7 +33,7 @@ from storage.schema import (
 )
 
 # Where the turnaround clock starts and stops (see ``stats``).
-_RECEIVED, _QUEUED, _DONE = "instance.received", "study.queued", "study.done"
+_RECEIVED, _QUEUED, _DONE = Action.INSTANCE_RECEIVED, Action.STUDY_QUEUED, Action.STUDY_DONE
 
 
 @dataclass(frozen=True)
@@ -305,7 +306,7 @@ def stats(session: Session, since: datetime | None, until: datetime | None) -> S
     if until is not None:
         in_range.append(AuditEvent.time < until)
 
-    def count_action(action: str):
+    def count_action(action: Action):
         return func.count(case((AuditEvent.action == action, 1)))
 
     rows = session.execute(
@@ -316,8 +317,8 @@ def stats(session: Session, since: datetime | None, until: datetime | None) -> S
             func.count(case((AuditEvent.outcome == Outcome.FAILURE, 1))),
             func.count(distinct(case((AuditEvent.action == _RECEIVED, AuditEvent.study_uid)))),
             count_action(_DONE),
-            count_action("job.failed"),
-            count_action("result.send_failed"),
+            count_action(Action.JOB_FAILED),
+            count_action(Action.RESULT_SEND_FAILED),
         )
         .where(*in_range)
         .group_by(day)

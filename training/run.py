@@ -18,7 +18,7 @@ import math
 import platform
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -104,7 +104,7 @@ def plan_model(config: RunConfig, data: LabelledData) -> ModelPlan:
         )
     spec = preset.preprocessing if preset else PreprocessSpec()
     if "image_size" in model:
-        spec = PreprocessSpec(int(model["image_size"]), spec.channels)
+        spec = replace(spec, image_size=int(model["image_size"]))
     spec = _input_statistics(spec, architecture, model)
     text_only = bool(model.get("text_only", False))
     return ModelPlan(
@@ -126,7 +126,7 @@ def _input_statistics(
             mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
     else:
         return spec
-    return PreprocessSpec(spec.image_size, spec.channels, mean, std)
+    return replace(spec, mean=mean, std=std)
 
 
 def build_classifier(plan: ModelPlan, train: list[Sample], text_source: str) -> torch.nn.Module:

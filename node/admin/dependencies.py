@@ -25,6 +25,7 @@ from node.admin.probe import DestinationProbe
 from node.config import Settings
 from node.refusals import RefusalAudit
 from storage import audit
+from storage.actions import Action
 from storage.database import Database
 
 log = logging.getLogger(__name__)
@@ -64,7 +65,7 @@ class AdminContext:
         with the count, so a flood of bad tokens does not become a flood of audit
         transactions."""
         detail = {"path": request.url.path, "via": "http"}
-        if self.refusals.record("admin.auth_failed", client(request), detail):
+        if self.refusals.record(Action.ADMIN_AUTH_FAILED, client(request), detail):
             log.warning("admin request without a valid token refused")
 
     def page(self, name: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -177,7 +178,7 @@ class AccessLog:
         with self.admin.db.transaction() as session:
             audit.record(
                 session,
-                "admin.query",
+                Action.ADMIN_QUERY,
                 actor_ip=client(self.request),
                 actor_user="admin-token",
                 detail={"what": what, "filters": filters, "rows": rows, "via": "http"},

@@ -9,6 +9,7 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from storage.actions import Action, Subject
 from storage.audit_chain import ChainReport
 from storage.queries import Stats, StudySummary, StudyTimeline, iso_utc, to_json
 from storage.run_summary import InferenceCompleted
@@ -33,14 +34,12 @@ EVENT_FIELDS = (
 def summarize(action: str, detail: dict[str, Any] | None) -> str:
     """One line saying what an event's detail means, in the admin's words.
 
-    The line comes from the action's own writer in ``_LINES`` (or the one of its family,
-    ``hl7.`` or ``admin.``); an action without one, or a detail its writer cannot say more of,
-    shows its reason, error or why, else every key.
+    The line comes from the action's own writer in ``_LINES`` (or the one of its subject's
+    family in ``_FAMILY_LINES``, ``hl7`` or ``admin``); an action without one, or a detail its
+    writer cannot say more of, shows its reason, error or why, else every key.
     """
     d = detail or {}
-    line = _LINES.get(action) or next(
-        (write for prefix, write in _FAMILY_LINES.items() if action.startswith(prefix)), None
-    )
+    line = _LINES.get(action) or _FAMILY_LINES.get(action.partition(".")[0])
     said = line(d) if line else None
     if said is not None:
         return said
@@ -105,20 +104,20 @@ def _admin_line(d: dict[str, Any]) -> str:
 
 # Each action's line writer; None from a writer: the detail is said the generic way.
 _LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
-    "inference.completed": _inference_line,
-    "study.queued": _queued_line,
-    "result.sent": _sent_line,
-    "result.send_failed": _send_failed_line,
-    "instance.received": _instance_line,
-    "instance.duplicate": _instance_line,
-    "study.done": lambda d: f"run {d.get('run')}: every result confirmed",
-    "pairing.window_expired": lambda d: f"no report in time: runs with {d.get('runs_with')}",
-    "node.started": _node_started_line,
+    Action.INFERENCE_COMPLETED: _inference_line,
+    Action.STUDY_QUEUED: _queued_line,
+    Action.RESULT_SENT: _sent_line,
+    Action.RESULT_SEND_FAILED: _send_failed_line,
+    Action.INSTANCE_RECEIVED: _instance_line,
+    Action.INSTANCE_DUPLICATE: _instance_line,
+    Action.STUDY_DONE: lambda d: f"run {d.get('run')}: every result confirmed",
+    Action.PAIRING_WINDOW_EXPIRED: lambda d: f"no report in time: runs with {d.get('runs_with')}",
+    Action.NODE_STARTED: _node_started_line,
 }
-# Families of actions sharing one writer, by the prefix of their names.
+# Families of actions sharing one writer, by their subject.
 _FAMILY_LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
-    "hl7.": _hl7_line,
-    "admin.": _admin_line,
+    Subject.HL7: _hl7_line,
+    Subject.ADMIN: _admin_line,
 }
 
 

@@ -26,6 +26,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from io import BytesIO
+from typing import Any
 
 from pydicom import Dataset, dcmread
 
@@ -36,8 +37,10 @@ from node.dicom.limits import IngestLimits, LimitRefusal
 from node.logsafe import describe
 from node.uids import uid_problem
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.spool import FileStore, instance_relpath
 from storage.studies import (
     InstanceHeader,
@@ -152,13 +155,7 @@ class InstanceIntake:
         except Exception as exc:  # any malformed input: pydicom decodes values lazily
             reason = f"cannot parse dataset: {type(exc).__name__}: {exc}"[:500]
             return self.refuse(CANNOT_PARSE, reason, claimed, sender)
-        ids = {
-            "study_uid": header.study_uid,
-            "series_uid": header.series_uid,
-            "sop_uid": header.sop_uid,
-            "accession": header.accession,
-            "patient_id": header.patient_id,
-        }
+        ids = _instance_ids(header)
         if not self.admission.has_room():
             return self.refuse(OUT_OF_RESOURCES, "spool disk nearly full", header.sop_uid, sender)
         over = self.limits.check_study(self.db, header.study_uid, header.sop_uid)
@@ -183,11 +180,9 @@ class InstanceIntake:
                 for study in studies:
                     audit.record(
                         session,
-                        "study.complete",
+                        Action.STUDY_COMPLETE,
                         **sender.actor,
-                        study_uid=study.study_uid,
-                        accession=study.accession,
-                        patient_id=study.patient_id,
+                        ids=StudyIds.of(study),
                         detail={"instances": finished[study.study_uid]},
                     )
         except Exception as exc:
@@ -252,14 +247,16 @@ class InstanceIntake:
                     return done
                 status, reason = PATIENT_MISMATCH, conflict
             elif duplicate_outcome(existing, sha256) == ReceiveOutcome.DUPLICATE:
-                audit.record(session, "instance.duplicate", Outcome.SUCCESS, **sender.actor, **ids)
+                audit.record(
+                    session, Action.INSTANCE_DUPLICATE, Outcome.SUCCESS, **sender.actor, **ids
+                )
                 return done
             else:
                 status = CONFLICTING_DUPLICATE
                 reason = "SOP Instance UID already received with different content"
             audit.record(
                 session,
-                "instance.refused",
+                Action.INSTANCE_REFUSED,
                 Outcome.FAILURE,
                 **sender.actor,
                 **ids,
@@ -285,12 +282,12 @@ class InstanceIntake:
         if note:
             detail["note"] = note
         audit.record(
-            session, "instance.received", Outcome.SUCCESS, **sender.actor, **ids, detail=detail
+            session, Action.INSTANCE_RECEIVED, Outcome.SUCCESS, **sender.actor, **ids, detail=detail
         )
         if not header.processable:
             audit.record(
                 session,
-                "instance.skipped",
+                Action.INSTANCE_SKIPPED,
                 Outcome.WARNING,
                 **sender.actor,
                 **ids,
@@ -305,7 +302,7 @@ class InstanceIntake:
             with self.db.transaction() as session:
                 audit.record(
                     session,
-                    "instance.refused",
+                    Action.INSTANCE_REFUSED,
                     Outcome.FAILURE,
                     **sender.actor,
                     **(ids or {"sop_uid": sop_uid or None}),
@@ -314,7 +311,7 @@ class InstanceIntake:
         except Exception:  # the status must reach the peer even when the database is down
             log.exception("could not audit a refused instance")
         log.warning("refused an instance: %s", over.comment)
-        study_uid = (ids or {}).get("study_uid")
+        study_uid = ids["ids"].study_uid if ids else None
         return Received(over.status, over.reason, study_uid, sop_uid, limit=over)
 
     def refuse(self, status: int, reason: str, sop_uid: str | None, sender: Sender) -> Received:
@@ -323,7 +320,7 @@ class InstanceIntake:
             with self.db.transaction() as session:
                 audit.record(
                     session,
-                    "instance.refused",
+                    Action.INSTANCE_REFUSED,
                     Outcome.FAILURE,
                     **sender.actor,
                     sop_uid=sop_uid or None,
@@ -345,6 +342,11 @@ def status_dataset(received: Received) -> Dataset:
     comment = "".join(c if " " <= c <= "~" and c != "\\" else "?" for c in received.reason or "")
     response.ErrorComment = comment[:64].strip()
     return response
+
+
+def _instance_ids(header: InstanceHeader) -> dict[str, Any]:
+    """The audit columns that name a received instance: its study's, its series and itself."""
+    return {"ids": StudyIds.of(header), "series_uid": header.series_uid, "sop_uid": header.sop_uid}
 
 
 def _check_uids(ds: Dataset) -> None:

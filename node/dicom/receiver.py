@@ -36,6 +36,7 @@ from node.disk import data_paths
 from node.log_privacy import withhold_dicom_values_from_the_log
 from node.refusals import RefusalAudit
 from node.tls import server_context
+from storage.actions import Action
 from storage.database import Database
 from storage.spool import FileStore
 
@@ -203,7 +204,7 @@ class StorageSCP:
         per request, and the first one is recorded before the peer reads its rejection."""
         detail = {"reason": reason, "called_ae": called_ae or self.ae.ae_title, **extra}
         written = self.refusals.record(
-            "association.rejected", address, detail, actor_ae=calling_ae, group=reason
+            Action.ASSOCIATION_REJECTED, address, detail, actor_ae=calling_ae, group=reason
         )
         if written:  # the application log, too, gets one line per peer and window
             log.warning("rejected an association from %s: %s", address, reason)

@@ -46,6 +46,7 @@ from pynetdicom.transport import RequestHandler, ThreadedAssociationServer
 
 from node.dicom.admission import REJECT_LOCAL_LIMIT
 from node.refusals import RefusalAudit
+from storage.actions import Action
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +237,7 @@ class ConnectionGuard:
                 else f"TLS handshake failed: {exc}"[:200]
             )
             log.warning("DICOM connection from %s: %s", address, reason)
-            self.refusals.record("association.tls_failed", address, {"reason": reason})
+            self.refusals.record(Action.ASSOCIATION_TLS_FAILED, address, {"reason": reason})
             _close(sock)
             return None
         finally:
@@ -268,9 +269,9 @@ class ConnectionGuard:
     def _audit_overdue_pdu(self, assoc: Any, address: str) -> None:
         reason = f"PDU not complete within {self.pdu_timeout_s:g} s of its first byte"
         detail = {"reason": reason, "limit_s": self.pdu_timeout_s}
-        self._audit_closed("association.pdu_timeout", assoc, address, detail)
+        self._audit_closed(Action.ASSOCIATION_PDU_TIMEOUT, assoc, address, detail)
 
-    def _audit_closed(self, action: str, assoc: Any, address: str, detail: dict) -> None:
+    def _audit_closed(self, action: Action, assoc: Any, address: str, detail: dict) -> None:
         """Audit a connection the guard closed, once per peer and window."""
         if self.refusals.record(action, address, detail, actor_ae=_calling_ae(assoc)):
             log.warning("DICOM connection from %s closed: %s", address, detail["reason"])
@@ -327,7 +328,7 @@ class ConnectionGuard:
             "limit_bytes": limit,
         }
         # Audit first: once the peer reads the A-ABORT, the event must already be there.
-        self._audit_closed("association.pdu_too_large", assoc, address, detail)
+        self._audit_closed(Action.ASSOCIATION_PDU_TOO_LARGE, assoc, address, detail)
         abort = A_ABORT_RQ()
         abort.source, abort.reason_diagnostic = _ABORT_SOURCE, _ABORT_INVALID_PARAMETER
         with contextlib.suppress(OSError):
@@ -362,7 +363,7 @@ class ConnectionGuard:
         reason = f"peer holds {held} connections, the per-peer limit"
         log.warning("DICOM connection from %s refused: %s", address, reason)
         detail = {"reason": reason, "limit": self.max_per_peer}
-        self.refusals.record("association.rejected", address, detail)
+        self.refusals.record(Action.ASSOCIATION_REJECTED, address, detail)
         if self.ssl_context is None:
             _send_local_limit_reject(sock)
         _close(sock)
@@ -379,7 +380,9 @@ class ConnectionGuard:
                 "of its first fragment"
             )
             detail = {"reason": reason, "limit_s": self.message_timeout_s}
-            self._audit_closed("association.message_timeout", assoc, _peer_address(assoc), detail)
+            self._audit_closed(
+                Action.ASSOCIATION_MESSAGE_TIMEOUT, assoc, _peer_address(assoc), detail
+            )
         self._deadlines.discard(assoc.dimse)
 
 

@@ -39,11 +39,12 @@ from node.dicomweb.multipart import ContentType, MultipartError, parts
 from node.errors import ConfigError
 from node.http import ThreadedHttpServer
 from node.refusals import RefusalAudit
+from storage.actions import Action
 
 log = logging.getLogger(__name__)
 
 DICOM_JSON = "application/dicom+json"
-AUTH_FAILED = "dicomweb.auth_failed"
+AUTH_FAILED = Action.DICOMWEB_AUTH_FAILED
 _CHUNK = 1024 * 1024
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"

@@ -44,8 +44,10 @@ from node.feeds.values import normalise_status, parse_datetime_text
 from node.logsafe import audit_text, describe
 from node.uids import is_uid
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.reports import ReportFieldTooLong, ReportOutcome, store_report
 
 log = logging.getLogger(__name__)
@@ -179,7 +181,7 @@ class CsvFeed:
             error = exc.strerror or type(exc).__name__
             if (path.name, error) not in self._failing:
                 self._failing.add((path.name, error))
-                self._audit_safely("csv.file_failed", {"file": path.name, "reason": error})
+                self._audit_safely(Action.CSV_FILE_FAILED, {"file": path.name, "reason": error})
                 log.error("cannot handle %s in the CSV drop folder: %s", path.name, error)
             return FileResult(path.name, "failed", reason=error)
         if result is not None and result.outcome != "failed":
@@ -199,7 +201,7 @@ class CsvFeed:
         if problems and problems != self._unusable:
             reason = "; ".join(problems) + ": no file is processed until it is a real directory"
             self._audit_safely(
-                "csv.folder_unusable", {"folder": str(self.folder), "reason": reason}
+                Action.CSV_FOLDER_UNUSABLE, {"folder": str(self.folder), "reason": reason}
             )
             log.error("CSV drop folder %s: %s", self.folder, reason)
         self._unusable = problems
@@ -209,7 +211,7 @@ class CsvFeed:
         """Move a link or other non-file entry named ``*.csv`` to ``rejected/`` unread: what a
         link points to is never read, named or quoted."""
         reason = f"{kind}, not a plain regular file: not read"
-        self._audit_safely("csv.file_rejected", {"file": path.name, "reason": reason})
+        self._audit_safely(Action.CSV_FILE_REJECTED, {"file": path.name, "reason": reason})
         moved = self._move(path, self.rejected_dir, reason)
         log.warning("rejected %s: %s", path.name, reason)
         return FileResult(moved.name, "rejected", reason=reason)
@@ -268,7 +270,7 @@ class CsvFeed:
             # exception's text may quote the rows (SQL parameters): the audit event gets it.
             log.error("could not store %s: %s", path.name, describe(exc))
             self._audit_safely(
-                "csv.file_failed",
+                Action.CSV_FILE_FAILED,
                 {"file": path.name, "sha256": sha256, "reason": audit_text(exc)},
             )
             return FileResult(path.name, "failed", reason="database error")
@@ -281,7 +283,7 @@ class CsvFeed:
             reasons = "; ".join(f"line {n}: {r}" for n, r in result.rejected_rows[:5])
             reason = f"all {len(result.rejected_rows)} rows rejected ({reasons})"
             self._audit_safely(
-                "csv.file_rejected", {"file": path.name, "sha256": sha256, "reason": reason}
+                Action.CSV_FILE_REJECTED, {"file": path.name, "sha256": sha256, "reason": reason}
             )
             # Row reasons may quote cells: they go to the audit log and the reason file only.
             log.warning("%s: all %d rows rejected", path.name, len(result.rejected_rows))
@@ -306,10 +308,10 @@ class CsvFeed:
         with self.db.transaction() as session:
             for row in table.rows:
                 message_id = f"{sha256[:16]}:{row.line}"
-                ids = {
-                    "accession": row.cells.get("accession", "").strip()[:64] or None,
-                    "patient_id": row.cells.get("patient_id", "").strip()[:64] or None,
-                }
+                ids = StudyIds(
+                    accession=row.cells.get("accession", "").strip()[:64] or None,
+                    patient_id=row.cells.get("patient_id", "").strip()[:64] or None,
+                )
                 detail = {"file": name, "line": row.line, "message_id": message_id}
                 try:
                     fields = self._row_fields(row, table.encoding)
@@ -322,27 +324,26 @@ class CsvFeed:
                     result.rejected_rows.append((row.line, str(exc)))
                     audit.record(
                         session,
-                        "csv.row_rejected",
+                        Action.CSV_ROW_REJECTED,
                         Outcome.FAILURE,
-                        **ids,
+                        ids=ids,
                         detail=detail | {"reason": str(exc)},
                     )
                     continue
                 duplicate = outcome == ReportOutcome.DUPLICATE
                 result.duplicates += duplicate
                 result.stored += not duplicate
-                action = "csv.duplicate" if duplicate else "csv.received"
+                action = Action.CSV_DUPLICATE if duplicate else Action.CSV_RECEIVED
                 audit.record(
                     session,
                     action,
                     Outcome.SUCCESS,
-                    study_uid=fields["study_uid"],
-                    **ids,
+                    ids=dataclasses.replace(ids, study_uid=fields["study_uid"]),
                     detail=detail,
                 )
             audit.record(
                 session,
-                "csv.file_done",
+                Action.CSV_FILE_DONE,
                 Outcome.WARNING if result.rejected_rows else Outcome.SUCCESS,
                 detail={
                     "file": name,
@@ -403,7 +404,7 @@ class CsvFeed:
     ) -> FileResult:
         reason = str(exc)
         self._audit_safely(
-            "csv.file_rejected", {"file": path.name, "sha256": sha256, "reason": reason}
+            Action.CSV_FILE_REJECTED, {"file": path.name, "sha256": sha256, "reason": reason}
         )
         # The full reason may quote the file (a headerless file's first row is a patient's):
         # the application log gets the part that quotes nothing.
@@ -443,7 +444,7 @@ class CsvFeed:
         os.replace(path, target)
         return target
 
-    def _audit_safely(self, action: str, detail: dict[str, Any]) -> None:
+    def _audit_safely(self, action: Action, detail: dict[str, Any]) -> None:
         try:
             with self.db.transaction() as session:
                 audit.record(session, action, Outcome.FAILURE, detail=detail)

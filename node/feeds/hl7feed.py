@@ -36,8 +36,10 @@ from node.feeds.hl7message import (
 from node.feeds.mllp import Peer
 from node.logsafe import audit_text, describe
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.reports import ReportFieldTooLong, ReportOutcome, store_report
 
 log = logging.getLogger(__name__)
@@ -142,7 +144,7 @@ class HL7Feed:
             error = AckError(exc.code, exc.reason)
             return self._reject(payload, exc.header, error, peer, logged=exc.unquoted)
         except HL7Unusable as exc:
-            return self._unusable(exc, exc.header, peer, ids={})
+            return self._unusable(exc, exc.header, peer, ids=StudyIds())
         except Exception as exc:
             log.error(
                 "parser failed on a %d-byte message from %s: %s",
@@ -153,11 +155,7 @@ class HL7Feed:
             error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not parse this message")
             return self._reject(payload, _header_or_none(payload), error, peer, internal=exc)
 
-        ids = {
-            "accession": report.accession,
-            "patient_id": report.patient_id,
-            "study_uid": report.study_uid,
-        }
+        ids = StudyIds.of(report)
         try:
             action = self._store(report, peer, ids)
         except HL7Unusable as exc:
@@ -182,14 +180,14 @@ class HL7Feed:
             )
             error = AckError(ErrorCode.INTERNAL_ERROR, "the node could not store the message")
             detail = self._detail(report.header, peer, AR, error)
-            self._audit_safely("hl7.rejected", peer, ids, detail | {"error": audit_text(exc)})
+            self._audit_safely(Action.HL7_REJECTED, peer, ids, detail | {"error": audit_text(exc)})
             return self._ack(report.header, AR, error)
         log.info("%s %s from %s: %s", report.message_type, report.message_id, peer[0], action)
-        if action == "hl7.received":
+        if action == Action.HL7_RECEIVED:
             self._notify()
         return self._ack(report.header, AA)
 
-    def _store(self, report: ParsedReport, peer: Peer, ids: dict[str, Any]) -> str:
+    def _store(self, report: ParsedReport, peer: Peer, ids: StudyIds) -> Action:
         """Run the sink and record the audit event in one transaction; return the action."""
         with self.db.transaction() as session:
             outcome = self.sink(session, report, peer)
@@ -200,7 +198,9 @@ class HL7Feed:
                     "MSH-10",
                     ErrorCode.DUPLICATE_KEY,
                 )
-            action = "hl7.duplicate" if outcome == ReportOutcome.DUPLICATE else "hl7.received"
+            action = (
+                Action.HL7_DUPLICATE if outcome == ReportOutcome.DUPLICATE else Action.HL7_RECEIVED
+            )
             detail = self._detail(report.header, peer, AA) | {
                 "kind": report.kind,
                 "status": report.status,
@@ -208,7 +208,7 @@ class HL7Feed:
                 "sections": sorted(report.sections),
                 "notes": list(report.notes),
             }
-            audit.record(session, action, Outcome.SUCCESS, actor_ip=peer[0], **ids, detail=detail)
+            audit.record(session, action, Outcome.SUCCESS, actor_ip=peer[0], ids=ids, detail=detail)
         return action
 
     def _notify(self) -> None:
@@ -258,15 +258,15 @@ class HL7Feed:
         }
         if internal is not None:
             detail["error"] = audit_text(internal)
-        self._audit_safely("hl7.rejected", peer, {}, detail)
+        self._audit_safely(Action.HL7_REJECTED, peer, StudyIds(), detail)
         log.warning("rejected a message from %s: %s", peer[0], logged or error.reason)
         return ack
 
     def _unusable(
-        self, exc: HL7Unusable, header: MessageHeader | None, peer: Peer, ids: dict[str, Any]
+        self, exc: HL7Unusable, header: MessageHeader | None, peer: Peer, ids: StudyIds
     ) -> bytes:
         error = AckError(exc.code, exc.reason, exc.error_location)
-        self._audit_safely("hl7.unusable", peer, ids, self._detail(header, peer, AE, error))
+        self._audit_safely(Action.HL7_UNUSABLE, peer, ids, self._detail(header, peer, AE, error))
         log.warning(
             "%s %s from %s not usable: %s",
             header.message_type if header else "message",
@@ -280,13 +280,13 @@ class HL7Feed:
         return build_ack(header, code, error, application=self.application, facility=self.facility)
 
     def _audit_safely(
-        self, action: str, peer: Peer, ids: dict[str, Any], detail: dict[str, Any]
+        self, action: Action, peer: Peer, ids: StudyIds, detail: dict[str, Any]
     ) -> None:
         # A refusal is answered even when it cannot be recorded: the sender must not hang.
         try:
             with self.db.transaction() as session:
                 audit.record(
-                    session, action, Outcome.FAILURE, actor_ip=peer[0], **ids, detail=detail
+                    session, action, Outcome.FAILURE, actor_ip=peer[0], ids=ids, detail=detail
                 )
         except Exception as exc:  # the detail quotes the message: not into the application log
             log.error("could not record %s from %s: %s", action, peer[0], describe(exc))

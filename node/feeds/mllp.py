@@ -30,6 +30,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from storage.actions import Action
+
 log = logging.getLogger(__name__)
 
 SB = b"\x0b"  # start block (VT)
@@ -264,7 +266,7 @@ class _ThreadingServer(socketserver.ThreadingTCPServer):
         if refusal is not None:
             log.warning("MLLP connection from %s refused: %s", address, refusal["reason"])
             self.shutdown_request(request)
-            self.owner.on_refused("hl7.connection_refused", address, refusal)
+            self.owner.on_refused(Action.HL7_CONNECTION_REFUSED, address, refusal)
             return
         try:
             super().process_request(request, client_address)
@@ -336,7 +338,7 @@ class _Connection(socketserver.BaseRequestHandler):
             except (ssl.SSLError, OSError) as exc:
                 log.warning("TLS handshake with %s failed: %s", peer[0], exc)
                 reason = "timed out" if isinstance(exc, TimeoutError) else str(exc)[:200]
-                owner.on_refused("hl7.tls_failed", peer[0], {"reason": reason})
+                owner.on_refused(Action.HL7_TLS_FAILED, peer[0], {"reason": reason})
                 return
         self.server.track(sock, True)
         log.debug("MLLP connection from %s:%d", *peer)
@@ -385,7 +387,7 @@ class _Connection(socketserver.BaseRequestHandler):
     def _unterminated(self, peer: Peer, reader: FrameReader, reason: str) -> None:
         log.warning("MLLP frame from %s dropped: %s (%d bytes)", peer[0], reason, reader.partial)
         detail = {"reason": reason, "bytes": reader.partial, "peer_port": peer[1]}
-        self.server.owner.on_refused("hl7.frame_unterminated", peer[0], detail)
+        self.server.owner.on_refused(Action.HL7_FRAME_UNTERMINATED, peer[0], detail)
 
     @staticmethod
     def _answer(

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from node.orthanc import Modality, Orthanc, free_port
-from support.peers import NODE_AE, NodeProcess, need
+from support.peers import NODE_AE, NodeProcess, need, node_env
 
 
 @pytest.fixture(scope="session")
@@ -25,9 +25,15 @@ def node_port() -> int:
 
 
 @pytest.fixture
-def orthanc(tmp_path, node_port) -> Iterator[Orthanc]:
+def orthanc_kind() -> type[Orthanc]:
+    """Which Orthanc the node delivers to; a module that needs a plugin overrides it."""
+    return Orthanc
+
+
+@pytest.fixture
+def orthanc(tmp_path, node_port, orthanc_kind) -> Iterator[Orthanc]:
     need("Orthanc")
-    server = Orthanc(
+    server = orthanc_kind(
         tmp_path / "orthanc", [Modality("cxrnode", NODE_AE, "127.0.0.1", node_port)]
     ).start()
     yield server
@@ -43,20 +49,9 @@ def make_node(
     data_dir = tmp_path / "node-data"
 
     def make(**settings) -> NodeProcess:
-        env = {
-            "CXRNODE_AE_TITLE": NODE_AE,
-            "CXRNODE_DICOM_HOST": "127.0.0.1",
-            "CXRNODE_DICOM_PORT": str(node_port),
-            "CXRNODE_DESTINATIONS": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
-            "CXRNODE_DATA_DIR": str(data_dir),
-            "CXRNODE_MODEL": str(reference_model),
-            "CXRNODE_STABLE_AGE_S": "1",
-            # No report feed unless a test asks for one: studies run as soon as they are stable.
-            "CXRNODE_PAIRING_WINDOW_S": "0",
-            "CXRNODE_HL7_PORT": "0",
-            "CXRNODE_DELIVERY_RETRY_INITIAL_S": "1",
-            "CXRNODE_LOG_LEVEL": "INFO",
-        }
+        # No report feed unless a test asks for one (node_env's default).
+        env = node_env(orthanc, data_dir, reference_model)
+        env["CXRNODE_DICOM_PORT"] = str(node_port)
         env.update({f"CXRNODE_{k.upper()}": str(v) for k, v in settings.items()})
         node = NodeProcess(tmp_path, env)
         started.append(node)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import os
 import random
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -20,7 +19,7 @@ from pydicom.uid import generate_uid
 from pynetdicom import AE
 
 from node.orthanc import OrthancError
-from support.peers import NODE_AE, need, wait_for
+from support.peers import NODE_AE, storescu, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -115,28 +114,21 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(make_node, orthan
     print(f"\nkill -9: {kills} kills, {studies} studies, 0 lost, 0 duplicated")
 
 
-def test_results_wait_for_a_pacs_that_was_down(make_node, orthanc, shared_data):
-    node = make_node(delivery_retry_initial_s=1, delivery_retry_max_s=2)
-    orthanc.stop()
-    # Implicit VR little endian, which storescu proposes without options.
+def send_new_study(node, shared_data) -> str:
+    """Send a new study made of one NIH file with storescu (implicit VR little endian, which
+    storescu proposes without options); return its Study Instance UID."""
     ds = new_study(next((shared_data / "nih-chestxray14-dicom-gcp").glob("*.dcm")))
     path = Path(node.workdir) / "study.dcm"
     ds.save_as(path)
-    sent = subprocess.run(
-        [
-            need("storescu"),
-            "-aet",
-            "ORTHANC",
-            "-aec",
-            NODE_AE,
-            "127.0.0.1",
-            str(node.port),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    sent = storescu(node.port, path)
     assert sent.returncode == 0, sent.stderr
+    return ds.StudyInstanceUID
+
+
+def test_results_wait_for_a_pacs_that_was_down(make_node, orthanc, shared_data):
+    node = make_node(delivery_retry_initial_s=1, delivery_retry_max_s=2)
+    orthanc.stop()
+    study_uid = send_new_study(node, shared_data)
     wait_for(
         lambda: len(node.audit("--action", "result.send_failed")) >= 2,
         RUN_BOUND_S,
@@ -144,14 +136,14 @@ def test_results_wait_for_a_pacs_that_was_down(make_node, orthanc, shared_data):
     )
     orthanc.start()
     wait_for(
-        lambda: result_counts(orthanc, ds.StudyInstanceUID) == (1, 1),
+        lambda: result_counts(orthanc, study_uid) == (1, 1),
         RUN_BOUND_S,
         "results after the PACS came back",
     )
     # The study is done once every result object is confirmed, a moment after the SR and the
     # overview capture are in Orthanc (the GSPS and per-finding captures may still be on their way).
     wait_for(
-        lambda: node.audit("--study", ds.StudyInstanceUID, "--action", "study.done"),
+        lambda: node.audit("--study", study_uid, "--action", "study.done"),
         RUN_BOUND_S,
         "the study to be done",
     )
@@ -209,28 +201,11 @@ def test_delivery_is_abandoned_and_alerted_after_the_give_up_time(make_node, ort
         delivery_retry_initial_s=0.5, delivery_retry_max_s=1, delivery_give_up_after_s=3
     )
     orthanc.stop()
-    ds = new_study(next((shared_data / "nih-chestxray14-dicom-gcp").glob("*.dcm")))
-    path = Path(node.workdir) / "study.dcm"
-    ds.save_as(path)
-    sent = subprocess.run(
-        [
-            need("storescu"),
-            "-aet",
-            "ORTHANC",
-            "-aec",
-            NODE_AE,
-            "127.0.0.1",
-            str(node.port),
-            str(path),
-        ],
-        capture_output=True,
-        text=True,
-    )
-    assert sent.returncode == 0, sent.stderr
+    study_uid = send_new_study(node, shared_data)
     abandoned = wait_for(
         lambda: node.audit("--action", "result.abandoned"),
         RUN_BOUND_S,
         "the delivery to be abandoned",
     )
     assert abandoned[0]["outcome"] == "failure"
-    assert abandoned[0]["study_uid"] == ds.StudyInstanceUID
+    assert abandoned[0]["study_uid"] == study_uid

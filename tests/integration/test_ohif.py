@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -33,7 +32,6 @@ from pydicom.uid import (
 )
 
 from models.preprocess import dicom_to_display
-from node.orthanc import Modality
 from node.results.notices import SERIES_KINDS
 from node.results.sr import CORNERSTONE_OUTLINE
 from support.burned_in import burned_in_boxes
@@ -48,7 +46,7 @@ from support.ohif import (
     overlaps,
     overlay_text_boxes,
 )
-from support.peers import NODE_AE, need, wait_for
+from support.peers import wait_for
 from support.rsna import RSNA_CASE, rsna_case_path
 
 pytestmark = [
@@ -62,15 +60,10 @@ _YELLOW = (255, 255, 0)
 
 
 @pytest.fixture
-def orthanc(tmp_path, node_port) -> Iterator[OrthancWithDicomWeb]:
+def orthanc_kind() -> type[OrthancWithDicomWeb]:
     """The integration harness's Orthanc, serving DICOMweb for OHIF."""
-    need("Orthanc")
     need_ohif()
-    server = OrthancWithDicomWeb(
-        tmp_path / "orthanc", [Modality("cxrnode", NODE_AE, "127.0.0.1", node_port)]
-    ).start()
-    yield server
-    server.stop()
+    return OrthancWithDicomWeb
 
 
 def _results(node, orthanc, source: Path) -> list[pydicom.Dataset]:

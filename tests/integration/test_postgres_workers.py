@@ -14,7 +14,7 @@ from pydicom.uid import generate_uid
 from sqlalchemy import create_engine, text
 
 from node.orthanc import free_port
-from support.peers import NODE_AE, NodeProcess, need, wait_for
+from support.peers import NODE_AE, NodeProcess, need, node_env, wait_for
 from support.postgres import postgres_server  # noqa: F401 - fixture
 
 pytestmark = pytest.mark.integration
@@ -59,19 +59,9 @@ def test_two_workers_on_postgresql_process_each_study_exactly_once(
 ):
     storescu = need("storescu")
     url = postgres_server.new_database()
-    common = {
-        "CXRNODE_AE_TITLE": NODE_AE,
-        "CXRNODE_DICOM_HOST": "127.0.0.1",
-        "CXRNODE_DESTINATIONS": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
-        "CXRNODE_DATA_DIR": str(tmp_path / "shared-data"),  # spool and results, shared
-        "CXRNODE_DB_URL": url,
-        "CXRNODE_MODEL": str(reference_model),
-        "CXRNODE_STABLE_AGE_S": "1",
-        "CXRNODE_PAIRING_WINDOW_S": "0",
-        "CXRNODE_HL7_PORT": "0",
-        "CXRNODE_DELIVERY_RETRY_INITIAL_S": "1",
-        "CXRNODE_LOG_LEVEL": "INFO",
-    }
+    # Spool and results shared by both nodes, and one database.
+    common = node_env(orthanc, tmp_path / "shared-data", reference_model)
+    common["CXRNODE_DB_URL"] = url
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     receiver = NodeProcess(

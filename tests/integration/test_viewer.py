@@ -12,7 +12,6 @@ import json
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import highdicom as hd
@@ -27,9 +26,9 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 
-from node.orthanc import Modality, free_port
+from node.orthanc import free_port
 from node.results.region import HeatRegion
-from support.peers import NODE_AE, need, wait_for
+from support.peers import need, wait_for
 from support.rsna import RSNA_CASE, rsna_case_boxes, rsna_case_path
 from support.viewer import OrthancWithViewer, screenshot_viewer
 
@@ -42,14 +41,9 @@ ARTIFACTS = Path("/tmp/cxrnode-artifacts")
 
 
 @pytest.fixture
-def orthanc(tmp_path, node_port) -> Iterator[OrthancWithViewer]:
+def orthanc_kind() -> type[OrthancWithViewer]:
     """The integration harness's Orthanc, with the Web Viewer plugin loaded."""
-    need("Orthanc")
-    server = OrthancWithViewer(
-        tmp_path / "orthanc", [Modality("cxrnode", NODE_AE, "127.0.0.1", node_port)]
-    ).start()
-    yield server
-    server.stop()
+    return OrthancWithViewer
 
 
 def _rsna(shared_data: Path) -> tuple[Path, np.ndarray]:

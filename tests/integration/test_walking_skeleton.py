@@ -9,7 +9,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from support.peers import NODE_AE, need, results_in_orthanc, wait_for
+from support.peers import need, results_in_orthanc, storescu, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -153,20 +153,7 @@ def test_storescu_as_sender(make_node, orthanc, shared_data):
     source = shared_data / "nih-chestxray14-dicom-gcp"
     source = next(source.glob("*.dcm"))
     study_uid = pydicom.dcmread(source, stop_before_pixels=True).StudyInstanceUID
-    sent = subprocess.run(
-        [
-            need("storescu"),
-            "-aet",
-            "ORTHANC",
-            "-aec",
-            NODE_AE,
-            "127.0.0.1",
-            str(node.port),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    sent = storescu(node.port, source)
     assert sent.returncode == 0, sent.stderr
 
     def sr_in_orthanc():
@@ -184,20 +171,7 @@ def test_storescu_as_sender(make_node, orthanc, shared_data):
 def test_unknown_calling_ae_is_rejected_and_audited(make_node, shared_data):
     node = make_node()
     source = rsna_files(shared_data)[1]
-    sent = subprocess.run(
-        [
-            need("storescu"),
-            "-aet",
-            "INTRUDER",
-            "-aec",
-            NODE_AE,
-            "127.0.0.1",
-            str(node.port),
-            str(source),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    sent = storescu(node.port, source, calling_ae="INTRUDER")
     assert sent.returncode != 0
     assert "Rejected" in sent.stdout + sent.stderr or "rejected" in sent.stdout + sent.stderr
     events = node.audit("--action", "association.rejected")
@@ -212,21 +186,7 @@ def test_non_chest_instance_is_stored_audited_and_skipped(make_node, shared_data
     if not ct.exists():
         ct = next((shared_data / "orthanc-transfer-syntax-zoo-noncxr").glob("*.4.70*"))
     study_uid = pydicom.dcmread(ct, stop_before_pixels=True).StudyInstanceUID
-    sent = subprocess.run(
-        [
-            need("storescu"),
-            "-xs",
-            "-aet",
-            "ORTHANC",
-            "-aec",
-            NODE_AE,
-            "127.0.0.1",
-            str(node.port),
-            str(ct),
-        ],
-        capture_output=True,
-        text=True,
-    )
+    sent = storescu(node.port, ct, options=("-xs",))
     assert sent.returncode == 0, sent.stdout + sent.stderr
     skipped = wait_for(
         lambda: node.audit("--study", study_uid, "--action", "study.skipped"), 30, "study.skipped"

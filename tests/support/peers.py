@@ -40,6 +40,35 @@ def need(tool: str) -> str:
     return path
 
 
+def node_env(orthanc: Orthanc, data_dir: Path, model: Path) -> dict[str, str]:
+    """The ``CXRNODE_*`` settings of a node that stores under ``data_dir``, runs ``model`` and
+    delivers to ``orthanc``; no report feed, so studies run as soon as they are stable."""
+    return {
+        "CXRNODE_AE_TITLE": NODE_AE,
+        "CXRNODE_DICOM_HOST": "127.0.0.1",
+        "CXRNODE_DESTINATIONS": f"ORTHANC@127.0.0.1:{orthanc.dicom_port}",
+        "CXRNODE_DATA_DIR": str(data_dir),
+        "CXRNODE_MODEL": str(model),
+        "CXRNODE_STABLE_AGE_S": "1",
+        "CXRNODE_PAIRING_WINDOW_S": "0",
+        "CXRNODE_HL7_PORT": "0",
+        "CXRNODE_DELIVERY_RETRY_INITIAL_S": "1",
+        "CXRNODE_LOG_LEVEL": "INFO",
+    }
+
+
+def storescu(
+    port: int, path: Path, calling_ae: str = "ORTHANC", options: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess:
+    """Send ``path`` to the node on 127.0.0.1:``port`` with dcmtk's storescu (called AE
+    ``NODE_AE``); ``options`` go before the AE titles (e.g. ``("-xs",)`` to propose the file's
+    own transfer syntax). The caller checks the exit status."""
+    command = [need("storescu"), *options, "-aet", calling_ae, "-aec", NODE_AE]
+    return subprocess.run(
+        [*command, "127.0.0.1", str(port), str(path)], capture_output=True, text=True
+    )
+
+
 class NodeProcess:
     """``cxrnode serve`` in its own process, configured through ``CXRNODE_*`` variables."""
 

@@ -25,16 +25,13 @@ from pynetdicom.pdu_primitives import A_ASSOCIATE, MaximumLengthNotification
 from pynetdicom.presentation import build_context
 from pynetdicom.sop_class import Verification
 
-from node.config import Settings
 from node.dicom.receiver import StorageSCP
 from node.dicom.transport import _Deadlines
-from node.orthanc import free_port
 from node.tls import client_context
 from storage import audit
-from storage.database import Database
-from storage.spool import FileStore
 from support.certs import Pki, make_pki
 from support.peers import wait_for
+from support.scp import start_scp
 
 ATTACKER = "127.0.0.2"
 # The start of an A-ASSOCIATE-RQ (PS3.8 9.3.2) announcing 200 bytes, of which it sends 10.
@@ -45,20 +42,6 @@ LOCAL_LIMIT_RJ = b"\x03\x00\x00\x00\x00\x04\x00\x02\x03\x02"  # transient, provi
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory) -> Pki:
     return make_pki(tmp_path_factory.mktemp("pki"))
-
-
-def start_scp(tmp_path: Path, **overrides) -> StorageSCP:
-    settings = Settings(
-        dicom_host="127.0.0.1",
-        dicom_port=free_port(),
-        allowed_calling_aes=("MODALITY",),
-        **overrides,
-    )
-    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
-    db.create_schema()
-    scp = StorageSCP(settings, db, FileStore(tmp_path / "spool"))
-    scp.start()
-    return scp
 
 
 @pytest.fixture

@@ -33,7 +33,6 @@ from models.pixel_limits import (
     inflated_size_at_most,
 )
 from models.preprocess import decode_pixels
-from node.config import Settings
 from node.dicom.limits import (
     PIXEL_DATA_TRUNCATED,
     STUDY_INSTANCE_CAP,
@@ -41,28 +40,12 @@ from node.dicom.limits import (
     TOO_LARGE_INFLATED,
 )
 from node.dicom.receiver import StorageSCP
-from node.orthanc import free_port
 from storage import audit
-from storage.database import Database
 from storage.schema import Instance
-from storage.spool import FileStore
+from support.scp import start_scp
 
 MIB = 1024 * 1024
 SC_IMAGE = "1.2.840.10008.5.1.4.1.1.7"
-
-
-def start_scp(tmp_path: Path, **settings) -> StorageSCP:
-    settings = Settings(
-        dicom_host="127.0.0.1",
-        dicom_port=free_port(),
-        allowed_calling_aes=("MODALITY",),
-        **settings,
-    )
-    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
-    db.create_schema()
-    server = StorageSCP(settings, db, FileStore(tmp_path / "spool"))
-    server.start()
-    return server
 
 
 @pytest.fixture

@@ -12,12 +12,8 @@ import pytest
 from pynetdicom import AE
 
 from node.build import keep_identifiers_out_of_the_log
-from node.config import Settings
-from node.dicom.receiver import StorageSCP
 from node.log_privacy import WITHHELD
-from node.orthanc import free_port
-from storage.database import Database
-from storage.spool import FileStore
+from support.scp import start_scp
 
 # Letters are not allowed in a UI value: pydicom says so, quoting the value.
 BAD_STUDY_UID = "1.2.826.0.1.3680043.8.498.PATIENT7"
@@ -25,13 +21,7 @@ BAD_STUDY_UID = "1.2.826.0.1.3680043.8.498.PATIENT7"
 
 @pytest.fixture
 def scp(tmp_path: Path):
-    settings = Settings(
-        dicom_host="127.0.0.1", dicom_port=free_port(), allowed_calling_aes=("MODALITY",)
-    )
-    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
-    db.create_schema()
-    server = StorageSCP(settings, db, FileStore(tmp_path / "spool"))
-    server.start()
+    server = start_scp(tmp_path)
     yield server
     server.stop()
 

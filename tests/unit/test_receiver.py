@@ -17,7 +17,7 @@ from pynetdicom.sop_class import SecondaryCaptureImageStorage
 from sqlalchemy import select
 from sqlalchemy import text as sql_text
 
-from node.config import Destination, Settings
+from node.config import Destination
 from node.dicom.intake import (
     CONFLICTING_DUPLICATE,
     INVALID_UID,
@@ -29,25 +29,10 @@ from node.dicom.intake import (
 from node.dicom.receiver import StorageSCP
 from node.dicom.sender import DicomSender, _pause_reactor, reactor_workaround_applies
 from node.dicom.tcp import no_delay
-from node.orthanc import free_port
 from storage import audit
-from storage.database import Database
 from storage.schema import Instance, Study
-from storage.spool import FileStore
 from support.peers import wait_for
-
-
-def start_scp(tmp_path: Path, on_complete=None, **settings) -> StorageSCP:
-    settings = Settings(
-        dicom_host="127.0.0.1",
-        dicom_port=free_port(),
-        **{"allowed_calling_aes": ("MODALITY",), **settings},
-    )
-    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
-    db.create_schema()
-    server = StorageSCP(settings, db, FileStore(tmp_path / "spool"), on_complete=on_complete)
-    server.start()
-    return server
+from support.scp import start_scp
 
 
 @pytest.fixture

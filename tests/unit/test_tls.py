@@ -11,17 +11,14 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from node.config import Settings
-from node.dicom.receiver import StorageSCP
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
-from node.orthanc import free_port
 from node.refusals import RefusalAudit
 from node.tls import client_context, server_context
 from storage import audit
 from storage.database import Database
-from storage.spool import FileStore
 from support.certs import Pki, make_pki
+from support.scp import start_scp
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +28,9 @@ def pki(tmp_path_factory) -> Pki:
 
 @pytest.fixture
 def tls_scp(tmp_path: Path, pki: Pki):
-    settings = Settings(
-        dicom_host="127.0.0.1",
-        dicom_port=free_port(),
-        allowed_calling_aes=("MODALITY",),
-        tls_cert=str(pki.server_cert),
-        tls_key=str(pki.server_key),
-        tls_ca=str(pki.ca),
+    scp = start_scp(
+        tmp_path, tls_cert=str(pki.server_cert), tls_key=str(pki.server_key), tls_ca=str(pki.ca)
     )
-    db = Database(f"sqlite:///{tmp_path / 'node.db'}")
-    db.create_schema()
-    scp = StorageSCP(settings, db, FileStore(tmp_path / "spool"))
-    scp.start()
     yield scp
     scp.stop()
 

@@ -20,3 +20,13 @@ def nih_thumbs(shared_data: Path) -> Path:
 @pytest.fixture(scope="session")
 def nih_data_entry(shared_data: Path) -> Path:
     return shared_data / "nih-chestxray14-samples" / "Data_Entry_2017_v2020.csv.gz"
+
+
+@pytest.fixture(scope="session")
+def nih512(shared_data: Path) -> Path:
+    return shared_data / "nih-chestxray14-1000-darkcovidnet"
+
+
+@pytest.fixture(scope="session")
+def kermany(shared_data: Path) -> Path:
+    return shared_data / "kermany-pediatric-pneumonia-224" / "dataset"

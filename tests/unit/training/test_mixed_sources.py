@@ -19,16 +19,6 @@ from training.splits import check_for_leakage
 SHARED_NIH_PATIENTS = {"61", "150", "165", "193", "211", "218"}
 
 
-@pytest.fixture(scope="module")
-def nih512(shared_data: Path) -> Path:
-    return shared_data / "nih-chestxray14-1000-darkcovidnet"
-
-
-@pytest.fixture(scope="module")
-def kermany(shared_data: Path) -> Path:
-    return shared_data / "kermany-pediatric-pneumonia-224" / "dataset"
-
-
 def test_nih_labelled_folders_take_targets_patients_and_views_from_the_label_rows(nih512: Path):
     data = read_nih_labelled_folders(nih512)
     assert data.vocabulary == "abnormal-pneumonia" and not data.missing
