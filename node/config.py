@@ -186,6 +186,9 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     admin_token: str = ""
+    # GET /metrics on the admin server (Prometheus): behind admin_token unless this is off.
+    # The figures are counts and ages, no patient data, but they name the destinations.
+    metrics_require_token: bool = True
     # Several node processes may share one PostgreSQL database: "receiver" (SCP, feeds,
     # assembly, delivery, retention, no worker), "worker" (claims and runs jobs only) or "all".
     # Each needs its own node_name (default: the host name); jobs record who claimed them.
