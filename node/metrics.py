@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 from node.config import Settings
 from storage import monitoring
 from storage.database import Database
-from storage.monitoring import CountedEvent
+from storage.monitoring import LabelledCount, RunEvent
 
 log = logging.getLogger(__name__)
 
@@ -147,51 +147,49 @@ class NodeMetrics(Collector):
         upto = monitoring.last_sealed(session)
         if upto <= self._seq:
             return
-        for key, n in monitoring.action_counts(session, self._seq, upto).items():
+        after = self._seq
+        for key, n in monitoring.action_counts(session, after, upto).items():
             self._events[key] += n
-        events = monitoring.counted_events(session, self._seq, upto)
-        done, runs = [], []
-        for event in events:
-            self._count(event)
-            if event.action == monitoring.DONE:
-                done.append(event)
-            elif event.action == monitoring.INFERENCE:
-                runs.append(event)
+        for counted in monitoring.labelled_counts(session, after, upto):
+            self._count(counted)
+        runs = monitoring.completed_runs(session, after, upto)
+        for run in runs:
+            self._labelled["runs_completed"][(run.model or "",)] += 1
+            for stage, seconds in run.timings.items():
+                name = stage.removesuffix("_s")
+                if name not in self._stages:
+                    self._stages[name] = Histogram(STAGE_BUCKETS)
+                self._stages[name].observe(seconds)
+        self._note_models(session, runs)
+        done = monitoring.studies_done(session, after, upto)
         for turnaround in monitoring.turnarounds(session, done):
             if turnaround.end_to_end_s is not None:
                 self._end_to_end.observe(turnaround.end_to_end_s)
             if turnaround.processing_s is not None:
                 self._processing.observe(turnaround.processing_s)
-        self._note_models(session, runs)
         self._seq = upto
 
-    def _count(self, event: CountedEvent) -> None:
+    def _count(self, counted: LabelledCount) -> None:
         labelled = self._labelled
-        if event.action == "instance.refused":
-            labelled["instances_refused"][(event.status or "",)] += 1
-        elif event.action in monitoring.REFUSED_CONNECTIONS:
-            reason = event.action.partition(".")[2]
-            labelled["associations_refused"][(reason,)] += event.count
-        elif event.action in _PER_DESTINATION:
-            labelled[_PER_DESTINATION[event.action]][(event.destination or "",)] += 1
-        elif event.action == monitoring.INFERENCE:
-            labelled["runs_completed"][(event.model or "",)] += 1
-            for stage, seconds in event.timings.items():
-                name = stage.removesuffix("_s")
-                if name not in self._stages:
-                    self._stages[name] = Histogram(STAGE_BUCKETS)
-                self._stages[name].observe(seconds)
+        if counted.action == "instance.refused":
+            labelled["instances_refused"][(counted.status or "",)] += counted.events
+        elif counted.action in monitoring.REFUSED_CONNECTIONS:
+            reason = counted.action.partition(".")[2]
+            labelled["associations_refused"][(reason,)] += counted.refusals
+        elif counted.action in _PER_DESTINATION:
+            key = (counted.destination or "",)
+            labelled[_PER_DESTINATION[counted.action]][key] += counted.events
 
-    def _note_models(self, session, runs: list[CountedEvent]) -> None:
+    def _note_models(self, session, runs: list[RunEvent]) -> None:
         """Remember the model of each node's latest run among ``runs``."""
-        latest: dict[tuple[str, int], CountedEvent] = {}
-        for event in runs:
-            if event.study_uid and event.run is not None and event.model:
-                latest[(event.study_uid, event.run)] = event
+        latest: dict[tuple[str, int], RunEvent] = {}
+        for run in runs:
+            if run.study_uid and run.run is not None and run.model:
+                latest[(run.study_uid, run.run)] = run
         for key, node in monitoring.run_nodes(session, latest).items():
-            event = latest[key]
-            if event.seq > self._node_models.get(node, (0, ""))[0]:
-                self._node_models[node] = (event.seq, event.model)
+            run = latest[key]
+            if run.seq > self._node_models.get(node, (0, ""))[0]:
+                self._node_models[node] = (run.seq, run.model)
 
     # The families ------------------------------------------------------------------------
 

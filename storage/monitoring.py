@@ -36,15 +36,6 @@ from storage.schema import (
 
 RECEIVED, QUEUED, DONE = "instance.received", "study.queued", "study.done"
 INFERENCE = "inference.completed"
-# The events whose detail a counter or histogram reads (every event is counted by action).
-DETAILED = (
-    "instance.refused",
-    "result.sent",
-    "result.send_failed",
-    "result.abandoned",
-    INFERENCE,
-    DONE,
-)
 # Refused connections are written one row per peer and window, with the count it stands for
 # (``node.refusals``).
 REFUSED_CONNECTIONS = (
@@ -54,6 +45,9 @@ REFUSED_CONNECTIONS = (
     "association.pdu_timeout",
     "association.message_timeout",
 )
+DELIVERY = ("result.sent", "result.send_failed", "result.abandoned")
+# The events counters count by a label of their detail (every event is counted by action).
+LABELLED = ("instance.refused", *DELIVERY, *REFUSED_CONNECTIONS)
 _CHUNK = 500  # identifiers in one IN (...)
 
 
@@ -117,35 +111,58 @@ def action_counts(session: Session, after: int, upto: int) -> dict[tuple[str, st
 
 
 @dataclass(frozen=True)
-class CountedEvent:
-    """What a counter or histogram reads of one event: its place, and the few detail values
-    it needs (pulled out by the database, so a run's probabilities are never read)."""
+class LabelledCount:
+    """How many events of one action carried the same label values, added up in the database
+    (a row per result sent is never read)."""
 
-    seq: int
     action: str
-    time: datetime
-    study_uid: str | None
     destination: str | None  # result.*
     status: str | None  # instance.refused: the DICOM status returned
-    count: int  # refused connections: how many the row stands for
-    run: int | None  # inference.completed, study.done
-    model: str | None  # inference.completed
-    timings: dict[str, float]  # inference.completed: seconds per stage
+    refusals: int  # refused connections: how many refusals the rows stand for
+    events: int
 
 
-def counted_events(session: Session, after: int, upto: int) -> list[CountedEvent]:
-    """The events numbered in ``(after, upto]`` that counters and histograms read beyond
-    their action, oldest first."""
+def labelled_counts(session: Session, after: int, upto: int) -> list[LabelledCount]:
+    """The events numbered in ``(after, upto]`` that counters read by label, counted by
+    action, destination and status."""
+    detail = AuditEvent.detail
+    destination = detail["destination"].as_string()
+    status = detail["status"].as_string()
+    count = detail["count"].as_string()  # text: a row of an older version may hold anything
+    rows = session.execute(
+        select(AuditEvent.action, destination, status, count, func.count())
+        .where(
+            AuditEvent.chain_seq > after,
+            AuditEvent.chain_seq <= upto,
+            AuditEvent.action.in_(LABELLED),
+        )
+        .group_by(AuditEvent.action, destination, status, count)
+    )
+    return [
+        LabelledCount(action, dest, stat, (_integer(n, default=1) or 0) * events, events)
+        for action, dest, stat, n, events in rows
+    ]
+
+
+@dataclass(frozen=True)
+class RunEvent:
+    """An ``inference.completed`` event: which run, which model, and its stage timings."""
+
+    seq: int
+    study_uid: str | None
+    run: int | None
+    model: str | None
+    timings: dict[str, float]  # seconds per stage
+
+
+def completed_runs(session: Session, after: int, upto: int) -> list[RunEvent]:
+    """The runs whose inference completed in ``(after, upto]``, oldest first (their
+    probabilities stay in the database)."""
     detail = AuditEvent.detail
     rows = session.execute(
         select(
             AuditEvent.chain_seq,
-            AuditEvent.action,
-            AuditEvent.time,
             AuditEvent.study_uid,
-            detail["destination"].as_string(),
-            detail["status"].as_string(),
-            detail["count"].as_string(),
             detail["run"].as_string(),
             detail["model"].as_string(),
             detail["timings"],
@@ -153,25 +170,27 @@ def counted_events(session: Session, after: int, upto: int) -> list[CountedEvent
         .where(
             AuditEvent.chain_seq > after,
             AuditEvent.chain_seq <= upto,
-            AuditEvent.action.in_((*DETAILED, *REFUSED_CONNECTIONS)),
+            AuditEvent.action == INFERENCE,
         )
         .order_by(AuditEvent.chain_seq)
     )
     return [
-        CountedEvent(
-            seq=int(seq),
-            action=action,
-            time=as_utc(time),
-            study_uid=study_uid,
-            destination=destination,
-            status=status,
-            count=_integer(count, default=1),
-            run=_integer(run, default=None),
-            model=model,
-            timings=_seconds(timings),
-        )
-        for seq, action, time, study_uid, destination, status, count, run, model, timings in rows
+        RunEvent(int(seq), uid, _integer(run, default=None), model, _seconds(timings))
+        for seq, uid, run, model, timings in rows
     ]
+
+
+def studies_done(session: Session, after: int, upto: int) -> list[tuple[str, datetime]]:
+    """(Study UID, time) of each ``study.done`` event in ``(after, upto]``."""
+    rows = session.execute(
+        select(AuditEvent.study_uid, AuditEvent.time).where(
+            AuditEvent.chain_seq > after,
+            AuditEvent.chain_seq <= upto,
+            AuditEvent.action == DONE,
+            AuditEvent.study_uid.is_not(None),
+        )
+    )
+    return [(uid, as_utc(time)) for uid, time in rows]
 
 
 def _integer(value: Any, default: int | None) -> int | None:
@@ -202,12 +221,13 @@ class Turnaround:
     processing_s: float | None
 
 
-def turnarounds(session: Session, done: Iterable[CountedEvent]) -> list[Turnaround]:
-    """The turnaround of each ``study.done`` event, measured as ``cxrnode audit stats`` does:
-    from the latest ``instance.received`` and ``study.queued`` of the study before it."""
-    done = [e for e in done if e.study_uid]
+def turnarounds(session: Session, done: Iterable[tuple[str, datetime]]) -> list[Turnaround]:
+    """The turnaround of each (Study UID, time) of :func:`studies_done`, measured as ``cxrnode
+    audit stats`` does: from the latest ``instance.received`` and ``study.queued`` of the
+    study before it."""
+    done = list(done)
     starts: dict[str, dict[str, list[datetime]]] = defaultdict(lambda: defaultdict(list))
-    uids = sorted({e.study_uid for e in done})
+    uids = sorted({uid for uid, _ in done})
     for chunk in range(0, len(uids), _CHUNK):
         rows = session.execute(
             select(AuditEvent.study_uid, AuditEvent.action, AuditEvent.time).where(
@@ -218,11 +238,11 @@ def turnarounds(session: Session, done: Iterable[CountedEvent]) -> list[Turnarou
         for uid, action, time in rows:
             starts[uid][action].append(as_utc(time))
     out = []
-    for event in done:
+    for uid, finished in done:
         seconds = []
         for action in (RECEIVED, QUEUED):
-            before = [t for t in starts[event.study_uid][action] if t <= event.time]
-            seconds.append((event.time - max(before)).total_seconds() if before else None)
+            before = [t for t in starts[uid][action] if t <= finished]
+            seconds.append((finished - max(before)).total_seconds() if before else None)
         out.append(Turnaround(*seconds))
     return out
 
