@@ -31,7 +31,7 @@ from storage import audit, jobs, outbox  # noqa: E402
 from storage.audit import Outcome  # noqa: E402
 from storage.database import Database  # noqa: E402
 from storage.run_summary import ImageSummary, InferenceCompleted, RunSummary  # noqa: E402
-from storage.schema import AuditEvent, utcnow  # noqa: E402
+from storage.schema import AuditEvent, Job, utcnow  # noqa: E402
 from storage.studies import InstanceHeader, add_instance  # noqa: E402
 
 DESTINATION = "PACS@10.0.0.1:104"
@@ -119,12 +119,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--warm-scrapes", type=int, default=20)
+    parser.add_argument(
+        "--database", type=Path, help="keep the database here, and reuse it when it exists"
+    )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        db = Database(f"sqlite:///{Path(tmp) / 'cxrnode.db'}")
+        path = args.database or Path(tmp) / "cxrnode.db"
+        built = path.exists()
+        db = Database(f"sqlite:///{path}")
         db.create_schema()
         clock = time.perf_counter()
-        for first in range(0, args.jobs, 250):
+        if built:
+            with db.reading() as session:
+                args.jobs = session.query(Job).count()
+        for first in range(0, 0 if built else args.jobs, 250):
             record_studies(db, first, min(250, args.jobs - first))
         with db.reading() as session:
             events = session.query(AuditEvent).count()
