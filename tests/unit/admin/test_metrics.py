@@ -209,6 +209,32 @@ def test_a_database_that_cannot_be_read_is_database_up_0(tmp_path):
     unmade.dispose()
 
 
+def test_the_example_alert_rules_use_only_metrics_the_node_exports(db, history):
+    import re
+    from pathlib import Path
+
+    import yaml
+
+    rules = Path(__file__).resolve().parents[3] / "docker" / "prometheus-alerts.yaml"
+    groups = yaml.safe_load(rules.read_text())["groups"]
+    used = {
+        name
+        for group in groups
+        for rule in group["rules"]
+        for name in re.findall(r"\b(cxrnode_\w+)", rule["expr"])
+    }
+    # The series a family may have, with samples or not yet (a labelled one before its first).
+    suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count"), "gauge": ("",)}
+    text = generate_latest(registry(NodeMetrics(db, SETTINGS))).decode()
+    exported = {
+        family.name + suffix
+        for family in text_string_to_metric_families(text)
+        for suffix in suffixes[family.type]
+    }
+    assert used and used <= exported, used - exported
+    assert all(rule["labels"]["severity"] for group in groups for rule in group["rules"])
+
+
 # The endpoint --------------------------------------------------------------------------------
 
 
