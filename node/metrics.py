@@ -121,6 +121,16 @@ class NodeMetrics(Collector):
         self._processing = Histogram(PROCESSING_BUCKETS)
         self._node_models: dict[str, tuple[int, str]] = {}  # node -> (seq, model)
 
+    def catch_up(self) -> None:
+        """Fold the audit log up to now (a process's first fold reads all of it: about 0.2 s
+        per thousand runs here), so that the first scrape only reads what came since."""
+        with self._lock:
+            try:
+                with self.db.reading() as session:
+                    self._fold(session)
+            except Exception:
+                log.exception("metrics: the database could not be read")
+
     def describe(self) -> Iterator[Metric]:
         # The names without reading the database (the registry asks when registering).
         return iter(())

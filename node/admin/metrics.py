@@ -9,6 +9,8 @@ recorded as an access (no patient data leaves); a refused one is, like any refus
 
 from __future__ import annotations
 
+import threading
+
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from prometheus_client import CollectorRegistry
@@ -21,9 +23,18 @@ from node.metrics import NodeMetrics
 router = APIRouter()
 
 
-def registry(metrics: NodeMetrics) -> CollectorRegistry:
+def registry(metrics: NodeMetrics, warm_up: bool = False) -> CollectorRegistry:
     """The app's own registry (not the library's global one): the node's figures, and the
-    serving process's CPU, memory and open files."""
+    serving process's CPU, memory and open files.
+
+    Parameters
+    ----------
+    warm_up:
+        Fold the audit log in a thread now, rather than in the first scrape: on a database of
+        many runs that fold takes seconds, past a Prometheus scrape timeout.
+    """
+    if warm_up:
+        threading.Thread(target=metrics.catch_up, name="metrics-warm-up", daemon=True).start()
     found = CollectorRegistry(auto_describe=False)
     found.register(metrics)
     ProcessCollector(registry=found)

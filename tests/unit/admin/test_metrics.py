@@ -90,6 +90,15 @@ def test_a_scrape_adds_only_what_happened_since_and_a_restart_reads_the_same_tot
     assert _counters(scrape(NodeMetrics(db, SETTINGS))) == _counters(after)
 
 
+def test_a_collector_warmed_up_at_start_reports_what_a_cold_one_does(db, history):
+    warmed = NodeMetrics(db, SETTINGS)
+    warmed.catch_up()  # what the admin app's warm-up thread does
+    later = StudyIds("1.2.826.1.10", "ACC10", "P10")
+    history.receive(later, DAY2 + timedelta(hours=13))
+    assert _counters(scrape(warmed)) == _counters(scrape(NodeMetrics(db, SETTINGS)))
+    assert value(scrape(warmed), "cxrnode_instances_received_total") == 6
+
+
 def _counters(samples):
     return {
         key: v
