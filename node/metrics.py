@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 from node.config import Settings
 from storage import monitoring
 from storage.database import Database
-from storage.monitoring import LabelledCount, RunEvent
+from storage.monitoring import LabelledCount
 
 log = logging.getLogger(__name__)
 
@@ -153,16 +153,24 @@ class NodeMetrics(Collector):
     # Reading on from the last event ------------------------------------------------------
 
     def _fold(self, session) -> None:
-        """Add the events committed since the previous scrape to the counts."""
+        """Add the events committed since the previous scrape to the counts: every read
+        first, then the additions, so a read that fails leaves the counts as they were (and
+        the next scrape reads the same events again)."""
         upto = monitoring.last_sealed(session)
         if upto <= self._seq:
             return
         after = self._seq
-        for key, n in monitoring.action_counts(session, after, upto).items():
-            self._events[key] += n
-        for counted in monitoring.labelled_counts(session, after, upto):
-            self._count(counted)
+        actions = monitoring.action_counts(session, after, upto)
+        labelled = monitoring.labelled_counts(session, after, upto)
         runs = monitoring.completed_runs(session, after, upto)
+        latest = {(r.study_uid, r.run): r for r in runs if r.study_uid and r.run is not None}
+        nodes = monitoring.run_nodes(session, latest)
+        turnarounds = monitoring.turnarounds(session, monitoring.studies_done(session, after, upto))
+
+        for key, n in actions.items():
+            self._events[key] += n
+        for counted in labelled:
+            self._count(counted)
         for run in runs:
             self._labelled["runs_completed"][(run.model or "",)] += 1
             for stage, seconds in run.timings.items():
@@ -170,9 +178,11 @@ class NodeMetrics(Collector):
                 if name not in self._stages:
                     self._stages[name] = Histogram(STAGE_BUCKETS)
                 self._stages[name].observe(seconds)
-        self._note_models(session, runs)
-        done = monitoring.studies_done(session, after, upto)
-        for turnaround in monitoring.turnarounds(session, done):
+        for key, node in nodes.items():
+            run = latest[key]
+            if run.model and run.seq > self._node_models.get(node, (0, ""))[0]:
+                self._node_models[node] = (run.seq, run.model)
+        for turnaround in turnarounds:
             if turnaround.end_to_end_s is not None:
                 self._end_to_end.observe(turnaround.end_to_end_s)
             if turnaround.processing_s is not None:
@@ -189,17 +199,6 @@ class NodeMetrics(Collector):
         elif counted.action in _PER_DESTINATION:
             key = (counted.destination or "",)
             labelled[_PER_DESTINATION[counted.action]][key] += counted.events
-
-    def _note_models(self, session, runs: list[RunEvent]) -> None:
-        """Remember the model of each node's latest run among ``runs``."""
-        latest: dict[tuple[str, int], RunEvent] = {}
-        for run in runs:
-            if run.study_uid and run.run is not None and run.model:
-                latest[(run.study_uid, run.run)] = run
-        for key, node in monitoring.run_nodes(session, latest).items():
-            run = latest[key]
-            if run.seq > self._node_models.get(node, (0, ""))[0]:
-                self._node_models[node] = (run.seq, run.model)
 
     # The families ------------------------------------------------------------------------
 
