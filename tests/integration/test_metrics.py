@@ -96,3 +96,28 @@ def test_a_study_through_the_node_moves_the_counters_and_a_restart_keeps_them(
     events = [key for key in after if key[0] == "cxrnode_audit_events_total"]
     assert all(again[key] >= after[key] for key in events)
     assert value(again, "cxrnode_audit_events_total", action="node.stopped", outcome="success") == 1
+
+
+def test_a_destination_that_never_answers_shows_as_failures_and_abandoned_results(
+    make_node, orthanc, shared_data
+):
+    port = free_port()
+    dead = f"DEAD@127.0.0.1:{free_port()}"  # nothing listens there
+    node = make_node(
+        admin_port=port,
+        admin_token=TOKEN,
+        destinations=f"ORTHANC@127.0.0.1:{orthanc.dicom_port},{dead}",
+        delivery_give_up_after_s=3,
+    )
+    uploaded = orthanc.upload(rsna_case_path(shared_data).read_bytes())
+    orthanc.send_study("cxrnode", uploaded["ParentStudy"])
+    wait_for(lambda: node.audit("--action", "result.abandoned"), 300, "a result abandoned")
+    abandoned = node.audit("--action", "result.abandoned")
+
+    samples = scrape(port)
+    assert value(samples, "cxrnode_delivery_failures_total", destination=dead) >= len(abandoned)
+    assert value(samples, "cxrnode_results_abandoned_total", destination=dead) == len(abandoned)
+    live = f"ORTHANC@127.0.0.1:{orthanc.dicom_port}"
+    assert value(samples, "cxrnode_results_abandoned_total", destination=live) == 0
+    assert value(samples, "cxrnode_studies", state="failed") == 1
+    assert value(samples, "cxrnode_studies_done_total") == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pydicom
@@ -70,9 +69,7 @@ def forwarding_said(orthanc: ComposeOrthanc, study_id: str, what: str) -> bool:
 def test_orthanc_forwards_a_chest_study_and_never_the_results(
     make_node, orthanc, shared_data, tmp_path
 ):
-    clock = time.monotonic()
     node = make_node()
-    print(f"node up after {time.monotonic() - clock:.0f} s")
     source = rsna_case_path(shared_data)
     header = pydicom.dcmread(source, stop_before_pixels=True)
     # The same image as a CT study: not a chest radiograph, so not for the node.
