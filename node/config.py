@@ -186,6 +186,9 @@ class Settings:
     admin_host: str = "127.0.0.1"
     admin_port: int = 0
     admin_token: str = ""
+    # GET /metrics on the admin server (Prometheus): behind admin_token unless this is off.
+    # The figures are counts and ages, no patient data, but they name the destinations.
+    metrics_require_token: bool = True
     # STOW-RS (DICOMweb) endpoint: studies POSTed to /dicom-web/studies are admitted as C-STORE
     # admits them. dicomweb_port 0 turns it off; it refuses to start without a dicomweb_token
     # (16 characters or more), presented as a bearer token or as the HTTP Basic password. A

@@ -13,6 +13,8 @@
 ``GET /api/stats``                     per-day counts and turnaround (``since``, ``until``)
 ``GET /``, ``GET /studies/{key}``      the same as HTML pages, usable without JavaScript
 ``GET|POST /login``, ``GET /logout``   the browser's token form and session cookie
+``GET /metrics``                       Prometheus figures (``node.metrics``); the token unless
+                                       ``metrics_require_token`` is off
 =====================================  =======================================================
 
 Every answer carrying patient data is recorded in the audit log (``admin.query``, with the
@@ -33,11 +35,12 @@ from pathlib import Path
 from fastapi import FastAPI, Request
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from node.admin import api, health, login, pages, render
+from node.admin import api, health, login, metrics, pages, render
 from node.admin.auth import TokenCheck
 from node.admin.dependencies import AdminContext, AnswerInstead, answer_instead
 from node.admin.probe import DestinationProbe
 from node.config import Settings
+from node.metrics import NodeMetrics
 from node.refusals import RefusalAudit
 from storage import queries
 from storage.database import Database
@@ -72,7 +75,7 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
     FastAPI
         The application; ``app.state.admin`` holds the routes' shared
         :class:`~node.admin.dependencies.AdminContext` (``AdminServer.stop`` flushes its
-        refusal counts).
+        refusal counts); ``app.state.metrics``, the registry ``/metrics`` answers from.
     """
     app = FastAPI(title="cxrnode admin", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.admin = AdminContext(
@@ -83,6 +86,7 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
         pages=_templates(),
         probe=probe,
     )
+    app.state.metrics = metrics.registry(NodeMetrics(db, settings), warm_up=True)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):
@@ -91,7 +95,7 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
         return response
 
     app.add_exception_handler(AnswerInstead, answer_instead)
-    for router in (health.router, api.router, pages.router, login.router):
+    for router in (health.router, api.router, pages.router, login.router, metrics.router):
         app.include_router(router)
     return app
 

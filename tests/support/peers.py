@@ -1,4 +1,5 @@
-"""Real peers for integration tests: the node as a separate process, dcmtk tools, polling."""
+"""Real peers for integration tests: the node as a separate process, the Orthanc that
+docker/compose.yaml runs, dcmtk tools, polling."""
 
 from __future__ import annotations
 
@@ -16,9 +17,10 @@ import pytest
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
-from node.orthanc import Orthanc
+from node.orthanc import Modality, Orthanc
 
 NODE_AE = "CXRNODE"
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
 
 
 def wait_for(predicate: Callable[[], object], timeout_s: float, what: str, step_s: float = 0.2):
@@ -140,3 +142,56 @@ def results_in_orthanc(orthanc: Orthanc, study_id: str, expected: int) -> list[d
     """The study's instances once it holds ``expected`` of them (sources + SR + SC)."""
     instances = orthanc.study_instances(study_id)
     return instances if len(instances) >= expected else None
+
+
+class ComposeOrthanc(Orthanc):
+    """Orthanc run natively with docker/orthanc.json and the Lua script it loads, as compose
+    runs them: every key as the file has it, but for the ports, the storage, the paths of the
+    mounted files and the hosts of its modalities (compose's service names), which become
+    ``modalities``' loopback addresses.
+
+    Parameters
+    ----------
+    modalities:
+        Where each of the file's ``DicomModalities`` entries listens here, by its name there;
+        an entry not given keeps the file's host and port.
+    """
+
+    def __init__(self, workdir: Path, modalities: list[Modality] = ()) -> None:
+        super().__init__(workdir, modalities)
+        self.compose_config = json.loads((DOCKER / "orthanc.json").read_text())
+
+    def config(self) -> dict:
+        storage = str(self.workdir / "storage")
+        config = json.loads(json.dumps(self.compose_config))
+        config.update(
+            HttpPort=self.http_port,
+            DicomPort=self.dicom_port,
+            StorageDirectory=storage,
+            IndexDirectory=storage,
+            LuaScripts=[
+                str(compose_mounts("orthanc")[path]) for path in config.get("LuaScripts", [])
+            ],
+        )
+        here = {m.name: m for m in self.modalities}
+        for name, entry in config.get("DicomModalities", {}).items():
+            if name in here:
+                entry.update(Host=here[name].host, Port=here[name].port)
+        return config
+
+    def log(self) -> str:
+        return (self.workdir / "orthanc.log").read_text(errors="replace")
+
+
+def compose_mounts(service: str) -> dict[str, Path]:
+    """The files of the repository that docker/compose.yaml mounts into ``service``, by the
+    path they have there."""
+    import yaml
+
+    compose = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    mounts = {}
+    for volume in compose["services"][service].get("volumes", []):
+        source, target = volume.split(":")[:2]
+        if source.startswith("./"):
+            mounts[target] = DOCKER / source.removeprefix("./")
+    return mounts
