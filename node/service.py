@@ -205,7 +205,7 @@ class Node:
         if self.mllp:
             self.mllp.stop()
         self.refusals.flush()
-        # The worker first: it commits the batch being built, which delivery may then send.
+        # No new jobs first; then the worker commits the batch being built; delivery last.
         for name in ("assemble", "csv-feed", "worker", "deliver", "retention"):
             loop = self.loops.pop(name, None)
             if loop is not None:
