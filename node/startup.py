@@ -40,7 +40,7 @@ def check_settings(settings: Settings, receives: bool) -> None:
         A TLS file is missing or unusable.
     """
     check_ports_free(listeners(settings, receives))
-    if settings.tls and receives:
+    if settings.tls and (receives or settings.admin_port):  # the listeners' and admin's TLS
         server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
     if settings.tls_destinations:
         client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)

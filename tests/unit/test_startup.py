@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from node.config import Settings
+from node.config import Destination, Settings
+from node.errors import ConfigError
 from node.orthanc import free_port
 from node.service import Node
 from node.startup import StartupError
@@ -122,6 +123,23 @@ def test_two_listeners_on_one_port_are_refused(tmp_path):
     settings = node_settings(tmp_path, dicom_port=port, hl7_host="127.0.0.1", hl7_port=port)
     with pytest.raises(StartupError, match="dicom_port and hl7_port are both"):
         Node(settings).start()
+
+
+@pytest.mark.parametrize(
+    ("values", "error", "message"),
+    [
+        ({"tls_cert": "/nonexistent.pem", "tls_key": "/nonexistent.key"}, ConfigError, "TLS"),
+        ({"destinations": (Destination("PACS", "", 104),)}, StartupError, "PACS@:104"),
+        ({"destinations": (Destination("PACS", "pacs", 70000),)}, StartupError, "out of range"),
+    ],
+    ids=["TLS file missing", "destination without host", "destination port"],
+)
+def test_unusable_tls_files_and_malformed_destinations_stop_the_start(
+    tmp_path, values, error, message
+):
+    with pytest.raises(error, match=message):
+        Node(node_settings(tmp_path, **values)).start()
+    assert started_events(tmp_path) == []
 
 
 def test_a_receiver_never_loads_the_model(tmp_path):
