@@ -12,7 +12,8 @@ from node.assembler import Assembler
 from node.config import Settings
 from storage import audit, audit_chain
 from storage.database import Database
-from storage.schema import Job, Study, StudyState
+from storage.reports import store_report
+from storage.schema import Job, JobState, Report, ReportState, Study, StudyState
 from storage.studies import add_instance
 from support.instances import frontal_cr
 
@@ -85,3 +86,34 @@ def test_a_study_without_a_frontal_chest_image_is_skipped_and_audited(db):
     with db.transaction() as session:
         assert session.scalar(select(Study)).state == StudyState.SKIPPED
     assert actions(db, "2.1") == [("study.skipped", "warning")]
+
+
+def test_a_late_report_whose_rerun_raises_is_audited_once_and_the_study_keeps_its_results(db):
+    assembler = Assembler(Settings(stable_age_s=0, pairing_window_s=0), db)
+    receive(db, "3.1")
+    assert assembler.assemble() == 1  # image only: no report yet
+    with db.transaction() as session:
+        study = session.scalar(select(Study))
+        study.jobs[-1].state, study.state = JobState.DONE, StudyState.DONE
+        store_report(
+            session,
+            source="hl7",
+            message_id="m1",
+            kind="report",
+            text="late",
+            patient_id="P1",
+            study_uid="3.1",
+            status="F",
+        )
+
+    def rerun_breaks(session, study, report):
+        raise RuntimeError("a bug in the re-run rules")
+
+    assembler.pairing.rerun_for_late_report = rerun_breaks
+    assert assembler.assemble() == 0
+    assert assembler.assemble() == 0  # not tried again on every tick
+    with db.transaction() as session:
+        assert session.scalar(select(Study)).state == StudyState.DONE  # its run still stands
+        assert session.scalar(select(Report)).state == ReportState.WAITING
+        (failed,) = audit.query(session, audit.AuditFilter(action="study.assembly_failed"))
+    assert failed.detail == {"reason": "RuntimeError: a bug in the re-run rules", "state": "done"}
