@@ -1,7 +1,7 @@
 """Peak memory of the worker running one many-image study: the 12 RSNA chest X-rays (JPEG
 baseline, 1024 x 1024) repeated under new SOP Instance UIDs into one study of ``--images``
 instances, spooled and queued as the SCP and the assembler would, then claimed and run by the
-real pipeline (bundled model, CPU, results built in a builder process as by default).
+real worker (bundled model, CPU, results built in a builder process as by default).
 
 Prints the peak resident set size of the worker process and of the builder process(es), in
 MiB, and the images the run read (the rest skipped with the audited reason). Run it against
@@ -43,8 +43,7 @@ def run(count: int, data: Path) -> None:
     from models.package import load_package
     from models.predictor import Predictor
     from node.config import Settings
-    from node.dicom.sender import DicomSender
-    from node.pipeline import Pipeline
+    from node.worker import Worker
     from storage import jobs
     from storage.database import Database
     from storage.schema import Job, utcnow
@@ -92,25 +91,18 @@ def run(count: int, data: Path) -> None:
         with db.transaction() as session:
             jobs.queue_run(session, stable_studies(session, utcnow())[0])
         predictor = Predictor(load_package(bundled_default_package()), device="cpu")
-        pipeline = Pipeline(
-            settings,
-            db,
-            spool,
-            FileStore(Path(tmp) / "results"),
-            predictor,
-            DicomSender(settings.ae_title),
-        )
-        pipeline.start_builders()
+        inference = Worker(settings, db, spool, FileStore(Path(tmp) / "results"), predictor)
+        inference.start_builders()
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         clock = time.perf_counter()
-        pipeline.process_next(settings.batch_studies)
-        pipeline.flush()  # waits for the builder and commits the run
+        inference.process_next(settings.batch_studies)
+        inference.flush()  # waits for the builder and commits the run
         seconds = time.perf_counter() - clock
         worker = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         # The builders' own peaks (VmHWM restarts at exec; a child's ru_maxrss would count the
         # parent's pages at the fork).
-        builders = max(_peak_kib(pid) for pid in pipeline._builders._processes)
-        pipeline.close()
+        builders = max(_peak_kib(pid) for pid in inference._builders._processes)
+        inference.close()
         with db.transaction() as session:
             job = session.query(Job).one()
             read = len((job.result or {}).get("images", []))

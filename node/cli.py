@@ -24,9 +24,9 @@ def main(argv: list[str] | None = None) -> int:
             level=getattr(logging, settings.log_level.upper(), logging.INFO),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
-        # APScheduler logs every tick at INFO; pynetdicom every association.
-        logging.getLogger("apscheduler").setLevel(logging.WARNING)
-        logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+        # pynetdicom logs every association at INFO, Alembic each step of a migration.
+        for chatty in ("pynetdicom", "alembic"):
+            logging.getLogger(chatty).setLevel(logging.WARNING)
         return args.run(args, settings)
     except CxrNodeError as exc:
         print(f"cxrnode: {exc}", file=sys.stderr)

@@ -22,7 +22,7 @@ from storage.actions import Action
 from storage.audit import Outcome
 from storage.identifiers import StudyIds
 from storage.matching import awaiting_studies, late_reports, latest_run, reports_for
-from storage.schema import Job, Report, ReportState, Study, StudyState, as_utc
+from storage.schema import Job, Report, ReportState, Study, StudyState, as_utc, change_state
 
 
 def study_ids(study: Study) -> StudyIds:
@@ -46,7 +46,7 @@ class ReportPairing:
             return self._queue(session, study, reports[-1], "first")
         if now < self._stable_since(study) + self.window:
             if study.state != StudyState.AWAITING_REPORT:
-                study.state = StudyState.AWAITING_REPORT
+                change_state(study, StudyState.AWAITING_REPORT)
                 audit.record(
                     session,
                     Action.STUDY_AWAITING_REPORT,
@@ -79,30 +79,36 @@ class ReportPairing:
     def rerun_for_late_reports(self, session: Session) -> list[Job]:
         """Queue a new run for each already processed study whose report arrived late or was
         corrected."""
-        queued = []
-        for report, study in late_reports(session):
-            if not self._same_patient(session, report, study):
-                continue
-            previous = latest_run(study)
-            used = previous.report if previous else None
-            reason = _rerun_reason(report, used)
-            if reason is None:
-                report.state = ReportState.PAIRED
-                report.study_id = study.id
-                why = (
-                    "an indication after the run changes nothing"
-                    if report.kind != "report"
-                    else "the study already ran with a report this one does not supersede"
-                )
-                audit.record(
-                    session,
-                    Action.PAIRING_NO_RERUN,
-                    ids=StudyIds.of(study),
-                    detail={"report_id": report.id, "why": why},
-                )
-                continue
-            queued.append(self._queue(session, study, report, reason, replaces=previous))
-        return queued
+        queued = [
+            self.rerun_for_late_report(session, study, report)
+            for report, study in late_reports(session)
+        ]
+        return [job for job in queued if job is not None]
+
+    def rerun_for_late_report(self, session: Session, study: Study, report: Report) -> Job | None:
+        """Queue a new run of a processed ``study`` for its late or corrected ``report``, if
+        the report changes what the study ran with; else pair the report without one."""
+        if not self._same_patient(session, report, study):
+            return None
+        previous = latest_run(study)
+        used = previous.report if previous else None
+        reason = _rerun_reason(report, used)
+        if reason is None:
+            report.state = ReportState.PAIRED
+            report.study_id = study.id
+            why = (
+                "an indication after the run changes nothing"
+                if report.kind != "report"
+                else "the study already ran with a report this one does not supersede"
+            )
+            audit.record(
+                session,
+                Action.PAIRING_NO_RERUN,
+                ids=StudyIds.of(study),
+                detail={"report_id": report.id, "why": why},
+            )
+            return None
+        return self._queue(session, study, report, reason, replaces=previous)
 
     def _matching_reports(self, session: Session, study: Study) -> list[Report]:
         return [r for r in reports_for(session, study) if self._same_patient(session, r, study)]

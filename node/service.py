@@ -1,4 +1,11 @@
-"""The running node: storage SCP, study assembler, inference worker and delivery, wired together."""
+"""The running node: the storage SCP and report feeds, the study assembler, the inference
+worker and delivery, wired together, each repeating in a thread of its own (``node.loop``).
+
+Which of them run is the ``role``: "receiver" runs the listeners, assembly, delivery and
+retention and never loads the model; "worker" runs only the worker; "all" runs everything.
+``start`` checks everything it can before it audits ``node.started`` and opens a listener
+(``node.startup``).
+"""
 
 from __future__ import annotations
 
@@ -7,37 +14,43 @@ import signal
 import sqlite3
 import ssl
 import threading
-from datetime import UTC, datetime
 from pathlib import Path
 
-from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy.exc import DBAPIError
 
-from models.default import bundled_default_package, ensure_reference_package
-from models.package import load_package
 from models.predictor import Predictor
+from node.assembler import Assembler
 from node.build import keep_identifiers_out_of_the_log
-from node.config import Settings, describe
+from node.config import Settings
+from node.delivery import Delivery
 from node.dicom.receiver import StorageSCP
 from node.dicom.sender import DicomSender
 from node.feeds.csvfeed import CsvFeed
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
 from node.integrity import IntegrityReport, check_database, check_file, damaged
-from node.pipeline import Pipeline
+from node.loop import Loop
 from node.recovery import recover_interrupted_runs
 from node.refusals import RefusalAudit
 from node.retention import Retention
+from node.startup import StartupError, check_settings, load_model, summary
 from node.tls import client_context, server_context
+from node.worker import Worker
 from storage import audit
 from storage.database import Database
 from storage.spool import FileStore
 
 log = logging.getLogger(__name__)
 
+# Seconds between rounds of a loop nothing woke: the worker and delivery are also woken when
+# work arrives (a job queued, results in the outbox), so this is only their fallback.
+WORKER_INTERVAL_S = 2.0
+DELIVERY_INTERVAL_S = 2.0
+
 
 class Node:
-    """One node process. ``start`` resumes unfinished work from the database first."""
+    """One node process. ``start`` checks its settings, then resumes unfinished work from the
+    database, then listens."""
 
     def __init__(self, settings: Settings) -> None:
         keep_identifiers_out_of_the_log()
@@ -51,12 +64,13 @@ class Node:
         # Refused connections of the DICOM and MLLP listeners: one event per peer and window.
         self.refusals = RefusalAudit(self.db, settings.refusal_audit_window_s)
         self._stopping = threading.Event()
-        self._work_available = threading.Event()
-        self._worker: threading.Thread | None = None
-        self.scheduler = BackgroundScheduler(timezone="UTC")
+        self._started = False  # node.started was audited
         self.scp: StorageSCP | None = None
         self.mllp: MllpServer | None = None
-        self.pipeline: Pipeline | None = None
+        self.assembler: Assembler | None = None
+        self.delivery: Delivery | None = None
+        self.worker: Worker | None = None
+        self.loops: dict[str, Loop] = {}
         self.admin = None  # node.admin.server.AdminServer when admin_port is set
 
     @property
@@ -70,25 +84,55 @@ class Node:
         return self.settings.role != "receiver"
 
     def start(self) -> None:
-        # Built first: a bad admin setting must stop the node before it accepts anything.
+        """Check the settings, the database and the model; audit ``node.started``; then start
+        the listeners and the loops.
+
+        Raises
+        ------
+        CxrNodeError
+            A setting the node cannot run with (``StartupError``, ``ConfigError``) or a damaged
+            database, before anything was audited or listens.
+        """
+        # A bad admin setting must stop the node before it accepts anything.
         admin = self._admin_server()
-        self._open_database()
-        package = load_package(self._model_path())
-        predictor = Predictor(
-            package, device=None if self.settings.device == "auto" else self.settings.device
-        )
-        log.info("model %s loaded on %s", package.config.package_id, predictor.device)
-        self.pipeline = Pipeline(
-            self.settings,
-            self.db,
-            self.spool,
-            self.results,
-            predictor,
-            DicomSender(self.settings.ae_title, ssl_context=self._destination_tls()),
-        )
+        check_settings(self.settings, self.receives)
+        self._check_database()
+        predictor = load_model(self.settings) if self.works else None
+        self._resume()
+        self._started = True
+        if predictor is not None:
+            log.info("model %s loaded on %s", predictor.package.config.package_id, predictor.device)
+        try:
+            self._start_parts(predictor, admin)
+        except OSError as exc:  # a port taken since check_settings looked, say
+            self.stop()  # whatever started listens no more
+            raise StartupError(f"the node could not start: {exc}") from None
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start_parts(self, predictor: Predictor | None, admin) -> None:
+        settings = self.settings
         if self.receives:
+            self.assembler = Assembler(settings, self.db)
+            sender = DicomSender(settings.ae_title, ssl_context=self._destination_tls())
+            self.delivery = Delivery(settings, self.db, self.results, sender)
+            self._start_loop("deliver", self.delivery.deliver, DELIVERY_INTERVAL_S)
+            self._start_loop("retention", self.retention.purge, settings.retention_check_interval_s)
+        if predictor is not None:
+            self.worker = Worker(
+                settings, self.db, self.spool, self.results, predictor, self._deliver_soon
+            )
+            self.worker.start_builders()
+            self._start_loop(
+                "worker", self._work, WORKER_INTERVAL_S, at_stop=self.worker.flush
+            )  # the first round takes up the resumed jobs, if any
+        if self.receives:
+            # Assembly polls: a study becomes stable through the passage of time, not an event.
+            interval = min(1.0, max(settings.stable_age_s / 2, 0.2))
+            self._start_loop("assemble", self._assemble, interval)
             self.scp = StorageSCP(
-                self.settings,
+                settings,
                 self.db,
                 self.spool,
                 on_complete=self._assemble_soon,
@@ -96,23 +140,25 @@ class Node:
             )
             self.scp.start()
             self._start_feeds()
-            self._schedule_receiving()
-        self.scheduler.start()
-        if self.works:
-            self.pipeline.start_builders()
-            self._worker = threading.Thread(target=self._work_loop, name="worker", daemon=True)
-            self._worker.start()
-            self._work_available.set()  # resumed jobs, if any
         if admin is not None:
             self.admin = admin.start()
 
-    def _open_database(self) -> None:
-        """Check the database, bring its schema up to date, compare it with the spool and the
-        head journal, resume interrupted runs; a damaged file stops the start with one line
-        (``DatabaseDamaged``)."""
+    def _start_loop(self, name: str, step, interval_s: float, at_stop=None) -> None:
+        self.loops[name] = Loop(name, step, interval_s, at_stop=at_stop).start()
+
+    def _check_database(self) -> None:
+        """Check the database file and bring its schema up to date; a damaged file stops the
+        start with one line (``DatabaseDamaged``)."""
         check_file(self.db)
         try:
             self.db.create_schema()
+        except (DBAPIError, sqlite3.DatabaseError, UnicodeDecodeError) as exc:
+            raise damaged(self.db, exc) from None
+
+    def _resume(self) -> None:
+        """Compare the database with the spool and the head journal, resume interrupted runs
+        and audit ``node.started``, in one transaction."""
+        try:
             integrity = IntegrityReport()
             if self.receives:
                 integrity = check_database(self.settings, self.db, self.spool)
@@ -135,34 +181,6 @@ class Node:
         except (DBAPIError, sqlite3.DatabaseError, UnicodeDecodeError) as exc:
             raise damaged(self.db, exc) from None
 
-    def _schedule_receiving(self) -> None:
-        # Assembly polls: a study becomes stable through the passage of time, not an event.
-        self.scheduler.add_job(
-            self._assemble,
-            "interval",
-            seconds=min(1.0, max(self.settings.stable_age_s / 2, 0.2)),
-            id="assemble",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self._deliver,
-            "interval",
-            seconds=2.0,
-            id="deliver",
-            max_instances=1,
-            coalesce=True,
-        )
-        self.scheduler.add_job(
-            self._purge,
-            "interval",
-            seconds=self.settings.retention_check_interval_s,
-            id="retention",
-            max_instances=1,
-            coalesce=True,
-            next_run_time=datetime.now(UTC),
-        )
-
     def _admin_server(self):
         """The admin HTTP server (not started), or None when ``admin_port`` is 0."""
         if not self.settings.admin_port:
@@ -176,7 +194,7 @@ class Node:
         return AdminServer(self.settings, self.db, probe)
 
     def stop(self) -> None:
-        """Stop accepting, let the worker finish its current job, and exit cleanly."""
+        """Stop accepting, let the worker finish its current batch, and exit cleanly."""
         if self._stopping.is_set():
             return
         self._stopping.set()
@@ -187,14 +205,16 @@ class Node:
         if self.mllp:
             self.mllp.stop()
         self.refusals.flush()
-        self._work_available.set()
-        if self._worker:
-            self._worker.join()
-        if self.pipeline:
-            self.pipeline.close()
-        self.scheduler.shutdown(wait=True)
-        with self.db.transaction() as session:
-            audit.record(session, "node.stopped")
+        # No new jobs first; then the worker commits the batch being built; delivery last.
+        for name in ("assemble", "csv-feed", "worker", "deliver", "retention"):
+            loop = self.loops.pop(name, None)
+            if loop is not None:
+                loop.stop()
+        if self.worker:
+            self.worker.close()
+        if self._started:  # node.started is in the log
+            with self.db.transaction() as session:
+                audit.record(session, "node.stopped")
         self.db.dispose()
 
     def run_until_signalled(self) -> None:
@@ -203,7 +223,7 @@ class Node:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())
         self.start()
-        log.info("node ready: %s", describe(self.settings))
+        log.info("node ready: %s", summary(self.settings))
         done.wait()
         log.info("shutting down")
         self.stop()
@@ -241,7 +261,6 @@ class Node:
                 on_refused=self.refusals.record,
             )
             self.mllp.start()
-            log.info("HL7 MLLP listener on %s:%d", settings.hl7_host, settings.hl7_port)
         if settings.csv_folder:
             csv_feed = CsvFeed(
                 Path(settings.csv_folder),
@@ -249,68 +268,30 @@ class Node:
                 max_file_bytes=settings.csv_max_file_mb * 1024 * 1024,
                 on_stored=self._assemble_soon,
             )
-            self.scheduler.add_job(
-                csv_feed.poll,
-                "interval",
-                seconds=settings.csv_poll_interval_s,
-                id="csv-feed",
-                max_instances=1,
-                coalesce=True,
-            )
+            self._start_loop("csv-feed", csv_feed.poll, settings.csv_poll_interval_s)
 
     def _assemble_soon(self) -> None:
-        """A report arrived: pair it now rather than on the next assembly tick."""
-        try:
-            self.scheduler.modify_job("assemble", next_run_time=datetime.now(UTC))
-        except Exception:  # not started yet or shutting down; the tick will see the report
-            log.debug("assembly not rescheduled", exc_info=True)
-
-    def _model_path(self) -> Path:
-        if self.settings.model == "default":
-            return bundled_default_package()
-        if self.settings.model == "reference":
-            return ensure_reference_package(self.settings.data_dir)
-        return Path(self.settings.model)
-
-    def _assemble(self) -> None:
-        try:
-            if self.pipeline.assemble():
-                self._work_available.set()
-        except Exception:
-            log.exception("study assembly failed; retrying on the next tick")
-
-    def _purge(self) -> None:
-        try:
-            self.retention.purge()
-        except Exception:
-            log.exception("retention purge failed; retrying on the next tick")
-
-    def _deliver(self) -> None:
-        try:
-            self.pipeline.deliver()
-        except Exception:
-            log.exception("delivery failed; retrying on the next tick")
-
-    def _work_loop(self) -> None:
-        while not self._stopping.is_set():
-            self._work_available.wait(timeout=2.0)
-            self._work_available.clear()
-            while not self._stopping.is_set():
-                try:
-                    claimed = self.pipeline.process_next(self.settings.batch_studies)
-                    if not claimed:
-                        self.pipeline.flush()  # the last batch's results
-                except Exception:
-                    log.exception("worker step failed")
-                    claimed = 0
-                self._deliver_soon()
-                if not claimed:
-                    break
-        self.pipeline.flush()  # the batch being built when the node was told to stop
+        """A study is complete or a report arrived: assemble now rather than on the next round."""
+        loop = self.loops.get("assemble")
+        if loop is not None:
+            loop.wake()
 
     def _deliver_soon(self) -> None:
-        """Results are in the outbox: send now rather than on the next delivery tick."""
-        try:
-            self.scheduler.modify_job("deliver", next_run_time=datetime.now(UTC))
-        except Exception:  # the scheduler is shutting down; the outbox is durable anyway
-            log.debug("delivery not rescheduled", exc_info=True)
+        """Results are in the outbox: send now rather than on the next round."""
+        loop = self.loops.get("deliver")
+        if loop is not None:
+            loop.wake()
+
+    def _assemble(self) -> None:
+        if self.assembler.assemble():
+            worker = self.loops.get("worker")
+            if worker is not None:
+                worker.wake()
+
+    def _work(self) -> bool:
+        """One worker round: a batch claimed (then another round at once), or, with the queue
+        empty, the last batch's results committed."""
+        if self.worker.process_next(self.settings.batch_studies):
+            return True
+        self.worker.flush()
+        return False

@@ -17,6 +17,7 @@ from storage.schema import (
     Study,
     StudyState,
     as_utc,
+    change_state,
     utcnow,
 )
 
@@ -30,8 +31,8 @@ def queue_run(
     replaces: Job | None = None,
 ) -> Job:
     """Open the next processing run of ``study``, reading ``report`` (or no text)."""
+    change_state(study, StudyState.QUEUED)
     study.runs += 1
-    study.state = StudyState.QUEUED
     job = Job(
         study=study,
         run=study.runs,
@@ -102,6 +103,7 @@ def claim_next(
     )
     if fresh_only:
         stmt = stmt.where(Job.attempts == 0)
+    # The QUEUED -> RUNNING move of storage.schema.JOB_TRANSITIONS, as one conditional UPDATE.
     candidates = session.scalars(
         stmt.order_by(Job.id).limit(5).with_for_update(skip_locked=True)
     ).all()
@@ -160,7 +162,7 @@ def fail_crash_looping(session: Session, max_attempts: int) -> list[Job]:
 def requeue(session: Session, job: Job, not_before: datetime | None = None) -> None:
     """Put a job whose run was interrupted back in the queue, to be claimed again (not before
     ``not_before``, when given)."""
-    job.state = JobState.QUEUED
+    change_state(job, JobState.QUEUED)
     job.updated_at = utcnow()
     job.not_before = not_before
 
@@ -176,7 +178,7 @@ def finish_if_delivered(session: Session, job: Job) -> bool:
     )
     if owed is not None:
         return False
-    job.state = JobState.DONE
+    change_state(job, JobState.DONE)
     job.updated_at = utcnow()
     _close_study(job, StudyState.DONE)
     return True
@@ -184,7 +186,7 @@ def finish_if_delivered(session: Session, job: Job) -> bool:
 
 def fail(session: Session, job: Job, error: str) -> None:
     """Mark ``job`` failed for good; its study is failed unless newer work exists."""
-    job.state = JobState.FAILED
+    change_state(job, JobState.FAILED)
     job.error = error
     job.updated_at = utcnow()
     _close_study(job, StudyState.FAILED)
@@ -197,4 +199,4 @@ def _close_study(job: Job, state: str) -> None:
     if study.state != StudyState.QUEUED or job.run != study.runs:
         return
     grew = as_utc(study.last_received_at) > as_utc(job.created_at)
-    study.state = StudyState.RECEIVING if grew else state
+    change_state(study, StudyState.RECEIVING if grew else state)

@@ -38,21 +38,105 @@ UID = String(64)
 
 
 class StudyState:
+    """Where a study is on its way from its first instance to delivered results.
+
+    ::
+
+        first instance
+              |
+              v         no frontal chest radiograph
+          RECEIVING ---------------------------------------------> SKIPPED
+              |   |      its report not there yet
+              |   +--------------------------------> AWAITING_REPORT
+              |   report there, or no window             |
+              |                                          | report arrived, or window over
+              v                                          v
+            QUEUED <-------------------------------------+
+            |    |
+            |    +-- latest run failed ------> FAILED
+            +------- latest run delivered ---> DONE
+
+        DONE, FAILED ---------- a late or corrected report (a new run) ---------> QUEUED
+        any state but QUEUED -- an instance arrives ----------------------------> RECEIVING
+        QUEUED ---------------- its run ended, but instances arrived meanwhile -> RECEIVING
+        RECEIVING, AWAITING_REPORT -- its assembly raised (study.assembly_failed) -> FAILED
+
+    "Stable" (the arrows out of RECEIVING): its sender released the association, or no
+    instance arrived for ``stable_age_s``.
+
+    The allowed moves are :data:`STUDY_TRANSITIONS`; code changes a study's state only through
+    :func:`change_state`, which refuses any other. Who moves it: ``storage.studies.add_instance``
+    (an instance arrives), ``node.assembler`` and ``node.pairing`` (stable, awaiting, queued,
+    skipped) and ``storage.jobs`` (a run's end, through ``Job``'s own states below).
+    """
+
     RECEIVING = "receiving"  # instances still arriving; not yet stable
     AWAITING_REPORT = "awaiting_report"  # stable; waiting for its report up to the pairing window
     QUEUED = "queued"  # a job for the current run is waiting or running
     DONE = "done"  # the latest run delivered its results
     SKIPPED = "skipped"  # nothing processable (no frontal chest image)
-    FAILED = "failed"  # the latest run failed for good
+    FAILED = "failed"  # the latest run failed for good (or the study's assembly raised)
 
 
 class JobState:
+    """Where one processing run of a study (a ``Job``) is.
+
+    ::
+
+        queued by assembly (a study's new run)
+              |
+              v       claimed by a worker
+           QUEUED ----------------------------> RUNNING
+              ^                                 |  |  |
+              +-- interrupted (the node or a ---+  |  |  cannot produce results
+                  builder died), or deferred       |  +---------------------------> FAILED
+                  for a full disk                  |                                 ^
+                                                   | results built, in the outbox    |
+                                                   v                                 |
+                                                SENDING -- a delivery abandoned -----+
+                                                   |
+                                                   +-- every object confirmed --> DONE
+
+    The allowed moves are :data:`JOB_TRANSITIONS`, made through :func:`change_state` (claiming
+    is ``storage.jobs.claim_next``'s conditional UPDATE, which takes only a queued row). A run
+    ending moves its study: DONE makes the study done, FAILED failed (``storage.jobs``).
+    """
+
     QUEUED = "queued"
     RUNNING = "running"
     SENDING = "sending"  # results built and in the outbox, not yet all confirmed
     DONE = "done"
     FAILED = "failed"
     UNFINISHED = (QUEUED, RUNNING, SENDING)
+
+
+# Every move a study's state may make: from each state, the states it may go to. Staying in a
+# state is not a move (another instance of a study still receiving, say) and is always allowed.
+STUDY_TRANSITIONS: dict[str, frozenset[str]] = {
+    StudyState.RECEIVING: frozenset(
+        {StudyState.AWAITING_REPORT, StudyState.QUEUED, StudyState.SKIPPED, StudyState.FAILED}
+    ),
+    StudyState.AWAITING_REPORT: frozenset(
+        {StudyState.RECEIVING, StudyState.QUEUED, StudyState.FAILED}
+    ),
+    StudyState.QUEUED: frozenset({StudyState.DONE, StudyState.FAILED, StudyState.RECEIVING}),
+    StudyState.DONE: frozenset({StudyState.RECEIVING, StudyState.QUEUED}),
+    StudyState.FAILED: frozenset({StudyState.RECEIVING, StudyState.QUEUED}),
+    StudyState.SKIPPED: frozenset({StudyState.RECEIVING}),
+}
+
+# Every move a job's state may make; done and failed are final (a new run is a new job).
+JOB_TRANSITIONS: dict[str, frozenset[str]] = {
+    JobState.QUEUED: frozenset({JobState.RUNNING}),
+    JobState.RUNNING: frozenset({JobState.QUEUED, JobState.SENDING, JobState.FAILED}),
+    JobState.SENDING: frozenset({JobState.DONE, JobState.FAILED}),
+    JobState.DONE: frozenset(),
+    JobState.FAILED: frozenset(),
+}
+
+
+class IllegalTransition(ValueError):
+    """A state change the state machine does not allow; the message names the row and move."""
 
 
 class OutboxState:
@@ -249,3 +333,35 @@ class AuditChainHead(Base):
     last_seq: Mapped[int] = mapped_column(BigInteger, default=0)
     last_hash: Mapped[str] = mapped_column(String(64))
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+_TRANSITIONS: dict[type, tuple[dict[str, frozenset[str]], str]] = {
+    Study: (STUDY_TRANSITIONS, StudyState.RECEIVING),
+    Job: (JOB_TRANSITIONS, JobState.QUEUED),
+}
+
+
+def change_state(row: Study | Job, state: str) -> None:
+    """Move a study or a job to ``state``, if its state machine allows the move.
+
+    Parameters
+    ----------
+    row:
+        A ``Study`` (:data:`STUDY_TRANSITIONS`) or a ``Job`` (:data:`JOB_TRANSITIONS`). A row
+        not yet flushed is in its column's default state (receiving, queued).
+    state:
+        The state to move to; the current one again is allowed and changes nothing.
+
+    Raises
+    ------
+    IllegalTransition
+        If the table has no such move from the row's current state.
+    """
+    transitions, initial = _TRANSITIONS[type(row)]
+    current = row.state or initial
+    if state != current and state not in transitions.get(current, ()):
+        kind = type(row).__name__.lower()
+        raise IllegalTransition(
+            f"{kind} {row.id}: {current} -> {state} is not a transition of the {kind} states"
+        )
+    row.state = state

@@ -9,7 +9,7 @@ from datetime import datetime
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from storage.schema import Instance, Study, StudyState, utcnow
+from storage.schema import Instance, Study, StudyState, change_state, utcnow
 
 
 @dataclass(frozen=True)
@@ -130,7 +130,7 @@ def add_instance(
     study.completed_at = None  # complete again only once this instance's association ends
     study.instance_count += 1
     if study.state != StudyState.QUEUED:
-        study.state = StudyState.RECEIVING
+        change_state(study, StudyState.RECEIVING)
     instance = Instance(
         sop_uid=header.sop_uid,
         sop_class_uid=header.sop_class_uid,

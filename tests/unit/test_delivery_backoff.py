@@ -7,13 +7,13 @@ from datetime import timedelta
 from types import SimpleNamespace
 
 from node.config import Settings
-from node.pipeline import Pipeline
+from node.delivery import Delivery
 from storage.schema import OutboxItem, utcnow
 
 
 def delay(settings: Settings, attempts: int, age_s: float = 0.0) -> float | None:
     row = OutboxItem(attempts=attempts, created_at=utcnow() - timedelta(seconds=age_s))
-    found = Pipeline._retry_delay(SimpleNamespace(settings=settings), row)
+    found = Delivery._retry_delay(SimpleNamespace(settings=settings), row)
     return None if found is None else found.total_seconds()
 
 

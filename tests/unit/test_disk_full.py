@@ -23,10 +23,11 @@ from models.default import bundled_default_package
 from models.package import load_package
 from models.predictor import Predictor
 from node.config import Destination, Settings
+from node.delivery import Delivery
 from node.dicom.sender import DicomSender
 from node.orthanc import free_port
-from node.pipeline import Pipeline
 from node.retention import Retention
+from node.worker import Worker
 from storage import audit, jobs, outbox
 from storage.database import Database
 from storage.schema import Job, JobState, Study, StudyState, utcnow
@@ -40,49 +41,56 @@ def predictor() -> Predictor:
     return Predictor(load_package(bundled_default_package()), device="cpu")
 
 
-def make_pipeline(tmp_path: Path, predictor: Predictor, **settings) -> Pipeline:
+def node_settings(tmp_path: Path, **settings) -> Settings:
     values = {"outputs": ("SR",), "build_processes": 0, "min_free_disk_mb": 0, **settings}
-    settings = Settings(data_dir=tmp_path, **values)
+    return Settings(data_dir=tmp_path, **values)
+
+
+def make_database(settings: Settings) -> Database:
     db = Database(settings.database_url)
     db.create_schema()
-    return Pipeline(
+    return db
+
+
+def make_worker(tmp_path: Path, predictor: Predictor, **settings) -> Worker:
+    settings = node_settings(tmp_path, **settings)
+    return Worker(
         settings,
-        db,
+        make_database(settings),
         FileStore(tmp_path / "spool"),
         FileStore(tmp_path / "results"),
         predictor,
-        DicomSender("CXRNODE"),
     )
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path, predictor: Predictor) -> Iterator[Pipeline]:
-    pipeline = make_pipeline(tmp_path, predictor, disk_full_retry_s=60, max_job_attempts=2)
-    yield pipeline
-    pipeline.close()
+def worker(tmp_path: Path, predictor: Predictor) -> Iterator[Worker]:
+    worker = make_worker(tmp_path, predictor, disk_full_retry_s=60, max_job_attempts=2)
+    yield worker
+    worker.close()
 
 
 def rsna(shared_data: Path) -> Path:
     return sorted((shared_data / "rsna-pneumonia-sample/stage_1_train_images").glob("*.dcm"))[0]
 
 
-def queue_study(pipeline: Pipeline, study_uid: str, source: Path) -> None:
+def queue_study(worker: Worker, study_uid: str, source: Path) -> None:
     relpath = f"{study_uid}/image.dcm"
-    pipeline.spool.write(relpath, source.read_bytes())
+    worker.spool.write(relpath, source.read_bytes())
     header = frontal_cr(study_uid, transfer_syntax=None)
-    with pipeline.db.transaction() as session:
+    with worker.db.transaction() as session:
         add_instance(session, header, relpath=relpath, size=1, sha256="0", calling_ae="X")
         (study,) = [s for s in stable_studies(session, utcnow()) if s.study_uid == study_uid]
         jobs.queue_run(session, study)
 
 
-def the_job(pipeline: Pipeline) -> Job:
-    with pipeline.db.transaction() as session:
+def the_job(part: Worker | Delivery) -> Job:
+    with part.db.transaction() as session:
         return session.scalar(select(Job))
 
 
-def events(pipeline: Pipeline, action: str) -> list[dict]:
-    with pipeline.db.transaction() as session:
+def events(part: Worker | Delivery, action: str) -> list[dict]:
+    with part.db.transaction() as session:
         found = audit.query(session, audit.AuditFilter(action=action))
         return [audit.as_dict(e) for e in found]
 
@@ -91,34 +99,34 @@ def enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, "No space left on device")
 
 
-def make_due_now(pipeline: Pipeline) -> None:
-    with pipeline.db.transaction() as session:
+def make_due_now(worker: Worker) -> None:
+    with worker.db.transaction() as session:
         session.scalar(select(Job)).not_before = utcnow() - timedelta(seconds=1)
 
 
-def test_enospc_writing_results_defers_the_run_then_fails_it(pipeline, shared_data, monkeypatch):
-    queue_study(pipeline, "1.2.1", rsna(shared_data))
-    monkeypatch.setattr(pipeline.results, "write", enospc)
-    assert pipeline.process_next(limit=8) == 1
-    job = the_job(pipeline)
+def test_enospc_writing_results_defers_the_run_then_fails_it(worker, shared_data, monkeypatch):
+    queue_study(worker, "1.2.1", rsna(shared_data))
+    monkeypatch.setattr(worker.results, "write", enospc)
+    assert worker.process_next(limit=8) == 1
+    job = the_job(worker)
     assert job.state == JobState.QUEUED and job.not_before is not None
-    (deferred,) = events(pipeline, "job.deferred")
+    (deferred,) = events(worker, "job.deferred")
     assert deferred["outcome"] == "failure" and deferred["study_uid"] == "1.2.1"
     assert deferred["detail"]["reason"] == "disk full: No space left on device"
     assert deferred["detail"]["retry_in_s"] == 60
-    assert pipeline.process_next(limit=8) == 0  # not before its delay
-    make_due_now(pipeline)
-    assert pipeline.process_next(limit=8) == 1  # the second claim: max_job_attempts
-    job = the_job(pipeline)
+    assert worker.process_next(limit=8) == 0  # not before its delay
+    make_due_now(worker)
+    assert worker.process_next(limit=8) == 1  # the second claim: max_job_attempts
+    job = the_job(worker)
     assert job.state == JobState.FAILED
     assert job.error == "disk full: No space left on device, 2 times"
-    assert [e["detail"]["attempts"] for e in events(pipeline, "job.failed")] == [2]
+    assert [e["detail"]["attempts"] for e in events(worker, "job.failed")] == [2]
 
 
-def test_a_full_database_defers_the_run_once_it_can_be_recorded(pipeline, shared_data, monkeypatch):
-    queue_study(pipeline, "1.2.2", rsna(shared_data))
+def test_a_full_database_defers_the_run_once_it_can_be_recorded(worker, shared_data, monkeypatch):
+    queue_study(worker, "1.2.2", rsna(shared_data))
     full = sqlite3.OperationalError("database or disk is full")
-    real_transaction = pipeline.db.transaction
+    real_transaction = worker.db.transaction
     calls = {"n": 0}
 
     def transaction():
@@ -127,29 +135,29 @@ def test_a_full_database_defers_the_run_once_it_can_be_recorded(pipeline, shared
             raise full
         return real_transaction()
 
-    monkeypatch.setattr(pipeline.db, "transaction", transaction)
-    assert pipeline.process_next(limit=8) == 1
+    monkeypatch.setattr(worker.db, "transaction", transaction)
+    assert worker.process_next(limit=8) == 1
     with real_transaction() as session:  # nothing could be written...
         assert session.scalar(select(Job)).state == JobState.RUNNING
-    assert pipeline.process_next(limit=8) == 0  # ...so nothing else is claimed meanwhile
-    monkeypatch.setattr(pipeline.db, "transaction", real_transaction)
-    assert pipeline.process_next(limit=8) == 0  # records the deferral first
-    job = the_job(pipeline)
+    assert worker.process_next(limit=8) == 0  # ...so nothing else is claimed meanwhile
+    monkeypatch.setattr(worker.db, "transaction", real_transaction)
+    assert worker.process_next(limit=8) == 0  # records the deferral first
+    job = the_job(worker)
     assert job.state == JobState.QUEUED and job.not_before is not None
-    assert events(pipeline, "job.deferred")[0]["detail"]["reason"].startswith("disk full:")
+    assert events(worker, "job.deferred")[0]["detail"]["reason"].startswith("disk full:")
 
 
 def test_the_worker_claims_nothing_below_min_free_disk(tmp_path, predictor, shared_data):
-    pipeline = make_pipeline(tmp_path, predictor, min_free_disk_mb=1 << 40)
+    worker = make_worker(tmp_path, predictor, min_free_disk_mb=1 << 40)
     try:
-        queue_study(pipeline, "1.2.3", rsna(shared_data))
-        assert pipeline.process_next(limit=8) == 0
-        assert pipeline.process_next(limit=8) == 0
-        assert the_job(pipeline).state == JobState.QUEUED
-        (paused,) = events(pipeline, "worker.paused")
+        queue_study(worker, "1.2.3", rsna(shared_data))
+        assert worker.process_next(limit=8) == 0
+        assert worker.process_next(limit=8) == 0
+        assert the_job(worker).state == JobState.QUEUED
+        (paused,) = events(worker, "worker.paused")
         assert paused["detail"]["min_free_disk_mb"] == 1 << 40
     finally:
-        pipeline.close()
+        worker.close()
 
 
 @pytest.fixture
@@ -175,22 +183,25 @@ def destination() -> Iterator[tuple[Destination, list[str]]]:
 
 
 def test_a_send_whose_confirmation_cannot_be_recorded_is_not_sent_again(
-    tmp_path, predictor, shared_data, destination, monkeypatch
+    tmp_path, shared_data, destination, monkeypatch
 ):
     dest, received = destination
-    pipeline = make_pipeline(tmp_path, predictor, destinations=(dest,), delivery_retry_initial_s=0)
+    settings = node_settings(tmp_path, destinations=(dest,), delivery_retry_initial_s=0)
+    delivery = Delivery(
+        settings, make_database(settings), FileStore(tmp_path / "results"), DicomSender("CXRNODE")
+    )
     try:
         ds = pydicom.dcmread(rsna(shared_data))
         ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-        ds.save_as(pipeline.results.root / "result.dcm")
-        with pipeline.db.transaction() as session:
+        ds.save_as(delivery.results.root / "result.dcm")
+        with delivery.db.transaction() as session:
             study = Study(study_uid="1.2.4", instance_count=1, runs=0)
             session.add(study)
             job = jobs.queue_run(session, study)
             job.state = JobState.SENDING
             session.flush()
             outbox.add(session, job.id, str(dest), "SR", ds.SOPInstanceUID, "result.dcm")
-        real_record = pipeline._record_deliveries
+        real_record = delivery._record_deliveries
         failures = {"left": 3}
 
         def record(*args):
@@ -199,15 +210,15 @@ def test_a_send_whose_confirmation_cannot_be_recorded_is_not_sent_again(
                 raise sqlite3.OperationalError("database or disk is full")
             return real_record(*args)
 
-        monkeypatch.setattr(pipeline, "_record_deliveries", record)
+        monkeypatch.setattr(delivery, "_record_deliveries", record)
         for _ in range(6):
-            pipeline.deliver()
+            delivery.deliver()
         assert received == [ds.SOPInstanceUID]  # sent once, recorded at the fourth try
-        job = the_job(pipeline)
+        job = the_job(delivery)
         assert job.state == JobState.DONE
-        assert len(events(pipeline, "result.sent")) == 1
+        assert len(events(delivery, "result.sent")) == 1
     finally:
-        pipeline.close()
+        delivery.db.dispose()
 
 
 def test_result_files_of_finished_runs_are_purged_after_retention(tmp_path):

@@ -18,8 +18,7 @@ from models.package import load_package
 from models.predictor import Predictor
 from models.preprocess import dicom_to_display
 from node.config import Settings
-from node.dicom.sender import DicomSender
-from node.pipeline import Pipeline
+from node.worker import Worker
 from storage import audit, jobs
 from storage.database import Database
 from storage.schema import Job, JobState, OutboxItem, utcnow
@@ -34,36 +33,31 @@ def predictor() -> Predictor:
 
 
 @pytest.fixture(params=[1, 0], ids=["builder process", "in the worker"])
-def pipeline(request, tmp_path: Path, predictor: Predictor) -> Iterator[Pipeline]:
+def worker(request, tmp_path: Path, predictor: Predictor) -> Iterator[Worker]:
     settings = Settings(data_dir=tmp_path, outputs=("SR", "SC"), build_processes=request.param)
     db = Database(settings.database_url)
     db.create_schema()
-    pipeline = Pipeline(
-        settings,
-        db,
-        FileStore(tmp_path / "spool"),
-        FileStore(tmp_path / "results"),
-        predictor,
-        DicomSender("CXRNODE"),
+    worker = Worker(
+        settings, db, FileStore(tmp_path / "spool"), FileStore(tmp_path / "results"), predictor
     )
-    yield pipeline
-    pipeline.close()
+    yield worker
+    worker.close()
 
 
-def queue_study(pipeline: Pipeline, study_uid: str, source: Path | bytes) -> None:
+def queue_study(worker: Worker, study_uid: str, source: Path | bytes) -> None:
     """A one-image study, spooled and queued as the SCP and the assembler would."""
     relpath = f"{study_uid}/image.dcm"
     data = source if isinstance(source, bytes) else source.read_bytes()
-    pipeline.spool.write(relpath, data)
+    worker.spool.write(relpath, data)
     header = frontal_cr(study_uid, transfer_syntax=None)
-    with pipeline.db.transaction() as session:
+    with worker.db.transaction() as session:
         add_instance(session, header, relpath=relpath, size=len(data), sha256="0", calling_ae="X")
         (study,) = [s for s in stable_studies(session, utcnow()) if s.study_uid == study_uid]
         jobs.queue_run(session, study)
 
 
-def job_states(pipeline: Pipeline) -> list[tuple[str, dict | None]]:
-    with pipeline.db.transaction() as session:
+def job_states(worker: Worker) -> list[tuple[str, dict | None]]:
+    with worker.db.transaction() as session:
         return [(job.state, job.result) for job in session.query(Job).order_by(Job.id)]
 
 
@@ -71,13 +65,13 @@ def rsna(shared_data: Path) -> list[Path]:
     return sorted((shared_data / "rsna-pneumonia-sample" / "stage_1_train_images").glob("*.dcm"))
 
 
-def test_a_batch_gives_each_study_the_results_of_its_own_image(pipeline, predictor, shared_data):
+def test_a_batch_gives_each_study_the_results_of_its_own_image(worker, predictor, shared_data):
     files = rsna(shared_data)[:3]
     for n, path in enumerate(files):
-        queue_study(pipeline, f"1.2.{n}", path)
-    assert pipeline.process_next(limit=8) == 3
-    assert pipeline.process_next(limit=8) == 0  # and commits what the first call built
-    states = job_states(pipeline)
+        queue_study(worker, f"1.2.{n}", path)
+    assert worker.process_next(limit=8) == 3
+    assert worker.process_next(limit=8) == 0  # and commits what the first call built
+    states = job_states(worker)
     assert [state for state, _ in states] == [JobState.SENDING] * 3
     for path, (_, result) in zip(files, states, strict=True):
         alone = predictor.predict([dicom_to_display(pydicom.dcmread(path))])[0]
@@ -87,33 +81,33 @@ def test_a_batch_gives_each_study_the_results_of_its_own_image(pipeline, predict
         assert {"decode_s", "preprocess_s", "inference_s", "gradcam_s", "build_s"} <= set(
             result["timings"]
         )
-    with pipeline.db.transaction() as session:
+    with worker.db.transaction() as session:
         for job in session.query(Job):
             kinds = [o.kind for o in session.query(OutboxItem).filter_by(job_id=job.id)]
             assert kinds.count("SR") == 1 and "SC" in kinds  # overview, + one per finding
 
 
-def test_an_undecodable_study_fails_alone(pipeline, shared_data, tmp_path):
+def test_an_undecodable_study_fails_alone(worker, shared_data, tmp_path):
     files = rsna(shared_data)
-    queue_study(pipeline, "1.2.0", files[0])
-    queue_study(pipeline, "1.2.1", files[1].read_bytes()[:4000])  # cut inside the pixel data
-    assert pipeline.process_next(limit=8) == 2
-    pipeline.flush()
-    (first, _), (second, _) = job_states(pipeline)
+    queue_study(worker, "1.2.0", files[0])
+    queue_study(worker, "1.2.1", files[1].read_bytes()[:4000])  # cut inside the pixel data
+    assert worker.process_next(limit=8) == 2
+    worker.flush()
+    (first, _), (second, _) = job_states(worker)
     assert (first, second) == (JobState.SENDING, JobState.FAILED)
 
 
-def test_when_the_batch_fails_each_study_runs_alone(pipeline, predictor, shared_data, monkeypatch):
+def test_when_the_batch_fails_each_study_runs_alone(worker, predictor, shared_data, monkeypatch):
     files = rsna(shared_data)
     half = pydicom.dcmread(files[1])
     half.PixelData = half.pixel_array[::2, ::2].copy().tobytes()
     half.Rows, half.Columns = 512, 512
     half.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    path = shutil.copy(files[1], pipeline.spool.root / "half.dcm")
+    path = shutil.copy(files[1], worker.spool.root / "half.dcm")
     half.save_as(path, enforce_file_format=True)
-    queue_study(pipeline, "1.2.0", files[0])
-    queue_study(pipeline, "1.2.1", Path(path))
-    queue_study(pipeline, "1.2.2", files[2])
+    queue_study(worker, "1.2.0", files[0])
+    queue_study(worker, "1.2.1", Path(path))
+    queue_study(worker, "1.2.2", files[2])
 
     real_predict = predictor.predict
 
@@ -123,35 +117,35 @@ def test_when_the_batch_fails_each_study_runs_alone(pipeline, predictor, shared_
         return real_predict(displays, texts)
 
     monkeypatch.setattr(predictor, "predict", predict)
-    assert pipeline.process_next(limit=8) == 3
-    pipeline.flush()
-    states = job_states(pipeline)
+    assert worker.process_next(limit=8) == 3
+    worker.flush()
+    states = job_states(worker)
     assert [state for state, _ in states] == [JobState.SENDING, JobState.FAILED, JobState.SENDING]
     # Each ran alone once the batch of three had failed.
     assert [result["batch_studies"] for state, result in states if result] == [1, 1]
 
 
-def test_the_results_of_a_batch_are_committed_by_the_next_call_or_a_flush(pipeline, shared_data):
-    queue_study(pipeline, "1.2.0", rsna(shared_data)[0])
-    assert pipeline.process_next(limit=8) == 1
-    building = pipeline.settings.build_processes > 0
+def test_the_results_of_a_batch_are_committed_by_the_next_call_or_a_flush(worker, shared_data):
+    queue_study(worker, "1.2.0", rsna(shared_data)[0])
+    assert worker.process_next(limit=8) == 1
+    building = worker.settings.build_processes > 0
     # With a builder process the run is still being built; in the worker, it is committed.
-    assert job_states(pipeline)[0][0] == (JobState.RUNNING if building else JobState.SENDING)
-    pipeline.flush()
-    assert job_states(pipeline)[0][0] == JobState.SENDING
+    assert job_states(worker)[0][0] == (JobState.RUNNING if building else JobState.SENDING)
+    worker.flush()
+    assert job_states(worker)[0][0] == JobState.SENDING
 
 
-@pytest.mark.parametrize("pipeline", [1], indirect=True, ids=["builder process"])
-def test_a_run_whose_builder_dies_is_run_again(pipeline, shared_data):
-    queue_study(pipeline, "1.2.0", rsna(shared_data)[0])
-    assert pipeline.process_next(limit=8) == 1
+@pytest.mark.parametrize("worker", [1], indirect=True, ids=["builder process"])
+def test_a_run_whose_builder_dies_is_run_again(worker, shared_data):
+    queue_study(worker, "1.2.0", rsna(shared_data)[0])
+    assert worker.process_next(limit=8) == 1
     for builder in multiprocessing.active_children():  # mid-build: it takes ~100 ms
         builder.kill()
-    assert pipeline.process_next(limit=8) == 0  # commits the killed run: back in the queue
-    with pipeline.db.transaction() as session:
+    assert worker.process_next(limit=8) == 0  # commits the killed run: back in the queue
+    with worker.db.transaction() as session:
         (requeued,) = audit.query(session, audit.AuditFilter(action="job.requeued"))
         assert requeued.detail["reason"] == "a result builder process died"
-    assert pipeline.process_next(limit=8) == 1  # claimed again, built by a new builder
-    pipeline.flush()
-    ((state, result),) = job_states(pipeline)
+    assert worker.process_next(limit=8) == 1  # claimed again, built by a new builder
+    worker.flush()
+    ((state, result),) = job_states(worker)
     assert state == JobState.SENDING and result["images"]

@@ -13,8 +13,7 @@ from models.default import bundled_default_package
 from models.package import load_package
 from models.predictor import Predictor
 from node.config import Settings
-from node.dicom.sender import DicomSender
-from node.pipeline import Pipeline
+from node.worker import Worker
 from storage import audit, jobs
 from storage.database import Database
 from storage.schema import Job, JobState, utcnow
@@ -24,28 +23,23 @@ from support.instances import frontal_cr
 
 
 @pytest.fixture
-def pipeline(tmp_path: Path):
+def worker(tmp_path: Path):
     settings = Settings(
         data_dir=tmp_path, outputs=("SR",), build_processes=0, max_run_images=2, min_free_disk_mb=0
     )
     db = Database(settings.database_url)
     db.create_schema()
     predictor = Predictor(load_package(bundled_default_package()), device="cpu")
-    pipeline = Pipeline(
-        settings,
-        db,
-        FileStore(tmp_path / "spool"),
-        FileStore(tmp_path / "results"),
-        predictor,
-        DicomSender("CXRNODE"),
+    worker = Worker(
+        settings, db, FileStore(tmp_path / "spool"), FileStore(tmp_path / "results"), predictor
     )
-    yield pipeline
-    pipeline.close()
+    yield worker
+    worker.close()
 
 
-def test_a_run_reads_at_most_max_run_images_and_audits_the_rest(pipeline, shared_data):
+def test_a_run_reads_at_most_max_run_images_and_audits_the_rest(worker, shared_data):
     files = sorted((shared_data / "rsna-pneumonia-sample/stage_1_train_images").glob("*.dcm"))
-    with pipeline.db.transaction() as session:
+    with worker.db.transaction() as session:
         for n, path in enumerate(files[:3]):
             ds = pydicom.dcmread(path)  # three images of one study
             ds.StudyInstanceUID = "1.5"
@@ -53,13 +47,13 @@ def test_a_run_reads_at_most_max_run_images_and_audits_the_rest(pipeline, shared
             buffer = io.BytesIO()
             ds.save_as(buffer)
             relpath = f"1.5/{n}.dcm"
-            pipeline.spool.write(relpath, buffer.getvalue())
+            worker.spool.write(relpath, buffer.getvalue())
             header = frontal_cr("1.5", f"1.5.{n + 1}", transfer_syntax=None)
             add_instance(session, header, relpath=relpath, size=1, sha256="0", calling_ae="X")
-    with pipeline.db.transaction() as session:
+    with worker.db.transaction() as session:
         jobs.queue_run(session, stable_studies(session, utcnow())[0])
-    assert pipeline.process_next(limit=8) == 1
-    with pipeline.db.transaction() as session:
+    assert worker.process_next(limit=8) == 1
+    with worker.db.transaction() as session:
         job = session.query(Job).one()
         assert job.state == JobState.SENDING
         assert [i["sop_uid"] for i in job.result["images"]] == ["1.5.1", "1.5.2"]

@@ -151,6 +151,7 @@ class History:
             job = jobs.queue_run(session, study)
             session.flush()
             self.event(session, at, "study.queued", **who.ids, detail={"run": job.run})
+            job.state = JobState.RUNNING  # claimed: a run fails only once a worker has it
             jobs.fail(session, job, reason)
             self.event(
                 session, at, "job.failed", Outcome.FAILURE, **who.ids, detail={"reason": reason}

@@ -38,8 +38,7 @@ from models.preprocess import (
 )
 from node.cli import main
 from node.config import Settings, load_settings
-from node.dicom.sender import DicomSender
-from node.pipeline import Pipeline
+from node.worker import Worker
 from storage import audit, jobs
 from storage.database import Database
 from storage.schema import Job, OutboxItem, utcnow
@@ -441,7 +440,7 @@ def test_an_imported_package_runs_through_the_worker_into_coded_results(
     db.create_schema()
     results = FileStore(tmp_path / "node" / "results")
     spool = FileStore(tmp_path / "node" / "spool")
-    pipeline = Pipeline(settings, db, spool, results, predictor, DicomSender("CXRNODE"))
+    worker = Worker(settings, db, spool, results, predictor)
     try:
         data = (shared_data / DICOMS[0]).read_bytes()
         spool.write("1.2.3/image.dcm", data)
@@ -457,10 +456,10 @@ def test_an_imported_package_runs_through_the_worker_into_coded_results(
             )
             (study,) = stable_studies(session, utcnow())
             jobs.queue_run(session, study)
-        assert pipeline.process_next(limit=1) == 1
-        pipeline.flush()
+        assert worker.process_next(limit=1) == 1
+        worker.flush()
     finally:
-        pipeline.close()
+        worker.close()
 
     expected = predictor.predict([displays[0]])[0].probabilities
     with db.transaction() as session:

@@ -1,25 +1,20 @@
-"""From a stable study to results confirmed by every destination.
+"""The inference worker: from a queued job to result objects in the outbox.
 
-Three steps, each safe to repeat after a crash because every state change is one database
-transaction:
-
-1. ``assemble``: a study no instance arrived for during the stable age gets a job (or is skipped
-   when it holds no frontal chest radiograph).
-2. ``process_next``: a worker claims queued jobs (up to ``batch_studies`` at once), decodes and
-   preprocesses their images, runs the model and Grad-CAM over all of them in one batch; a
-   builder process writes each job's SR, presentation states and captures durably
-   (``node.build``) while the next batch is inferred, then each is put in the outbox of the
-   destinations configured to get its kind.
-3. ``deliver``: the outbox is sent to each destination; a job is done only when every
-   destination confirmed every object.
+``process_next`` claims queued jobs (up to ``batch_studies`` at once), decodes and preprocesses
+their images, runs the model and Grad-CAM over all of them in one batch; a builder process
+writes each job's SR, presentation states and captures durably (``node.build``) while the next
+batch is inferred, then each is put in the outbox of the destinations configured to get its
+kind (``node.delivery`` sends them). Each state change is one database transaction, so a step
+is safe to repeat after a crash. Only a node whose role works creates one: the model is loaded
+here and nowhere else.
 """
 
 from __future__ import annotations
 
 import logging
 import multiprocessing
-import random
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
@@ -40,18 +35,16 @@ from node.build import (
     build_in_process,
     keep_identifiers_out_of_the_log,
 )
-from node.config import Destination, Settings
-from node.dicom.sender import DicomSender
+from node.config import Settings
 from node.disk import data_paths, is_disk_full, lowest_free_bytes
-from node.pairing import ReportPairing, study_ids
 from node.results import AlgorithmInfo, Finding, ImageResult
 from storage import audit, jobs, outbox
 from storage.audit import Outcome
 from storage.database import Database
 from storage.run_summary import ImageSummary, InferenceCompleted, RunSummary
-from storage.schema import Job, JobState, OutboxItem, StudyState, as_utc, utcnow
+from storage.schema import Job, JobState, utcnow
 from storage.spool import FileStore
-from storage.studies import processable_instances, stable_studies
+from storage.studies import processable_instances
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +72,23 @@ class JobFailed(Exception):
     """A job cannot produce results; the message says why."""
 
 
-class Pipeline:
-    """The node's processing steps over one database, spool and model."""
+class Worker:
+    """Runs queued jobs through the model and the result builders, over one database, spool
+    and model.
+
+    Parameters
+    ----------
+    settings:
+        The node's settings (batch and image caps, disk space, builders, destinations).
+    db:
+        The node's database: the job queue, the outbox and the audit log.
+    spool, results:
+        Where the received instances lie, and where the result objects are written.
+    predictor:
+        The loaded model.
+    on_results:
+        Called after runs were put in the outbox, so that delivery can start at once.
+    """
 
     def __init__(
         self,
@@ -89,15 +97,14 @@ class Pipeline:
         spool: FileStore,
         results: FileStore,
         predictor: Predictor,
-        sender: DicomSender,
+        on_results: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.spool = spool
         self.results = results
         self.predictor = predictor
-        self.sender = sender
-        self.pairing = ReportPairing(settings)
+        self.on_results = on_results
         config = predictor.package.config
         self.reads_text = config.uses_text
         self.algorithm = AlgorithmInfo(
@@ -112,41 +119,6 @@ class Pipeline:
         self._disk_low = False  # the worker is paused for disk space
         # Disk-full deferrals the database could not record yet, by job id.
         self._deferrals: dict[int, tuple[WorkItem, BaseException]] = {}
-        # Confirmed sends whose "sent" could not be recorded: recorded later, never re-sent.
-        self._unrecorded: dict[str, list[tuple[tuple[int, str], object]]] = {}
-        self._record_failures = 0
-        self._record_retry_at = 0.0
-
-    # 1. assembly --------------------------------------------------------------------------
-
-    def assemble(self) -> int:
-        """Schedule every study that became stable, every study whose report arrived or whose
-        pairing window closed, and re-runs for late or corrected reports; return how many runs
-        were queued."""
-        now = utcnow()
-        cutoff = now - timedelta(seconds=self.settings.stable_age_s)
-        queued = 0
-        with self.db.transaction() as session:
-            for study in stable_studies(session, cutoff):
-                if not processable_instances(study):
-                    study.state = StudyState.SKIPPED
-                    audit.record(
-                        session,
-                        "study.skipped",
-                        Outcome.WARNING,
-                        **study_ids(study),
-                        detail={
-                            "reason": "no frontal chest radiograph in the study",
-                            "instances": len(study.instances),
-                        },
-                    )
-                    continue
-                queued += self.pairing.schedule(session, study, now) is not None
-            queued += len(self.pairing.schedule_waiting(session, now))
-            queued += len(self.pairing.rerun_for_late_reports(session))
-        return queued
-
-    # 2. processing ------------------------------------------------------------------------
 
     def process_next(self, limit: int = 1) -> int:
         """Claim up to ``limit`` queued jobs and process them together: their images go through
@@ -191,6 +163,8 @@ class Pipeline:
         return len(building)
 
     def _commit(self, building: list[tuple[_Run, Future]]) -> None:
+        """Put each run's built objects in the outbox (or fail, defer or requeue it), then tell
+        ``on_results``."""
         for run, future in building:
             try:
                 self._finish(run, future)
@@ -200,6 +174,8 @@ class Pipeline:
                     continue
                 log.exception("job %d failed", run.item.job_id)
                 self._fail(run.item, f"internal error: {type(exc).__name__}: {exc}")
+        if building and self.on_results is not None:
+            self.on_results()
 
     # A full disk -----------------------------------------------------------------------
 
@@ -524,134 +500,6 @@ class Pipeline:
                 raise
             # Not even the failure can be written: the run stays the worker's to record.
             self._defer_for_disk(item, exc)
-
-    # 3. delivery --------------------------------------------------------------------------
-
-    def deliver(self) -> int:
-        """Send every due outbox item; return how many were confirmed.
-
-        When the outcome of a send cannot be recorded (the database's disk is full, say), the
-        outcomes are kept and recording them is retried with backoff
-        (``delivery_retry_initial_s`` doubling up to ``delivery_retry_max_s``) before anything
-        else is sent: a confirmed object is never sent again because its confirmation could
-        not be written.
-        """
-        if self._unrecorded and not self._record_unrecorded():
-            return 0
-        with self.db.transaction() as session:
-            due = [(i.id, i.destination, i.path) for i in outbox.due(session)]
-        confirmed = 0
-        by_destination: dict[str, list[tuple[int, str]]] = {}
-        for item_id, destination, relpath in due:
-            by_destination.setdefault(destination, []).append((item_id, relpath))
-        for destination, items in by_destination.items():
-            paths = [self.results.path(relpath) for _, relpath in items]
-            deliveries = self.sender.send(Destination.parse(destination), paths)
-            try:
-                confirmed += self._record_deliveries(destination, items, deliveries)
-            except Exception:
-                log.exception(
-                    "sends to %s could not be recorded; kept to record later", destination
-                )
-                self._unrecorded[destination] = list(zip(items, deliveries, strict=True))
-                self._back_off_recording()
-        return confirmed
-
-    def _record_unrecorded(self) -> bool:
-        """Record the kept send outcomes, when their backoff is over; True once none wait."""
-        if time.monotonic() < self._record_retry_at:
-            return False
-        for destination, outcomes in list(self._unrecorded.items()):
-            items = [item for item, _ in outcomes]
-            deliveries = [delivery for _, delivery in outcomes]
-            try:
-                self._record_deliveries(destination, items, deliveries)
-            except Exception:
-                log.exception("sends to %s still cannot be recorded", destination)
-                self._back_off_recording()
-                return False
-            del self._unrecorded[destination]
-        self._record_failures = 0
-        return True
-
-    def _back_off_recording(self) -> None:
-        settings = self.settings
-        delay = settings.delivery_retry_initial_s * 2 ** min(self._record_failures, 20)
-        self._record_failures += 1
-        self._record_retry_at = time.monotonic() + min(delay, settings.delivery_retry_max_s)
-
-    def _record_deliveries(self, destination: str, items, deliveries) -> int:
-        confirmed = 0
-        with self.db.transaction() as session:
-            touched: dict[int, Job] = {}
-            for (item_id, _), delivery in zip(items, deliveries, strict=True):
-                row = session.get(OutboxItem, item_id)
-                job = row.job
-                touched[job.id] = job
-                ids = {
-                    "study_uid": job.study.study_uid,
-                    "accession": job.study.accession,
-                    "patient_id": job.study.patient_id,
-                    "sop_uid": row.sop_uid,
-                }
-                if delivery.ok:
-                    outbox.mark_sent(row)
-                    confirmed += 1
-                    audit.record(
-                        session,
-                        "result.sent",
-                        **ids,
-                        detail={"destination": destination, "kind": row.kind, "run": job.run},
-                    )
-                    continue
-                retry_in = self._retry_delay(row)
-                outbox.mark_attempt_failed(row, delivery.error or "failed", retry_in)
-                audit.record(
-                    session,
-                    "result.send_failed",
-                    Outcome.FAILURE,
-                    **ids,
-                    detail={
-                        "destination": destination,
-                        "error": delivery.error,
-                        "attempt": row.attempts,
-                        "retry_in_s": None if retry_in is None else round(retry_in.total_seconds()),
-                    },
-                )
-                if retry_in is None:
-                    # The alert: an admin must resend by hand. The health endpoint counts these.
-                    jobs.fail(session, job, f"delivery to {destination} abandoned")
-                    audit.record(
-                        session,
-                        "result.abandoned",
-                        Outcome.FAILURE,
-                        **ids,
-                        detail={
-                            "destination": destination,
-                            "attempts": row.attempts,
-                            "give_up_after_s": self.settings.delivery_give_up_after_s,
-                        },
-                    )
-            for job in touched.values():
-                if jobs.finish_if_delivered(session, job):
-                    audit.record(
-                        session,
-                        "study.done",
-                        study_uid=job.study.study_uid,
-                        accession=job.study.accession,
-                        patient_id=job.study.patient_id,
-                        detail={"run": job.run},
-                    )
-        return confirmed
-
-    def _retry_delay(self, row: OutboxItem) -> timedelta | None:
-        """Exponential backoff with jitter; None once the item is older than the give-up age."""
-        age = (utcnow() - as_utc(row.created_at)).total_seconds()
-        if age > self.settings.delivery_give_up_after_s:
-            return None
-        base = self.settings.delivery_retry_initial_s * 2 ** min(row.attempts, 20)
-        delay = min(base, self.settings.delivery_retry_max_s) * random.uniform(0.8, 1.2)
-        return timedelta(seconds=delay)
 
 
 def _describe(exc: BaseException) -> str:
