@@ -17,10 +17,12 @@ from datetime import datetime, timedelta
 from sqlalchemy.orm import Session
 
 from node.config import Settings
-from node.pairing import ReportPairing, study_ids
+from node.pairing import ReportPairing
 from storage import audit
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.matching import awaiting_studies, late_reports
 from storage.schema import Job, Study, StudyState, change_state, utcnow
 from storage.studies import processable_instances, stable_studies
@@ -77,9 +79,9 @@ class Assembler:
         change_state(study, StudyState.SKIPPED)
         audit.record(
             session,
-            "study.skipped",
+            Action.STUDY_SKIPPED,
             Outcome.WARNING,
-            **study_ids(study),
+            ids=StudyIds.of(study),
             detail={
                 "reason": "no frontal chest radiograph in the study",
                 "instances": len(study.instances),
@@ -109,9 +111,9 @@ class Assembler:
                 change_state(study, StudyState.FAILED)
             audit.record(
                 session,
-                "study.assembly_failed",
+                Action.STUDY_ASSEMBLY_FAILED,
                 Outcome.FAILURE,
-                **study_ids(study),
+                ids=StudyIds.of(study),
                 detail={"reason": reason, "state": study.state},
             )
         return None

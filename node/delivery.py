@@ -11,8 +11,10 @@ from datetime import timedelta
 from node.config import Destination, Settings
 from node.dicom.sender import DicomSender
 from storage import audit, jobs, outbox
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
+from storage.identifiers import StudyIds
 from storage.schema import Job, OutboxItem, as_utc, utcnow
 from storage.spool import FileStore
 
@@ -107,18 +109,13 @@ class Delivery:
                 row = session.get(OutboxItem, item_id)
                 job = row.job
                 touched[job.id] = job
-                ids = {
-                    "study_uid": job.study.study_uid,
-                    "accession": job.study.accession,
-                    "patient_id": job.study.patient_id,
-                    "sop_uid": row.sop_uid,
-                }
+                ids = {"ids": StudyIds.of(job.study), "sop_uid": row.sop_uid}
                 if delivery.ok:
                     outbox.mark_sent(row)
                     confirmed += 1
                     audit.record(
                         session,
-                        "result.sent",
+                        Action.RESULT_SENT,
                         **ids,
                         detail={"destination": destination, "kind": row.kind, "run": job.run},
                     )
@@ -127,7 +124,7 @@ class Delivery:
                 outbox.mark_attempt_failed(row, delivery.error or "failed", retry_in)
                 audit.record(
                     session,
-                    "result.send_failed",
+                    Action.RESULT_SEND_FAILED,
                     Outcome.FAILURE,
                     **ids,
                     detail={
@@ -142,7 +139,7 @@ class Delivery:
                     jobs.fail(session, job, f"delivery to {destination} abandoned")
                     audit.record(
                         session,
-                        "result.abandoned",
+                        Action.RESULT_ABANDONED,
                         Outcome.FAILURE,
                         **ids,
                         detail={
@@ -155,10 +152,8 @@ class Delivery:
                 if jobs.finish_if_delivered(session, job):
                     audit.record(
                         session,
-                        "study.done",
-                        study_uid=job.study.study_uid,
-                        accession=job.study.accession,
-                        patient_id=job.study.patient_id,
+                        Action.STUDY_DONE,
+                        ids=StudyIds.of(job.study),
                         detail={"run": job.run},
                     )
         return confirmed

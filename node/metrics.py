@@ -49,6 +49,7 @@ from prometheus_client.registry import Collector
 
 from node.config import Settings
 from storage import monitoring
+from storage.actions import Action
 from storage.database import Database
 from storage.monitoring import LabelledCount
 
@@ -62,9 +63,9 @@ END_TO_END_BUCKETS = (1, 2.5, 5, 10, 15, 20, 30, 45, 60, 120, 300, 600, 1800, 36
 PROCESSING_BUCKETS = (0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600, 1800)
 # Delivery attempts' and results' counters, per destination, by the event that moves them.
 _PER_DESTINATION = {
-    "result.sent": "results_sent",
-    "result.send_failed": "delivery_failures",
-    "result.abandoned": "results_abandoned",
+    Action.RESULT_SENT: "results_sent",
+    Action.RESULT_SEND_FAILED: "delivery_failures",
+    Action.RESULT_ABANDONED: "results_abandoned",
 }
 
 
@@ -191,7 +192,7 @@ class NodeMetrics(Collector):
 
     def _count(self, counted: LabelledCount) -> None:
         labelled = self._labelled
-        if counted.action == "instance.refused":
+        if counted.action == Action.INSTANCE_REFUSED:
             labelled["instances_refused"][(counted.status or "",)] += counted.events
         elif counted.action in monitoring.REFUSED_CONNECTIONS:
             reason = counted.action.partition(".")[2]
@@ -265,11 +266,11 @@ class NodeMetrics(Collector):
             n = sum(v for (a, _), v in self._events.items() if a == action)
             return CounterMetricFamily(PREFIX + name, help_text, value=n)
 
-        yield total("instances_received", "Instances received and stored", "instance.received")
+        yield total("instances_received", "Instances received and stored", Action.INSTANCE_RECEIVED)
         yield total(
             "instances_duplicate",
             "Instances received again with the same content (acknowledged, not stored twice)",
-            "instance.duplicate",
+            Action.INSTANCE_DUPLICATE,
         )
         yield self._labelled_counter(
             "instances_refused", "Instances refused, by the DICOM status returned", ["status"]
@@ -282,7 +283,7 @@ class NodeMetrics(Collector):
         yield self._labelled_counter(
             "runs_completed", "Runs whose inference completed, by model", ["model"]
         )
-        yield total("runs_failed", "Runs failed for good", "job.failed")
+        yield total("runs_failed", "Runs failed for good", Action.JOB_FAILED)
         yield total("studies_done", "Runs whose every result was confirmed", monitoring.DONE)
         configured = [(str(d),) for d in self.settings.destinations]
         for name, help_text in (

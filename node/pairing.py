@@ -25,12 +25,6 @@ from storage.matching import awaiting_studies, late_reports, latest_run, reports
 from storage.schema import Job, Report, ReportState, Study, StudyState, as_utc, change_state
 
 
-def study_ids(study: Study) -> StudyIds:
-    """The study's identifiers (``StudyIds.of``), kept under this name for node/pipeline.py's
-    ``**study_ids(study)``."""
-    return StudyIds.of(study)
-
-
 class ReportPairing:
     """Applies the pairing rules inside the caller's transaction."""
 

@@ -37,6 +37,7 @@ from node.startup import StartupError, check_settings, load_model, summary
 from node.tls import client_context, server_context
 from node.worker import Worker
 from storage import audit
+from storage.actions import Action
 from storage.database import Database
 from storage.spool import FileStore
 
@@ -166,7 +167,7 @@ class Node:
                 recovered = recover_interrupted_runs(session, self.settings.max_job_attempts)
                 audit.record(
                     session,
-                    "node.started",
+                    Action.NODE_STARTED,
                     detail={
                         "ae_title": self.settings.ae_title,
                         "port": self.settings.dicom_port,
@@ -214,7 +215,7 @@ class Node:
             self.worker.close()
         if self._started:  # node.started is in the log
             with self.db.transaction() as session:
-                audit.record(session, "node.stopped")
+                audit.record(session, Action.NODE_STOPPED)
         self.db.dispose()
 
     def run_until_signalled(self) -> None:

@@ -39,6 +39,7 @@ from node.config import Settings
 from node.disk import data_paths, is_disk_full, lowest_free_bytes
 from node.results import AlgorithmInfo, Finding, ImageResult
 from storage import audit, jobs, outbox
+from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
 from storage.run_summary import ImageSummary, InferenceCompleted, RunSummary
@@ -191,7 +192,7 @@ class Worker:
                 with self.db.transaction() as session:
                     audit.record(
                         session,
-                        "worker.paused" if low else "worker.resumed",
+                        Action.WORKER_PAUSED if low else Action.WORKER_RESUMED,
                         Outcome.WARNING if low else Outcome.SUCCESS,
                         detail={
                             "reason": "free disk below min_free_disk_mb",
@@ -215,11 +216,11 @@ class Worker:
                 job = session.get(Job, item.job_id)
                 if job.attempts >= self.settings.max_job_attempts:
                     jobs.fail(session, job, f"{reason}, {job.attempts} times")
-                    action, outcome, retry_s = "job.failed", Outcome.FAILURE, None
+                    action, outcome, retry_s = Action.JOB_FAILED, Outcome.FAILURE, None
                 else:
                     retry_s = self.settings.disk_full_retry_s * 2 ** max(job.attempts - 1, 0)
                     jobs.requeue(session, job, not_before=utcnow() + timedelta(seconds=retry_s))
-                    action, outcome = "job.deferred", Outcome.FAILURE
+                    action, outcome = Action.JOB_DEFERRED, Outcome.FAILURE
                 audit.record(
                     session,
                     action,
@@ -301,7 +302,7 @@ class Worker:
                 for instance in inputs[cap:]:
                     audit.record(
                         session,
-                        "image.skipped",
+                        Action.IMAGE_SKIPPED,
                         Outcome.WARNING,
                         **{**item.ids, "sop_uid": instance.sop_uid},
                         detail={
@@ -337,7 +338,7 @@ class Worker:
                 for failure in failures:
                     audit.record(
                         session,
-                        "image.unreadable",
+                        Action.IMAGE_UNREADABLE,
                         Outcome.FAILURE,
                         **{**item.ids, "sop_uid": failure["sop_uid"]},
                         detail={"reason": failure["reason"]},
@@ -448,7 +449,7 @@ class Worker:
             job.result = summary.to_json()
             audit.record(
                 session,
-                "inference.completed",
+                Action.INFERENCE_COMPLETED,
                 **item.ids,
                 detail=InferenceCompleted(item.run, job.model_id, summary).to_json(),
             )
@@ -470,10 +471,10 @@ class Worker:
             if job.attempts >= self.settings.max_job_attempts:
                 reason = f"{reason}, {job.attempts} times"
                 jobs.fail(session, job, reason)
-                action, outcome = "job.failed", Outcome.FAILURE
+                action, outcome = Action.JOB_FAILED, Outcome.FAILURE
             else:
                 jobs.requeue(session, job)
-                action, outcome = "job.requeued", Outcome.WARNING
+                action, outcome = Action.JOB_REQUEUED, Outcome.WARNING
             audit.record(
                 session,
                 action,
@@ -490,7 +491,7 @@ class Worker:
                 jobs.fail(session, job, reason)
                 audit.record(
                     session,
-                    "job.failed",
+                    Action.JOB_FAILED,
                     Outcome.FAILURE,
                     **item.ids,
                     detail={"run": item.run, "reason": reason},

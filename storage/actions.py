@@ -54,6 +54,7 @@ class Action(StrEnum):
     STUDY_SKIPPED = "study.skipped"
     STUDY_DONE = "study.done"  # every result of a run confirmed by the destination
     STUDY_PURGED = "study.purged"
+    STUDY_ASSEMBLY_FAILED = "study.assembly_failed"  # its round rolled back, the others went on
 
     # Reports and studies paired (or not).
     PAIRING_PAIRED = "pairing.paired"

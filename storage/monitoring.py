@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from storage.actions import Action
 from storage.schema import (
     AuditChainHead,
     AuditEvent,
@@ -34,20 +35,20 @@ from storage.schema import (
     as_utc,
 )
 
-RECEIVED, QUEUED, DONE = "instance.received", "study.queued", "study.done"
-INFERENCE = "inference.completed"
+RECEIVED, QUEUED, DONE = Action.INSTANCE_RECEIVED, Action.STUDY_QUEUED, Action.STUDY_DONE
+INFERENCE = Action.INFERENCE_COMPLETED
 # Refused connections are written one row per peer and window, with the count it stands for
 # (``node.refusals``).
 REFUSED_CONNECTIONS = (
-    "association.rejected",
-    "association.tls_failed",
-    "association.pdu_too_large",
-    "association.pdu_timeout",
-    "association.message_timeout",
+    Action.ASSOCIATION_REJECTED,
+    Action.ASSOCIATION_TLS_FAILED,
+    Action.ASSOCIATION_PDU_TOO_LARGE,
+    Action.ASSOCIATION_PDU_TIMEOUT,
+    Action.ASSOCIATION_MESSAGE_TIMEOUT,
 )
-DELIVERY = ("result.sent", "result.send_failed", "result.abandoned")
+DELIVERY = (Action.RESULT_SENT, Action.RESULT_SEND_FAILED, Action.RESULT_ABANDONED)
 # The events counters count by a label of their detail (every event is counted by action).
-LABELLED = ("instance.refused", *DELIVERY, *REFUSED_CONNECTIONS)
+LABELLED = (Action.INSTANCE_REFUSED, *DELIVERY, *REFUSED_CONNECTIONS)
 _CHUNK = 500  # identifiers in one IN (...)
 # The action, as an expression no index serves: filtering on the column itself lets SQLite's
 # planner take the action's index and scan every row of that action ever written, where the

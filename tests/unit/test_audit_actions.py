@@ -18,10 +18,6 @@ from storage.identifiers import StudyIds
 REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("node", "storage", "models", "training")
 
-# Being split into smaller modules on another branch while the actions became constants: the
-# lead converts their literals when merging and then deletes this list (the test below fails
-# for a listed file that no longer spells any).
-NOT_CONVERTED_YET = {"node/pipeline.py", "node/service.py"}
 
 # Calls that record an audit event, or hand its action on to code that does.
 _RECORDING_CALL = re.compile(r"^(record|on_refused|_audit\w*)$")
@@ -67,16 +63,9 @@ def test_no_module_spells_an_audit_action_as_a_string():
     offending = [
         f"{name}:{line}: {value!r} (use Action.{value.upper().replace('.', '_')})"
         for name, found in spelled.items()
-        if name not in NOT_CONVERTED_YET
         for line, value in found
     ]
     assert offending == []
-
-
-def test_the_files_left_to_convert_still_need_it():
-    spelled = literals_by_file()
-    converted = sorted(name for name in NOT_CONVERTED_YET if name not in spelled)
-    assert converted == [], "converted: delete them from NOT_CONVERTED_YET"
 
 
 def test_the_walk_finds_an_action_spelled_in_any_position():
