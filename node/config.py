@@ -268,6 +268,11 @@ class Settings:
             raise ConfigError(f"admin_port {self.admin_port} out of range (0 turns it off)")
         if not 0 <= self.dicomweb_port < 65536:
             raise ConfigError(f"dicomweb_port {self.dicomweb_port} out of range (0 turns it off)")
+        if self.dicomweb_port and len(self.dicomweb_token) < 16:
+            raise ConfigError(
+                "dicomweb_port is set but dicomweb_token is shorter than 16 characters: the "
+                "STOW-RS endpoint does not start without one (set CXRNODE_DICOMWEB_TOKEN)"
+            )
         if self.stow_max_request_mb < 1:
             raise ConfigError("stow_max_request_mb must be at least 1")
         self._validate_results()

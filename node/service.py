@@ -25,6 +25,7 @@ from node.config import Settings
 from node.delivery import Delivery
 from node.dicom.receiver import StorageSCP
 from node.dicom.sender import DicomSender
+from node.dicomweb.endpoint import StowServer
 from node.feeds.csvfeed import CsvFeed
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
@@ -67,6 +68,7 @@ class Node:
         self._stopping = threading.Event()
         self._started = False  # node.started was audited
         self.scp: StorageSCP | None = None
+        self.stow: StowServer | None = None  # the STOW-RS endpoint, when dicomweb_port is set
         self.mllp: MllpServer | None = None
         self.assembler: Assembler | None = None
         self.delivery: Delivery | None = None
@@ -140,6 +142,10 @@ class Node:
                 refusals=self.refusals,
             )
             self.scp.start()
+            if settings.dicomweb_port:
+                self.stow = StowServer(
+                    settings, self.scp.intake, self.refusals, on_complete=self._assemble_soon
+                ).start()
             self._start_feeds()
         if admin is not None:
             self.admin = admin.start()
@@ -201,6 +207,8 @@ class Node:
         self._stopping.set()
         if self.admin:
             self.admin.stop()
+        if self.stow:
+            self.stow.stop()
         if self.scp:
             self.scp.stop()
         if self.mllp:

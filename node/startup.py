@@ -55,6 +55,8 @@ def listeners(settings: Settings, receives: bool) -> list[tuple[str, str, int]]:
         ports.append(("dicom_port", settings.dicom_host, settings.dicom_port))
         if settings.hl7_port:
             ports.append(("hl7_port", settings.hl7_host, settings.hl7_port))
+        if settings.dicomweb_port:
+            ports.append(("dicomweb_port", settings.dicomweb_host, settings.dicomweb_port))
     if settings.admin_port:
         ports.append(("admin_port", settings.admin_host, settings.admin_port))
     return ports
