@@ -151,3 +151,18 @@ def test_a_receiver_never_loads_the_model(tmp_path):
     finally:
         node.stop()
     assert started_events(tmp_path) == ["node.started", "node.stopped"]
+
+
+def test_a_taken_stow_rs_port_stops_the_start_before_anything_listens(tmp_path, taken_port):
+    settings = node_settings(
+        tmp_path, dicomweb_host="127.0.0.1", dicomweb_port=taken_port, dicomweb_token=TOKEN
+    )
+    with pytest.raises(StartupError, match="dicomweb_port"):
+        Node(settings).start()
+    assert can_listen(settings.dicom_port)
+    assert started_events(tmp_path) == []
+
+
+def test_a_stow_rs_port_without_a_long_token_is_a_config_error():
+    with pytest.raises(ConfigError, match="dicomweb_token"):
+        Settings(dicomweb_port=8081, dicomweb_token="short").validate()
