@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from node.admin.commands import add_audit_command
+from node.admin.commands import add_audit_command, cli_user, open_database
 from node.config import describe, load_settings
 from node.errors import CxrNodeError
 from storage.actions import Action
@@ -47,6 +47,7 @@ def _parser() -> argparse.ArgumentParser:
     add_audit_command(commands)
     add_training_commands(commands)
     _add_import_model(commands)
+    _add_reprocess(commands)
 
     demo = commands.add_parser(
         "demo", help="start a private Orthanc and the node, send a synthetic study, show results"
@@ -54,6 +55,54 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, help="keep Orthanc/node files here")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_reprocess(commands) -> None:
+    resend = commands.add_parser(
+        "resend", help="re-deliver a finished or abandoned run's results (one or all destinations)"
+    )
+    resend.add_argument("study", help="Study Instance UID or accession number")
+    resend.add_argument(
+        "--destination", help="AE@host:port, AE title or URL of one destination (default: all)"
+    )
+    resend.set_defaults(run=_resend)
+    rerun = commands.add_parser(
+        "rerun", help="queue a new run of a study (e.g. after a model change)"
+    )
+    rerun.add_argument("study", help="Study Instance UID or accession number")
+    rerun.set_defaults(run=_rerun)
+
+
+def _resend(args, settings) -> int:
+    from node.reprocess import ReprocessRefused, resend
+
+    try:
+        with open_database(settings).transaction() as session:
+            done = resend(
+                session, settings, args.study, args.destination, {"actor_user": cli_user()}
+            )
+    except ReprocessRefused as exc:
+        print(f"cxrnode resend: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"run {done.run}: {done.objects} objects queued again for {', '.join(done.destinations)}"
+        " (a running node delivers them)"
+    )
+    return 0
+
+
+def _rerun(args, settings) -> int:
+    from node.reprocess import ReprocessRefused, rerun
+
+    try:
+        with open_database(settings).transaction() as session:
+            done = rerun(session, args.study, {"actor_user": cli_user()})
+    except ReprocessRefused as exc:
+        print(f"cxrnode rerun: {exc}", file=sys.stderr)
+        return 2
+    replaces = f", replacing run {done.replaces_run}" if done.replaces_run else ""
+    print(f"run {done.run} queued{replaces} (a running node's worker takes it)")
+    return 0
 
 
 def _add_import_model(commands) -> None:
@@ -113,11 +162,11 @@ def _file_sha256(path: Path) -> str | None:
 
 def _record_import(settings, succeeded: bool, detail: dict) -> None:
     """Which file became which package, or why it did not, by whom: ``model.imported``."""
-    from node.admin.commands import _database, _user
+    from node.admin.commands import _user
     from storage import audit
 
     outcome = audit.Outcome.SUCCESS if succeeded else audit.Outcome.FAILURE
-    with _database(settings).transaction() as session:
+    with open_database(settings).transaction() as session:
         audit.record(session, Action.MODEL_IMPORTED, outcome, actor_user=_user(), detail=detail)
 
 

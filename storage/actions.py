@@ -77,6 +77,7 @@ class Action(StrEnum):
     RESULT_SEND_FAILED = "result.send_failed"
     RESULT_ABANDONED = "result.abandoned"
     RESULT_PURGED = "result.purged"
+    RESULT_RESEND_REQUESTED = "result.resend_requested"  # an admin put results back in the outbox
 
     # Report text over HL7 v2 (MLLP).
     HL7_RECEIVED = "hl7.received"

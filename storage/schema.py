@@ -94,8 +94,11 @@ class JobState:
                                                    | results built, in the outbox    |
                                                    v                                 |
                                                 SENDING -- a delivery abandoned -----+
-                                                   |
-                                                   +-- every object confirmed --> DONE
+                                                 ^  |
+                                                 |  +-- every object confirmed --> DONE
+                                                 |
+                                                 +-- an admin resends the results of a
+                                                     DONE or FAILED run (node.reprocess)
 
     The allowed moves are :data:`JOB_TRANSITIONS`, made through :func:`change_state` (claiming
     is ``storage.jobs.claim_next``'s conditional UPDATE, which takes only a queued row). A run
@@ -125,13 +128,14 @@ STUDY_TRANSITIONS: dict[str, frozenset[str]] = {
     StudyState.SKIPPED: frozenset({StudyState.RECEIVING}),
 }
 
-# Every move a job's state may make; done and failed are final (a new run is a new job).
+# Every move a job's state may make. A run that ended is never processed again (a new run is
+# a new job); only its built results may be sent again, when an admin resends them.
 JOB_TRANSITIONS: dict[str, frozenset[str]] = {
     JobState.QUEUED: frozenset({JobState.RUNNING}),
     JobState.RUNNING: frozenset({JobState.QUEUED, JobState.SENDING, JobState.FAILED}),
     JobState.SENDING: frozenset({JobState.DONE, JobState.FAILED}),
-    JobState.DONE: frozenset(),
-    JobState.FAILED: frozenset(),
+    JobState.DONE: frozenset({JobState.SENDING}),
+    JobState.FAILED: frozenset({JobState.SENDING}),
 }
 
 

@@ -1,5 +1,6 @@
 """The admin's JSON API (``/api/...`` but the health check): audit events, the chain check,
-studies, a study's timeline and statistics, each behind the token.
+studies, a study's timeline and statistics, and the two actions that change anything (resend
+a run's results, queue a new run), each behind the token.
 
 Every answer carrying patient data is recorded in the audit log before it is sent
 (``admin.query``: what was asked, the filters, how many rows).
@@ -7,13 +8,15 @@ Every answer carrying patient data is recorded in the audit log before it is sen
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from datetime import datetime
 
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from node import reprocess
 from node.admin import render
-from node.admin.dependencies import Access, Admin, ReadSession, require_token
+from node.admin.dependencies import Access, Admin, ReadSession, client, require_token
 from node.admin.timespec import parse_time
 from storage import audit, queries
 from storage.audit_chain import verify
@@ -96,6 +99,34 @@ def timeline(session: ReadSession, access: Access, key: str) -> JSONResponse:
     if found is None:
         raise HTTPException(404, "no study with this UID or accession")
     return JSONResponse(queries.to_json(found))
+
+
+@router.post("/studies/{key}/resend")
+def resend_results(
+    request: Request, admin: Admin, key: str, destination: str | None = None
+) -> JSONResponse:
+    """Re-deliver the latest finished run's results (``node.reprocess.resend``); 409 with the
+    reason when the study cannot be re-sent now."""
+    actor = {"actor_ip": client(request), "actor_user": "admin-token"}
+    try:
+        with admin.db.transaction() as session:
+            done = reprocess.resend(session, admin.settings, key, destination, actor)
+    except reprocess.ReprocessRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+    return JSONResponse(asdict(done), status_code=202)
+
+
+@router.post("/studies/{key}/rerun")
+def rerun_study(request: Request, admin: Admin, key: str) -> JSONResponse:
+    """Queue a new run of the study (``node.reprocess.rerun``); 409 with the reason when it
+    cannot run now."""
+    actor = {"actor_ip": client(request), "actor_user": "admin-token"}
+    try:
+        with admin.db.transaction() as session:
+            done = reprocess.rerun(session, key, actor)
+    except reprocess.ReprocessRefused as exc:
+        raise HTTPException(409, str(exc)) from None
+    return JSONResponse(asdict(done), status_code=202)
 
 
 @router.get("/stats")

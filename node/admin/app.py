@@ -1,4 +1,5 @@
-"""The admin HTTP API and pages (FastAPI): read-only, token-protected, server-rendered HTML.
+"""The admin HTTP API and pages (FastAPI): token-protected, server-rendered HTML; read-only
+but for the two actions an admin takes on a study (resend, rerun), which are audited.
 
 =====================================  =======================================================
 ``GET /api/health``                    no token: queue depth, last study (time and state),
@@ -11,6 +12,9 @@
 ``GET /api/studies``                   recent studies with findings (``q``, ``limit``)
 ``GET /api/studies/{key}/timeline``    a study's timeline (Study UID or accession)
 ``GET /api/stats``                     per-day counts and turnaround (``since``, ``until``)
+``POST /api/studies/{key}/resend``     re-deliver the latest finished run's results
+                                       (``destination``: one, default all); 202, 409 why not
+``POST /api/studies/{key}/rerun``      queue a new run of the study; 202, 409 why not
 ``GET /``, ``GET /studies/{key}``      the same as HTML pages, usable without JavaScript
 ``GET|POST /login``, ``GET /logout``   the browser's token form and session cookie
 ``GET /metrics``                       Prometheus figures (``node.metrics``); the token unless

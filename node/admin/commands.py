@@ -84,7 +84,7 @@ def run_list(args, settings) -> int:
         until=args.until,
         limit=args.limit,
     )
-    db = _database(settings)
+    db = open_database(settings)
     with db.reading() as session:
         rows = [audit.as_dict(e) for e in audit.query(session, where)]
     _audit_access(db, "audit list", where.describe(), len(rows))
@@ -95,7 +95,7 @@ def run_list(args, settings) -> int:
 def run_show(args, settings) -> int:
     from storage.queries import study_timeline, to_json
 
-    db = _database(settings)
+    db = open_database(settings)
     with db.reading() as session:
         timeline = study_timeline(session, args.study)
         data = to_json(timeline) if timeline else None
@@ -116,7 +116,7 @@ def run_show(args, settings) -> int:
 def run_stats(args, settings) -> int:
     from storage.queries import stats, to_json
 
-    db = _database(settings)
+    db = open_database(settings)
     with db.reading() as session:
         result = stats(session, args.since, args.until)
     if args.format == "json":
@@ -132,7 +132,7 @@ def run_verify(args, settings) -> int:
     from storage import audit
     from storage.audit_chain import verify
 
-    db = _database(settings)
+    db = open_database(settings)
     journal = db.recorded_head()  # read before the walk: it can only be behind the database
     with db.reading() as session:
         report = verify(session, anchor=args.anchor, journal=journal)
@@ -142,7 +142,7 @@ def run_verify(args, settings) -> int:
             session,
             Action.ADMIN_VERIFY,
             audit.Outcome.SUCCESS if report.ok else audit.Outcome.FAILURE,
-            actor_user=_user(),
+            actor_user=cli_user(),
             detail={
                 "checked": report.checked,
                 "head_seq": report.head_seq,
@@ -156,7 +156,7 @@ def run_verify(args, settings) -> int:
     return 0 if report.ok else 1
 
 
-def _database(settings):
+def open_database(settings):
     from storage.database import Database
 
     db = Database(settings.database_url, node_name=settings.effective_node_name)
@@ -173,12 +173,13 @@ def _audit_access(db, what: str, filters: dict[str, Any], rows: int) -> None:
         audit.record(
             session,
             Action.ADMIN_QUERY,
-            actor_user=_user(),
+            actor_user=cli_user(),
             detail={"what": what, "filters": filters, "rows": rows, "via": "cli"},
         )
 
 
-def _user() -> str:
+def cli_user() -> str:
+    """Who runs the command, as the audit log names them (``actor_user``)."""
     try:
         return getpass.getuser()[:64]
     except (KeyError, OSError):  # no passwd entry and no LOGNAME (containers)
