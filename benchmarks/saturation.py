@@ -9,16 +9,24 @@ Floors, measured in the same run on the same files:
 - ingest floor: dcmtk storescp (TCP_NODELAY=1, --max-pdu 131072) receiving them, studies/s;
 - model floor: the default package's predictor with Grad-CAM on the same images, batch 8.
 
-    .venv/bin/python benchmarks/saturation.py [--studies 200]
+The builder: its seconds per study in the saturated node (``build_s`` of each run's
+``inference.completed``, measured in the builder process), and, from one batch of studies run
+through a node pipeline in this process, what the worker hands the builder per study: the bytes
+of the pickled call (job and images, as the process pool sends them) and the build's seconds
+alone on an otherwise idle worker.
+
+    .venv/bin/python benchmarks/saturation.py [--studies 200] [--handoff-studies 8]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import sys
 import tempfile
 import time
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import pydicom
@@ -67,6 +75,73 @@ def done_studies(db_path: Path) -> int:
     return row[0] if row else 0
 
 
+def handoff(paths: list[Path], work: Path) -> tuple[list[int], list[float]]:
+    """Bytes of the pickled builder call and seconds of the build, per study, for one batch of
+    one-image studies through a node pipeline (SQLite, real model, builds in this process)."""
+    from models.default import bundled_default_package
+    from models.package import load_package
+    from models.predictor import Predictor
+    from node import pipeline as worker
+    from node.build import keep_identifiers_out_of_the_log
+    from node.config import Settings
+    from node.dicom.sender import DicomSender
+    from storage import jobs
+    from storage.database import Database
+    from storage.schema import utcnow
+    from storage.spool import FileStore
+    from storage.studies import InstanceHeader, add_instance, stable_studies
+
+    keep_identifiers_out_of_the_log()  # as the node does
+    settings = Settings(data_dir=work / "handoff", build_processes=0, batch_studies=len(paths))
+    db = Database(settings.database_url)
+    db.create_schema()
+    spool = FileStore(work / "handoff" / "spool")
+    predictor = Predictor(load_package(bundled_default_package()), device="cpu")
+    node = worker.Pipeline(
+        settings, db, spool, FileStore(work / "handoff" / "results"), predictor, DicomSender("X")
+    )
+    for path in paths:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        relpath = f"{ds.StudyInstanceUID}/{path.name}"
+        spool.write(relpath, path.read_bytes())
+        header = InstanceHeader(
+            sop_uid=str(ds.SOPInstanceUID),
+            sop_class_uid=str(ds.SOPClassUID),
+            study_uid=str(ds.StudyInstanceUID),
+            series_uid=str(ds.SeriesInstanceUID),
+            modality=str(ds.Modality),
+            patient_id=str(ds.PatientID),
+            accession=None,
+            transfer_syntax=str(ds.file_meta.TransferSyntaxUID),
+            view="frontal",
+            processable=True,
+            skip_reason=None,
+        )
+        with db.transaction() as session:
+            add_instance(session, header, relpath=relpath, size=0, sha256="0", calling_ae="X")
+            (study,) = [
+                s for s in stable_studies(session, utcnow()) if s.study_uid == header.study_uid
+            ]
+            jobs.queue_run(session, study)
+    sizes, times = [], []
+    build = worker.build_in_process
+
+    def measured(*args):
+        # What a builder process is sent: the pool pickles the function and its arguments.
+        sizes.append(len(ForkingPickler.dumps((build, args))))
+        built, build_s = build(*args)
+        times.append(build_s)
+        return built, build_s
+
+    worker.build_in_process = measured
+    try:
+        node.process_next(limit=len(paths))
+    finally:
+        worker.build_in_process = build
+        node.close()
+    return sizes, times
+
+
 def ingest_floor(paths: list[Path], work: Path) -> float:
     port = free_port()
     out = work / "storescp"
@@ -81,7 +156,11 @@ def ingest_floor(paths: list[Path], work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--studies", type=int, default=200)
+    parser.add_argument("--handoff-studies", type=int, default=8)
     parser.add_argument("--timeout", type=float, default=3600.0)
+    parser.add_argument(
+        "--handoff-only", action="store_true", help="only the builder's hand-off and time"
+    )
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="cxrnode-saturation-"))
@@ -93,6 +172,17 @@ def main() -> None:
         ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
         ds.save_as(path, enforce_file_format=True)
 
+    handoff_bytes, handoff_s = handoff(files[: args.handoff_studies], work)
+    print(
+        f"builder per study alone ({len(handoff_s)} studies, one batch): "
+        f"median {statistics.median(handoff_s):.3f} s"
+    )
+    print(
+        f"pickled builder call per study: median {statistics.median(handoff_bytes) / 1e6:.2f} MB "
+        f"(max {max(handoff_bytes) / 1e6:.2f} MB)"
+    )
+    if args.handoff_only:
+        return
     ingest = ingest_floor(files, work)
     model = model_floor(files)
 
@@ -118,6 +208,10 @@ def main() -> None:
     queued = sorted(e["time"] for e in audit(env, work, "--action", "study.queued"))
     done = sorted(e["time"] for e in audit(env, work, "--action", "study.done"))
     span = seconds(queued[0], done[-1])
+    build_s = [
+        e["detail"]["timings"]["build_s"]
+        for e in audit(env, work, "--action", "inference.completed")
+    ]
     sustained = args.studies / span
     floor = min(ingest, model)
     print(f"studies: {args.studies} one-image studies, RSNA CR 1024x1024 JPEG baseline")
@@ -126,6 +220,10 @@ def main() -> None:
     print(f"model floor (default package, batch 8, with Grad-CAM):   {model:.1f} studies/s")
     print(f"sustained (first queued -> last done, {span:.1f} s):        {sustained:.2f} studies/s")
     print(f"sustained / min(floors) = {sustained / floor:.2f} (target >= 0.9)")
+    print(
+        f"builder per study in the node (build_s): median {statistics.median(build_s):.3f} s, "
+        f"mean {statistics.fmean(build_s):.3f} s"
+    )
     print(f"load average at the end: {os.getloadavg()[0]:.2f}")
 
 
