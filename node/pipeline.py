@@ -34,6 +34,7 @@ from models.pixel_limits import check_deflated_file
 from models.predictor import Predictor
 from models.preprocess import decode_pixels, pixels_to_display
 from node.build import (
+    BuildOptions,
     ResultJob,
     WorkItem,
     build_in_process,
@@ -283,7 +284,8 @@ class Pipeline:
             self._builders = _builder_pool(self.settings.build_processes)
 
     def _build(self, run: _Run) -> Future:
-        job = ResultJob(run.item, self.settings, self.results, self.algorithm, self.reads_text)
+        options = BuildOptions.of(self.settings)
+        job = ResultJob(run.item, options, self.results, self.algorithm, self.reads_text)
         self.start_builders()
         if self._builders is None:
             future: Future = Future()
