@@ -44,7 +44,7 @@ from node.config import Destination, Settings
 from node.dicom.sender import DicomSender
 from node.disk import data_paths, is_disk_full, lowest_free_bytes
 from node.pairing import ReportPairing, study_ids
-from node.results import AlgorithmInfo, Finding, ImageResult
+from node.results import AlgorithmInfo, Finding, GridHeatmap, ImageResult
 from storage import audit, jobs, outbox
 from storage.audit import Outcome
 from storage.database import Database
@@ -390,7 +390,9 @@ class Pipeline:
         if self.reads_text:
             texts = [run.item.text for run in runs for _ in run.images]
         clock = time.perf_counter()
-        predictions = self.predictor.predict(displays, texts)
+        # Preprocessed and encoded once, for the prediction and the Grad-CAM alike.
+        prepared = self.predictor.prepare(displays, texts)
+        predictions = self.predictor.predict(prepared)
         inferred = time.perf_counter()
         # Every present finding gets its region and capture; the top one is explained even
         # when absent, for the overview.
@@ -398,7 +400,8 @@ class Pipeline:
             sorted({int(np.argmax(p.probabilities)), *(int(i) for i in np.flatnonzero(p.present))})
             for p in predictions
         ]
-        maps = self.predictor.explain_many(displays, explained, texts)
+        # At the model's grid: the builder draws them onto the source grid.
+        maps = self.predictor.explain_on_grid(prepared, explained)
         explained_at = time.perf_counter()
         labels = self.predictor.package.config.labels
         results = iter(zip(predictions, explained, maps, strict=True))
@@ -418,7 +421,10 @@ class Pipeline:
                     )
                     for label, p in zip(labels, prediction.probabilities, strict=True)
                 )
-                heatmaps = {labels[i].name: m for i, m in zip(indices, image_maps, strict=True)}
+                heatmaps = {
+                    labels[i].name: GridHeatmap(grid, image_maps.size, image_maps.region)
+                    for i, grid in zip(indices, image_maps.maps, strict=True)
+                }
                 images.append(ImageResult(ds, display, findings, heatmaps))
             per_run.append(images)
         # Only now, when nothing can fail any more: a batch that failed is retried run by run.

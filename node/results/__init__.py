@@ -2,6 +2,7 @@
 state and the Grad-CAM captures (an overview and one per present finding)."""
 
 from node.results.findings import AlgorithmInfo, Finding, ImageResult, ResultInputError
+from node.results.heatmap import GridHeatmap
 from node.results.overlay import build_finding_capture, build_overview
 from node.results.presentation import build_presentation_state
 from node.results.region import DEFAULT_REGION_LEVEL, HeatRegion, finding_regions, heat_region
@@ -11,6 +12,7 @@ __all__ = [
     "DEFAULT_REGION_LEVEL",
     "AlgorithmInfo",
     "Finding",
+    "GridHeatmap",
     "HeatRegion",
     "ImageResult",
     "ResultInputError",

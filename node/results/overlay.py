@@ -193,7 +193,7 @@ def _blended(image: ImageResult, shown: str | None) -> tuple[np.ndarray, float]:
     """
     cached = image.blend_cache.get(shown)
     if cached is None:
-        display, heatmap, scale = _fit(image.display, image.heatmaps.get(shown) if shown else None)
+        display, heatmap, scale = _fit(image.display, image.heatmap(shown) if shown else None)
         blended = blend_heatmap(display, heatmap)
         blended.setflags(write=False)
         cached = image.blend_cache[shown] = (blended, scale)

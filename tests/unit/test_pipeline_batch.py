@@ -115,14 +115,14 @@ def test_when_the_batch_fails_each_study_runs_alone(pipeline, predictor, shared_
     queue_study(pipeline, "1.2.1", Path(path))
     queue_study(pipeline, "1.2.2", files[2])
 
-    real_predict = predictor.predict
+    real_prepare = predictor.prepare
 
-    def predict(displays, texts=None):  # the model cannot take the half-size image
+    def prepare(displays, texts=None):  # the model cannot take the half-size image
         if any(d.shape != (1024, 1024) for d in displays):
             raise RuntimeError("shape mismatch")
-        return real_predict(displays, texts)
+        return real_prepare(displays, texts)
 
-    monkeypatch.setattr(predictor, "predict", predict)
+    monkeypatch.setattr(predictor, "prepare", prepare)
     assert pipeline.process_next(limit=8) == 3
     pipeline.flush()
     states = job_states(pipeline)
