@@ -44,7 +44,7 @@ from node.config import Destination, Settings
 from node.dicom.sender import DicomSender
 from node.disk import data_paths, is_disk_full, lowest_free_bytes
 from node.pairing import ReportPairing, study_ids
-from node.results import AlgorithmInfo, Finding, GridHeatmap, ImageResult
+from node.results import AlgorithmInfo, Finding, GridHeatmap, ImageResult, display_levels
 from storage import audit, jobs, outbox
 from storage.audit import Outcome
 from storage.database import Database
@@ -400,7 +400,6 @@ class Pipeline:
             sorted({int(np.argmax(p.probabilities)), *(int(i) for i in np.flatnonzero(p.present))})
             for p in predictions
         ]
-        # At the model's grid: the builder draws them onto the source grid.
         maps = self.predictor.explain_on_grid(prepared, explained)
         explained_at = time.perf_counter()
         labels = self.predictor.package.config.labels
@@ -425,7 +424,10 @@ class Pipeline:
                     labels[i].name: GridHeatmap(grid, image_maps.size, image_maps.region)
                     for i, grid in zip(indices, image_maps.maps, strict=True)
                 }
-                images.append(ImageResult(ds, display, findings, heatmaps))
+                # The builder draws the display's 256 grey levels, and the heatmaps from the
+                # model's grid: a quarter and a few hundred bytes of the float32 images.
+                levels = display_levels(display)
+                images.append(ImageResult(ds, levels, findings, heatmaps))
             per_run.append(images)
         # Only now, when nothing can fail any more: a batch that failed is retried run by run.
         for run, images in zip(runs, per_run, strict=True):

@@ -108,7 +108,9 @@ class ImageResult:
         The source instance as received (header and pixels).
     display : numpy.ndarray
         float32 in [0, 1] on the source pixel grid (rows, cols), MONOCHROME2 polarity,
-        already windowed and inverted where needed.
+        already windowed and inverted where needed; or its 256 grey levels as uint8
+        (`node.results.heatmap.display_levels`, what the worker hands a builder process):
+        the captures draw no more.
     findings : tuple of Finding
         Every label of the model, in model order.
     heatmaps : mapping of str to numpy.ndarray or GridHeatmap
@@ -143,7 +145,10 @@ class ImageResult:
             if keyword not in self.source:
                 raise ResultInputError(f"source {uid} has no {keyword}")
         grid = (int(self.source.Rows), int(self.source.Columns))
-        _check_unit_image("display", self.display, grid, uid)
+        if isinstance(self.display, np.ndarray) and self.display.dtype == np.uint8:
+            _check_grid("display", self.display, grid, uid)
+        else:
+            _check_unit_image("display", self.display, grid, uid)
         if not self.findings:
             raise ResultInputError(f"ImageResult.findings of {uid} is empty")
         names = [finding.name for finding in self.findings]
@@ -195,12 +200,16 @@ class ImageResult:
 
 
 def _check_unit_image(attribute: str, array: np.ndarray, grid: tuple[int, int], uid: str) -> None:
+    _check_grid(attribute, array, grid, uid)
+    _check_unit_values(attribute, array, uid)
+
+
+def _check_grid(attribute: str, array: np.ndarray, grid: tuple[int, int], uid: str) -> None:
     if not isinstance(array, np.ndarray) or array.shape != grid:
         shape = getattr(array, "shape", type(array).__name__)
         raise ResultInputError(
             f"ImageResult.{attribute} of {uid} has shape {shape}, expected the source grid {grid}"
         )
-    _check_unit_values(attribute, array, uid)
 
 
 def _check_unit_values(attribute: str, array: np.ndarray, uid: str) -> None:

@@ -122,7 +122,7 @@ def blend_heatmap(display: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray
     Parameters
     ----------
     display : numpy.ndarray
-        float in [0, 1], shape (rows, cols), MONOCHROME2 polarity.
+        float in [0, 1], shape (rows, cols), MONOCHROME2 polarity, or its `display_levels`.
     heatmap : numpy.ndarray or None
         float in [0, 1], same shape; None renders the gray image alone.
 
@@ -131,13 +131,30 @@ def blend_heatmap(display: np.ndarray, heatmap: np.ndarray | None) -> np.ndarray
     numpy.ndarray
         uint8 of shape (rows, cols, 3), within one level of the exact blend.
     """
-    gray = _quantised(display, 255)
+    gray = display.astype(np.int32) if display.dtype == np.uint8 else _quantised(display, 255)
     if heatmap is None:
         return np.repeat(gray.astype(np.uint8)[..., None], 3, axis=2)
     index = _quantised(heatmap, _HEAT_LEVELS - 1)
     index <<= 8
     index |= gray
     return np.take(_blend_table(), index, axis=0)
+
+
+def display_levels(display: np.ndarray) -> np.ndarray:
+    """The display image's 256 grey levels, as `blend_heatmap` draws them: what the captures
+    need of it, a quarter of the float32 image's bytes.
+
+    Parameters
+    ----------
+    display : numpy.ndarray
+        float in [0, 1], shape (rows, cols).
+
+    Returns
+    -------
+    numpy.ndarray
+        uint8 of the same shape.
+    """
+    return _quantised(display, 255).astype(np.uint8)
 
 
 def legend_ramp(steps: int = 256) -> np.ndarray:

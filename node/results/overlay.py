@@ -209,6 +209,8 @@ def _fit(
     scale = MAX_SIDE / max(rows, cols)
     if scale >= 1.0:
         return display, heatmap, 1.0
+    if display.dtype == np.uint8:  # display_levels: averaged as the fractions they stand for
+        display = display / np.float32(255.0)
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
 
     def shrink(array: np.ndarray) -> np.ndarray:

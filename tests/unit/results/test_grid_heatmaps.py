@@ -23,6 +23,7 @@ from node.results import (
     ResultInputError,
     build_finding_capture,
     build_overview,
+    display_levels,
     finding_regions,
 )
 
@@ -130,3 +131,28 @@ def test_grid_heatmaps_add_kilobytes_to_what_a_builder_is_sent(predictor, shared
     display_bytes = full.display.nbytes
     assert len(pickle.dumps(full)) > display_bytes + 2 * 4 * 1024 * 1024  # two 1024² maps
     assert len(pickle.dumps(grid)) < display_bytes + 64 * 1024
+    # With the display's grey levels: a quarter of the float32 image, and the header.
+    assert len(pickle.dumps(_levels(grid))) < display_bytes / 4 + 64 * 1024
+
+
+def _levels(image: ImageResult) -> ImageResult:
+    return ImageResult(image.source, display_levels(image.display), image.findings, image.heatmaps)
+
+
+@pytest.mark.parametrize("source", ["rsna", "tall"])
+def test_captures_from_the_display_grey_levels_are_those_from_the_float_display(
+    source, sources, read_source, make_result, untrained
+):
+    if source == "rsna":
+        image = make_result(read_source(sources.rsna))
+    else:  # 4400 x 440: shrunk to fit 4096, the levels averaged instead of the floats
+        tall = read_source(sources.barre)
+        tall.PixelData = np.repeat(tall.pixel_array, 10, axis=0).tobytes()
+        tall.Rows = 4400
+        image = make_result(tall)
+    uids = {"sop_instance_uid": "2.25.1", "series_instance_uid": "2.25.2"}
+    exact = build_overview(image, untrained, **uids).pixel_array.astype(int)
+    drawn = build_overview(_levels(image), untrained, **uids).pixel_array.astype(int)
+    assert np.abs(exact - drawn).max() <= (0 if source == "rsna" else 1)
+    levels = display_levels(image.display)
+    assert levels.dtype == np.uint8 and levels.nbytes * 4 == image.display.nbytes
