@@ -109,7 +109,8 @@ class ResultJob:
     def uid(self, *parts: str) -> str:
         """A UID of the run's results. UIDs derive from the study and run, so rebuilding after
         a crash produces the same objects and a destination that already stored them sees a
-        harmless duplicate."""
+        harmless duplicate; and a re-run (late or corrected report) is a new series of each
+        kind, which viewers hang beside the results it replaces rather than mixing the two."""
         return generate_uid(
             entropy_srcs=["cxrnode", self.item.study_uid, str(self.item.run), *parts]
         )
@@ -124,10 +125,6 @@ def write_results(job: ResultJob, images: list[ImageResult]) -> list[BuiltResult
         for series in job.options.series
         for ds in _WRITERS[series.kind](job, images, series)
     ]
-
-
-# A re-run (late or corrected report) is a new series of each kind (its series UIDs derive from
-# the run), so viewers hang it beside the results it replaces rather than mixing the two.
 
 
 def _structured_report(
