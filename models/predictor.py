@@ -9,7 +9,7 @@ options and padded per batch, never to a fixed length.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
@@ -56,6 +56,52 @@ class Prediction:
     image_embedding: np.ndarray | None = None
     text_embedding: np.ndarray | None = None
     text_used: bool = False
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedInputs:
+    """Images and reports turned into the model's inputs once, for :meth:`Predictor.predict`
+    and :meth:`Predictor.explain_many` alike (from :meth:`Predictor.prepare`).
+
+    Attributes
+    ----------
+    images : torch.Tensor
+        ``(N, C, S, S)`` model inputs on the predictor's device (channels-last where it runs
+        so).
+    sizes : tuple of (int, int)
+        The display images' ``(rows, columns)``, which maps are drawn onto.
+    context : TextContext or None
+        The encoded reports (the "no report" embedding where there is none), on the device;
+        ``None`` for an image-only model.
+    """
+
+    images: torch.Tensor
+    sizes: tuple[tuple[int, int], ...]
+    context: TextContext | None
+
+    def __len__(self) -> int:
+        return len(self.sizes)
+
+
+@dataclass(frozen=True, eq=False)
+class CamGrid:
+    """One image's Grad-CAM maps at the target layer's grid, before they are resized onto
+    the display image (from :meth:`Predictor.explain_on_grid`).
+
+    Attributes
+    ----------
+    maps : numpy.ndarray
+        ``(n_labels_explained, h, w)`` float32 in [0, 1], in the order the labels were asked.
+    size : tuple of int
+        The display image's ``(rows, columns)``.
+    region : tuple of int
+        ``(top, left, rows, columns)`` of the display the model saw
+        (:func:`models.preprocess.crop_region`): the maps cover it, the rest of the image is 0.
+    """
+
+    maps: np.ndarray
+    size: tuple[int, int]
+    region: tuple[int, int, int, int]
 
 
 class Predictor:
@@ -133,19 +179,22 @@ class Predictor:
         return self.model.uses_text
 
     def predict(
-        self, displays: Sequence[np.ndarray], texts: Sequence[ReportText | str | None] | None = None
+        self,
+        displays: Sequence[np.ndarray] | PreparedInputs,
+        texts: Sequence[ReportText | str | None] | None = None,
     ) -> list[Prediction]:
         """Predict every label for each image, up to :data:`MAX_BATCH` images per pass.
 
         Parameters
         ----------
-        displays : sequence of numpy.ndarray
-            2-D display images from :func:`models.preprocess.dicom_to_display`.
+        displays : sequence of numpy.ndarray, or PreparedInputs
+            2-D display images from :func:`models.preprocess.dicom_to_display`, or the same
+            already prepared (:meth:`prepare`).
         texts : sequence of (str or None), optional
             Report per image as received (cleaned here): a :class:`models.text.ReportText`
             with the sections its feed stored (selected from, not split again), or plain text;
-            ``None`` for no report.
-            Image-only models ignore it.
+            ``None`` for no report. Image-only models ignore it. Must be None with prepared
+            inputs.
 
         Returns
         -------
@@ -155,37 +204,79 @@ class Predictor:
         Raises
         ------
         ValueError
+            If ``texts`` and ``displays`` differ in length, or texts come with prepared inputs.
+        PreprocessingError
+            If an image is not a finite 2-D array.
+        """
+        if not len(displays):
+            return []
+        prepared = self._prepared(displays, texts)
+        results: list[Prediction] = []
+        for start in range(0, len(prepared), MAX_BATCH):
+            results.extend(self._predict_batch(prepared, start, start + MAX_BATCH))
+        return results
+
+    def prepare(
+        self, displays: Sequence[np.ndarray], texts: Sequence[ReportText | str | None] | None = None
+    ) -> PreparedInputs:
+        """Preprocess images and encode reports once, for :meth:`predict` and
+        :meth:`explain_many` (or :meth:`explain_on_grid`) of the same images.
+
+        Parameters
+        ----------
+        displays, texts
+            As for :meth:`predict`.
+
+        Returns
+        -------
+        PreparedInputs
+            What either method takes in place of ``displays`` (and ``texts``).
+
+        Raises
+        ------
+        ValueError
             If ``texts`` and ``displays`` differ in length.
         PreprocessingError
             If an image is not a finite 2-D array.
         """
-        if not displays:
-            return []
         if texts is not None and len(texts) != len(displays):
             raise ValueError(f"{len(displays)} images but {len(texts)} texts")
-        results: list[Prediction] = []
-        for start in range(0, len(displays), MAX_BATCH):
-            stop = start + MAX_BATCH
-            chunk_texts = None if texts is None else texts[start:stop]
-            results.extend(self._predict_batch(displays[start:stop], chunk_texts))
-        return results
+        inputs = [to_model_input(display, self._spec) for display in displays]
+        size = self._spec.image_size
+        images = (
+            self._images(inputs)
+            if inputs
+            else torch.empty((0, self._spec.channels, size, size), device=self.device)
+        )
+        # Tokenizing holds the lock too: a fast tokenizer refuses concurrent calls. Not in
+        # inference mode: Grad-CAM's backward pass reads the context too.
+        with self._lock, torch.no_grad(), self._autocast():
+            context = self.model.encode_text(self._text_batch(texts), len(inputs))
+        return PreparedInputs(images, _sizes(displays), context)
 
-    def _predict_batch(
-        self, displays: Sequence[np.ndarray], texts: Sequence[ReportText | str | None] | None
-    ) -> list[Prediction]:
-        images = self._images([to_model_input(display, self._spec) for display in displays])
-        # Tokenizing holds the lock too: a fast tokenizer refuses concurrent calls.
+    def _prepared(
+        self,
+        displays: Sequence[np.ndarray] | PreparedInputs,
+        texts: Sequence[ReportText | str | None] | None,
+    ) -> PreparedInputs:
+        if not isinstance(displays, PreparedInputs):
+            return self.prepare(displays, texts)
+        if texts is not None:
+            raise ValueError("prepared inputs carry their reports already; texts must be None")
+        return displays
+
+    def _predict_batch(self, prepared: PreparedInputs, start: int, stop: int) -> list[Prediction]:
+        images = prepared.images[start:stop]
+        context = _rows(prepared.context, range(start, min(stop, len(prepared))))
         with self._lock, torch.inference_mode(), self._autocast():
-            text = self._text_batch(texts)
             image_map = self._image_forward(images)
-            context = self.model.encode_text(text, len(displays))
             fused = self.model.fuse(image_map, context)
             logits = self.model.classify(fused)
             image_vectors = pool_image(image_map)
         probabilities = _numpy(torch.sigmoid(logits.float()))
         fused_np, image_np = _numpy(fused), _numpy(image_vectors)
         if context is None:
-            text_np, used = [None] * len(displays), [False] * len(displays)
+            text_np, used = [None] * len(images), [False] * len(images)
         else:
             pooled, used = _numpy(context.pooled), context.present.cpu().tolist()
             text_np = [row if ok else None for row, ok in zip(pooled, used, strict=True)]
@@ -227,7 +318,7 @@ class Predictor:
 
     def explain_many(
         self,
-        displays: Sequence[np.ndarray],
+        displays: Sequence[np.ndarray] | PreparedInputs,
         label_indices: Sequence[Sequence[int]],
         texts: Sequence[ReportText | str | None] | None = None,
     ) -> list[np.ndarray]:
@@ -238,12 +329,12 @@ class Predictor:
 
         Parameters
         ----------
-        displays : sequence of numpy.ndarray
-            2-D display images.
+        displays : sequence of numpy.ndarray, or PreparedInputs
+            2-D display images, or the same already prepared (:meth:`prepare`).
         label_indices : sequence of sequences of int
             The labels to explain, per image (may be empty).
         texts : sequence of (str or None), optional
-            Report per image (see :meth:`predict`).
+            Report text per image; None with prepared inputs.
 
         Returns
         -------
@@ -257,6 +348,85 @@ class Predictor:
         IndexError
             If a label index is out of range.
         """
+        wanted = self._wanted(displays, label_indices, texts)
+        sizes = _sizes(displays)
+        results = [
+            np.zeros((len(w), *size), dtype=np.float32)
+            for w, size in zip(wanted, sizes, strict=True)
+        ]
+        if not any(wanted):
+            return results
+        prepared = self._prepared(displays, texts)
+        for chunk, cams in self._cams(prepared, wanted):
+            for image in dict.fromkeys(image for image, _, _ in chunk):
+                positions = [i for i, row in enumerate(chunk) if row[0] == image]
+                # The map covers what the model saw: the crop, if the package has one; the
+                # rest of the image stays 0.
+                top, left, rows, columns = crop_region(*sizes[image], self._spec.crop)
+                maps = F.interpolate(
+                    cams[positions].unsqueeze(1),
+                    size=(rows, columns),
+                    mode="bilinear",
+                    align_corners=False,
+                )[:, 0]
+                maps = _rescale(torch.nan_to_num(maps, nan=0.0))
+                slots = [chunk[i][1] for i in positions]
+                region = (slots, slice(top, top + rows), slice(left, left + columns))
+                results[image][region] = maps.cpu().numpy()
+        return results
+
+    def explain_on_grid(
+        self,
+        displays: Sequence[np.ndarray] | PreparedInputs,
+        label_indices: Sequence[Sequence[int]],
+        texts: Sequence[ReportText | str | None] | None = None,
+    ) -> list[CamGrid]:
+        """:meth:`explain_many`'s maps before they are resized onto the display images: at the
+        target layer's grid, kilobytes where a map on a 1024² display is 4 MB.
+
+        Resized bilinearly (half-pixel centres) onto the region :class:`CamGrid` names and
+        rescaled to [0, 1] there, they are :meth:`explain_many`'s maps
+        (``node.results.heatmap.GridHeatmap`` does so without torch).
+
+        Parameters
+        ----------
+        displays, label_indices, texts
+            As for :meth:`explain_many`.
+
+        Returns
+        -------
+        list of CamGrid
+            One per image; an image without labels to explain has ``(0, 0, 0)`` maps.
+
+        Raises
+        ------
+        ValueError
+            If the argument lengths differ.
+        IndexError
+            If a label index is out of range.
+        """
+        wanted = self._wanted(displays, label_indices, texts)
+        sizes = _sizes(displays)
+        grids: list[list[np.ndarray]] = [[] for _ in wanted]
+        prepared = self._prepared(displays, texts) if any(wanted) else None
+        for chunk, cams in self._cams(prepared, wanted) if prepared is not None else ():
+            for (image, _, _), cam in zip(chunk, torch.nan_to_num(cams, nan=0.0), strict=True):
+                grids[image].append(cam.cpu().numpy())
+        return [
+            CamGrid(
+                np.stack(maps) if maps else np.zeros((0, 0, 0), np.float32),
+                size,
+                crop_region(*size, self._spec.crop),
+            )
+            for maps, size in zip(grids, sizes, strict=True)
+        ]
+
+    def _wanted(
+        self,
+        displays: Sequence[np.ndarray] | PreparedInputs,
+        label_indices: Sequence[Sequence[int]],
+        texts: Sequence[ReportText | str | None] | None,
+    ) -> list[list[int]]:
         if len(label_indices) != len(displays):
             raise ValueError(f"{len(displays)} images but {len(label_indices)} label lists")
         if texts is not None and len(texts) != len(displays):
@@ -265,55 +435,31 @@ class Predictor:
         bad = sorted({i for labels in wanted for i in labels if not 0 <= i < self.n_labels})
         if bad:
             raise IndexError(f"label indices {bad} out of range for {self.n_labels} labels")
-        sizes = [np.asarray(display).shape[:2] for display in displays]
-        results = [
-            np.zeros((len(w), *size), dtype=np.float32)
-            for w, size in zip(wanted, sizes, strict=True)
-        ]
-        # (image, position among the image's requested labels, label)
+        return wanted
+
+    def _cams(
+        self, prepared: PreparedInputs, wanted: list[list[int]]
+    ) -> Iterator[tuple[list[tuple[int, int, int]], torch.Tensor]]:
+        """(rows, their maps at the target layer's grid) per batch of up to MAX_BATCH
+        (image, position among the image's requested labels, label) rows, in that order."""
         rows = [
             (image, slot, label) for image, w in enumerate(wanted) for slot, label in enumerate(w)
         ]
-        if not rows:
-            return results
-        needed = sorted({image for image, _, _ in rows})
-        inputs = {image: to_model_input(displays[image], self._spec) for image in needed}
-        with self._lock:
-            with torch.no_grad(), self._autocast():
-                context = self.model.encode_text(self._text_batch(texts), len(displays))
-            for start in range(0, len(rows), MAX_BATCH):
-                chunk = rows[start : start + MAX_BATCH]
-                cams = self._grad_cam(chunk, inputs, context)
-                for image in dict.fromkeys(image for image, _, _ in chunk):
-                    positions = [i for i, row in enumerate(chunk) if row[0] == image]
-                    # The map covers what the model saw: the crop, if the package has one;
-                    # the rest of the image stays 0.
-                    top, left, rows, columns = crop_region(*sizes[image], self._spec.crop)
-                    maps = F.interpolate(
-                        cams[positions].unsqueeze(1),
-                        size=(rows, columns),
-                        mode="bilinear",
-                        align_corners=False,
-                    )[:, 0]
-                    maps = _rescale(torch.nan_to_num(maps, nan=0.0))
-                    slots = [chunk[i][1] for i in positions]
-                    region = (slots, slice(top, top + rows), slice(left, left + columns))
-                    results[image][region] = maps.cpu().numpy()
-        return results
+        for start in range(0, len(rows), MAX_BATCH):
+            chunk = rows[start : start + MAX_BATCH]
+            with self._lock:
+                cams = self._grad_cam(chunk, prepared)
+            yield chunk, cams
 
     def _grad_cam(
-        self,
-        chunk: list[tuple[int, int, int]],
-        inputs: dict[int, torch.Tensor],
-        context: TextContext | None,
+        self, chunk: list[tuple[int, int, int]], prepared: PreparedInputs
     ) -> torch.Tensor:
-        images = self._images([inputs[image] for image, _, _ in chunk])
+        index = torch.tensor([image for image, _, _ in chunk], device=self.device)
+        images = prepared.images.index_select(0, index)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         labels = torch.tensor([label for _, _, label in chunk], device=self.device)
-        rows_context = None
-        if context is not None:
-            rows_context = context.select(
-                torch.tensor([image for image, _, _ in chunk], device=context.pooled.device)
-            )
+        rows_context = _rows(prepared.context, [image for image, _, _ in chunk])
         model = self.model
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
@@ -346,6 +492,22 @@ class Predictor:
         if self.dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def _sizes(displays: Sequence[np.ndarray] | PreparedInputs) -> tuple[tuple[int, int], ...]:
+    if isinstance(displays, PreparedInputs):
+        return displays.sizes
+    # Of any shape: a display that is not 2-D is refused by its preprocessing.
+    return tuple(tuple(np.asarray(display).shape[:2]) for display in displays)
+
+
+def _rows(context: TextContext | None, rows: Sequence[int]) -> TextContext | None:
+    """The context of the given image rows, in that order."""
+    if context is None:
+        return None
+    if list(rows) == list(range(len(context.present))):
+        return context
+    return context.select(torch.tensor(list(rows), device=context.pooled.device))
 
 
 def _rescale(maps: torch.Tensor) -> torch.Tensor:

@@ -9,14 +9,15 @@ from __future__ import annotations
 import logging
 import time
 import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from io import BytesIO
 
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from models.text import ReportText
-from node.config import Settings
+from node.config import ResultSeries, Settings
 from node.log_privacy import withhold_dicom_values_from_the_log
 from node.results import (
     AlgorithmInfo,
@@ -71,93 +72,136 @@ class BuiltResult:
 
 
 @dataclass(frozen=True)
+class BuildOptions:
+    """The settings the builders read, and nothing else of `Settings` (a builder process is
+    sent them with every job).
+
+    Attributes
+    ----------
+    series : tuple of ResultSeries
+        The result series to write, in order: those of the settings at least one destination
+        gets (`Settings.wanted_outputs`).
+    region_level : float
+        Fraction of the Grad-CAM peak a finding's region encloses.
+    """
+
+    series: tuple[ResultSeries, ...]
+    region_level: float
+
+    @classmethod
+    def of(cls, settings: Settings) -> BuildOptions:
+        wanted = settings.wanted_outputs
+        series = tuple(s for s in settings.result_series if s.output in wanted)
+        return cls(series, settings.region_level)
+
+
+@dataclass(frozen=True)
 class ResultJob:
     """Everything :func:`write_results` needs besides the images, picklable."""
 
     item: WorkItem
-    settings: Settings
+    options: BuildOptions
     results: FileStore
     algorithm: AlgorithmInfo
     reads_text: bool
 
+    def uid(self, *parts: str) -> str:
+        """A UID of the run's results. UIDs derive from the study and run, so rebuilding after
+        a crash produces the same objects and a destination that already stored them sees a
+        harmless duplicate; and a re-run (late or corrected report) is a new series of each
+        kind, which viewers hang beside the results it replaces rather than mixing the two."""
+        return generate_uid(
+            entropy_srcs=["cxrnode", self.item.study_uid, str(self.item.run), *parts]
+        )
+
 
 def write_results(job: ResultJob, images: list[ImageResult]) -> list[BuiltResult]:
-    """Build a run's SR, presentation states and captures and write each durably; return what
-    was written, SR first."""
+    """Build a run's objects, series by series (`BuildOptions.series`: the SR first), and write
+    each durably; return what was written."""
+    folder = results_folder(job.item.study_uid, job.item.run)
+    return [
+        _save(job.results, series.output, ds, folder)
+        for series in job.options.series
+        for ds in _WRITERS[series.kind](job, images, series)
+    ]
 
-    # UIDs derive from the study and run, so rebuilding after a crash produces the same
-    # objects and a destination that already stored them sees a harmless duplicate.
-    def uid(*parts: str) -> str:
-        return generate_uid(entropy_srcs=["cxrnode", item.study_uid, str(item.run), *parts])
 
-    item, settings, results = job.item, job.settings, job.results
-    folder = results_folder(item.study_uid, item.run)
-    wanted = settings.wanted_outputs
-    level = settings.region_level
-    # A re-run (late or corrected report) is a new series of each kind, so viewers hang it
-    # beside the results it replaces rather than mixing the two.
-    sr_uid = uid("sr")
-    built = []
-    if "SR" in wanted:
-        sr = build_structured_report(
-            images,
-            job.algorithm,
-            sop_instance_uid=sr_uid,
-            series_instance_uid=uid("sr-series"),
-            series_number=settings.sr_series_number,
-            text_source=item.text_source if job.reads_text else "none",
-            text_note=_text_note(item, job.reads_text),
-            predecessors=([dcmread(results.path(item.replaces_sr))] if item.replaces_sr else ()),
-            region_level=level,
-            description=settings.sr_series_description or None,
-        )
-        built.append(_save(results, "SR", sr, folder))
-    finding_number = 0
+def _structured_report(
+    job: ResultJob, images: list[ImageResult], series: ResultSeries
+) -> Iterator[Dataset]:
+    item = job.item
+    yield build_structured_report(
+        images,
+        job.algorithm,
+        sop_instance_uid=job.uid("sr"),
+        series_instance_uid=job.uid("sr-series"),
+        series_number=series.number,
+        text_source=item.text_source if job.reads_text else "none",
+        text_note=_text_note(item, job.reads_text),
+        predecessors=([dcmread(job.results.path(item.replaces_sr))] if item.replaces_sr else ()),
+        region_level=job.options.region_level,
+        description=series.description or None,
+    )
+
+
+def _presentation_states(
+    job: ResultJob, images: list[ImageResult], series: ResultSeries
+) -> Iterator[Dataset]:
     for n, image in enumerate(images, start=1):
-        source_uid = str(image.source.SOPInstanceUID)
-        if "GSPS" in wanted:
-            state = build_presentation_state(
-                image,
-                job.algorithm,
-                sop_instance_uid=uid("gsps", source_uid),
-                series_instance_uid=uid("gsps-series"),
-                series_number=settings.gsps_series_number,
-                instance_number=n,
-                region_level=level,
-                description=settings.gsps_series_description or None,
-                sr_instance_uid=sr_uid,
-            )
-            built.append(_save(results, "GSPS", state, folder))
-        if "SC" not in wanted:
-            continue
-        overview = build_overview(
+        yield build_presentation_state(
             image,
             job.algorithm,
-            sop_instance_uid=uid("sc", source_uid),
-            series_instance_uid=uid("sc-series"),
-            series_number=settings.sc_series_number,
+            sop_instance_uid=job.uid("gsps", str(image.source.SOPInstanceUID)),
+            series_instance_uid=job.uid("gsps-series"),
+            series_number=series.number,
             instance_number=n,
-            region_level=level,
-            description=settings.sc_series_description or None,
+            region_level=job.options.region_level,
+            description=series.description or None,
+            sr_instance_uid=job.uid("sr"),
         )
-        built.append(_save(results, "SC", overview, folder))
-        for finding in image.present:
-            if finding.name not in image.heatmaps:
-                continue
-            finding_number += 1
-            capture = build_finding_capture(
-                image,
-                finding.name,
-                job.algorithm,
-                sop_instance_uid=uid("sc-finding", source_uid, finding.name),
-                series_instance_uid=uid("sc-finding-series"),
-                series_number=settings.finding_sc_series_number,
-                instance_number=finding_number,
-                region_level=level,
-                description=settings.finding_sc_series_description or None,
-            )
-            built.append(_save(results, "SC", capture, folder))
-    return built
+
+
+def _overviews(
+    job: ResultJob, images: list[ImageResult], series: ResultSeries
+) -> Iterator[Dataset]:
+    for n, image in enumerate(images, start=1):
+        yield build_overview(
+            image,
+            job.algorithm,
+            sop_instance_uid=job.uid("sc", str(image.source.SOPInstanceUID)),
+            series_instance_uid=job.uid("sc-series"),
+            series_number=series.number,
+            instance_number=n,
+            region_level=job.options.region_level,
+            description=series.description or None,
+        )
+
+
+def _finding_captures(
+    job: ResultJob, images: list[ImageResult], series: ResultSeries
+) -> Iterator[Dataset]:
+    shown = [(image, f.name) for image in images for f in image.present if f.name in image.heatmaps]
+    for n, (image, finding) in enumerate(shown, start=1):
+        yield build_finding_capture(
+            image,
+            finding,
+            job.algorithm,
+            sop_instance_uid=job.uid("sc-finding", str(image.source.SOPInstanceUID), finding),
+            series_instance_uid=job.uid("sc-finding-series"),
+            series_number=series.number,
+            instance_number=n,
+            region_level=job.options.region_level,
+            description=series.description or None,
+        )
+
+
+# What builds each result series (`ResultSeries.kind`): the objects of one run, in order.
+_WRITERS: dict[str, Callable[[ResultJob, list[ImageResult], ResultSeries], Iterator[Dataset]]] = {
+    "sr": _structured_report,
+    "gsps": _presentation_states,
+    "sc": _overviews,
+    "finding_sc": _finding_captures,
+}
 
 
 def _save(results: FileStore, kind: str, ds, folder: str) -> BuiltResult:
@@ -172,6 +216,8 @@ def _text_note(item: WorkItem, reads_text: bool) -> str | None:
     """Why the run read the text it read, in the radiologist's words."""
     if not reads_text:
         return "this model reads images only" if item.text else None
+    if item.reason == "admin request":  # node.reprocess.RERUN_REASON
+        return "re-run at an admin's request"
     if item.reason != "first":
         return f"re-run after a {item.reason}"
     if item.text_source == "none":

@@ -29,6 +29,7 @@ _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: printable, 
 # presentation states.
 OUTPUT_KINDS = ("SR", "SC", "GSPS")
 _LO_MAX = 64  # Series Description is LO
+_IS_MAX = 2**31 - 1  # Series Number is IS
 _DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
 
 
@@ -55,9 +56,69 @@ class Destination:
 
 
 @dataclass(frozen=True)
+class ResultSeries:
+    """One series of result objects the node writes into the source's study.
+
+    Attributes
+    ----------
+    kind : str
+        ``"sr"`` (the SR, one per run), ``"gsps"`` (a presentation state per image), ``"sc"``
+        (an overview capture per image) or ``"finding_sc"`` (a capture per present finding);
+        also what builds it (``node.build``) and what its generated description says.
+    number : int
+        Series Number.
+    description : str
+        Series Description; empty: generated, saying what the series is ("AI findings (SR)",
+        "AI outlines (GSPS)", "AI heatmap overview", "AI heatmap per finding"), the AI's name
+        where it fits and "requires review".
+    """
+
+    kind: str
+    number: int
+    description: str = ""
+
+    @property
+    def output(self) -> str:
+        """The result kind (`OUTPUT_KINDS`) destinations choose it by."""
+        return SERIES_OUTPUTS[self.kind]
+
+    def validate(self) -> ResultSeries:
+        """Raise `ConfigError`, naming the setting, for a value DICOM cannot hold."""
+        if self.kind not in SERIES_OUTPUTS:
+            raise ConfigError(f"result series {self.kind!r} is not one of {list(SERIES_OUTPUTS)}")
+        if not 0 <= self.number <= _IS_MAX:
+            raise ConfigError(f"{self.kind}_series_number {self.number} is not a DICOM IS value")
+        if len(self.description) > _LO_MAX or "\\" in self.description:
+            raise ConfigError(
+                f"{self.kind}_series_description is longer than {_LO_MAX} characters or holds "
+                "a backslash (DICOM LO)"
+            )
+        return self
+
+
+# Each result series' kind and the output kind destinations choose it by, in writing order:
+# the SR first, which the presentation states reference.
+SERIES_OUTPUTS = {"sr": "SR", "gsps": "GSPS", "sc": "SC", "finding_sc": "SC"}
+DEFAULT_RESULT_SERIES = (
+    ResultSeries("sr", 9901),
+    ResultSeries("gsps", 9904),
+    ResultSeries("sc", 9902),
+    ResultSeries("finding_sc", 9903),
+)
+# The config keys (and, upper case after CXRNODE_, environment variables) of the result
+# series: key -> (kind, attribute of ResultSeries).
+SERIES_KEYS = {
+    f"{kind}_series_{attribute}": (kind, attribute)
+    for kind in SERIES_OUTPUTS
+    for attribute in ("number", "description")
+}
+
+
+@dataclass(frozen=True)
 class Settings:
-    """Everything the node can be told. Field names are the config keys; the environment
-    variable of a field is ``CXRNODE_`` + its name in upper case."""
+    """Everything the node can be told. Field names are the config keys, but for
+    ``result_series``, set by the keys of `SERIES_KEYS`; the environment variable of a key is
+    ``CXRNODE_`` + the key in upper case."""
 
     ae_title: str = "CXRNODE"
     dicom_host: str = "0.0.0.0"
@@ -160,18 +221,9 @@ class Settings:
     delivery_retry_initial_s: float = 5.0
     delivery_retry_max_s: float = 300.0
     delivery_give_up_after_s: float = 86_400.0
-    # Result series: SR, overview captures, per-finding captures, presentation states. An
-    # empty description is generated: what the series is ("AI findings (SR)", "AI outlines
-    # (GSPS)", "AI heatmap overview", "AI heatmap per finding"), the AI's name where it fits
-    # and "requires review".
-    sr_series_number: int = 9901
-    sc_series_number: int = 9902
-    finding_sc_series_number: int = 9903
-    gsps_series_number: int = 9904
-    sr_series_description: str = ""
-    sc_series_description: str = ""
-    finding_sc_series_description: str = ""
-    gsps_series_description: str = ""
+    # The result series, in the order they are written (`ResultSeries`); set with the keys
+    # <kind>_series_number and <kind>_series_description (`SERIES_KEYS`).
+    result_series: tuple[ResultSeries, ...] = DEFAULT_RESULT_SERIES
     # A finding's region (SR SCOORD, GSPS outline, capture outline) encloses the Grad-CAM heat
     # at or above this fraction of its peak.
     region_level: float = 0.5
@@ -232,6 +284,13 @@ class Settings:
             if key in (destination.ae_title, str(destination)):
                 chosen = kinds
         return tuple(kind for kind in OUTPUT_KINDS if kind in chosen)
+
+    def series(self, kind: str) -> ResultSeries:
+        """The result series of ``kind`` (see `ResultSeries`)."""
+        for series in self.result_series:
+            if series.kind == kind:
+                return series
+        raise KeyError(kind)
 
     @property
     def wanted_outputs(self) -> tuple[str, ...]:
@@ -338,16 +397,11 @@ class Settings:
                 raise ConfigError(f"destination {destination} would get no result at all")
         if not 0.0 < self.region_level <= 1.0:
             raise ConfigError(f"region_level {self.region_level} is not a fraction in (0, 1]")
-        for kind in ("sr", "sc", "finding_sc", "gsps"):
-            number = getattr(self, f"{kind}_series_number")
-            if not 0 <= number <= 2**31 - 1:
-                raise ConfigError(f"{kind}_series_number {number} is not a DICOM IS value")
-            text = getattr(self, f"{kind}_series_description")
-            if len(text) > _LO_MAX or "\\" in text:
-                raise ConfigError(
-                    f"{kind}_series_description is longer than {_LO_MAX} characters or holds "
-                    "a backslash (DICOM LO)"
-                )
+        for series in self.result_series:
+            series.validate()
+        kinds = [series.kind for series in self.result_series]
+        if sorted(kinds) != sorted(SERIES_OUTPUTS):
+            raise ConfigError(f"result_series has {kinds}, not each of {list(SERIES_OUTPUTS)} once")
 
 
 def _destination_outputs(entries: tuple[str, ...]) -> list[tuple[str, tuple[str, ...]]]:
@@ -394,17 +448,25 @@ def load_settings(
     values: dict[str, Any] = {}
     if config_file is not None:
         values.update(_read_file(config_file))
-    known = {f.name: f for f in fields(Settings)}
-    for name in known:
+    # The result series are set key by key (SERIES_KEYS), not as one value.
+    known = {f.name for f in fields(Settings)} - {"result_series"}
+    for name in (*known, *SERIES_KEYS):
         key = ENV_PREFIX + name.upper()
         if key in environ:
             values[name] = environ[key]
     settings = Settings()
     converted = {}
+    series = {s.kind: s for s in settings.result_series}
     for name, raw in values.items():
-        if name not in known:
+        if name in SERIES_KEYS:
+            kind, attribute = SERIES_KEYS[name]
+            value = _convert(name, raw, getattr(series[kind], attribute))
+            series[kind] = replace(series[kind], **{attribute: value})
+        elif name in known:
+            converted[name] = _convert(name, raw, getattr(settings, name))
+        else:
             raise ConfigError(f"unknown setting {name!r} in {config_file}")
-        converted[name] = _convert(name, raw, getattr(settings, name))
+    converted["result_series"] = tuple(series[s.kind] for s in settings.result_series)
     return replace(settings, **converted).validate()
 
 
@@ -451,6 +513,11 @@ def describe(settings: Settings) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for f in fields(settings):
         value = getattr(settings, f.name)
+        if f.name == "result_series":  # by the keys that set them
+            for series in value:
+                out[f"{series.kind}_series_number"] = series.number
+                out[f"{series.kind}_series_description"] = series.description
+            continue
         if isinstance(value, tuple):
             value = [str(v) for v in value]
         elif isinstance(value, Path):

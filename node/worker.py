@@ -30,6 +30,7 @@ from models.predictor import Predictor
 from models.preprocess import decode_pixels, pixels_to_display
 from models.text import ReportText
 from node.build import (
+    BuildOptions,
     ResultJob,
     WorkItem,
     build_in_process,
@@ -37,7 +38,7 @@ from node.build import (
 )
 from node.config import Settings
 from node.disk import data_paths, is_disk_full, lowest_free_bytes
-from node.results import AlgorithmInfo, Finding, ImageResult
+from node.results import AlgorithmInfo, Finding, GridHeatmap, ImageResult, display_levels
 from storage import audit, jobs, outbox
 from storage.actions import Action
 from storage.audit import Outcome
@@ -261,7 +262,8 @@ class Worker:
             self._builders = _builder_pool(self.settings.build_processes)
 
     def _build(self, run: _Run) -> Future:
-        job = ResultJob(run.item, self.settings, self.results, self.algorithm, self.reads_text)
+        options = BuildOptions.of(self.settings)
+        job = ResultJob(run.item, options, self.results, self.algorithm, self.reads_text)
         self.start_builders()
         if self._builders is None:
             future: Future = Future()
@@ -366,7 +368,9 @@ class Worker:
         if self.reads_text:
             texts = [run.item.text for run in runs for _ in run.images]
         clock = time.perf_counter()
-        predictions = self.predictor.predict(displays, texts)
+        # Preprocessed and encoded once, for the prediction and the Grad-CAM alike.
+        prepared = self.predictor.prepare(displays, texts)
+        predictions = self.predictor.predict(prepared)
         inferred = time.perf_counter()
         # Every present finding gets its region and capture; the top one is explained even
         # when absent, for the overview.
@@ -374,7 +378,7 @@ class Worker:
             sorted({int(np.argmax(p.probabilities)), *(int(i) for i in np.flatnonzero(p.present))})
             for p in predictions
         ]
-        maps = self.predictor.explain_many(displays, explained, texts)
+        maps = self.predictor.explain_on_grid(prepared, explained)
         explained_at = time.perf_counter()
         labels = self.predictor.package.config.labels
         results = iter(zip(predictions, explained, maps, strict=True))
@@ -394,8 +398,14 @@ class Worker:
                     )
                     for label, p in zip(labels, prediction.probabilities, strict=True)
                 )
-                heatmaps = {labels[i].name: m for i, m in zip(indices, image_maps, strict=True)}
-                images.append(ImageResult(ds, display, findings, heatmaps))
+                heatmaps = {
+                    labels[i].name: GridHeatmap(grid, image_maps.size, image_maps.region)
+                    for i, grid in zip(indices, image_maps.maps, strict=True)
+                }
+                # The builder draws the display's 256 grey levels, and the heatmaps from the
+                # model's grid: a quarter and a few hundred bytes of the float32 images.
+                levels = display_levels(display)
+                images.append(ImageResult(ds, levels, findings, heatmaps))
             per_run.append(images)
         # Only now, when nothing can fail any more: a batch that failed is retried run by run.
         for run, images in zip(runs, per_run, strict=True):

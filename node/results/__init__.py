@@ -2,6 +2,7 @@
 state and the Grad-CAM captures (an overview and one per present finding)."""
 
 from node.results.findings import AlgorithmInfo, Finding, ImageResult, ResultInputError
+from node.results.heatmap import GridHeatmap, display_levels
 from node.results.overlay import build_finding_capture, build_overview
 from node.results.presentation import build_presentation_state
 from node.results.region import DEFAULT_REGION_LEVEL, HeatRegion, finding_regions, heat_region
@@ -11,6 +12,7 @@ __all__ = [
     "DEFAULT_REGION_LEVEL",
     "AlgorithmInfo",
     "Finding",
+    "GridHeatmap",
     "HeatRegion",
     "ImageResult",
     "ResultInputError",
@@ -18,6 +20,7 @@ __all__ = [
     "build_overview",
     "build_presentation_state",
     "build_structured_report",
+    "display_levels",
     "finding_regions",
     "heat_region",
 ]

@@ -10,6 +10,7 @@ import numpy as np
 import pydicom
 
 from node.errors import CxrNodeError
+from node.results.heatmap import GridHeatmap
 
 
 class ResultInputError(CxrNodeError, ValueError):
@@ -107,18 +108,26 @@ class ImageResult:
         The source instance as received (header and pixels).
     display : numpy.ndarray
         float32 in [0, 1] on the source pixel grid (rows, cols), MONOCHROME2 polarity,
-        already windowed and inverted where needed.
+        already windowed and inverted where needed; or its 256 grey levels as uint8
+        (`node.results.heatmap.display_levels`, what the worker hands a builder process):
+        the captures draw no more.
     findings : tuple of Finding
         Every label of the model, in model order.
-    heatmaps : mapping of str to numpy.ndarray
-        Finding name to its Grad-CAM map, float32 in [0, 1], same shape as `display`: at
-        least every present finding and the top finding, where the model can explain them.
+    heatmaps : mapping of str to numpy.ndarray or GridHeatmap
+        Finding name to its Grad-CAM map, float32 in [0, 1], same shape as `display`, or the
+        map at the model's grid to be drawn there (`GridHeatmap`, what the worker hands a
+        builder process); `heatmap` gives either on the source grid. At least every present
+        finding and the top finding, where the model can explain them.
     """
 
     source: pydicom.Dataset
     display: np.ndarray
     findings: tuple[Finding, ...]
-    heatmaps: Mapping[str, np.ndarray] = field(default_factory=dict)
+    heatmaps: Mapping[str, np.ndarray | GridHeatmap] = field(default_factory=dict)
+    # Grid heatmaps drawn on the source grid, once: the regions and the captures read them.
+    heatmap_cache: dict[str, np.ndarray] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
     # Regions by level, computed once: the SR, the GSPS and every capture draw the same ones.
     regions_cache: dict[float, list] = field(
         default_factory=dict, init=False, repr=False, compare=False
@@ -136,7 +145,10 @@ class ImageResult:
             if keyword not in self.source:
                 raise ResultInputError(f"source {uid} has no {keyword}")
         grid = (int(self.source.Rows), int(self.source.Columns))
-        _check_unit_image("display", self.display, grid, uid)
+        if isinstance(self.display, np.ndarray) and self.display.dtype == np.uint8:
+            _check_grid("display", self.display, grid, uid)
+        else:
+            _check_unit_image("display", self.display, grid, uid)
         if not self.findings:
             raise ResultInputError(f"ImageResult.findings of {uid} is empty")
         names = [finding.name for finding in self.findings]
@@ -148,7 +160,26 @@ class ImageResult:
                     f"ImageResult.heatmaps has a map for {name!r} of {uid}, which is not one "
                     f"of its findings {names}"
                 )
-            _check_unit_image(f"heatmaps[{name!r}]", heatmap, grid, uid)
+            if isinstance(heatmap, GridHeatmap):
+                if heatmap.shape != grid:
+                    raise ResultInputError(
+                        f"ImageResult.heatmaps[{name!r}] of {uid} is for an image of "
+                        f"{heatmap.shape}, expected the source grid {grid}"
+                    )
+                _check_unit_values(f"heatmaps[{name!r}]", heatmap.grid, uid)
+            else:
+                _check_unit_image(f"heatmaps[{name!r}]", heatmap, grid, uid)
+
+    def heatmap(self, name: str) -> np.ndarray:
+        """The Grad-CAM map of finding `name` on the source grid (see `heatmaps`)."""
+        heatmap = self.heatmaps[name]
+        if not isinstance(heatmap, GridHeatmap):
+            return heatmap
+        drawn = self.heatmap_cache.get(name)
+        if drawn is None:
+            drawn = self.heatmap_cache[name] = heatmap.on_source_grid()
+            drawn.setflags(write=False)
+        return drawn
 
     @property
     def ranked(self) -> list[Finding]:
@@ -169,11 +200,19 @@ class ImageResult:
 
 
 def _check_unit_image(attribute: str, array: np.ndarray, grid: tuple[int, int], uid: str) -> None:
+    _check_grid(attribute, array, grid, uid)
+    _check_unit_values(attribute, array, uid)
+
+
+def _check_grid(attribute: str, array: np.ndarray, grid: tuple[int, int], uid: str) -> None:
     if not isinstance(array, np.ndarray) or array.shape != grid:
         shape = getattr(array, "shape", type(array).__name__)
         raise ResultInputError(
             f"ImageResult.{attribute} of {uid} has shape {shape}, expected the source grid {grid}"
         )
+
+
+def _check_unit_values(attribute: str, array: np.ndarray, uid: str) -> None:
     # A hair of float32 rounding outside [0, 1] is tolerated; the writers clip.
     if not np.all(np.isfinite(array)) or array.min() < -1e-6 or array.max() > 1.0 + 1e-6:
         raise ResultInputError(f"ImageResult.{attribute} of {uid} has values outside [0, 1]")

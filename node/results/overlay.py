@@ -193,7 +193,7 @@ def _blended(image: ImageResult, shown: str | None) -> tuple[np.ndarray, float]:
     """
     cached = image.blend_cache.get(shown)
     if cached is None:
-        display, heatmap, scale = _fit(image.display, image.heatmaps.get(shown) if shown else None)
+        display, heatmap, scale = _fit(image.display, image.heatmap(shown) if shown else None)
         blended = blend_heatmap(display, heatmap)
         blended.setflags(write=False)
         cached = image.blend_cache[shown] = (blended, scale)
@@ -209,6 +209,8 @@ def _fit(
     scale = MAX_SIDE / max(rows, cols)
     if scale >= 1.0:
         return display, heatmap, 1.0
+    if display.dtype == np.uint8:  # display_levels: averaged as the fractions they stand for
+        display = display / np.float32(255.0)
     size = (max(1, round(cols * scale)), max(1, round(rows * scale)))
 
     def shrink(array: np.ndarray) -> np.ndarray:

@@ -132,7 +132,7 @@ def finding_regions(image: ImageResult, level: float = DEFAULT_REGION_LEVEL) -> 
         key=lambda f: f.probability,
         reverse=True,
     )
-    regions = (heat_region(image.heatmaps[f.name], f.name, f.probability, level) for f in present)
+    regions = (heat_region(image.heatmap(f.name), f.name, f.probability, level) for f in present)
     found = [region for region in regions if region is not None]
     image.regions_cache[level] = found
     return list(found)

@@ -109,14 +109,14 @@ def test_when_the_batch_fails_each_study_runs_alone(worker, predictor, shared_da
     queue_study(worker, "1.2.1", Path(path))
     queue_study(worker, "1.2.2", files[2])
 
-    real_predict = predictor.predict
+    real_prepare = predictor.prepare
 
-    def predict(displays, texts=None):  # the model cannot take the half-size image
+    def prepare(displays, texts=None):  # the model cannot take the half-size image
         if any(d.shape != (1024, 1024) for d in displays):
             raise RuntimeError("shape mismatch")
-        return real_predict(displays, texts)
+        return real_prepare(displays, texts)
 
-    monkeypatch.setattr(predictor, "predict", predict)
+    monkeypatch.setattr(predictor, "prepare", prepare)
     assert worker.process_next(limit=8) == 3
     worker.flush()
     states = job_states(worker)

@@ -10,9 +10,11 @@ import numpy as np
 import pydicom
 import pytest
 import torch
+import torch.nn.functional as F
 from pytorch_grad_cam import GradCAM
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
+from models import predictor as predictor_module
 from models.default import reference_config
 from models.gradcam import grad_cam
 from models.network import CxrClassifier, build_model
@@ -152,6 +154,55 @@ def test_explain_many_batches_what_explain_does_one_image_at_a_time(predictor: P
     assert [m.shape for m in many] == [(2, 256, 256), (0, 300, 200), (1, 180, 240)]
     for display, wanted, report, maps in zip(displays, labels, REPORTS, many, strict=True):
         np.testing.assert_allclose(maps, predictor.explain(display, wanted, report), atol=1e-4)
+
+
+@pytest.mark.parametrize("model", ["multimodal", "image-only"])
+def test_prepared_inputs_give_the_probabilities_and_maps_of_the_displays(
+    predictor: Predictor, image_only: Predictor, model: str, monkeypatch
+):
+    chosen = predictor if model == "multimodal" else image_only
+    displays, labels = _displays(3), [[1, 5], [], [0]]
+    alone = chosen.predict(displays, REPORTS)
+    maps = chosen.explain_many(displays, labels, REPORTS)
+
+    preprocessed, encoded = [], []
+    real_input, real_encode = predictor_module.to_model_input, chosen.model.encode_text
+    monkeypatch.setattr(
+        predictor_module,
+        "to_model_input",
+        lambda display, spec: preprocessed.append(1) or real_input(display, spec),
+    )
+    monkeypatch.setattr(
+        chosen.model, "encode_text", lambda *args: encoded.append(1) or real_encode(*args)
+    )
+    prepared = chosen.prepare(displays, REPORTS)
+    shared = chosen.predict(prepared)
+    shared_maps = chosen.explain_many(prepared, labels)
+    assert (len(preprocessed), len(encoded)) == (3, 1)  # once, for both
+
+    for a, b in zip(alone, shared, strict=True):
+        np.testing.assert_array_equal(a.probabilities, b.probabilities)
+        np.testing.assert_array_equal(a.embedding, b.embedding)
+        assert a.text_used == b.text_used
+    for a, b in zip(maps, shared_maps, strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(ValueError, match="texts must be None"):
+        chosen.predict(prepared, REPORTS)
+
+
+def test_maps_on_the_model_grid_are_the_maps_before_their_resize(predictor: Predictor):
+    displays, labels = _displays(3), [[1, 5], [], [0]]
+    grids = predictor.explain_on_grid(displays, labels, REPORTS)
+    assert [g.maps.shape for g in grids] == [(2, 7, 7), (0, 0, 0), (1, 7, 7)]
+    assert [g.size for g in grids] == [(256, 256), (300, 200), (180, 240)]
+    assert grids[1].region == (0, 0, 300, 200)  # the reference package crops nothing
+    for grid, maps in zip(grids, predictor.explain_many(displays, labels, REPORTS), strict=True):
+        if not len(grid.maps):
+            continue
+        resized = F.interpolate(
+            torch.from_numpy(grid.maps)[:, None], size=grid.size, mode="bilinear"
+        )[:, 0]
+        np.testing.assert_array_equal(predictor_module._rescale(resized).numpy(), maps)
 
 
 def test_explaining_a_label_that_does_not_exist_is_refused(predictor: Predictor):

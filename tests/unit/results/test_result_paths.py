@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from node.build import ResultJob, WorkItem, write_results
+from node.build import BuildOptions, ResultJob, WorkItem, write_results
 from node.config import Settings
 from storage.spool import FileStore
 
@@ -24,7 +24,9 @@ def test_results_of_a_path_like_study_uid_are_written_inside_the_results_store(
         reason="first",
         replaces_sr=None,
     )
-    job = ResultJob(item, Settings(outputs=("SR",)), results, untrained, reads_text=False)
+    job = ResultJob(
+        item, BuildOptions.of(Settings(outputs=("SR",))), results, untrained, reads_text=False
+    )
     (built,) = write_results(job, [make_result(read_source(sources.rsna))])
     assert results.path(built.relpath).resolve().is_relative_to(results.root.resolve())
     assert list(tmp_path.rglob("escaped*")) == []

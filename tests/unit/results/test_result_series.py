@@ -1,0 +1,96 @@
+"""A run's result objects, written series by series as the settings' result series say."""
+
+from __future__ import annotations
+
+import pickle
+
+import pydicom
+import pytest
+
+from node.build import BuildOptions, ResultJob, WorkItem, write_results
+from node.config import DEFAULT_RESULT_SERIES, Settings, load_settings
+from storage.spool import FileStore
+
+
+def _item(study_uid: str) -> WorkItem:
+    return WorkItem(
+        job_id=1,
+        run=2,
+        study_uid=study_uid,
+        accession=None,
+        patient_id="P1",
+        images=(),
+        text=None,
+        text_source="none",
+        reason="first",
+        replaces_sr=None,
+    )
+
+
+@pytest.fixture
+def two_images(sources, read_source, make_result):
+    # Two images of one study: the second with two present findings that have a heatmap.
+    first = make_result(read_source(sources.rsna))
+    second_source = read_source(sources.rsna_other)
+    second_source.StudyInstanceUID = first.source.StudyInstanceUID
+    second = make_result(second_source)
+    second.heatmaps["Atelectasis"] = second.heatmaps["Pneumothorax"][::-1].copy()
+    return [first, second]
+
+
+def test_each_series_gets_its_number_and_description_and_the_sr_comes_first(
+    tmp_path, two_images, untrained
+):
+    settings = load_settings(
+        environ={
+            "CXRNODE_SR_SERIES_NUMBER": "7001",
+            "CXRNODE_FINDING_SC_SERIES_NUMBER": "7003",
+            "CXRNODE_GSPS_SERIES_DESCRIPTION": "AI regions - requires review",
+        }
+    )
+    results = FileStore(tmp_path / "results")
+    study_uid = str(two_images[0].source.StudyInstanceUID)
+    job = ResultJob(_item(study_uid), BuildOptions.of(settings), results, untrained, False)
+    built = write_results(job, two_images)
+
+    objects = [pydicom.dcmread(results.path(b.relpath)) for b in built]
+    series = [
+        (b.kind, ds.get("ImageType", [""])[-1], int(ds.SeriesNumber), int(ds.InstanceNumber))
+        for b, ds in zip(built, objects, strict=True)
+    ]
+    assert series == [
+        ("SR", "", 7001, 1),
+        ("GSPS", "", 9904, 1),
+        ("GSPS", "", 9904, 2),
+        ("SC", "OVERVIEW", 9902, 1),
+        ("SC", "OVERVIEW", 9902, 2),
+        ("SC", "FINDING", 7003, 1),  # the first image's Pneumothorax
+        ("SC", "FINDING", 7003, 2),  # the second's Pneumothorax, then its Atelectasis
+        ("SC", "FINDING", 7003, 3),
+    ]
+    descriptions = {b.kind: ds.SeriesDescription for b, ds in zip(built, objects, strict=True)}
+    assert descriptions["GSPS"] == "AI regions - requires review"
+    assert descriptions["SR"].startswith("UNTRAINED AI findings (SR)")
+    # One series per kind of object, all in the source's study.
+    assert len({ds.SeriesInstanceUID for ds in objects}) == 4
+    assert {ds.StudyInstanceUID for ds in objects} == {study_uid}
+    assert [b.sop_uid for b in built] == [str(ds.SOPInstanceUID) for ds in objects]
+
+
+def test_only_the_series_some_destination_gets_are_built(tmp_path, two_images, untrained):
+    settings = Settings(outputs=("SR", "GSPS")).validate()
+    options = BuildOptions.of(settings)
+    assert [s.kind for s in options.series] == ["sr", "gsps"]
+    study_uid = str(two_images[0].source.StudyInstanceUID)
+    job = ResultJob(_item(study_uid), options, FileStore(tmp_path), untrained, False)
+    assert [b.kind for b in write_results(job, two_images)] == ["SR", "GSPS", "GSPS"]
+
+
+def test_a_job_carries_only_the_settings_the_builders_read(tmp_path, untrained):
+    settings = Settings(
+        admin_token="a-secret-admin-token", tls_cert="/etc/node.crt", tls_key="/etc/node.key"
+    ).validate()
+    job = ResultJob(_item("1.2.3"), BuildOptions.of(settings), FileStore(tmp_path), untrained, True)
+    sent = pickle.dumps(job)
+    assert b"a-secret-admin-token" not in sent and b"node.key" not in sent
+    assert pickle.loads(sent).options == BuildOptions(DEFAULT_RESULT_SERIES, 0.5)
