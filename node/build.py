@@ -17,7 +17,8 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from models.text import ReportText
-from node.config import ResultSeries, Settings
+from node.config import HL7_KIND, ResultSeries, Settings
+from node.hl7out.oru import MessageOptions, ResultObjects, build_oru, run_result
 from node.log_privacy import withhold_dicom_values_from_the_log
 from node.results import (
     AlgorithmInfo,
@@ -27,6 +28,7 @@ from node.results import (
     build_presentation_state,
     build_structured_report,
 )
+from node.results.notices import summary
 from storage.identifiers import StudyIds
 from storage.spool import FileStore, results_folder
 
@@ -66,9 +68,10 @@ class WorkItem:
 
 @dataclass(frozen=True)
 class BuiltResult:
-    kind: str  # "SR" | "SC" | "GSPS" (node.config.OUTPUT_KINDS)
-    sop_uid: str
+    kind: str  # "SR" | "SC" | "GSPS" (node.config.OUTPUT_KINDS), or "ORU" (HL7_KIND)
+    sop_uid: str  # an HL7 message's MSH-10
     relpath: str
+    destination: str | None = None  # the one destination it is for (HL7 messages), or any
 
 
 @dataclass(frozen=True)
@@ -87,12 +90,28 @@ class BuildOptions:
 
     series: tuple[ResultSeries, ...]
     region_level: float
+    # Each HL7 destination's key and how its ORU^R01 is written.
+    messages: tuple[tuple[str, MessageOptions], ...] = ()
 
     @classmethod
     def of(cls, settings: Settings) -> BuildOptions:
         wanted = settings.wanted_outputs
         series = tuple(s for s in settings.result_series if s.output in wanted)
-        return cls(series, settings.region_level)
+        messages = tuple(
+            (
+                str(d),
+                MessageOptions(
+                    version=settings.hl7_result_version,
+                    sending_application=settings.ae_title,
+                    sending_facility=settings.hl7_sending_facility,
+                    receiving_application=d.receiving_application,
+                    receiving_facility=d.receiving_facility,
+                    critical=frozenset(settings.critical_findings),
+                ),
+            )
+            for d in settings.hl7_destinations
+        )
+        return cls(series, settings.region_level, messages)
 
 
 @dataclass(frozen=True)
@@ -119,11 +138,34 @@ def write_results(job: ResultJob, images: list[ImageResult]) -> list[BuiltResult
     """Build a run's objects, series by series (`BuildOptions.series`: the SR first), and write
     each durably; return what was written."""
     folder = results_folder(job.item.study_uid, job.item.run)
-    return [
+    built = [
         _save(job.results, series.output, ds, folder)
         for series in job.options.series
         for ds in _WRITERS[series.kind](job, images, series)
     ]
+    return built + _result_messages(job, images, folder)
+
+
+def _result_messages(job: ResultJob, images: list[ImageResult], folder: str) -> list[BuiltResult]:
+    """One ORU^R01 per HL7 destination (`node.hl7out.oru`), naming the run's SR if it has one.
+    Its control id derives from the run's UIDs, so a rebuild writes the same message."""
+    if not job.options.messages:
+        return []
+    has_sr = any(series.output == "SR" for series in job.options.series)
+    objects = ResultObjects(
+        job.item.study_uid,
+        job.uid("sr-series") if has_sr else None,
+        job.uid("sr") if has_sr else None,
+    )
+    result = run_result(images, job.algorithm, objects, summary(images)[1], job.item.run)
+    built = []
+    for n, (destination, options) in enumerate(job.options.messages, start=1):
+        control_id = job.uid("oru", destination).replace(".", "")[-20:]
+        message = build_oru(result, options, control_id=control_id)
+        relpath = f"{folder}/ORU-{n}-{control_id}.hl7"
+        job.results.write(relpath, message.data)
+        built.append(BuiltResult(HL7_KIND, control_id, relpath, destination))
+    return built
 
 
 def _structured_report(

@@ -15,6 +15,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
+from node.destinations import HL7Destination, StowTarget, hl7_version_problem, is_hl7_destination
 from node.errors import ConfigError
 
 ENV_PREFIX = "CXRNODE_"
@@ -28,6 +29,7 @@ _AE_TITLE = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # DICOM AE: printable, 
 # What can be sent to a destination: the SR, the captures (overview and one per finding), the
 # presentation states.
 OUTPUT_KINDS = ("SR", "SC", "GSPS")
+HL7_KIND = "ORU"  # the outbox kind of an HL7 result message
 _LO_MAX = 64  # Series Description is LO
 _IS_MAX = 2**31 - 1  # Series Number is IS
 _DESTINATION = re.compile(r"^(?P<ae>[^@]{1,16})@(?P<host>[^:]+):(?P<port>\d{1,5})$")
@@ -53,6 +55,25 @@ class Destination:
 
     def __str__(self) -> str:
         return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+AnyDestination = Destination | StowTarget | HL7Destination
+
+
+def parse_destination(text: str) -> AnyDestination:
+    """A ``destinations`` entry: ``AE@host:port``, an http(s) STOW-RS URL or an mllp(s) URL.
+
+    Raises
+    ------
+    ConfigError
+        The entry is none of these.
+    """
+    text = text.strip()
+    if text.lower().startswith(("http://", "https://")):
+        return StowTarget.parse(text)
+    if is_hl7_destination(text):
+        return HL7Destination.parse(text)
+    return Destination.parse(text)
 
 
 @dataclass(frozen=True)
@@ -176,7 +197,15 @@ class Settings:
     # Refused connections and requests (failed TLS handshakes, peers over their cap, wrong admin
     # tokens) are audited once per peer address and window, with the count.
     refusal_audit_window_s: float = 60.0
-    destinations: tuple[Destination, ...] = (Destination("ORTHANC", "127.0.0.1", 4242),)
+    # Where results go: DICOM peers "AE@host:port" (C-STORE), DICOMweb servers
+    # "https://[user:password@]host[:port]/dicom-web" (STOW-RS) and HL7 receivers
+    # "mllp://[APP[^FACILITY]@]host:port" ("mllps://" over TLS), which get one ORU^R01 per run.
+    destinations: tuple[AnyDestination, ...] = (Destination("ORTHANC", "127.0.0.1", 4242),)
+    # HL7 result messages: their version (MSH-12), the node's facility (MSH-4; MSH-3 is the AE
+    # title), and the labels whose presence makes a result stat (OBR-27 / TQ1-9 = S).
+    hl7_result_version: str = "2.5.1"
+    hl7_sending_facility: str = ""
+    critical_findings: tuple[str, ...] = ()
     data_dir: Path = Path("var")
     db_url: str = ""  # empty: SQLite file <data_dir>/cxrnode.db
     # A model package directory or archive; "default": the bundled trained one; "reference":
@@ -274,14 +303,25 @@ class Settings:
         """The allowlist: configured entries plus each destination's AE title bound to the
         destination's host. A destination's AE title is thus allowed from that host, from the
         addresses ``allowed_calling_aes`` binds it to, or from anywhere if it lists it unbound."""
-        destinations = tuple(f"{d.ae_title}@{d.host}" for d in self.destinations)
+        destinations = tuple(f"{d.ae_title}@{d.host}" for d in self.dicom_destinations)
         return tuple(self.allowed_calling_aes) + destinations
 
-    def outputs_for(self, destination: Destination) -> tuple[str, ...]:
-        """The result kinds (`OUTPUT_KINDS`) sent to ``destination``."""
+    @property
+    def dicom_destinations(self) -> tuple[Destination, ...]:
+        return tuple(d for d in self.destinations if isinstance(d, Destination))
+
+    @property
+    def hl7_destinations(self) -> tuple[HL7Destination, ...]:
+        return tuple(d for d in self.destinations if isinstance(d, HL7Destination))
+
+    def outputs_for(self, destination: AnyDestination) -> tuple[str, ...]:
+        """The result kinds sent to ``destination``: for an HL7 receiver its result message
+        (``ORU``), for the others the `OUTPUT_KINDS` the settings choose."""
+        if isinstance(destination, HL7Destination):
+            return (HL7_KIND,)
         chosen = tuple(kind.strip().upper() for kind in self.outputs)
         for key, kinds in _destination_outputs(self.destination_outputs):
-            if key in (destination.ae_title, str(destination)):
+            if key in (getattr(destination, "ae_title", None), str(destination)):
                 chosen = kinds
         return tuple(kind for kind in OUTPUT_KINDS if kind in chosen)
 
@@ -309,6 +349,10 @@ class Settings:
             raise ConfigError(f"dicom_port {self.dicom_port} out of range")
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key must be given together")
+        if problem := hl7_version_problem(self.hl7_result_version):
+            raise ConfigError(f"hl7_result_version: {problem}")
+        if any(d.tls for d in self.hl7_destinations) and not (self.tls_ca and self.tls):
+            raise ConfigError("an mllps:// destination needs tls_ca, tls_cert and tls_key")
         if self.tls_destinations and not self.tls_ca:
             raise ConfigError("tls_destinations needs tls_ca to verify the destinations")
         if not 0 <= self.hl7_port < 65536:
@@ -384,7 +428,7 @@ class Settings:
 
     def _validate_results(self) -> None:
         _check_kinds("outputs", self.outputs)
-        names = {d.ae_title for d in self.destinations} | {str(d) for d in self.destinations}
+        names = {d.ae_title for d in self.dicom_destinations} | {str(d) for d in self.destinations}
         for key, kinds in _destination_outputs(self.destination_outputs):
             if key not in names:
                 raise ConfigError(
@@ -497,7 +541,7 @@ def _convert(name: str, raw: Any, default: Any) -> Any:
         if isinstance(default, tuple):
             items = raw if isinstance(raw, list | tuple) else _split_list(str(raw))
             if name == "destinations":
-                return tuple(Destination.parse(str(item)) for item in items)
+                return tuple(parse_destination(str(item)) for item in items)
             return tuple(str(item).strip() for item in items)
         return str(raw)
     except (TypeError, ValueError) as exc:

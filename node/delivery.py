@@ -8,8 +8,11 @@ import random
 import time
 from datetime import timedelta
 
-from node.config import Destination, Settings
+from node.config import Settings, parse_destination
+from node.destinations import HL7Destination, StowTarget
 from node.dicom.sender import DicomSender
+from node.dicomweb.stow import StowSender
+from node.hl7out.destination import HL7ResultSender
 from storage import audit, jobs, outbox
 from storage.actions import Action
 from storage.audit import Outcome
@@ -34,15 +37,27 @@ class Delivery:
         Where the result objects lie.
     sender:
         The DICOM storage SCU.
+    stow, hl7:
+        The STOW-RS and HL7 result senders, for destinations of those kinds.
     """
 
     def __init__(
-        self, settings: Settings, db: Database, results: FileStore, sender: DicomSender
+        self,
+        settings: Settings,
+        db: Database,
+        results: FileStore,
+        sender: DicomSender,
+        stow: StowSender | None = None,
+        hl7: HL7ResultSender | None = None,
     ) -> None:
         self.settings = settings
         self.db = db
         self.results = results
         self.sender = sender
+        self.stow = stow or StowSender()
+        self.hl7 = hl7 or HL7ResultSender()
+        # The configured destinations by their outbox key (a STOW-RS key lacks its credentials).
+        self._destinations = {str(d): d for d in settings.destinations}
         # Confirmed sends whose "sent" could not be recorded: recorded later, never re-sent.
         self._unrecorded: dict[str, list[tuple[tuple[int, str], object]]] = {}
         self._record_failures = 0
@@ -67,7 +82,7 @@ class Delivery:
             by_destination.setdefault(destination, []).append((item_id, relpath))
         for destination, items in by_destination.items():
             paths = [self.results.path(relpath) for _, relpath in items]
-            deliveries = self.sender.send(Destination.parse(destination), paths)
+            deliveries = self._send(destination, paths)
             try:
                 confirmed += self._record_deliveries(destination, items, deliveries)
             except Exception:
@@ -77,6 +92,15 @@ class Delivery:
                 self._unrecorded[destination] = list(zip(items, deliveries, strict=True))
                 self._back_off_recording()
         return confirmed
+
+    def _send(self, key: str, paths: list) -> list:
+        """Send files to the destination an outbox key names, by its transport."""
+        destination = self._destinations.get(key) or parse_destination(key)
+        if isinstance(destination, StowTarget):
+            return self.stow.send(destination, paths)
+        if isinstance(destination, HL7Destination):
+            return self.hl7.send(destination, paths)
+        return self.sender.send(destination, paths)
 
     def _record_unrecorded(self) -> bool:
         """Record the kept send outcomes, when their backoff is over; True once none wait."""

@@ -26,9 +26,11 @@ from node.delivery import Delivery
 from node.dicom.receiver import StorageSCP
 from node.dicom.sender import DicomSender
 from node.dicomweb.endpoint import StowServer
+from node.dicomweb.stow import StowSender
 from node.feeds.csvfeed import CsvFeed
 from node.feeds.hl7feed import HL7Feed
 from node.feeds.mllp import MllpServer
+from node.hl7out.destination import HL7ResultSender
 from node.integrity import IntegrityReport, check_database, check_file, damaged
 from node.loop import Loop
 from node.recovery import recover_interrupted_runs
@@ -119,7 +121,17 @@ class Node:
         if self.receives:
             self.assembler = Assembler(settings, self.db)
             sender = DicomSender(settings.ae_title, ssl_context=self._destination_tls())
-            self.delivery = Delivery(settings, self.db, self.results, sender)
+            hl7_tls = None
+            if any(d.tls for d in settings.hl7_destinations):
+                hl7_tls = client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
+            self.delivery = Delivery(
+                settings,
+                self.db,
+                self.results,
+                sender,
+                stow=StowSender(ssl_context=self._destination_tls()),
+                hl7=HL7ResultSender(tls=hl7_tls),
+            )
             self._start_loop("deliver", self.delivery.deliver, DELIVERY_INTERVAL_S)
             self._start_loop("retention", self.retention.purge, settings.retention_check_interval_s)
         if predictor is not None:
@@ -196,7 +208,7 @@ class Node:
         from node.admin.server import AdminServer
 
         probe = DestinationProbe(
-            self.settings.ae_title, self.settings.destinations, self._destination_tls()
+            self.settings.ae_title, self.settings.dicom_destinations, self._destination_tls()
         )
         return AdminServer(self.settings, self.db, probe)
 

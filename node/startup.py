@@ -44,7 +44,7 @@ def check_settings(settings: Settings, receives: bool) -> None:
         server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
     if settings.tls_destinations:
         client_context(settings.tls_ca, settings.tls_cert, settings.tls_key)
-    for destination in settings.destinations:
+    for destination in settings.dicom_destinations:  # the others are parsed from text only
         check_destination(destination)
 
 

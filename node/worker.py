@@ -44,7 +44,7 @@ from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
 from storage.run_summary import ImageSummary, InferenceCompleted, RunSummary
-from storage.schema import Job, JobState, utcnow
+from storage.schema import Job, JobState, change_state, utcnow
 from storage.spool import FileStore
 from storage.studies import processable_instances
 
@@ -438,16 +438,17 @@ class Worker:
         clock = time.perf_counter()
         with self.db.transaction() as session:
             job = session.get(Job, item.job_id)
-            job.state = JobState.SENDING
+            change_state(job, JobState.SENDING)
             job.model_id = self.predictor.package.config.package_id
             job.updated_at = utcnow()
             for destination in self.settings.destinations:
-                kinds = self.settings.outputs_for(destination)
-                for result in (r for r in built if r.kind in kinds):
+                key, kinds = str(destination), self.settings.outputs_for(destination)
+                owed = (r for r in built if r.kind in kinds and r.destination in (None, key))
+                for result in owed:
                     outbox.add(
                         session,
                         item.job_id,
-                        str(destination),
+                        key,
                         result.kind,
                         result.sop_uid,
                         result.relpath,

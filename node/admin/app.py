@@ -90,7 +90,8 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
         pages=_templates(),
         probe=probe,
     )
-    app.state.metrics = metrics.registry(NodeMetrics(db, settings), warm_up=True)
+    app.state.node_metrics = NodeMetrics(db, settings)
+    app.state.metrics = metrics.registry(app.state.node_metrics)
 
     @app.middleware("http")
     async def security_headers(request: Request, call_next):

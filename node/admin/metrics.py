@@ -23,22 +23,20 @@ from node.metrics import NodeMetrics
 router = APIRouter()
 
 
-def registry(metrics: NodeMetrics, warm_up: bool = False) -> CollectorRegistry:
+def registry(metrics: NodeMetrics) -> CollectorRegistry:
     """The app's own registry (not the library's global one): the node's figures, and the
-    serving process's CPU, memory and open files.
-
-    Parameters
-    ----------
-    warm_up:
-        Fold the audit log in a thread now, rather than in the first scrape: on a database of
-        many runs that fold takes seconds, past a Prometheus scrape timeout.
-    """
-    if warm_up:
-        threading.Thread(target=metrics.catch_up, name="metrics-warm-up", daemon=True).start()
+    serving process's CPU, memory and open files."""
     found = CollectorRegistry(auto_describe=False)
     found.register(metrics)
     ProcessCollector(registry=found)
     return found
+
+
+def warm_up(metrics: NodeMetrics) -> None:
+    """Fold the audit log in a thread now, rather than in the first scrape: on a database of
+    many runs that fold takes seconds, past a Prometheus scrape timeout. The admin server
+    calls it once it listens (a refused start leaves no thread behind)."""
+    threading.Thread(target=metrics.catch_up, name="metrics-warm-up", daemon=True).start()
 
 
 @router.get("/metrics")

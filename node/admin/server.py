@@ -6,6 +6,7 @@ import logging
 
 from node.admin.app import create_app
 from node.admin.auth import MIN_TOKEN_LENGTH
+from node.admin.metrics import warm_up
 from node.admin.probe import DestinationProbe
 from node.config import Settings
 from node.errors import ConfigError
@@ -73,6 +74,7 @@ class AdminServer:
         """Bind and serve in a thread; raises ``HttpServerError`` when it cannot."""
         self.http.start(timeout_s)
         self.port = self.http.port
+        warm_up(self.app.state.node_metrics)
         log.info("admin API on %s", self.url)
         return self
 

@@ -11,67 +11,24 @@ it is listed as stored: what the server did not confirm is sent again on the usu
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import re
 import ssl
 import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import unquote, urlsplit
 
 from pydicom import dcmread
 
+from node.destinations import StowTarget
 from node.dicom.sender import Delivery
-from node.errors import ConfigError
 
 MAX_RESPONSE_BYTES = 8 * 1024 * 1024  # the answer lists UIDs; far more is not an answer
 _CHUNK = 1024 * 1024
-_STUDIES = re.compile(r"/studies(?:/[0-9.]+)?$")  # the studies resource, or one study's
 _REFERENCED_SOP_SEQUENCE = "00081199"
 _FAILED_SOP_SEQUENCE = "00081198"
 _SOP_INSTANCE_UID = "00081155"
 _FAILURE_REASON = "00081197"
-
-
-@dataclass(frozen=True)
-class StowTarget:
-    """A STOW-RS destination: where ``/studies`` is, and how to authenticate."""
-
-    scheme: str
-    host: str
-    port: int
-    path: str  # ends in /studies (or /studies/{StudyInstanceUID})
-    authorization: str | None = None  # "Basic ..." from user:password in the URL
-
-    @classmethod
-    def parse(cls, url: str) -> StowTarget:
-        """Read ``http(s)://[user:password@]host[:port]/base[/studies[/{StudyInstanceUID}]]``.
-
-        Raises
-        ------
-        ConfigError
-            Not an http(s) URL with a host, or it carries a query or fragment.
-        """
-        parts = urlsplit(url)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ConfigError(f"STOW-RS destination {url!r} is not an http(s) URL with a host")
-        if parts.query or parts.fragment:
-            raise ConfigError(f"STOW-RS destination {url!r} must not carry a query or fragment")
-        path = parts.path.rstrip("/")
-        if not _STUDIES.search(path):  # a DICOMweb root: its studies resource
-            path += "/studies"
-        authorization = None
-        if parts.username is not None:
-            credentials = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-            authorization = "Basic " + base64.b64encode(credentials.encode()).decode()
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-        return cls(parts.scheme, parts.hostname, port, path, authorization)
-
-    def __str__(self) -> str:  # never the credentials: this goes into logs and the audit
-        return f"{self.scheme}://{self.host}:{self.port}{self.path}"
 
 
 class StowSender:

@@ -1,67 +1,17 @@
-"""Where HL7 result messages go, and sending their files there.
+"""Sending result message files to an HL7 destination (``node.destinations.HL7Destination``).
 
-A destination is written ``mllp://host:port`` (``mllps://host:port`` for MLLP over TLS,
-trusting ``tls_ca`` and presenting the node's certificate, as DICOM destinations do), optionally
-naming the receiving application and facility (MSH-5, MSH-6): ``mllp://RIS^HOSP@host:port``.
-Its string form is the outbox's destination key.
+An ``mllps://`` destination is reached over TLS, trusting ``tls_ca`` and presenting the node's
+certificate, as DICOM destinations are with ``tls_destinations``.
 """
 
 from __future__ import annotations
 
-import re
 import ssl
-from dataclasses import dataclass
 from pathlib import Path
 
+from node.destinations import HL7Destination
 from node.dicom.sender import Delivery
-from node.errors import ConfigError
 from node.hl7out.client import HL7SendError, send_message
-
-_DESTINATION = re.compile(
-    r"^(?P<scheme>mllps?)://(?:(?P<app>[^\^@/]{1,180})(?:\^(?P<facility>[^@/]{1,180}))?@)?"
-    r"(?P<host>[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>\d{1,5})$"
-)
-SCHEMES = ("mllp://", "mllps://")
-
-
-def is_hl7_destination(text: str) -> bool:
-    return text.strip().lower().startswith(SCHEMES)
-
-
-@dataclass(frozen=True)
-class HL7Destination:
-    host: str
-    port: int
-    tls: bool = False
-    receiving_application: str = ""
-    receiving_facility: str = ""
-
-    @classmethod
-    def parse(cls, text: str) -> HL7Destination:
-        """Raises ``ConfigError`` for anything but ``mllp[s]://[APP[^FACILITY]@]host:port``."""
-        match = _DESTINATION.match(text.strip())
-        if not match:
-            raise ConfigError(
-                f"HL7 destination {text!r} is not of the form mllp://[APP[^FACILITY]@]host:port"
-            )
-        port = int(match["port"])
-        if not 0 < port < 65536:
-            raise ConfigError(f"HL7 destination {text!r}: port out of range")
-        return cls(
-            match["host"].strip("[]"),
-            port,
-            tls=match["scheme"] == "mllps",
-            receiving_application=match["app"] or "",
-            receiving_facility=match["facility"] or "",
-        )
-
-    def __str__(self) -> str:
-        receiver = self.receiving_application
-        if self.receiving_facility:
-            receiver += f"^{self.receiving_facility}"
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        scheme = "mllps" if self.tls else "mllp"
-        return f"{scheme}://{receiver + '@' if receiver else ''}{host}:{self.port}"
 
 
 class HL7ResultSender:

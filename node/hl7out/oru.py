@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from node.destinations import hl7_version_problem
 from node.feeds.hl7ack import version_at_least
 from node.feeds.hl7codec import EncodingChars, escape
-from node.results.findings import AlgorithmInfo, Finding
+from node.results.findings import AlgorithmInfo, Finding, ImageResult
 
 ENCODING = EncodingChars()
 CHARSET = "UNICODE UTF-8"  # MSH-18, HL7 table 0211; the message is encoded in UTF-8
@@ -47,8 +48,6 @@ SERIES_UID_CODE = ("112002", "Series Instance UID", "DCM")
 # reference pointer (RP) to the DICOM object, written as IHE's ZDS writes the study.
 SR_INSTANCE_CODE = ("SR-UID", "AI findings SR instance UID", "99CXRNODE")
 LOCAL_SCHEME = "99CXRNODE"
-
-_VERSION = re.compile(r"^\d\.\d(?:\.\d)?$")
 
 
 @dataclass(frozen=True)
@@ -127,11 +126,8 @@ class MessageOptions:
     critical: frozenset[str] = field(default_factory=frozenset)
 
     def __post_init__(self) -> None:
-        supported = version_at_least(self.version, (2, 3)) and not version_at_least(
-            self.version, (2, 9)
-        )
-        if not _VERSION.match(self.version) or not supported:
-            raise ValueError(f"HL7 version {self.version!r} is not one of 2.3 ... 2.8")
+        if problem := hl7_version_problem(self.version):
+            raise ValueError(f"HL7 version {problem}")
         if self.processing_id not in ("P", "T", "D"):
             raise ValueError(f"processing id {self.processing_id!r} is not P, T or D")
 
@@ -150,8 +146,57 @@ def priority_of(findings: Iterable[Finding], critical: frozenset[str]) -> str:
     return STAT if any(f.present and f.name in critical for f in findings) else ROUTINE
 
 
+def run_result(
+    images: Sequence[ImageResult],
+    algorithm: AlgorithmInfo,
+    objects: ResultObjects,
+    summary: str,
+    run: int,
+) -> RunResult:
+    """A run's result at study level, from its images as the result writers get them: each
+    label's highest probability over the images; the patient, accession and study time from
+    the first image's header (the study's instances agree on them: the receiver refuses one
+    naming another patient)."""
+    source = images[0].source
+    findings = tuple(
+        max((image.findings[i] for image in images), key=lambda f: f.probability)
+        for i in range(len(images[0].findings))
+    )
+    patient = Patient(
+        id=str(source.get("PatientID", "") or ""),
+        issuer=str(source.get("IssuerOfPatientID", "") or ""),
+        name=str(source.get("PatientName", "") or ""),
+        birth_date=str(source.get("PatientBirthDate", "") or ""),
+        sex=str(source.get("PatientSex", "") or "").upper()[:1],
+    )
+    return RunResult(
+        patient=patient,
+        accession=str(source.get("AccessionNumber", "") or ""),
+        objects=objects,
+        algorithm=algorithm,
+        findings=findings,
+        summary=summary,
+        run=run,
+        observed_at=_study_time(source),
+    )
+
+
+def _study_time(source) -> datetime | None:
+    date, time = str(source.get("StudyDate", "") or ""), str(source.get("StudyTime", "") or "")
+    try:
+        return datetime.strptime(
+            date + (time.split(".")[0] or "000000")[:6].ljust(6, "0"), "%Y%m%d%H%M%S"
+        )
+    except ValueError:
+        return None
+
+
 def build_oru(
-    result: RunResult, options: MessageOptions, *, now: datetime | None = None
+    result: RunResult,
+    options: MessageOptions,
+    *,
+    now: datetime | None = None,
+    control_id: str | None = None,
 ) -> ResultMessage:
     """Build the ORU^R01 of one run.
 
@@ -163,6 +208,8 @@ def build_oru(
         The destination's version, names and critical findings.
     now:
         The message time (MSH-7, OBR-22); the current time by default.
+    control_id:
+        MSH-10, at most 20 characters; a random one by default.
 
     Returns
     -------
@@ -179,7 +226,8 @@ def build_oru(
         raise ValueError("a result message needs the patient's id (PID-3)")
     now = (now or datetime.now(UTC)).astimezone(UTC)
     version = options.version
-    control_id = uuid.uuid4().hex[:20].upper()  # MSH-10 is at most 20 characters before v2.7
+    # MSH-10 is at most 20 characters before v2.7.
+    control_id = (control_id or uuid.uuid4().hex.upper())[:20]
     priority = priority_of(result.findings, options.critical)
     status = CORRECTED if result.corrected else FINAL
     segments = [

@@ -6,8 +6,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from node.destinations import HL7Destination, is_hl7_destination
 from node.errors import ConfigError
-from node.hl7out.destination import HL7Destination, HL7ResultSender, is_hl7_destination
+from node.hl7out.destination import HL7ResultSender
 from node.hl7out.oru import MessageOptions, Patient, ResultObjects, RunResult, build_oru
 from node.results.findings import AlgorithmInfo, Finding
 from support.hl7_receiver import hl7_receiver
