@@ -143,21 +143,7 @@ class ReportPairing:
                 ids=StudyIds.of(study),
                 detail={"report_id": report.id, "kind": report.kind, "status": report.status},
             )
-        job = jobs.queue_run(session, study, report=report, reason=reason, replaces=replaces)
-        session.flush()
-        audit.record(
-            session,
-            Action.STUDY_QUEUED,
-            ids=StudyIds.of(study),
-            detail={
-                "run": job.run,
-                "reason": reason,
-                "text": job.text_source,
-                "replaces_run": replaces.run if replaces else None,
-                "images": sum(1 for i in study.instances if i.processable),
-            },
-        )
-        return job
+        return queue_run_audited(session, study, report, reason, replaces)
 
 
 def _rerun_reason(report: Report, used: Report | None) -> str | None:
@@ -170,3 +156,31 @@ def _rerun_reason(report: Report, used: Report | None) -> str | None:
     if (used.status or "").upper() == "P" and (report.status or "").upper() == "F":
         return "final report"
     return None
+
+
+def queue_run_audited(
+    session: Session,
+    study: Study,
+    report: Report | None,
+    reason: str,
+    replaces: Job | None = None,
+    actor: dict | None = None,
+) -> Job:
+    """Queue the study's next run (``storage.jobs.queue_run``) and audit ``study.queued``
+    with why, what text it reads, the run it replaces and ``actor`` (who asked, if anyone)."""
+    job = jobs.queue_run(session, study, report=report, reason=reason, replaces=replaces)
+    session.flush()
+    audit.record(
+        session,
+        Action.STUDY_QUEUED,
+        **(actor or {}),
+        ids=StudyIds.of(study),
+        detail={
+            "run": job.run,
+            "reason": reason,
+            "text": job.text_source,
+            "replaces_run": replaces.run if replaces else None,
+            "images": sum(1 for i in study.instances if i.processable),
+        },
+    )
+    return job

@@ -23,7 +23,8 @@ from sqlalchemy.orm import Session
 
 from node.config import Settings
 from node.errors import CxrNodeError
-from storage import audit, jobs, outbox
+from node.pairing import queue_run_audited
+from storage import audit, outbox
 from storage.actions import Action
 from storage.identifiers import StudyIds
 from storage.matching import latest_run
@@ -141,21 +142,7 @@ def rerun(session: Session, key: str, actor: dict | None = None) -> Rerun:
     if not any(i.processable for i in study.instances):
         raise ReprocessRefused("the study holds no frontal chest radiograph to run on")
     report = previous.report if previous is not None else None
-    job = jobs.queue_run(session, study, report=report, reason=RERUN_REASON, replaces=previous)
-    session.flush()
-    audit.record(
-        session,
-        Action.STUDY_QUEUED,
-        **(actor or {}),
-        ids=StudyIds.of(study),
-        detail={
-            "run": job.run,
-            "reason": RERUN_REASON,
-            "text": job.text_source,
-            "replaces_run": previous.run if previous else None,
-            "images": sum(1 for i in study.instances if i.processable),
-        },
-    )
+    job = queue_run_audited(session, study, report, RERUN_REASON, previous, actor)
     return Rerun(study.study_uid, job.run, previous.run if previous else None)
 
 

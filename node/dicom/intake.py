@@ -298,24 +298,17 @@ class InstanceIntake:
         self, over: LimitRefusal, sop_uid: str | None, sender: Sender, ids: dict | None = None
     ) -> Received:
         """Audit (``instance.refused``) a refusal for size."""
-        try:
-            with self.db.transaction() as session:
-                audit.record(
-                    session,
-                    Action.INSTANCE_REFUSED,
-                    Outcome.FAILURE,
-                    **sender.actor,
-                    **(ids or {"sop_uid": sop_uid or None}),
-                    detail={"reason": over.reason, "status": f"0x{over.status:04X}"},
-                )
-        except Exception:  # the status must reach the peer even when the database is down
-            log.exception("could not audit a refused instance")
+        self._audit_refused(sender, ids or {"sop_uid": sop_uid or None}, over.reason, over.status)
         log.warning("refused an instance: %s", over.comment)
         study_uid = ids["ids"].study_uid if ids else None
         return Received(over.status, over.reason, study_uid, sop_uid, limit=over)
 
     def refuse(self, status: int, reason: str, sop_uid: str | None, sender: Sender) -> Received:
         """Audit a refusal decided before the instance could be read (``instance.refused``)."""
+        self._audit_refused(sender, {"sop_uid": sop_uid or None}, reason, status)
+        return Received(status, reason, sop_uid=sop_uid)
+
+    def _audit_refused(self, sender: Sender, ids: dict, reason: str, status: int) -> None:
         try:
             with self.db.transaction() as session:
                 audit.record(
@@ -323,12 +316,11 @@ class InstanceIntake:
                     Action.INSTANCE_REFUSED,
                     Outcome.FAILURE,
                     **sender.actor,
-                    sop_uid=sop_uid or None,
+                    **ids,
                     detail={"reason": reason, "status": f"0x{status:04X}"},
                 )
         except Exception as exc:  # the status must reach the peer even when the database is down
             log.error("could not audit a refused instance: %s", describe(exc))
-        return Received(status, reason, sop_uid=sop_uid)
 
 
 def status_dataset(received: Received) -> Dataset:
