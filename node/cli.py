@@ -162,12 +162,11 @@ def _file_sha256(path: Path) -> str | None:
 
 def _record_import(settings, succeeded: bool, detail: dict) -> None:
     """Which file became which package, or why it did not, by whom: ``model.imported``."""
-    from node.admin.commands import _user
     from storage import audit
 
     outcome = audit.Outcome.SUCCESS if succeeded else audit.Outcome.FAILURE
     with open_database(settings).transaction() as session:
-        audit.record(session, Action.MODEL_IMPORTED, outcome, actor_user=_user(), detail=detail)
+        audit.record(session, Action.MODEL_IMPORTED, outcome, actor_user=cli_user(), detail=detail)
 
 
 def _serve(args, settings) -> int:

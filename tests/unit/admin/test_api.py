@@ -280,6 +280,8 @@ def test_every_route_but_health_and_login_sits_behind_a_token_check():
         ("GET", "/login"),
         ("GET", "/logout"),
         ("GET", "/studies/{key}"),
+        ("POST", "/api/studies/{key}/rerun"),
+        ("POST", "/api/studies/{key}/resend"),
         ("POST", "/login"),
     ]
     for (_, path), dependencies in guards.items():
