@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from node.build import BuildOptions, ResultJob, WorkItem, write_results
+from node.build import BuildOptions, ResultJob, write_results
 from node.config import Settings
 from storage.spool import FileStore
+from support.work_items import work_item
 
 
 def test_results_of_a_path_like_study_uid_are_written_inside_the_results_store(
@@ -12,18 +13,7 @@ def test_results_of_a_path_like_study_uid_are_written_inside_the_results_store(
 ):
     # The SCP refuses such a UID; a row recorded before it did must still not write elsewhere.
     results = FileStore(tmp_path / "data" / "results")
-    item = WorkItem(
-        job_id=1,
-        run=1,
-        study_uid="../../escaped",
-        accession=None,
-        patient_id="P1",
-        images=(),
-        text=None,
-        text_source="none",
-        reason="first",
-        replaces_sr=None,
-    )
+    item = work_item("../../escaped")
     job = ResultJob(
         item, BuildOptions.of(Settings(outputs=("SR",))), results, untrained, reads_text=False
     )

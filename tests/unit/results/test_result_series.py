@@ -7,25 +7,15 @@ import pickle
 import pydicom
 import pytest
 
-from node.build import BuildOptions, ResultJob, WorkItem, write_results
+from node.build import BuildOptions, ResultJob, write_results
 from node.config import DEFAULT_RESULT_SERIES, Settings, load_settings, parse_destination
 from node.errors import ConfigError
 from storage.spool import FileStore
+from support.work_items import work_item
 
 
-def _item(study_uid: str) -> WorkItem:
-    return WorkItem(
-        job_id=1,
-        run=2,
-        study_uid=study_uid,
-        accession=None,
-        patient_id="P1",
-        images=(),
-        text=None,
-        text_source="none",
-        reason="first",
-        replaces_sr=None,
-    )
+def _item(study_uid: str):
+    return work_item(study_uid, run=2)
 
 
 @pytest.fixture
