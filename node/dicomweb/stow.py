@@ -49,7 +49,6 @@ class StowSender:
         if not paths:
             return []
         try:
-            sop_uids = [_sop_instance_uid(path) for path in paths]
             status, body = self._post(target, paths)
         except (OSError, http.client.HTTPException, ValueError) as exc:
             return [Delivery(p, False, f"{target}: {_describe(exc)}") for p in paths]
@@ -59,9 +58,11 @@ class StowSender:
             text = body[:200].decode("utf-8", "replace").strip()
             reason = f"{target}: HTTP {status}" + (f": {text}" if text else "")
             return [Delivery(p, False, reason) for p in paths]
+        # Only a partial answer needs the files' UIDs, to tell which were stored.
         stored, failed = _read_answer(body)
         results = []
-        for path, uid in zip(paths, sop_uids, strict=True):
+        for path in paths:
+            uid = _sop_instance_uid(path)
             if uid in stored:
                 results.append(Delivery(path, True))
             elif uid in failed:
@@ -151,9 +152,12 @@ def _uid(item: dict) -> str | None:
     return value if isinstance(value, str) else None
 
 
-def _sop_instance_uid(path: Path) -> str:
-    meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
-    return str(meta.SOPInstanceUID)
+def _sop_instance_uid(path: Path) -> str | None:
+    try:
+        meta = dcmread(path, stop_before_pixels=True, specific_tags=["SOPInstanceUID"])
+    except (OSError, ValueError):
+        return None  # counted as not confirmed
+    return str(meta.get("SOPInstanceUID", "")) or None
 
 
 def _describe(exc: BaseException) -> str:
