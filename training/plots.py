@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +51,15 @@ def _save(figure: Any, path: Path) -> Path:
     figure.savefig(path)
     _pyplot().close(figure)
     return path
+
+
+def _known(
+    targets: np.ndarray, mask: np.ndarray, probabilities: np.ndarray, names: Sequence[str]
+) -> Iterator[tuple[str, np.ndarray, np.ndarray]]:
+    """Each label's name, targets and scores where the mask keeps them."""
+    for j, name in enumerate(names):
+        kept = mask[:, j] > 0
+        yield name, targets[kept, j], probabilities[kept, j]
 
 
 def _grid(count: int, columns: int = 4) -> tuple[int, int]:
@@ -144,9 +153,7 @@ def save_roc_curves(
     """Plot every label's ROC curve (with its AUROC) into one PNG."""
     plt = _pyplot()
     figure, axes = plt.subplots(figsize=(6, 6), dpi=100)
-    for j, name in enumerate(names):
-        kept = mask[:, j] > 0
-        y, s = targets[kept, j], probabilities[kept, j]
+    for name, y, s in _known(targets, mask, probabilities, names):
         if (y == 1).sum() == 0 or (y == 0).sum() == 0:
             continue
         fpr, tpr, _ = roc_curve(y, s)
@@ -169,11 +176,10 @@ def plot_reliability(
     ECE (:func:`training.metrics.calibration`'s ten equal-width bins)."""
     plt = _pyplot()
     figure, ax = plt.subplots(figsize=(6, 6), dpi=100)
-    for j, name in enumerate(names):
-        kept = mask[:, j] > 0
-        if not kept.any():
+    for name, y, s in _known(targets, mask, probabilities, names):
+        if not len(y):
             continue
-        result = calibration(targets[kept, j], probabilities[kept, j])
+        result = calibration(y, s)
         predicted, observed = [b[0] for b in result.bins], [b[1] for b in result.bins]
         ax.plot(
             predicted, observed, marker="o", markersize=3, label=f"{name} (ECE {result.ece:.3f})"
