@@ -3,7 +3,7 @@ each split, the reports' word counts and most frequent terms (data with text onl
 confusion matrix of each label at its chosen threshold, the ROC curves, a reliability diagram,
 and Grad-CAM on the test images each label scores highest.
 
-Every figure is a PNG in the run directory, drawn with matplotlib's Agg backend (no display
+Every figure is a PNG in the run directory, drawn by matplotlib's Agg renderer (no display
 needed). Grad-CAM maps come from the node's own :class:`models.predictor.Predictor` and are
 blended as the node's captures blend them (:func:`node.results.heatmap.blend_heatmap`), so
 what the run shows is what a radiologist would be sent.
@@ -22,6 +22,7 @@ from PIL import Image
 
 from models.encoders.text import split_words
 from models.preprocess import image_file_to_display
+from models.text import DEID_TOKEN
 from node.results.heatmap import blend_heatmap
 from training.datasets import Sample
 from training.metrics import Evaluation, calibration, roc_auc, roc_curve
@@ -36,20 +37,19 @@ _TILE = 320
 SPLIT_COLOURS = {"train": "tab:blue", "val": "tab:orange", "test": "tab:green"}
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(rows: int = 1, columns: int = 1, *, size: tuple[float, float]) -> tuple[Any, Any]:
+    """A figure and its axes: a bare ``Figure``, rendered by Agg when saved as PNG, not one of
+    pyplot's, so there is no global figure state to close and no backend to select."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    return plt
+    figure = Figure(figsize=size, dpi=100)
+    return figure, figure.subplots(rows, columns)
 
 
 def _save(figure: Any, path: Path) -> Path:
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path)
-    _pyplot().close(figure)
     return path
 
 
@@ -70,10 +70,8 @@ def plot_class_distribution(
     parts: dict[str, list[Sample]], names: Sequence[str], path: Path
 ) -> Path:
     """Positive and negative samples of each label in each split (masked ones left out)."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(
-        1, len(parts), figsize=(max(3.0, 0.5 * len(names) + 1.5) * len(parts), 3.6), dpi=100
-    )
+    width = max(3.0, 0.5 * len(names) + 1.5) * len(parts)
+    figure, axes = _figure(1, len(parts), size=(width, 3.6))
     x = np.arange(len(names))
     for ax, (split, samples) in zip(np.atleast_1d(axes), parts.items(), strict=True):
         targets = np.stack([s.targets for s in samples]) if samples else np.zeros((0, len(names)))
@@ -90,8 +88,7 @@ def plot_class_distribution(
 
 def plot_word_counts(texts: dict[str, list[str]], path: Path) -> Path:
     """Histogram of the words per report of each split."""
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    figure, ax = _figure(size=(6, 4))
     counts = {split: [len(split_words(t)) for t in rows] for split, rows in texts.items()}
     top = max((max(c) for c in counts.values() if c), default=1)
     bins = np.linspace(0, top + 1, min(40, top + 2))
@@ -105,15 +102,14 @@ def plot_word_counts(texts: dict[str, list[str]], path: Path) -> Path:
 
 
 def plot_top_terms(texts: Sequence[str], path: Path, top: int = TOP_TERMS) -> Path:
-    """The ``top`` most frequent words of the texts, English stop words left out."""
+    """The ``top`` most frequent words of the texts, English stop words and the
+    de-identification token (:data:`models.text.DEID_TOKEN`) left out."""
     from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
-    counts = Counter(
-        word for text in texts for word in split_words(text) if word not in ENGLISH_STOP_WORDS
-    )
+    left_out = ENGLISH_STOP_WORDS | {DEID_TOKEN}
+    counts = Counter(word for text in texts for word in split_words(text) if word not in left_out)
     words, frequencies = zip(*counts.most_common(top), strict=True) if counts else ((), ())
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(6, 0.22 * max(len(words), 4) + 1), dpi=100)
+    figure, ax = _figure(size=(6, 0.22 * max(len(words), 4) + 1))
     ax.barh(np.arange(len(words)), frequencies, color="tab:blue")
     ax.set_yticks(np.arange(len(words)), words, fontsize=8)
     ax.invert_yaxis()
@@ -124,9 +120,8 @@ def plot_top_terms(texts: Sequence[str], path: Path, top: int = TOP_TERMS) -> Pa
 def plot_confusion_matrices(evaluation: Evaluation, path: Path) -> Path:
     """Each label's 2x2 confusion matrix at its threshold."""
     rows = evaluation.rows()
-    plt = _pyplot()
     grid = _grid(len(rows))
-    figure, axes = plt.subplots(*grid, figsize=(2.6 * grid[1], 2.5 * grid[0]), dpi=100)
+    figure, axes = _figure(*grid, size=(2.6 * grid[1], 2.5 * grid[0]))
     axes = np.atleast_1d(axes).ravel()
     for ax, row in zip(axes, rows, strict=False):
         matrix = np.array([[row["tp"], row["fn"]], [row["fp"], row["tn"]]])
@@ -151,8 +146,7 @@ def save_roc_curves(
     title: str,
 ) -> Path:
     """Plot every label's ROC curve (with its AUROC) into one PNG."""
-    plt = _pyplot()
-    figure, axes = plt.subplots(figsize=(6, 6), dpi=100)
+    figure, axes = _figure(size=(6, 6))
     for name, y, s in _known(targets, mask, probabilities, names):
         if (y == 1).sum() == 0 or (y == 0).sum() == 0:
             continue
@@ -174,8 +168,7 @@ def plot_reliability(
 ) -> Path:
     """Reliability diagram: observed rate against mean probability per bin, with each label's
     ECE (:func:`training.metrics.calibration`'s ten equal-width bins)."""
-    plt = _pyplot()
-    figure, ax = plt.subplots(figsize=(6, 6), dpi=100)
+    figure, ax = _figure(size=(6, 6))
     for name, y, s in _known(targets, mask, probabilities, names):
         if not len(y):
             continue
@@ -219,7 +212,6 @@ def plot_grad_cams(
     dict
         Label name to PNG.
     """
-    plt = _pyplot()
     written = {}
     for j, label in enumerate(predictor.package.config.labels):
         chosen = np.argsort(-probabilities[:, j], kind="stable")[:top]
@@ -227,7 +219,7 @@ def plot_grad_cams(
         maps = predictor.explain_many(
             displays, [[j]] * len(chosen), None if texts is None else [texts[i] for i in chosen]
         )
-        figure, axes = plt.subplots(1, len(chosen), figsize=(2.6 * len(chosen), 2.9), dpi=100)
+        figure, axes = _figure(1, len(chosen), size=(2.6 * len(chosen), 2.9))
         for ax, i, display, cam in zip(np.atleast_1d(axes), chosen, displays, maps, strict=True):
             tile = Image.fromarray(blend_heatmap(display, cam[0]))
             tile.thumbnail((_TILE, _TILE))

@@ -145,7 +145,9 @@ def fit_normalization(
     summary: dict[str, Any] = {"method": plan.normalization}
     spec = plan.spec
     if plan.normalization in FROM_TRAINING:
-        limit = int(config.model.get("normalization_images", DEFAULT_SAMPLE_IMAGES))
+        limit = config.model.get("normalization_images", DEFAULT_SAMPLE_IMAGES)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise TrainingError(f"[model] normalization_images must be a number, not {limit!r}")
         statistics = training_statistics(train, spec, limit, config.train.seed)
         spec = replace(spec, mean=statistics.mean, std=statistics.std)
         summary["images"] = statistics.images
