@@ -45,7 +45,7 @@ from models.encoders.text import (
 from models.errors import ModelPackageError
 from models.labels import VOCABULARIES, Label
 from models.network import CxrClassifier, build_model, normalize_architecture
-from models.preprocess import PreprocessSpec
+from models.preprocess import NORMALIZATIONS, PreprocessSpec
 from models.targets import UncertainPolicy
 from models.text import TextCleaning
 
@@ -110,6 +110,9 @@ class ModelConfig:
     prepared for the model, in training and serving alike. ``label_vocabulary`` names the
     :data:`models.labels.VOCABULARIES` entry the labels come from ("" for a custom set), and
     ``uncertain_policy`` records how uncertain labels were trained (CheXpert/MIMIC-CXR).
+    ``normalization`` names how training chose the preprocessing's mean and std (one of
+    :data:`models.preprocess.NORMALIZATIONS`; "" for packages that do not say, as imported
+    and older ones).
     """
 
     name: str
@@ -125,6 +128,7 @@ class ModelConfig:
     text_cleaning: TextCleaning = field(default_factory=TextCleaning)
     label_vocabulary: str = ""
     uncertain_policy: str | None = None
+    normalization: str = ""
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
@@ -147,6 +151,10 @@ class ModelConfig:
                 raise ValueError(f"labels are not those of vocabulary {self.label_vocabulary!r}")
         if self.uncertain_policy is not None:
             UncertainPolicy(self.uncertain_policy)  # raises ValueError naming the bad value
+        if self.normalization and self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}"
+            )
 
     @property
     def package_id(self) -> str:
@@ -165,8 +173,14 @@ class ModelConfig:
         return tuple(label.threshold for label in self.labels)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the config as written to ``config.json``."""
-        return {
+        """Return the config as written to ``config.json``.
+
+        ``normalization`` is a top-level key, not a preprocessing one, and only written when
+        known: serving reads the mean and std alone, so a node that predates the name serves
+        such a package correctly and ignores it, where an unknown preprocessing key would make
+        it refuse the package.
+        """
+        data: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
@@ -191,6 +205,9 @@ class ModelConfig:
             "label_vocabulary": self.label_vocabulary,
             "uncertain_policy": self.uncertain_policy,
         }
+        if self.normalization:
+            data["normalization"] = self.normalization
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -236,6 +253,7 @@ class ModelConfig:
                 text_cleaning=TextCleaning.from_dict(data.get("text_cleaning") or {}),
                 label_vocabulary=str(data.get("label_vocabulary") or ""),
                 uncertain_policy=data.get("uncertain_policy"),
+                normalization=str(data.get("normalization") or ""),
             )
         except (TypeError, ValueError) as exc:
             raise ModelPackageError(f"{CONFIG_FILE} is invalid: {exc}") from exc

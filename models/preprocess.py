@@ -41,6 +41,7 @@ __all__ = [
     "GRAY_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "NORMALIZATIONS",
     "RESIZES",
     "PreprocessSpec",
     "clean_report_text",
@@ -64,6 +65,13 @@ CROPS = ("none", "center")
 # normalisation, then scikit-image's resize (order 1, Gaussian anti-aliasing when shrinking,
 # zero beyond the edges), as torchxrayvision's XRayResizer does.
 RESIZES = ("bilinear", "skimage")
+# Where a package's mean/std came from, as its config and model card name it. Serving reads only
+# the mean and std; the name says how training chose them (training.normalization):
+# "fixed" (the config's or the preset's values), "imagenet" (those the encoder's ImageNet
+# weights were trained with), "train_stats" (the training split's per-channel statistics),
+# "batch" (each training batch standardised by its own statistics, as seed 004; the training
+# split's statistics at validation, test and serving).
+NORMALIZATIONS = ("fixed", "imagenet", "train_stats", "batch")
 
 ROBUST_PERCENTILES = (0.5, 99.5)
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL

@@ -1,9 +1,16 @@
 """The model card (``MODEL_CARD.md``) of an exported package: data, splits, metrics with
-confidence intervals, thresholds, calibration, limits. Every figure comes from the run."""
+confidence intervals, thresholds, calibration, limits. Every figure comes from the run.
+
+Also the run's own ``report.md`` (:func:`run_report`): the same test table with the run's
+figures beside it. The figures stay in the run directory and out of the package: the Grad-CAM
+ones show training patients' images, which a package shipped elsewhere must not carry.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -120,6 +127,42 @@ def _external_lines(external: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _normalization_line(normalization: dict[str, Any]) -> str:
+    """How the inputs were normalised, as ``results.json``'s ``normalization`` says."""
+    method = normalization.get("method", "fixed")
+    how = {
+        "fixed": "fixed values (the config's or the preset's)",
+        "imagenet": "the statistics the encoder's ImageNet weights were trained with",
+        "train_stats": "the training split's statistics",
+        "batch": "each training batch's own statistics during training (seed 004), the "
+        "training split's statistics at validation, test and serving",
+    }.get(method, method)
+    images = (
+        f", computed over {normalization['images']} training images"
+        if "images" in normalization
+        else ""
+    )
+    return f"normalisation `{method}`: {how}{images}"
+
+
+def _test_rows(evaluation: Evaluation) -> list[str]:
+    lines = [
+        "| label | n | positives | AUROC (95% CI) | AP | accuracy | precision | recall "
+        "| specificity | F1 | threshold | ECE | Brier |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in evaluation.rows():
+        lines.append(
+            f"| {row['label']} | {row['n']} | {row['positives']} | {_f(row['auroc'])} "
+            f"({_f(row['auroc_ci_low'])}–{_f(row['auroc_ci_high'])}) | "
+            f"{_f(row['average_precision'])} | "
+            f"{_f(row['accuracy'])} | {_f(row['precision'])} | {_f(row['recall'])} | "
+            f"{_f(row['specificity'])} | {_f(row['f1'])} | {row['threshold']:.3f} | "
+            f"{_f(row['ece'])} | {_f(row['brier'])} |"
+        )
+    return lines
+
+
 def model_card(
     package: ModelConfig,
     config: RunConfig,
@@ -150,7 +193,8 @@ def model_card(
         f"{arch.get('hidden_dim')}; input {package.preprocessing.image_size}² px, "
         f"{package.preprocessing.channels} channel(s), normalised with mean "
         f"{[round(v, 4) for v in package.preprocessing.mean]} and std "
-        f"{[round(v, 4) for v in package.preprocessing.std]}; labels: "
+        f"{[round(v, 4) for v in package.preprocessing.std]} "
+        f"({_normalization_line(results.get('normalization', {}))}); labels: "
         + ", ".join(
             f"{label.name} ({label.coding_scheme} {label.code_value})" for label in package.labels
         )
@@ -177,19 +221,8 @@ def model_card(
         f"`{config.export.get('threshold', 'youden')}`; "
         "AUROC with a 95% bootstrap confidence interval (1,000 resamples).",
         "",
-        "| label | n | positives | AUROC (95% CI) | AP | accuracy | precision | recall "
-        "| specificity | F1 | threshold | ECE | Brier |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_test_rows(evaluation),
     ]
-    for row in evaluation.rows():
-        lines.append(
-            f"| {row['label']} | {row['n']} | {row['positives']} | {_f(row['auroc'])} "
-            f"({_f(row['auroc_ci_low'])}–{_f(row['auroc_ci_high'])}) | "
-            f"{_f(row['average_precision'])} | "
-            f"{_f(row['accuracy'])} | {_f(row['precision'])} | {_f(row['recall'])} | "
-            f"{_f(row['specificity'])} | {_f(row['f1'])} | {row['threshold']:.3f} | "
-            f"{_f(row['ece'])} | {_f(row['brier'])} |"
-        )
     lines += ["", "Confusion at the threshold (TP / FP / TN / FN):", ""]
     for row in evaluation.rows():
         lines.append(f"- {row['label']}: {row['tp']} / {row['fp']} / {row['tn']} / {row['fn']}")
@@ -210,3 +243,39 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def run_report(results: dict[str, Any], config: RunConfig, evaluation: Evaluation) -> str:
+    """The run directory's ``report.md``: data, normalisation, test metrics and every figure
+    of ``results["figures"]``, linked relative to the run directory."""
+    out = Path(config.output)
+    lines = [
+        f"# {results['name']}",
+        "",
+        f"{results['data']}; {_normalization_line(results['normalization'])}; "
+        f"{results['epochs_run']} epochs run, best epoch {results['best_epoch']}, "
+        f"{results['seconds']:.0f} s on {results['device']}.",
+        "",
+        f"Training curves: `tensorboard --logdir {out}` (per-epoch losses, validation AUROC per "
+        "label, learning rate; the test figures at the best epoch); per epoch also "
+        "`epochs.csv`. Test probabilities per image: `predictions_test.csv`.",
+        "",
+        "| split | samples | patients | positives per label |",
+        "|---|---|---|---|",
+        *(
+            f"| {name} | {row['samples']} | {row['patients']} | {row['positives']} |"
+            for name, row in results["splits"].items()
+        ),
+        "",
+        "## Test metrics",
+        "",
+        *_test_rows(evaluation),
+        "",
+        "## Figures",
+    ]
+    for name, path in results["figures"].items():
+        link = Path(os.path.relpath(path, out)).as_posix()
+        lines += ["", f"### {name.replace('_', ' ')}", "", f"![{name}]({link})"]
+    if "package" in results:
+        lines += ["", f"Package: `{results['package']}` (its `MODEL_CARD.md`)."]
+    return "\n".join(lines) + "\n"
