@@ -132,7 +132,7 @@ def version(session: Session) -> tuple[int, int, int]:
 
 def delete_of_studies(session: Session, study_ids: Iterable[int]) -> int:
     """Delete every embedding of these studies (retention); return how many rows went."""
-    ids = sorted(set(study_ids))
+    ids = sorted({int(i) for i in study_ids})
     if not ids:
         return 0
     result = session.execute(delete(Embedding).where(Embedding.study_id.in_(ids)))
