@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from node import similar
+from node.admin.commands import cli_user
+from node.cli import main
 from node.similar import NoEmbedding, UnknownStudy, nearest, similar_to_study
-from storage import embeddings
+from storage import audit, embeddings
 from storage.database import Database
 from storage.schema import Study
 from storage.studies import add_instance
@@ -124,3 +127,68 @@ def test_a_study_without_an_embedding_says_to_rerun_it(archive):
             similar_to_study(session, "1.7")
         with pytest.raises(UnknownStudy, match="no study with .* '9.9'"):
             similar_to_study(session, "9.9")
+
+
+@pytest.fixture
+def cxrnode(archive, monkeypatch, tmp_path, capsys):
+    """Run ``cxrnode`` against the archive's database; returns (exit code, stdout, stderr)."""
+    monkeypatch.setenv("CXRNODE_DB_URL", archive.url)
+    monkeypatch.setenv("CXRNODE_DATA_DIR", str(tmp_path / "data"))
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
+
+
+def similar_events(db: Database) -> list:
+    with db.reading() as session:
+        return audit.query(session, audit.AuditFilter(action="admin.similar"))
+
+
+def test_cli_names_the_nearest_studies_and_audits_who_asked_for_which(cxrnode, archive):
+    code, out, _ = cxrnode("similar", "ACC1", "-k", "2", "--format", "json")
+    assert code == 0
+    answer = json.loads(out)
+    assert answer["study"]["study_uid"] == "1.1" and answer["model_id"] == MODEL
+    assert [(c["rank"], c["study"]["study_uid"]) for c in answer["cases"]] == [
+        (1, "1.2"),
+        (2, "1.3"),
+    ]
+    assert answer["cases"][0]["findings"][0] == {
+        "name": "Effusion",
+        "probability": 0.2,
+        "present": False,
+    }
+    code, out, _ = cxrnode("similar", "1.2")
+    assert code == 0 and "Study 1.2 (accession ACC2), run 1" in out
+    assert "1.1" in out and "Effusion 0.90" in out and "(top: Effusion 0.20" in out
+    first, second = similar_events(archive)
+    assert (first.actor_user, first.study_uid, first.accession) == (cli_user(), "1.1", "ACC1")
+    assert first.detail == {
+        "query": "ACC1",
+        "k": 2,
+        "via": "cli",
+        "run": 1,
+        "model": MODEL,
+        "returned": ["1.2", "1.3"],
+    }
+    assert second.detail["returned"] == ["1.1", "1.3", "1.4"]  # k defaults to 5
+
+
+def test_cli_refuses_an_unknown_study_and_one_without_an_embedding(cxrnode, archive):
+    with archive.transaction() as session:
+        add_instance(session, frontal_cr("1.7"), relpath="x", size=1, sha256="0", calling_ae="X")
+    code, out, err = cxrnode("similar", "1.7")
+    assert (code, out) == (2, "") and "no embedding stored for this study; rerun it" in err
+    code, _, err = cxrnode("similar", "9.9.9")
+    assert code == 2 and "no study with Study Instance UID or accession '9.9.9'" in err
+    missing, unknown = similar_events(archive)
+    assert (missing.study_uid, missing.outcome) == ("1.7", "warning")
+    assert "rerun it" in missing.detail["reason"] and unknown.study_uid is None
+    with pytest.raises(SystemExit) as refused:
+        cxrnode("similar", "1.1", "-k", "0")
+    assert refused.value.code == 2
