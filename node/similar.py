@@ -248,15 +248,19 @@ def _gallery(session: Session, model_id: str) -> _Gallery:
     if kept is not None and kept.version == version:
         return kept
     with _loading:
-        runs = embeddings.latest_runs(session, model_id)
-        vectors = [study_vector(run.vectors) for run in runs]
-        dim = len(vectors[0]) if vectors else 0
+        stored = embeddings.latest_runs(session, model_id)
+        # One row per run: the mean of its images' unit vectors (study_vector, for all at once).
+        starts = np.flatnonzero(np.diff(stored.job_ids, prepend=-1))
+        rows = normalise(stored.vectors)
+        if len(starts) < len(rows):  # some run has several images
+            counts = np.diff(np.append(starts, len(rows)))
+            rows = np.add.reduceat(rows, starts, axis=0) / counts[:, None]
         gallery = _Gallery(
             version=version,
-            study_ids=np.array([run.study_id for run in runs], dtype=np.int64),
-            job_ids=np.array([run.job_id for run in runs], dtype=np.int64),
-            dim=dim,
-            index=build_index(np.stack(vectors) if vectors else np.zeros((0, 1), np.float32)),
+            study_ids=stored.study_ids[starts],
+            job_ids=stored.job_ids[starts],
+            dim=stored.vectors.shape[1],
+            index=build_index(rows),
         )
         _galleries[key] = gallery
         return gallery

@@ -59,45 +59,69 @@ class RunEmbeddings:
 
     Attributes
     ----------
-    study_id, job_id:
-        The study's and the run's row ids.
+    job_id:
+        The run's row id.
     model_id:
         The package that made them.
     vectors:
         ``(images, dim)`` float32.
     """
 
-    study_id: int
     job_id: int
     model_id: str
     vectors: np.ndarray
 
 
-def latest_runs(session: Session, model_id: str | None = None) -> list[RunEmbeddings]:
-    """The embeddings of each study's latest run that stored any, by study id.
+@dataclass(frozen=True, eq=False)
+class LatestEmbeddings:
+    """Every image embedding of the studies' latest runs, one row per image, the rows of one
+    run together.
 
-    Parameters
+    Attributes
     ----------
-    model_id:
-        When given, only the studies whose latest such run was made by this package.
+    study_ids, job_ids:
+        ``(N,)`` int64: each row's study and run.
+    vectors:
+        ``(N, dim)`` float32.
     """
-    run = func.max(Job.run).label("run")
+
+    study_ids: np.ndarray
+    job_ids: np.ndarray
+    vectors: np.ndarray
+
+
+def latest_runs(session: Session, model_id: str) -> LatestEmbeddings:
+    """The embeddings of each study's latest run that stored any, for the studies whose such
+    run package ``model_id`` made.
+
+    Raises
+    ------
+    ValueError
+        If the package's embeddings differ in width (a corrupt row).
+    """
     latest = (
-        select(Embedding.study_id, run)
+        select(Embedding.study_id, func.max(Job.run).label("run"))
         .join(Job, Job.id == Embedding.job_id)
         .group_by(Embedding.study_id)
         .subquery()
     )
-    stmt = (
-        select(Embedding.study_id, Embedding.job_id, Embedding.model_id, Embedding.dim)
-        .add_columns(Embedding.vector)
+    rows = session.execute(
+        select(Embedding.study_id, Embedding.job_id, Embedding.dim, Embedding.vector)
         .join(Job, Job.id == Embedding.job_id)
         .join(latest, (latest.c.study_id == Embedding.study_id) & (latest.c.run == Job.run))
+        .where(Embedding.model_id == model_id)
         .order_by(Embedding.study_id, Embedding.id)
+    ).all()
+    dims = {row.dim for row in rows}
+    if len(dims) > 1:
+        raise ValueError(f"{model_id}'s stored embeddings differ in width: {sorted(dims)}")
+    dim = dims.pop() if dims else 0
+    data = b"".join(row.vector for row in rows)
+    return LatestEmbeddings(
+        study_ids=np.array([row.study_id for row in rows], dtype=np.int64),
+        job_ids=np.array([row.job_id for row in rows], dtype=np.int64),
+        vectors=from_bytes(data, dim * len(rows)).reshape(len(rows), dim),
     )
-    if model_id is not None:
-        stmt = stmt.where(Embedding.model_id == model_id)
-    return list(_grouped(session.execute(stmt)))
 
 
 def of_study(session: Session, study_id: int) -> RunEmbeddings | None:
@@ -113,12 +137,12 @@ def of_study(session: Session, study_id: int) -> RunEmbeddings | None:
     if job_id is None:
         return None
     rows = session.execute(
-        select(Embedding.study_id, Embedding.job_id, Embedding.model_id, Embedding.dim)
-        .add_columns(Embedding.vector)
+        select(Embedding.model_id, Embedding.dim, Embedding.vector)
         .where(Embedding.job_id == job_id)
         .order_by(Embedding.id)
-    )
-    return next(_grouped(rows))
+    ).all()
+    vectors = np.stack([from_bytes(row.vector, row.dim) for row in rows])
+    return RunEmbeddings(job_id, rows[0].model_id, vectors)
 
 
 def version(session: Session) -> tuple[int, int, int]:
@@ -137,17 +161,3 @@ def delete_of_studies(session: Session, study_ids: Iterable[int]) -> int:
         return 0
     result = session.execute(delete(Embedding).where(Embedding.study_id.in_(ids)))
     return result.rowcount
-
-
-def _grouped(rows) -> Iterable[RunEmbeddings]:
-    """Rows ``(study_id, job_id, model_id, dim, vector)`` ordered by study, as one
-    :class:`RunEmbeddings` per run."""
-    current, vectors = None, []
-    for study_id, job_id, model_id, dim, data in rows:
-        if current is not None and current[1] != job_id:
-            yield RunEmbeddings(*current, np.stack(vectors))
-            vectors = []
-        current = (study_id, job_id, model_id)
-        vectors.append(from_bytes(data, dim))
-    if current is not None:
-        yield RunEmbeddings(*current, np.stack(vectors))
