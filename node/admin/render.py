@@ -67,10 +67,9 @@ def _inference_line(d: dict[str, Any]) -> str:
 
 
 def _similar_line(d: dict[str, Any]) -> str:
-    head = f"similar to {d.get('query')} (k={d.get('k')})"
     if "returned" not in d:
-        return f"{head}: {d.get('reason')}"
-    return f"{head}, run {d.get('run')}, {d.get('model')}: {len(d['returned'])} studies named"
+        return f"similar cases, k={d.get('k')}: {d.get('reason')}"
+    return f"similar cases, k={d.get('k')}, run {d.get('run')}: {len(d['returned'])} studies named"
 
 
 def _queued_line(d: dict[str, Any]) -> str:
