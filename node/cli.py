@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     add_training_commands(commands)
     _add_import_model(commands)
     _add_reprocess(commands)
+    _add_similar(commands)
 
     demo = commands.add_parser(
         "demo", help="start a private Orthanc and the node, send a synthetic study, show results"
@@ -102,6 +103,52 @@ def _rerun(args, settings) -> int:
         return 2
     replaces = f", replacing run {done.replaces_run}" if done.replaces_run else ""
     print(f"run {done.run} queued{replaces} (a running node's worker takes it)")
+    return 0
+
+
+def _add_similar(commands) -> None:
+    similar = commands.add_parser(
+        "similar", help="the stored studies whose images the model saw as nearest a study's"
+    )
+    similar.add_argument("study", help="Study Instance UID or accession number")
+    # Defaults and bounds are node.similar's, imported only when the command runs (numpy).
+    similar.add_argument("-k", type=_k, help="how many studies (default 5)")
+    similar.add_argument("--format", choices=["table", "json"], default="table")
+    similar.set_defaults(run=_similar)
+
+
+def _k(text: str) -> int:
+    from node.similar import MAX_K
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_K:
+        raise argparse.ArgumentTypeError(f"k must be a whole number from 1 to {MAX_K}")
+    return int(text)
+
+
+def _similar(args, settings) -> int:
+    from node.admin import render
+    from node.similar import DEFAULT_K, SimilarRefused, record_query, similar_to_study
+    from storage.queries import to_json
+
+    k = args.k or DEFAULT_K
+    db = open_database(settings)
+    answer = refused = None
+    with db.reading() as session:
+        try:
+            answer = similar_to_study(session, args.study, k)
+        except SimilarRefused as exc:
+            refused = exc
+    # Recorded before anything is shown: the answer names other patients' studies.
+    with db.transaction() as session:
+        actor = {"actor_user": cli_user()}
+        record_query(session, args.study, k, answer, refused, via="cli", actor=actor)
+    if answer is None:
+        print(f"cxrnode similar: {refused}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(to_json(answer), indent=2))
+    else:
+        print(render.similar_text(answer))
     return 0
 
 

@@ -4,7 +4,8 @@
 their images, runs the model and Grad-CAM over all of them in one batch; a builder process
 writes each job's SR, presentation states and captures durably (``node.build``) while the next
 batch is inferred, then each is put in the outbox of the destinations configured to get its
-kind (``node.delivery`` sends them). Each state change is one database transaction, so a step
+kind (``node.delivery`` sends them), in the transaction that stores its images' embeddings for
+case search (``storage.embeddings``). Each state change is one database transaction, so a step
 is safe to repeat after a crash. Only a node whose role works creates one: the model is loaded
 here and nowhere else.
 """
@@ -39,7 +40,7 @@ from node.build import (
 from node.config import Settings
 from node.disk import data_paths, is_disk_full, lowest_free_bytes
 from node.results import AlgorithmInfo, Finding, GridHeatmap, ImageResult, display_levels
-from storage import audit, jobs, outbox
+from storage import audit, embeddings, jobs, outbox
 from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
@@ -62,6 +63,8 @@ class _Run:
     images: list[tuple[Dataset, np.ndarray]] = field(default_factory=list)
     results: list[ImageResult] = field(default_factory=list)
     summary_images: list[ImageSummary] = field(default_factory=list)  # what the audit keeps
+    # (SOP Instance UID, the model's embedding) of each image, stored with the results.
+    embeddings: list[tuple[str, np.ndarray]] = field(default_factory=list)
     unreadable: int = 0
     batch_studies: int = 0  # how many studies shared its forward pass
     timings: dict[str, float] = field(default_factory=dict)
@@ -384,7 +387,7 @@ class Worker:
         results = iter(zip(predictions, explained, maps, strict=True))
         per_run = []
         for run in runs:
-            images = []
+            images, vectors = [], []
             for ds, display in run.images:
                 prediction, indices, image_maps = next(results)
                 findings = tuple(
@@ -406,10 +409,12 @@ class Worker:
                 # model's grid: a quarter and a few hundred bytes of the float32 images.
                 levels = display_levels(display)
                 images.append(ImageResult(ds, levels, findings, heatmaps))
-            per_run.append(images)
+                vectors.append((str(ds.SOPInstanceUID), prediction.embedding))
+            per_run.append((images, vectors))
         # Only now, when nothing can fail any more: a batch that failed is retried run by run.
-        for run, images in zip(runs, per_run, strict=True):
+        for run, (images, vectors) in zip(runs, per_run, strict=True):
             run.results = images
+            run.embeddings = vectors
             run.summary_images = [_image_summary(image) for image in images]
             run.batch_studies = len(runs)
             # The batch's model time, shared out by images.
@@ -418,7 +423,8 @@ class Worker:
             run.add_time("gradcam_s", (explained_at - inferred) * share)
 
     def _finish(self, run: _Run, building: Future) -> None:
-        """Put a run's built result objects in the outbox, in one transaction."""
+        """Put a run's built result objects in the outbox and store its embeddings, in one
+        transaction."""
         item = run.item
         try:
             built, build_s = building.result()
@@ -453,6 +459,8 @@ class Worker:
                         result.sop_uid,
                         result.relpath,
                     )
+            for sop_uid, vector in run.embeddings:
+                embeddings.add(session, job, sop_uid, job.model_id, vector)
             session.flush()
             # The commit's own time is not in the record it commits.
             run.add_time("database_s", time.perf_counter() - clock)

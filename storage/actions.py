@@ -109,6 +109,7 @@ class Action(StrEnum):
 
     # What an admin did or was refused.
     ADMIN_QUERY = "admin.query"
+    ADMIN_SIMILAR = "admin.similar"  # a study's similar earlier cases, and which were named
     ADMIN_VERIFY = "admin.verify"
     ADMIN_AUTH_FAILED = "admin.auth_failed"
 

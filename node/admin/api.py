@@ -1,9 +1,10 @@
 """The admin's JSON API (``/api/...`` but the health check): audit events, the chain check,
-studies, a study's timeline and statistics, and the two actions that change anything (resend
-a run's results, queue a new run), each behind the token.
+studies, a study's timeline, its similar earlier cases and statistics, and the two actions
+that change anything (resend a run's results, queue a new run), each behind the token.
 
 Every answer carrying patient data is recorded in the audit log before it is sent
-(``admin.query``: what was asked, the filters, how many rows).
+(``admin.query``: what was asked, the filters, how many rows; ``admin.similar``: the query
+study and the studies the answer named).
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from datetime import datetime
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse
 
-from node import reprocess
+from node import reprocess, similar
 from node.admin import render
-from node.admin.dependencies import Access, Admin, ReadSession, client, require_token
+from node.admin.dependencies import Access, Admin, ReadSession, actor, require_token
 from node.admin.timespec import parse_time
 from storage import audit, queries
 from storage.audit_chain import verify
@@ -101,16 +102,38 @@ def timeline(session: ReadSession, access: Access, key: str) -> JSONResponse:
     return JSONResponse(queries.to_json(found))
 
 
+@router.get("/studies/{key}/similar")
+def similar_studies(
+    request: Request,
+    admin: Admin,
+    session: ReadSession,
+    key: str,
+    k: int = Query(similar.DEFAULT_K, ge=1, le=similar.MAX_K),
+) -> JSONResponse:
+    """The ``k`` stored studies nearest the study's latest embedding (``node.similar``), with
+    their identifiers and findings; 404 for an unknown study, 409 for one without an
+    embedding (processed before they were stored: rerun it)."""
+    answer = refused = None
+    try:
+        answer = similar.similar_to_study(session, key, k)
+    except similar.SimilarRefused as exc:
+        refused = exc
+    with admin.db.transaction() as writing:
+        similar.record_query(writing, key, k, answer, refused, via="http", actor=actor(request))
+    if answer is None:
+        raise HTTPException(404 if isinstance(refused, similar.UnknownStudy) else 409, str(refused))
+    return JSONResponse(queries.to_json(answer))
+
+
 @router.post("/studies/{key}/resend")
 def resend_results(
     request: Request, admin: Admin, key: str, destination: str | None = None
 ) -> JSONResponse:
     """Re-deliver the latest finished run's results (``node.reprocess.resend``); 409 with the
     reason when the study cannot be re-sent now."""
-    actor = {"actor_ip": client(request), "actor_user": "admin-token"}
     try:
         with admin.db.transaction() as session:
-            done = reprocess.resend(session, admin.settings, key, destination, actor)
+            done = reprocess.resend(session, admin.settings, key, destination, actor(request))
     except reprocess.ReprocessRefused as exc:
         raise HTTPException(409, str(exc)) from None
     return JSONResponse(asdict(done), status_code=202)
@@ -120,10 +143,9 @@ def resend_results(
 def rerun_study(request: Request, admin: Admin, key: str) -> JSONResponse:
     """Queue a new run of the study (``node.reprocess.rerun``); 409 with the reason when it
     cannot run now."""
-    actor = {"actor_ip": client(request), "actor_user": "admin-token"}
     try:
         with admin.db.transaction() as session:
-            done = reprocess.rerun(session, key, actor)
+            done = reprocess.rerun(session, key, actor(request))
     except reprocess.ReprocessRefused as exc:
         raise HTTPException(409, str(exc)) from None
     return JSONResponse(asdict(done), status_code=202)

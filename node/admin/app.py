@@ -11,6 +11,8 @@ but for the two actions an admin takes on a study (resend, rerun), which are aud
 ``GET /api/audit/verify``              the hash chain check
 ``GET /api/studies``                   recent studies with findings (``q``, ``limit``)
 ``GET /api/studies/{key}/timeline``    a study's timeline (Study UID or accession)
+``GET /api/studies/{key}/similar``     the ``k`` nearest studies of the same model by
+                                       embedding, with their findings; 409 without one
 ``GET /api/stats``                     per-day counts and turnaround (``since``, ``until``)
 ``POST /api/studies/{key}/resend``     re-deliver the latest finished run's results
                                        (``destination``: one, default all); 202, 409 why not
@@ -114,5 +116,6 @@ def _templates() -> Environment:
         iso=lambda v: queries.iso_utc(v).replace("T", " ")[:19] if v else "–",
         p=lambda v: f"{v:.2f}",
         summarize=render.summarize,
+        findings=render.findings_line,
     )
     return templates
