@@ -20,8 +20,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import io
+import os
+import re
 import threading
-from collections.abc import Callable, Sequence
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -46,9 +49,12 @@ from node.results import (
 )
 from node.results.annotation import draw_legend, draw_regions
 from node.results.heatmap import blend_heatmap, legend_ramp
+from storage import audit
+from storage.actions import Action
 
 if TYPE_CHECKING:
     from node.config import Settings
+    from storage.database import Database
 
 # What an input error is about; the HTTP API answers "too_large" with 413, the others with 422.
 INPUT_ERRORS = ("empty", "unreadable", "not_image", "too_large")
@@ -56,6 +62,7 @@ _DICOM_SUFFIXES = (".dcm", ".dicom", "")
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+_SUFFIXES = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
 
 # An explanation method: the predictor, the prepared image, the labels to explain; one map per
 # label, float32 in [0, 1] on the display image's grid.
@@ -408,6 +415,188 @@ def _dicom_display(image: ImageFile, max_decoded_bytes: int) -> np.ndarray:
         raise PredictInputError("too_large", f"{image.name}: {exc}") from None
     except (PreprocessingError, ValueError, OSError, NotImplementedError) as exc:
         raise PredictInputError("not_image", f"{image.name}: {exc}") from None
+
+
+def record_prediction(
+    db: Database,
+    image: ImageFile | None,
+    *,
+    via: str,
+    prediction: Prediction | None = None,
+    error: str | None = None,
+    **context: Any,
+) -> None:
+    """Audit one try (``model.predicted``): what was given, by whom, and what the model said or
+    why it was refused; never the file, its name or the report text.
+
+    Parameters
+    ----------
+    db : Database
+        The node's database.
+    image : ImageFile or None
+        The file (its digest and size are recorded); None when it was refused unread.
+    via : str
+        ``"cli"`` or ``"http"``.
+    prediction : Prediction, optional
+        The model's answer; its absence (with ``error``) records a failure.
+    error : str, optional
+        Why the file was refused.
+    context
+        ``actor_user``, ``actor_ip`` for the event; any other key (``content_type``, ``kept``,
+        ``declared_size``, ``kind``...) goes into its detail.
+    """
+    actors = {key: context.pop(key) for key in ("actor_user", "actor_ip") if key in context}
+    detail: dict[str, Any] = {"via": via}
+    if image is not None:
+        detail.update(sha256=image.sha256, size=len(image.data))
+    detail.update(context)
+    if prediction is not None:
+        detail.update(
+            format=prediction.format,
+            model=prediction.model["id"],
+            findings={f.name: round(f.probability, 4) for f in prediction.findings},
+            present=[f.name for f in prediction.present],
+            report_given=prediction.report["given"],
+        )
+    else:
+        detail["reason"] = error
+    outcome = audit.Outcome.SUCCESS if prediction is not None else audit.Outcome.FAILURE
+    with db.transaction() as session:
+        audit.record(session, Action.MODEL_PREDICTED, outcome, **actors, detail=detail)
+
+
+def keep_upload(data_dir: Path, prediction: Prediction, image: ImageFile) -> str:
+    """Store an upload a request asked to keep: ``uploads/<sha256>.<format>`` under the data
+    directory (never a name the client gave), and return that relative path."""
+    folder = data_dir / "uploads"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    relative = f"uploads/{prediction.sha256}.{_SUFFIXES.get(prediction.format, 'bin')}"
+    target = data_dir / relative
+    if not target.exists():
+        partial = target.with_suffix(".part")
+        with open(partial, "wb", opener=lambda path, flags: os.open(path, flags, 0o600)) as fh:
+            fh.write(image.data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(partial, target)
+    return relative
+
+
+@dataclass(frozen=True, eq=False)
+class Tried:
+    """One file of :func:`try_files`: its model answer, or why it was refused."""
+
+    path: Path
+    prediction: Prediction | None = None
+    error: PredictInputError | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """As :meth:`Prediction.to_json`, or the file, the error's kind and message."""
+        if self.prediction is not None:
+            return {"path": str(self.path), **self.prediction.to_json()}
+        assert self.error is not None
+        return {"path": str(self.path), "error": self.error.kind, "message": str(self.error)}
+
+
+def try_files(
+    predictor: Predictor,
+    paths: Sequence[Path],
+    report: str | None,
+    settings: Settings,
+    db: Database,
+    *,
+    actor_user: str,
+    heatmap_dir: Path | None = None,
+    progress: Callable[[int, Path], None] | None = None,
+) -> Iterator[Tried]:
+    """``cxrnode predict``: each file through :func:`predict_image`, audited; a bad file is
+    reported and the others still run.
+
+    Parameters
+    ----------
+    predictor : Predictor
+        The model.
+    paths : sequence of pathlib.Path
+        The files.
+    report : str or None
+        Report text for every file.
+    settings : Settings
+        ``max_decoded_mb`` and ``region_level``.
+    db : Database
+        Where each try is audited (``model.predicted``).
+    actor_user : str
+        Who runs the command.
+    heatmap_dir : pathlib.Path, optional
+        Where each file's overview and per-finding overlays are written as PNG.
+    progress : callable, optional
+        Called with (index, path) before each file.
+
+    Yields
+    ------
+    Tried
+        One per file, in order.
+    """
+    stems = Counter(path.stem for path in paths)
+    for index, path in enumerate(paths):
+        if progress is not None:
+            progress(index, path)
+        image = None
+        try:
+            image = ImageFile.read(path)
+            prediction = predict_image(
+                predictor,
+                image,
+                report,
+                max_decoded_bytes=settings.max_decoded_bytes,
+                region_level=settings.region_level,
+            )
+        except PredictInputError as exc:
+            record_prediction(
+                db, image, via="cli", error=str(exc), kind=exc.kind, actor_user=actor_user
+            )
+            yield Tried(path, error=exc)
+            continue
+        record_prediction(db, image, via="cli", prediction=prediction, actor_user=actor_user)
+        if heatmap_dir is not None:
+            stem = path.stem if stems[path.stem] == 1 else f"{path.stem}-{prediction.sha256[:8]}"
+            write_overlays(prediction, heatmap_dir, stem)
+        yield Tried(path, prediction)
+
+
+def write_overlays(prediction: Prediction, folder: Path, stem: str) -> list[Path]:
+    """Write ``<stem>.overview.png`` and ``<stem>.<method>.<label>.png`` per explanation into
+    ``folder`` (created); return the paths."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / f"{stem}.overview.png"]
+    written[0].write_bytes(png_bytes(prediction.overview()))
+    for explanation in prediction.explanations:
+        label = re.sub(r"[^A-Za-z0-9_.-]+", "_", explanation.label)
+        path = folder / f"{stem}.{explanation.method}.{label}.png"
+        path.write_bytes(png_bytes(prediction.overlay(explanation)))
+        written.append(path)
+    return written
+
+
+def findings_table(tried: Tried) -> str:
+    """One file's findings as terminal lines (``cxrnode predict --format table``)."""
+    if tried.prediction is None:
+        return f"{tried.path}: refused ({tried.error.kind if tried.error else '?'}): {tried.error}"
+    p = tried.prediction
+    model = p.model
+    lines = [
+        f"{tried.path} ({p.format}, {p.display.shape[1]}x{p.display.shape[0]}), "
+        f"model {model['name']} {model['version']}"
+    ]
+    width = max(len(f.name) for f in p.findings)
+    for finding in p.findings:
+        call = "PRESENT" if finding.present else "absent"
+        lines.append(
+            f"  {finding.name:<{width}}  {finding.probability:6.3f}  {call:<7}  "
+            f"(threshold {finding.threshold:.3f})"
+        )
+    if p.report["given"] and not p.report["read"]:
+        lines.append("  (report text given; this model reads none)")
+    return "\n".join(lines)
 
 
 def png_bytes(rgb: np.ndarray) -> bytes:
