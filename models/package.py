@@ -268,11 +268,13 @@ def _strict_bool(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class LoadedPackage:
-    """A verified package: its config and its model, in eval mode, on the CPU."""
+    """A verified package: its config and its model, in eval mode, on the CPU, and its model
+    card (the Markdown of ``MODEL_CARD.md``)."""
 
     config: ModelConfig
     model: CxrClassifier
     source: Path
+    card: str = ""
 
 
 def save_package(
@@ -395,15 +397,21 @@ def load_package(path: str | Path) -> LoadedPackage:
         raise ModelPackageError(f"model package {source} does not exist")
     if source.is_dir():
         config, model = _load_directory(source)
-        return LoadedPackage(config, model, source)
+        return LoadedPackage(config, model, source, _card(source))
     if source.name.endswith(ARCHIVE_SUFFIXES):
         # The model lives in memory once loaded, so the extracted files can go right away.
         with tempfile.TemporaryDirectory(prefix="cxrnode-package-") as scratch:
-            config, model = _load_directory(_extract(source, Path(scratch)))
-        return LoadedPackage(config, model, source)
+            directory = _extract(source, Path(scratch))
+            config, model = _load_directory(directory)
+            card = _card(directory)
+        return LoadedPackage(config, model, source, card)
     raise ModelPackageError(
         f"model package {source} is neither a directory nor a {'/'.join(ARCHIVE_SUFFIXES)} archive"
     )
+
+
+def _card(directory: Path) -> str:
+    return (directory / CARD_FILE).read_text(encoding="utf-8", errors="replace")
 
 
 def _extract(archive: Path, scratch: Path) -> Path:

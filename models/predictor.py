@@ -494,6 +494,13 @@ class Predictor:
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
 
 
+def labels_to_explain(prediction: Prediction) -> list[int]:
+    """The labels the node explains on an image: every present one, and the top one even
+    when absent (for the overview), in label order."""
+    top = int(np.argmax(prediction.probabilities))
+    return sorted({top, *(int(i) for i in np.flatnonzero(prediction.present))})
+
+
 def _sizes(displays: Sequence[np.ndarray] | PreparedInputs) -> tuple[tuple[int, int], ...]:
     if isinstance(displays, PreparedInputs):
         return displays.sizes

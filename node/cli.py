@@ -49,6 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_import_model(commands)
     _add_reprocess(commands)
     _add_similar(commands)
+    _add_predict(commands)
 
     demo = commands.add_parser(
         "demo", help="start a private Orthanc and the node, send a synthetic study, show results"
@@ -56,6 +57,72 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, help="keep Orthanc/node files here")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_predict(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="try a model on image files (DICOM, PNG, JPEG) without a PACS",
+        description="Each file goes the way the node serves a received image; nothing is "
+        "stored but the audit event of each file (model.predicted).",
+    )
+    predict.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    text = predict.add_mutually_exclusive_group()
+    text.add_argument("--report", metavar="TEXT", help="report text read with every image")
+    text.add_argument("--report-file", type=Path, metavar="F", help="the report text, from F")
+    predict.add_argument(
+        "--package",
+        help='a package directory or archive, "default" or "reference" '
+        "(default: the settings' model)",
+    )
+    predict.add_argument("--format", choices=("table", "json"), default="table")
+    predict.add_argument(
+        "--heatmap", type=Path, metavar="DIR", help="write the overlays of each file here (PNG)"
+    )
+    predict.set_defaults(run=_predict)
+
+
+def _predict(args, settings) -> int:
+    from dataclasses import replace
+
+    from node.predict import findings_table, try_files
+    from node.startup import load_model
+
+    report = args.report
+    if args.report_file is not None:
+        try:
+            report = args.report_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"cxrnode predict: --report-file {args.report_file}: {exc}", file=sys.stderr)
+            return 2
+    predictor = load_model(replace(settings, model=args.package or settings.model))
+    many = len(args.files) > 1
+
+    def progress(index: int, path: Path) -> None:
+        print(f"[{index + 1}/{len(args.files)}] {path}", file=sys.stderr, flush=True)
+
+    tried = []
+    for one in try_files(
+        predictor,
+        args.files,
+        report,
+        settings,
+        open_database(settings),
+        actor_user=cli_user(),
+        heatmap_dir=args.heatmap,
+        progress=progress if many else None,
+    ):
+        tried.append(one)
+        if one.error is not None:
+            print(f"cxrnode predict: {one.error}", file=sys.stderr)
+        elif args.format == "table":
+            print(findings_table(one))
+    if args.format == "json":
+        print(json.dumps([one.to_json() for one in tried], indent=2))
+    failed = sum(one.error is not None for one in tried)
+    if failed:
+        print(f"cxrnode predict: {failed} of {len(tried)} files failed", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _add_reprocess(commands) -> None:

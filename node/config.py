@@ -270,6 +270,10 @@ class Settings:
     # GET /metrics on the admin server (Prometheus): behind admin_token unless this is off.
     # The figures are counts and ages, no patient data, but they name the destinations.
     metrics_require_token: bool = True
+    # POST /api/predict and the /try page: the largest upload (more: 413, refused before it is
+    # read). An upload is held in memory and not stored unless the request asks to keep it
+    # (then under <data_dir>/uploads, named by its sha256).
+    predict_max_upload_mb: int = 64
     # STOW-RS (DICOMweb) endpoint: studies POSTed to /dicom-web/studies are admitted as C-STORE
     # admits them. dicomweb_port 0 turns it off; it refuses to start without a dicomweb_token
     # (16 characters or more), presented as a bearer token or as the HTTP Basic password. A
@@ -378,6 +382,8 @@ class Settings:
             )
         if self.stow_max_request_mb < 1:
             raise ConfigError("stow_max_request_mb must be at least 1")
+        if self.predict_max_upload_mb < 1:
+            raise ConfigError("predict_max_upload_mb must be at least 1")
         self._validate_results()
         if self.role not in ROLES:
             raise ConfigError(f"role {self.role!r} is not one of {', '.join(ROLES)}")

@@ -27,7 +27,7 @@ from pydicom.dataset import Dataset
 
 from models.errors import PreprocessingError
 from models.pixel_limits import check_deflated_file
-from models.predictor import Predictor
+from models.predictor import Predictor, labels_to_explain
 from models.preprocess import decode_pixels, pixels_to_display
 from models.text import ReportText
 from node.build import (
@@ -39,7 +39,13 @@ from node.build import (
 )
 from node.config import Settings
 from node.disk import data_paths, is_disk_full, lowest_free_bytes
-from node.results import AlgorithmInfo, Finding, GridHeatmap, ImageResult, display_levels
+from node.results import (
+    AlgorithmInfo,
+    GridHeatmap,
+    ImageResult,
+    display_levels,
+    model_findings,
+)
 from storage import audit, embeddings, jobs, outbox
 from storage.actions import Action
 from storage.audit import Outcome
@@ -377,10 +383,7 @@ class Worker:
         inferred = time.perf_counter()
         # Every present finding gets its region and capture; the top one is explained even
         # when absent, for the overview.
-        explained = [
-            sorted({int(np.argmax(p.probabilities)), *(int(i) for i in np.flatnonzero(p.present))})
-            for p in predictions
-        ]
+        explained = [labels_to_explain(p) for p in predictions]
         maps = self.predictor.explain_on_grid(prepared, explained)
         explained_at = time.perf_counter()
         labels = self.predictor.package.config.labels
@@ -390,17 +393,7 @@ class Worker:
             images, vectors = [], []
             for ds, display in run.images:
                 prediction, indices, image_maps = next(results)
-                findings = tuple(
-                    Finding(
-                        name=label.name,
-                        code_value=label.code_value,
-                        coding_scheme=label.coding_scheme,
-                        code_meaning=label.code_meaning,
-                        probability=float(p),
-                        threshold=float(label.threshold),
-                    )
-                    for label, p in zip(labels, prediction.probabilities, strict=True)
-                )
+                findings = model_findings(labels, prediction.probabilities)
                 heatmaps = {
                     labels[i].name: GridHeatmap(grid, image_maps.size, image_maps.region)
                     for i, grid in zip(indices, image_maps.maps, strict=True)

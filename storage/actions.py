@@ -118,6 +118,7 @@ class Action(StrEnum):
     NODE_STOPPED = "node.stopped"
     DATABASE_LOSS_DETECTED = "database.loss_detected"
     MODEL_IMPORTED = "model.imported"
+    MODEL_PREDICTED = "model.predicted"  # a model tried on a file outside the PACS flow
 
     @property
     def subject(self) -> Subject:

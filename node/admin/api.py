@@ -1,6 +1,7 @@
 """The admin's JSON API (``/api/...`` but the health check): audit events, the chain check,
-studies, a study's timeline, its similar earlier cases and statistics, and the two actions
-that change anything (resend a run's results, queue a new run), each behind the token.
+studies, a study's timeline, its similar earlier cases and statistics, the two actions that
+change anything (resend a run's results, queue a new run), and the node's model tried on an
+upload, each behind the token.
 
 Every answer carrying patient data is recorded in the audit log before it is sent
 (``admin.query``: what was asked, the filters, how many rows; ``admin.similar``: the query
@@ -13,12 +14,14 @@ from dataclasses import asdict
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from node import reprocess, similar
-from node.admin import render
-from node.admin.dependencies import Access, Admin, ReadSession, actor, require_token
+from node.admin import render, uploads
+from node.admin.dependencies import Access, Admin, ReadSession, actor, client, require_token
 from node.admin.timespec import parse_time
+from node.predict import png_bytes
 from storage import audit, queries
 from storage.audit_chain import verify
 
@@ -149,6 +152,80 @@ def rerun_study(request: Request, admin: Admin, key: str) -> JSONResponse:
     except reprocess.ReprocessRefused as exc:
         raise HTTPException(409, str(exc)) from None
     return JSONResponse(asdict(done), status_code=202)
+
+
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "a DICOM file (with or without preamble), PNG or JPEG, "
+                        "at most predict_max_upload_mb",
+                    },
+                    "report": {
+                        "type": "string",
+                        "description": "report text, cleaned by the package's text options "
+                        "(an image-only model ignores it)",
+                    },
+                },
+            }
+        }
+    },
+}
+_PREDICTION = {
+    "description": "the findings by probability with their calls, the explained labels and "
+    "their regions (cxrnode predict --format json); with heatmap=LABEL that label's overlay",
+    "content": {"application/json": {}, "image/png": {}},
+}
+
+
+@router.post(
+    "/predict",
+    summary="Try the node's model on an uploaded image",
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+    responses={
+        200: _PREDICTION,
+        400: {"description": "a malformed multipart body"},
+        401: {"description": "no valid admin token"},
+        404: {"description": "heatmap names a label that was not explained"},
+        413: {
+            "description": "the upload is over predict_max_upload_mb, or the image over "
+            "max_decoded_mb once decoded"
+        },
+        415: {"description": "not multipart/form-data"},
+        422: {
+            "description": "no file, an empty file, no readable DICOM/PNG/JPEG, or a DICOM "
+            "without pixel data"
+        },
+        503: {"description": "the model cannot be loaded"},
+    },
+)
+async def predict(
+    request: Request,
+    admin: Admin,
+    heatmaps: bool = Query(False, description="each explanation's overlay as a base64 PNG"),
+    heatmap: str | None = Query(None, description="answer with this label's overlay as PNG"),
+    method: str = Query("gradcam", description="the explanation method of heatmap"),
+    keep: bool = Query(False, description="keep the upload under <data_dir>/uploads/<sha256>"),
+) -> Response:
+    """Run the node's model on an uploaded image as on a received one; audited as
+    ``model.predicted`` (its digest, size, type and the findings; not the upload)."""
+    upload = await uploads.read_upload(request, admin)
+    prediction = await uploads.predict_upload(request, admin, upload, keep)
+    if heatmap is not None:
+        try:
+            explanation = prediction.explanation(heatmap, method)
+        except KeyError as exc:
+            raise HTTPException(404, exc.args[0]) from None
+        png = await run_in_threadpool(lambda: png_bytes(prediction.overlay(explanation)))
+        return Response(png, media_type="image/png")
+    return JSONResponse(await run_in_threadpool(prediction.to_json, heatmaps))
 
 
 @router.get("/stats")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 
 from node.errors import CxrNodeError
 from node.results.heatmap import GridHeatmap
+
+if TYPE_CHECKING:  # the writers need no torch, which models.package imports
+    from models.package import LabelConfig
 
 
 class ResultInputError(CxrNodeError, ValueError):
@@ -60,6 +64,32 @@ class Finding:
     def present(self) -> bool:
         """Whether the model calls the finding present at its operating threshold."""
         return self.probability >= self.threshold
+
+
+def model_findings(
+    labels: Sequence[LabelConfig], probabilities: Sequence[float]
+) -> tuple[Finding, ...]:
+    """Every label's finding for one image, in model order: its coded concept, the model's
+    probability and the label's threshold.
+
+    Parameters
+    ----------
+    labels : sequence of models.package.LabelConfig
+        The package's labels.
+    probabilities : sequence of float
+        The model's output for the image, one per label.
+    """
+    return tuple(
+        Finding(
+            name=label.name,
+            code_value=label.code_value,
+            coding_scheme=label.coding_scheme,
+            code_meaning=label.code_meaning,
+            probability=float(p),
+            threshold=float(label.threshold),
+        )
+        for label, p in zip(labels, probabilities, strict=True)
+    )
 
 
 @dataclass(frozen=True)

@@ -286,14 +286,17 @@ def test_every_route_but_health_and_login_sits_behind_a_token_check():
         ("GET", "/login"),
         ("GET", "/logout"),
         ("GET", "/studies/{key}"),
+        ("GET", "/try"),
+        ("POST", "/api/predict"),
         ("POST", "/api/studies/{key}/rerun"),
         ("POST", "/api/studies/{key}/resend"),
         ("POST", "/login"),
+        ("POST", "/try"),
     ]
     for (_, path), dependencies in guards.items():
         if path.startswith("/api/") and path != "/api/health":
             assert dependencies[0] is require_token, path
-        elif path in ("/", "/studies/{key}"):
+        elif path in ("/", "/studies/{key}", "/try"):
             assert dependencies[0] is require_browser_session, path
         else:
             assert require_token not in dependencies and require_browser_session not in dependencies
