@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from node import reprocess, similar
 from node.admin import render, uploads
-from node.admin.dependencies import Access, Admin, ReadSession, actor, client, require_token
+from node.admin.dependencies import Access, Admin, ReadSession, actor, require_token
 from node.admin.timespec import parse_time
 from node.predict import png_bytes
 from storage import audit, queries
