@@ -69,6 +69,9 @@ VOCABULARY_FILE = "vocabulary.json"
 TEXT_ENCODER_DIR = "text_encoder"
 PACKAGE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 FORMAT_VERSION = 2
+# Explanations a package may ask the node to add to its captures (``explanation_captures``):
+# each costs many forward passes per finding, so none is drawn unless the package asks.
+EXPLANATION_CAPTURES = ("integrated_gradients",)
 # Format 1: image-only models, before text encoders ("text_dim": 0, backbone under "encoder.").
 READABLE_FORMATS = (1, 2)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -110,6 +113,8 @@ class ModelConfig:
     prepared for the model, in training and serving alike. ``label_vocabulary`` names the
     :data:`models.labels.VOCABULARIES` entry the labels come from ("" for a custom set), and
     ``uncertain_policy`` records how uncertain labels were trained (CheXpert/MIMIC-CXR).
+    ``explanation_captures`` names the explanations besides Grad-CAM the node draws into a
+    capture series of their own (:data:`EXPLANATION_CAPTURES`; none by default).
     """
 
     name: str
@@ -125,6 +130,7 @@ class ModelConfig:
     text_cleaning: TextCleaning = field(default_factory=TextCleaning)
     label_vocabulary: str = ""
     uncertain_policy: str | None = None
+    explanation_captures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
@@ -147,6 +153,11 @@ class ModelConfig:
                 raise ValueError(f"labels are not those of vocabulary {self.label_vocabulary!r}")
         if self.uncertain_policy is not None:
             UncertainPolicy(self.uncertain_policy)  # raises ValueError naming the bad value
+        unknown = sorted(set(self.explanation_captures) - set(EXPLANATION_CAPTURES))
+        if unknown:
+            raise ValueError(
+                f"unknown explanation_captures {unknown}; known: {list(EXPLANATION_CAPTURES)}"
+            )
 
     @property
     def package_id(self) -> str:
@@ -190,6 +201,12 @@ class ModelConfig:
             "text_cleaning": self.text_cleaning.to_dict(),
             "label_vocabulary": self.label_vocabulary,
             "uncertain_policy": self.uncertain_policy,
+            # Written only when set, so a package without it reads as it always did.
+            **(
+                {"explanation_captures": list(self.explanation_captures)}
+                if self.explanation_captures
+                else {}
+            ),
         }
 
     @classmethod
@@ -236,9 +253,16 @@ class ModelConfig:
                 text_cleaning=TextCleaning.from_dict(data.get("text_cleaning") or {}),
                 label_vocabulary=str(data.get("label_vocabulary") or ""),
                 uncertain_policy=data.get("uncertain_policy"),
+                explanation_captures=_captures(data.get("explanation_captures") or []),
             )
         except (TypeError, ValueError) as exc:
             raise ModelPackageError(f"{CONFIG_FILE} is invalid: {exc}") from exc
+
+
+def _captures(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"'explanation_captures' must be a list of names, not {value!r}")
+    return tuple(value)
 
 
 def _strict_bool(value: Any) -> bool:
