@@ -170,7 +170,7 @@ def explain(
         raise ValueError(f"unknown explanation methods {unknown}; known: {list(METHODS)}")
     if texts is not None and len(texts) != len(prepared):
         raise ValueError(f"{len(prepared)} images but {len(texts)} texts")
-    wanted = [tuple(int(i) for i in labels) for labels in label_indices]
+    wanted = [tuple(labels) for labels in predictor.checked_labels(prepared, label_indices)]
     maps: list[dict[str, np.ndarray]] = [{} for _ in wanted]
     if "gradcam" in methods:
         for image, cams in enumerate(predictor.explain_many(prepared, wanted)):
@@ -239,7 +239,9 @@ def image_attributions(
     """
     from captum.attr import IntegratedGradients
 
-    wanted = _wanted(predictor, prepared, label_indices, steps)
+    if steps < 1:
+        raise ValueError(f"integrated gradients needs steps >= 1, not {steps}")
+    wanted = predictor.checked_labels(prepared, label_indices)
     size = prepared.images.shape[1:]
     results = [
         [np.zeros((len(w), *size), np.float32), np.zeros(len(w), np.float32)] for w in wanted
@@ -479,23 +481,6 @@ def _token_names(
 
 
 # --- shared -----------------------------------------------------------------------------------
-
-
-def _wanted(
-    predictor: Predictor,
-    prepared: PreparedInputs,
-    label_indices: Sequence[Sequence[int]],
-    steps: int,
-) -> list[list[int]]:
-    if steps < 1:
-        raise ValueError(f"integrated gradients needs steps >= 1, not {steps}")
-    if len(label_indices) != len(prepared):
-        raise ValueError(f"{len(prepared)} images but {len(label_indices)} label lists")
-    wanted = [[int(index) for index in labels] for labels in label_indices]
-    bad = sorted({i for w in wanted for i in w if not 0 <= i < predictor.n_labels})
-    if bad:
-        raise IndexError(f"label indices {bad} out of range for {predictor.n_labels} labels")
-    return wanted
 
 
 def _chunks(wanted: list[list[int]]) -> Iterator[list[tuple[int, int, int]]]:

@@ -348,7 +348,7 @@ class Predictor:
         IndexError
             If a label index is out of range.
         """
-        wanted = self._wanted(displays, label_indices, texts)
+        wanted = self.checked_labels(displays, label_indices, texts)
         sizes = _sizes(displays)
         results = [
             np.zeros((len(w), *size), dtype=np.float32)
@@ -425,7 +425,7 @@ class Predictor:
         IndexError
             If a label index is out of range.
         """
-        wanted = self._wanted(displays, label_indices, texts)
+        wanted = self.checked_labels(displays, label_indices, texts)
         sizes = _sizes(displays)
         grids: list[list[np.ndarray]] = [[] for _ in wanted]
         prepared = self._prepared(displays, texts) if any(wanted) else None
@@ -441,12 +441,21 @@ class Predictor:
             for maps, size in zip(grids, sizes, strict=True)
         ]
 
-    def _wanted(
+    def checked_labels(
         self,
         displays: Sequence[np.ndarray] | PreparedInputs,
         label_indices: Sequence[Sequence[int]],
-        texts: Sequence[ReportText | str | None] | None,
+        texts: Sequence[ReportText | str | None] | None = None,
     ) -> list[list[int]]:
+        """The labels to explain per image, as ints, once the arguments are checked.
+
+        Raises
+        ------
+        ValueError
+            If the argument lengths differ.
+        IndexError
+            If a label index is out of range.
+        """
         if len(label_indices) != len(displays):
             raise ValueError(f"{len(displays)} images but {len(label_indices)} label lists")
         if texts is not None and len(texts) != len(displays):
