@@ -134,8 +134,8 @@ def build_finding_capture(
     """
     if finding not in image.maps(method) or not image.finding(finding).present:
         raise ResultInputError(
-            f"a finding capture needs a present finding with a {METHOD_NAMES[method]} map; "
-            f"{finding!r} of {image.source.SOPInstanceUID} is not one"
+            f"a finding capture needs a present finding with a heatmap "
+            f"({METHOD_NAMES[method]}); {finding!r} of {image.source.SOPInstanceUID} is not one"
         )
     numbered = list(enumerate(finding_regions(image, region_level), start=1))
     regions = [(n, region) for n, region in numbered if region.finding == finding]
