@@ -69,6 +69,9 @@ VOCABULARY_FILE = "vocabulary.json"
 TEXT_ENCODER_DIR = "text_encoder"
 PACKAGE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 FORMAT_VERSION = 2
+# Explanations a package may ask the node to add to its captures (``explanation_captures``):
+# each costs many forward passes per finding, so none is drawn unless the package asks.
+EXPLANATION_CAPTURES = ("integrated_gradients",)
 # Format 1: image-only models, before text encoders ("text_dim": 0, backbone under "encoder.").
 READABLE_FORMATS = (1, 2)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -113,6 +116,8 @@ class ModelConfig:
     ``normalization`` names how training chose the preprocessing's mean and std (one of
     :data:`models.preprocess.NORMALIZATIONS`; "" for packages that do not say, as imported
     and older ones).
+    ``explanation_captures`` names the explanations besides Grad-CAM the node draws into a
+    capture series of their own (:data:`EXPLANATION_CAPTURES`; none by default).
     """
 
     name: str
@@ -129,6 +134,7 @@ class ModelConfig:
     label_vocabulary: str = ""
     uncertain_policy: str | None = None
     normalization: str = ""
+    explanation_captures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
@@ -154,6 +160,11 @@ class ModelConfig:
         if self.normalization and self.normalization not in NORMALIZATIONS:
             raise ValueError(
                 f"normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}"
+            )
+        unknown = sorted(set(self.explanation_captures) - set(EXPLANATION_CAPTURES))
+        if unknown:
+            raise ValueError(
+                f"unknown explanation_captures {unknown}; known: {list(EXPLANATION_CAPTURES)}"
             )
 
     @property
@@ -204,6 +215,12 @@ class ModelConfig:
             "text_cleaning": self.text_cleaning.to_dict(),
             "label_vocabulary": self.label_vocabulary,
             "uncertain_policy": self.uncertain_policy,
+            # Written only when set, so a package without it reads as it always did.
+            **(
+                {"explanation_captures": list(self.explanation_captures)}
+                if self.explanation_captures
+                else {}
+            ),
         }
         if self.normalization:
             data["normalization"] = self.normalization
@@ -254,9 +271,16 @@ class ModelConfig:
                 label_vocabulary=str(data.get("label_vocabulary") or ""),
                 uncertain_policy=data.get("uncertain_policy"),
                 normalization=str(data.get("normalization") or ""),
+                explanation_captures=_captures(data.get("explanation_captures") or []),
             )
         except (TypeError, ValueError) as exc:
             raise ModelPackageError(f"{CONFIG_FILE} is invalid: {exc}") from exc
+
+
+def _captures(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"'explanation_captures' must be a list of names, not {value!r}")
+    return tuple(value)
 
 
 def _strict_bool(value: Any) -> bool:

@@ -84,14 +84,16 @@ class ResultSeries:
     ----------
     kind : str
         ``"sr"`` (the SR, one per run), ``"gsps"`` (a presentation state per image), ``"sc"``
-        (an overview capture per image) or ``"finding_sc"`` (a capture per present finding);
-        also what builds it (``node.build``) and what its generated description says.
+        (an overview capture per image), ``"finding_sc"`` (a capture per present finding) or
+        ``"ig_sc"`` (the same with Integrated Gradients' map, where the model's package asks
+        for it: ``explanation_captures``); also what builds it (``node.build``) and what its
+        generated description says.
     number : int
         Series Number.
     description : str
         Series Description; empty: generated, saying what the series is ("AI findings (SR)",
-        "AI outlines (GSPS)", "AI heatmap overview", "AI heatmap per finding"), the AI's name
-        where it fits and "requires review".
+        "AI outlines (GSPS)", "AI heatmap overview", "AI heatmap per finding", "AI
+        integrated gradients per finding"), the AI's name where it fits and "requires review".
     """
 
     kind: str
@@ -119,12 +121,14 @@ class ResultSeries:
 
 # Each result series' kind and the output kind destinations choose it by, in writing order:
 # the SR first, which the presentation states reference.
-SERIES_OUTPUTS = {"sr": "SR", "gsps": "GSPS", "sc": "SC", "finding_sc": "SC"}
+SERIES_OUTPUTS = {"sr": "SR", "gsps": "GSPS", "sc": "SC", "finding_sc": "SC", "ig_sc": "SC"}
 DEFAULT_RESULT_SERIES = (
     ResultSeries("sr", 9901),
     ResultSeries("gsps", 9904),
     ResultSeries("sc", 9902),
     ResultSeries("finding_sc", 9903),
+    # Empty unless the model's package asks for Integrated Gradients captures.
+    ResultSeries("ig_sc", 9905),
 )
 # The config keys (and, upper case after CXRNODE_, environment variables) of the result
 # series: key -> (kind, attribute of ResultSeries).

@@ -25,9 +25,11 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from models.attribution import integrated_gradients_on_grid
 from models.errors import PreprocessingError
+from models.package import LabelConfig
 from models.pixel_limits import check_deflated_file
-from models.predictor import Predictor, labels_to_explain
+from models.predictor import CamGrid, Predictor, labels_to_explain
 from models.preprocess import decode_pixels, pixels_to_display
 from models.text import ReportText
 from node.build import (
@@ -46,6 +48,7 @@ from node.results import (
     display_levels,
     model_findings,
 )
+from node.results.findings import INTEGRATED_GRADIENTS
 from storage import audit, embeddings, jobs, outbox
 from storage.actions import Action
 from storage.audit import Outcome
@@ -77,6 +80,16 @@ class _Run:
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+
+def _grid_heatmaps(
+    labels: tuple[LabelConfig, ...], indices: list[int], grid: CamGrid
+) -> dict[str, GridHeatmap]:
+    """Each explained label's map at the model's grid, for the builder to draw."""
+    return {
+        labels[i].name: GridHeatmap(heat, grid.size, grid.region)
+        for i, heat in zip(indices, grid.maps, strict=True)
+    }
 
 
 class JobFailed(Exception):
@@ -118,6 +131,9 @@ class Worker:
         self.on_results = on_results
         config = predictor.package.config
         self.reads_text = config.uses_text
+        # Integrated Gradients captures cost DEFAULT_STEPS passes per present finding: drawn
+        # only where the package asks for them.
+        self.integrated_gradients = INTEGRATED_GRADIENTS in config.explanation_captures
         self.algorithm = AlgorithmInfo(
             name=config.name,
             version=config.version,
@@ -386,22 +402,26 @@ class Worker:
         explained = [labels_to_explain(p) for p in predictions]
         maps = self.predictor.explain_on_grid(prepared, explained)
         explained_at = time.perf_counter()
+        attributed = [[int(i) for i in np.flatnonzero(p.present)] for p in predictions]
+        if self.integrated_gradients and any(attributed):
+            ig_maps = integrated_gradients_on_grid(self.predictor, prepared, attributed)[0]
+        else:
+            ig_maps = [None] * len(predictions)
+        attributed_at = time.perf_counter()
         labels = self.predictor.package.config.labels
-        results = iter(zip(predictions, explained, maps, strict=True))
+        results = iter(zip(predictions, explained, maps, attributed, ig_maps, strict=True))
         per_run = []
         for run in runs:
             images, vectors = [], []
             for ds, display in run.images:
-                prediction, indices, image_maps = next(results)
+                prediction, indices, image_maps, ig_indices, ig_grid = next(results)
                 findings = model_findings(labels, prediction.probabilities)
-                heatmaps = {
-                    labels[i].name: GridHeatmap(grid, image_maps.size, image_maps.region)
-                    for i, grid in zip(indices, image_maps.maps, strict=True)
-                }
+                heatmaps = _grid_heatmaps(labels, indices, image_maps)
+                attributions = _grid_heatmaps(labels, ig_indices, ig_grid) if ig_grid else {}
                 # The builder draws the display's 256 grey levels, and the heatmaps from the
                 # model's grid: a quarter and a few hundred bytes of the float32 images.
                 levels = display_levels(display)
-                images.append(ImageResult(ds, levels, findings, heatmaps))
+                images.append(ImageResult(ds, levels, findings, heatmaps, attributions))
                 vectors.append((str(ds.SOPInstanceUID), prediction.embedding))
             per_run.append((images, vectors))
         # Only now, when nothing can fail any more: a batch that failed is retried run by run.
@@ -414,6 +434,8 @@ class Worker:
             share = len(run.images) / len(displays)
             run.add_time("inference_s", (inferred - clock) * share)
             run.add_time("gradcam_s", (explained_at - inferred) * share)
+            if self.integrated_gradients:
+                run.add_time("integrated_gradients_s", (attributed_at - explained_at) * share)
 
     def _finish(self, run: _Run, building: Future) -> None:
         """Put a run's built result objects in the outbox and store its embeddings, in one

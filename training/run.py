@@ -46,7 +46,7 @@ from models.presets import PRESETS
 from models.text import TextCleaning, label_mask_words
 from training.baselines import tfidf_logreg_probabilities
 from training.card import model_card, run_report, split_table
-from training.config import REPO, RunConfig, load_run_config
+from training.config import REPO, RunConfig, expand, load_run_config
 from training.datasets import LabelledData, Sample
 from training.errors import TrainingError
 from training.events import EventLog
@@ -666,10 +666,17 @@ def crossval_markdown(results: dict[str, Any]) -> str:
 
 
 def run_evaluate(
-    package_path: Path, config: RunConfig, split: str = "test", retrieval: bool = False
+    package_path: Path,
+    config: RunConfig,
+    split: str = "test",
+    retrieval: bool = False,
+    explanations: bool = False,
+    ig_steps: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model package on a config's data (its test part, or ``all``); with
-    ``retrieval``, also its embeddings for case retrieval (``training.retrieval``)."""
+    ``retrieval``, also its embeddings for case retrieval (``training.retrieval``); with
+    ``explanations``, also the agreement of Grad-CAM and Integrated Gradients and their
+    localisation on RSNA boxes (``training.explanations``, IG with ``ig_steps`` steps)."""
     package = load_package(package_path)
     data = config.read_data()
     if data.vocabulary != package.config.label_vocabulary:
@@ -707,6 +714,8 @@ def run_evaluate(
         results["retrieval"] = _retrieval(
             package, config, dataset, samples, splits["train"], device
         )
+    if explanations:
+        results["explanations"] = _explanations(package, config, samples, ig_steps, out)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
     return results
 
@@ -747,6 +756,24 @@ def _retrieval(
         ),
     ]
     return {"protocols": [p.to_dict() for p in protocols], "seed_003": SEED_003}
+
+
+def _explanations(
+    package: Any, config: RunConfig, samples: list[Sample], steps: int | None, out: Path
+) -> dict[str, Any]:
+    """Seed 003's attribution agreement, and localisation where the data has RSNA boxes."""
+    from models.attribution import DEFAULT_STEPS
+    from training.explanations import evaluate_explanations, explanations_report, read_rsna_boxes
+
+    boxes = None
+    if config.data.get("reader") == "rsna_pneumonia":
+        root = expand(str(config.data["root"]))
+        if (root / "example_train_labels.csv").is_file():
+            boxes = read_rsna_boxes(root)
+    figures = evaluate_explanations(package, samples, boxes, steps=steps or DEFAULT_STEPS)
+    report = out / "explanations.md"
+    report.write_text(explanations_report(package.config.package_id, figures))
+    return {**figures, "report": str(report)}
 
 
 def _json_default(value: Any) -> Any:

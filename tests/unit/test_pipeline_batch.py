@@ -20,12 +20,11 @@ from models.predictor import Predictor
 from models.preprocess import dicom_to_display
 from node.config import Settings
 from node.worker import Worker
-from storage import audit, embeddings, jobs
+from storage import audit, embeddings
 from storage.database import Database
-from storage.schema import Embedding, Job, JobState, OutboxItem, utcnow
+from storage.schema import Embedding, Job, JobState, OutboxItem
 from storage.spool import FileStore
-from storage.studies import add_instance, stable_studies
-from support.instances import frontal_cr
+from support.work_items import queue_study
 
 
 @pytest.fixture(scope="module")
@@ -43,18 +42,6 @@ def worker(request, tmp_path: Path, predictor: Predictor) -> Iterator[Worker]:
     )
     yield worker
     worker.close()
-
-
-def queue_study(worker: Worker, study_uid: str, source: Path | bytes) -> None:
-    """A one-image study, spooled and queued as the SCP and the assembler would."""
-    relpath = f"{study_uid}/image.dcm"
-    data = source if isinstance(source, bytes) else source.read_bytes()
-    worker.spool.write(relpath, data)
-    header = frontal_cr(study_uid, transfer_syntax=None)
-    with worker.db.transaction() as session:
-        add_instance(session, header, relpath=relpath, size=len(data), sha256="0", calling_ae="X")
-        (study,) = [s for s in stable_studies(session, utcnow()) if s.study_uid == study_uid]
-        jobs.queue_run(session, study)
 
 
 def job_states(worker: Worker) -> list[tuple[str, dict | None]]:
