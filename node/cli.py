@@ -79,6 +79,14 @@ def _add_predict(commands) -> None:
     predict.add_argument(
         "--heatmap", type=Path, metavar="DIR", help="write the overlays of each file here (PNG)"
     )
+    predict.add_argument(
+        "--explain",
+        action="append",
+        choices=("gradcam", "integrated_gradients"),
+        help="an explanation method, repeatable (default gradcam); integrated_gradients costs "
+        "tens of forward passes a label and, for a model that reads the report, also scores "
+        "its words",
+    )
     predict.set_defaults(run=_predict)
 
 
@@ -111,6 +119,7 @@ def _predict(args, settings) -> int:
         actor_user=cli_user(),
         heatmap_dir=args.heatmap,
         progress=progress if many else None,
+        methods=tuple(dict.fromkeys(args.explain or ["gradcam"])),
     ):
         tried.append(one)
         if one.error is not None:
@@ -177,7 +186,11 @@ def _add_similar(commands) -> None:
     similar = commands.add_parser(
         "similar", help="the stored studies whose images the model saw as nearest a study's"
     )
-    similar.add_argument("study", help="Study Instance UID or accession number")
+    similar.add_argument(
+        "study",
+        help="Study Instance UID or accession number, or an image file (DICOM, PNG, JPEG) "
+        "that the settings' model reads first",
+    )
     # Defaults and bounds are node.similar's, imported only when the command runs (numpy).
     similar.add_argument("-k", type=_k, help="how many studies (default 5)")
     similar.add_argument("--format", choices=["table", "json"], default="table")
@@ -199,6 +212,8 @@ def _similar(args, settings) -> int:
 
     k = args.k or DEFAULT_K
     db = open_database(settings)
+    if Path(args.study).is_file():
+        return _similar_to_file(Path(args.study), k, args.format, settings, db)
     answer = refused = None
     with db.reading() as session:
         try:
@@ -213,6 +228,34 @@ def _similar(args, settings) -> int:
         print(f"cxrnode similar: {refused}", file=sys.stderr)
         return 2
     if args.format == "json":
+        print(json.dumps(to_json(answer), indent=2))
+    else:
+        print(render.similar_text(answer))
+    return 0
+
+
+def _similar_to_file(path: Path, k: int, output: str, settings, db) -> int:
+    """``cxrnode similar FILE``: the image through the model as ``cxrnode predict`` takes it
+    (audited as ``model.predicted``), then its embedding searched (``admin.similar``)."""
+    from node.admin import render
+    from node.predict import try_files
+    from node.similar import record_image_query, similar_to_image
+    from node.startup import load_model
+    from storage.queries import to_json
+
+    predictor = load_model(settings)
+    (tried,) = try_files(predictor, [path], None, settings, db, actor_user=cli_user(), methods=())
+    if tried.error is not None:
+        print(f"cxrnode similar: {tried.error}", file=sys.stderr)
+        return 2
+    prediction = tried.prediction
+    with db.reading() as session:
+        answer = similar_to_image(
+            session, prediction.embedding, prediction.model["id"], prediction.sha256, k
+        )
+    with db.transaction() as session:
+        record_image_query(session, answer, via="cli", actor={"actor_user": cli_user()})
+    if output == "json":
         print(json.dumps(to_json(answer), indent=2))
     else:
         print(render.similar_text(answer))

@@ -11,8 +11,11 @@ text options; the worker's choice of labels to explain; the result writers' heat
 (``GridHeatmap``), regions (``heat_region``) and drawing (``blend_heatmap``,
 ``draw_regions``). Nothing is stored here.
 
-Explanations are named maps per label: :data:`EXPLAINERS` holds Grad-CAM now, and a further
-method (Integrated Gradients, attention maps) is one more entry.
+Explanations are named maps per label, one entry of :data:`EXPLAINERS` per method: Grad-CAM
+(the node's, always) and Integrated Gradients (``models.attribution``, on request: it costs
+many forward passes), which for a model that reads the report also says which of its words
+pushed each finding. The image's embedding comes back too, for the nearest earlier cases
+(``node.similar.nearest``).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import re
 import threading
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,7 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread
 
+from models.attribution import WordAttribution, integrated_gradients_on_grid, word_attributions
 from models.errors import PreprocessingError
 from models.pixel_limits import PixelLimitError, check_deflated_bytes
 from models.predictor import Predictor, PreparedInputs, labels_to_explain
@@ -48,6 +52,7 @@ from node.results import (
     model_findings,
 )
 from node.results.annotation import draw_legend, draw_regions
+from node.results.findings import LEGEND_TITLES
 from node.results.heatmap import blend_heatmap, legend_ramp
 from storage import audit
 from storage.actions import Action
@@ -158,6 +163,12 @@ class Prediction:
         The package: ``id``, ``name``, ``version``, ``trained``, ``disclaimer``.
     report : dict
         ``given`` (text came), ``read`` (the model read it), ``cleaned`` (what it read).
+    embedding : numpy.ndarray or None
+        The vector the head classified (``models.predictor.Prediction.embedding``), which the
+        node stores per study for retrieval.
+    words : dict of str to tuple of WordAttribution
+        Per explained label, the report's words and how much each pushed it (Integrated
+        Gradients); empty unless IG was asked of a model that read a report.
     """
 
     name: str
@@ -169,6 +180,8 @@ class Prediction:
     explanations: tuple[Explanation, ...]
     model: dict[str, Any]
     report: dict[str, Any]
+    embedding: np.ndarray | None = None
+    words: dict[str, tuple[WordAttribution, ...]] = field(default_factory=dict)
 
     @property
     def present(self) -> list[Finding]:
@@ -195,7 +208,7 @@ class Prediction:
         rgb = blend_heatmap(self.display, explanation.heat)
         if explanation.region is not None:
             rgb = draw_regions(rgb, [(explanation.number or 1, explanation.region)])
-        return draw_legend(rgb, legend_ramp())
+        return draw_legend(rgb, legend_ramp(), LEGEND_TITLES[explanation.method])
 
     def overview(self) -> np.ndarray:
         """uint8 (rows, columns, 3): every present finding's outline, numbered, over the top
@@ -232,27 +245,11 @@ class Prediction:
                 }
                 for e in self.explanations
             ],
+            "words": {
+                label: [{"word": w.word, "score": round(w.score, 6)} for w in words]
+                for label, words in self.words.items()
+            },
         }
-
-
-@dataclass(frozen=True)
-class SimilarCase:
-    """An earlier case near this image in the model's embedding space (the /try page's "Most
-    similar earlier cases").
-
-    Attributes
-    ----------
-    study_key : str
-        Its accession, or Study Instance UID.
-    findings : tuple of str
-        The findings the model called present on it.
-    distance : float
-        Its distance from this image's embedding.
-    """
-
-    study_key: str
-    findings: tuple[str, ...]
-    distance: float
 
 
 def _grad_cam(
@@ -262,7 +259,17 @@ def _grad_cam(
     return [GridHeatmap(cam, grid.size, grid.region).on_source_grid() for cam in grid.maps]
 
 
-EXPLAINERS: dict[str, Explainer] = {"gradcam": _grad_cam}
+def _integrated_gradients(
+    predictor: Predictor, prepared: PreparedInputs, indices: Sequence[int]
+) -> list[np.ndarray]:
+    (grid,), _ = integrated_gradients_on_grid(predictor, prepared, [indices])
+    return [GridHeatmap(m, grid.size, grid.region).on_source_grid() for m in grid.maps]
+
+
+EXPLAINERS: dict[str, Explainer] = {
+    "gradcam": _grad_cam,
+    "integrated_gradients": _integrated_gradients,
+}
 
 
 def predict_image(
@@ -317,6 +324,11 @@ def predict_image(
     for method in methods:
         maps = EXPLAINERS[method](predictor, prepared, indices)
         explanations.extend(_explained(method, [findings[i] for i in indices], maps, region_level))
+    words = {}
+    if "integrated_gradients" in methods and reads_text and text is not None:
+        words = {
+            findings[i].name: word_attributions(predictor, prepared, 0, text, i) for i in indices
+        }
     return Prediction(
         name=image.name,
         sha256=image.sha256,
@@ -337,6 +349,8 @@ def predict_image(
             "read": bool(output.text_used),
             "cleaned": config.text_cleaning(text) if reads_text and text is not None else None,
         },
+        embedding=output.embedding,
+        words=words,
     )
 
 
@@ -508,6 +522,7 @@ def try_files(
     actor_user: str,
     heatmap_dir: Path | None = None,
     progress: Callable[[int, Path], None] | None = None,
+    methods: Sequence[str] = ("gradcam",),
 ) -> Iterator[Tried]:
     """``cxrnode predict``: each file through :func:`predict_image`, audited; a bad file is
     reported and the others still run.
@@ -530,6 +545,8 @@ def try_files(
         Where each file's overview and per-finding overlays are written as PNG.
     progress : callable, optional
         Called with (index, path) before each file.
+    methods : sequence of str
+        Explanation methods, keys of :data:`EXPLAINERS`.
 
     Yields
     ------
@@ -549,6 +566,7 @@ def try_files(
                 report,
                 max_decoded_bytes=settings.max_decoded_bytes,
                 region_level=settings.region_level,
+                methods=methods,
             )
         except PredictInputError as exc:
             record_prediction(

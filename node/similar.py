@@ -179,6 +179,46 @@ def similar_to_study(session: Session, key: str, k: int = DEFAULT_K) -> SimilarS
     return SimilarStudies(StudyIds.of(study), run, stored.model_id, k, cases)
 
 
+@dataclass(frozen=True)
+class SimilarToImage:
+    """The answer for an image that is no study of the node (a file given to ``cxrnode
+    similar``, an upload to ``POST /api/predict`` or the ``/try`` page): the nearest stored
+    studies to its embedding."""
+
+    sha256: str
+    model_id: str
+    k: int
+    cases: list[SimilarCase]
+
+
+def similar_to_image(
+    session: Session, vector: np.ndarray, model_id: str, sha256: str, k: int = DEFAULT_K
+) -> SimilarToImage:
+    """The ``k`` stored studies nearest an image's embedding (``node.predict.Prediction``'s),
+    among those of the same package; see :func:`nearest`."""
+    return SimilarToImage(sha256, model_id, k, nearest(session, vector, model_id, k))
+
+
+def record_image_query(
+    session: Session, answer: SimilarToImage, *, via: str, actor: dict | None = None
+) -> None:
+    """Audit one question for an image's similar cases (``admin.similar``): who asked, the
+    image's digest (never the image), and the studies the answer named."""
+    audit.record(
+        session,
+        Action.ADMIN_SIMILAR,
+        audit.Outcome.SUCCESS,
+        **(actor or {}),
+        detail={
+            "query": f"sha256:{answer.sha256}",
+            "k": answer.k,
+            "via": via,
+            "model": answer.model_id,
+            "returned": [case.study.study_uid for case in answer.cases],
+        },
+    )
+
+
 def study_vector(vectors: np.ndarray) -> np.ndarray:
     """One study's vector from its images' ``(images, dim)`` embeddings: the mean of the
     unit-length rows (the search scales it to unit length again)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
@@ -21,7 +22,7 @@ from node import reprocess, similar
 from node.admin import render, uploads
 from node.admin.dependencies import Access, Admin, ReadSession, actor, require_token
 from node.admin.timespec import parse_time
-from node.predict import png_bytes
+from node.predict import EXPLAINERS, png_bytes
 from storage import audit, queries
 from storage.audit_chain import verify
 
@@ -185,6 +186,12 @@ _PREDICTION = {
 }
 
 
+_EXPLAIN = (
+    "explanation methods, repeatable (default gradcam): gradcam, integrated_gradients (tens "
+    "of forward passes a label; with a report, its words' attributions too)"
+)
+
+
 @router.post(
     "/predict",
     summary="Try the node's model on an uploaded image",
@@ -200,8 +207,8 @@ _PREDICTION = {
         },
         415: {"description": "not multipart/form-data"},
         422: {
-            "description": "no file, an empty file, no readable DICOM/PNG/JPEG, or a DICOM "
-            "without pixel data"
+            "description": "no file, an empty file, no readable DICOM/PNG/JPEG, a DICOM "
+            "without pixel data, or an unknown explanation method"
         },
         503: {"description": "the model cannot be loaded"},
     },
@@ -213,11 +220,25 @@ async def predict(
     heatmap: str | None = Query(None, description="answer with this label's overlay as PNG"),
     method: str = Query("gradcam", description="the explanation method of heatmap"),
     keep: bool = Query(False, description="keep the upload under <data_dir>/uploads/<sha256>"),
+    explain: Annotated[list[str] | None, Query(description=_EXPLAIN)] = None,
+    nearest: int = Query(
+        0,
+        alias="similar",
+        ge=0,
+        le=similar.MAX_K,
+        description="also the k nearest stored studies (audited)",
+    ),
 ) -> Response:
     """Run the node's model on an uploaded image as on a received one; audited as
-    ``model.predicted`` (its digest, size, type and the findings; not the upload)."""
+    ``model.predicted`` (its digest, size, type and the findings; not the upload), and the
+    similar studies, when asked, as ``admin.similar``."""
+    methods = tuple(dict.fromkeys(explain or ["gradcam"]))
+    unknown = sorted(set(methods) - set(EXPLAINERS))
+    if unknown:
+        known = ", ".join(EXPLAINERS)
+        raise HTTPException(422, f"unknown explanation methods {unknown}; known: {known}")
     upload = await uploads.read_upload(request, admin)
-    prediction = await uploads.predict_upload(request, admin, upload, keep)
+    prediction = await uploads.predict_upload(request, admin, upload, keep, methods)
     if heatmap is not None:
         try:
             explanation = prediction.explanation(heatmap, method)
@@ -225,7 +246,13 @@ async def predict(
             raise HTTPException(404, exc.args[0]) from None
         png = await run_in_threadpool(lambda: png_bytes(prediction.overlay(explanation)))
         return Response(png, media_type="image/png")
-    return JSONResponse(await run_in_threadpool(prediction.to_json, heatmaps))
+    answer = await run_in_threadpool(prediction.to_json, heatmaps)
+    if nearest:
+        found = await run_in_threadpool(
+            uploads.similar_to_upload, request, admin, prediction, nearest, "http"
+        )
+        answer["similar"] = queries.to_json(found.cases)
+    return JSONResponse(answer)
 
 
 @router.get("/stats")

@@ -10,7 +10,7 @@ so no route can forget it, and the check runs before the route's parameters are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from node.admin.auth import COOKIE, TokenCheck
 from node.admin.probe import DestinationProbe
 from node.config import Settings
-from node.predict import Prediction, ServingModel, SimilarCase
+from node.predict import ServingModel
 from node.refusals import RefusalAudit
 from storage import audit
 from storage.actions import Action
@@ -55,8 +55,6 @@ class AdminContext:
     model:
         The model uploads are tried on (``/api/predict``, ``/try``): the node's, or the
         settings' model loaded on first use.
-    similar_cases:
-        Finds the earlier cases nearest a prediction, for the ``/try`` page; None shows none.
     """
 
     db: Database
@@ -66,7 +64,6 @@ class AdminContext:
     pages: Environment
     model: ServingModel
     probe: DestinationProbe | None = None
-    similar_cases: Callable[[Prediction], Sequence[SimilarCase]] | None = None
 
     def refuse(self, request: Request) -> None:
         """Count a request without a valid token: one event per client address and window,

@@ -21,7 +21,7 @@ from node.admin.dependencies import (
     actor,
     require_browser_session,
 )
-from node.admin.uploads import UploadRefused, predict_upload, read_upload
+from node.admin.uploads import UploadRefused, predict_upload, read_upload, similar_to_upload
 from node.predict import Prediction, png_base64
 from storage import queries
 
@@ -82,20 +82,20 @@ async def try_result(request: Request, admin: Admin):
         prediction = await predict_upload(request, admin, upload)
     except UploadRefused as exc:
         return admin.page("try.html", exc.status_code, model=admin.settings.model, error=exc.detail)
-    view = await run_in_threadpool(_result_view, admin, prediction)
+    view = await run_in_threadpool(_result_view, request, admin, prediction)
     return admin.page("try.html", model=prediction.model["name"], **view)
 
 
-def _result_view(admin: AdminContext, prediction: Prediction) -> dict:
+def _result_view(request: Request, admin: AdminContext, prediction: Prediction) -> dict:
     """What try.html shows of a prediction: its images as base64 PNG, its findings, the
-    package's card as HTML, and the similar cases (``similar_cases``; none until wired)."""
-    similar = admin.similar_cases(prediction) if admin.similar_cases else ()
+    package's card as HTML, and the nearest stored studies (audited as ``admin.similar``)."""
+    nearby = similar_to_upload(request, admin, prediction, similar.DEFAULT_K, via="page")
     return {
         "result": prediction,
         "overview": png_base64(prediction.overview()),
         "overlays": [(e, png_base64(prediction.overlay(e))) for e in prediction.explanations],
         "card": card_html(admin.model.get().package.card),
-        "similar_cases": list(similar),
+        "similar_cases": nearby.cases,
     }
 
 

@@ -15,7 +15,7 @@ from storage.queries import Stats, StudySummary, StudyTimeline, iso_utc, to_json
 from storage.run_summary import Finding, InferenceCompleted
 
 if TYPE_CHECKING:
-    from node.similar import SimilarStudies
+    from node.similar import SimilarStudies, SimilarToImage
 
 EVENT_FIELDS = (
     "id",
@@ -283,15 +283,23 @@ def studies_table(studies: Sequence[StudySummary]) -> str:
     return table(headers, rows, widths={3: 28, 5: 40})
 
 
-def similar_text(answer: SimilarStudies) -> str:
-    """The studies nearest a study (``node.similar``), as a table with their findings."""
-    study = answer.study
-    head = (
-        f"Study {study.study_uid} (accession {study.accession or '-'}), run {answer.run}, "
-        f"model {answer.model_id}"
-    )
+def similar_text(answer: SimilarStudies | SimilarToImage) -> str:
+    """The studies nearest a study or an image (``node.similar``), as a table with their
+    findings."""
+    from node.similar import SimilarStudies  # numpy, only when a command shows cases
+
+    if isinstance(answer, SimilarStudies):
+        study = answer.study
+        head = (
+            f"Study {study.study_uid} (accession {study.accession or '-'}), run {answer.run}, "
+            f"model {answer.model_id}"
+        )
+        others = "no other study"
+    else:
+        head = f"Image sha256 {answer.sha256[:16]}, model {answer.model_id}"
+        others = "no study"
     if not answer.cases:
-        return f"{head}: no other study of this model has an embedding stored"
+        return f"{head}: {others} of this model has an embedding stored"
     rows = [
         (
             case.rank,

@@ -11,7 +11,7 @@ temporary file) and stored only when the request asks to keep it
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from fastapi import HTTPException, Request
@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
-from node.admin.dependencies import AdminContext, client
+from node.admin.dependencies import AdminContext, actor, client
 from node.errors import CxrNodeError
 from node.predict import (
     ImageFile,
@@ -29,6 +29,7 @@ from node.predict import (
     predict_image,
     record_prediction,
 )
+from node.similar import SimilarToImage, record_image_query, similar_to_image
 
 # The report text field; a report is a few kilobytes.
 MAX_REPORT_BYTES = 256 * 1024
@@ -89,9 +90,14 @@ async def read_upload(request: Request, admin: AdminContext) -> Upload:
 
 
 async def predict_upload(
-    request: Request, admin: AdminContext, upload: Upload, keep: bool = False
+    request: Request,
+    admin: AdminContext,
+    upload: Upload,
+    keep: bool = False,
+    methods: Sequence[str] = ("gradcam",),
 ) -> Prediction:
-    """Run the node's model on an upload (in a worker thread), audit it, keep it if asked.
+    """Run the node's model on an upload (in a worker thread), audit it, keep it if asked;
+    ``methods`` are the explanation methods (``node.predict.EXPLAINERS``).
 
     Raises
     ------
@@ -99,10 +105,12 @@ async def predict_upload(
         422 or 413 for a file the model cannot be tried on, 503 when no model can be loaded;
         audited.
     """
-    return await run_in_threadpool(_predict, request, admin, upload, keep)
+    return await run_in_threadpool(_predict, request, admin, upload, keep, methods)
 
 
-def _predict(request: Request, admin: AdminContext, upload: Upload, keep: bool) -> Prediction:
+def _predict(
+    request: Request, admin: AdminContext, upload: Upload, keep: bool, methods: Sequence[str]
+) -> Prediction:
     settings = admin.settings
     actor = {"actor_ip": client(request), "actor_user": "admin-token"}
     facts = {"content_type": upload.content_type, **actor}
@@ -114,6 +122,7 @@ def _predict(request: Request, admin: AdminContext, upload: Upload, keep: bool) 
             upload.report,
             max_decoded_bytes=settings.max_decoded_bytes,
             region_level=settings.region_level,
+            methods=methods,
         )
     except PredictInputError as exc:
         error = {"error": str(exc), "kind": exc.kind}
@@ -126,6 +135,20 @@ def _predict(request: Request, admin: AdminContext, upload: Upload, keep: bool) 
         facts["kept"] = keep_upload(settings.data_dir, prediction, upload.image)
     record_prediction(admin.db, upload.image, via="http", prediction=prediction, **facts)
     return prediction
+
+
+def similar_to_upload(
+    request: Request, admin: AdminContext, prediction: Prediction, k: int, via: str
+) -> SimilarToImage:
+    """The stored studies nearest an upload's embedding (``node.similar``), audited
+    (``admin.similar``, the upload's digest and the studies named) before they are shown."""
+    with admin.db.reading() as session:
+        answer = similar_to_image(
+            session, prediction.embedding, prediction.model["id"], prediction.sha256, k
+        )
+    with admin.db.transaction() as session:
+        record_image_query(session, answer, via=via, actor=actor(request))
+    return answer
 
 
 class _TooLarge(Exception):

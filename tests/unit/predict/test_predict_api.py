@@ -13,8 +13,11 @@ import pytest
 
 from node.admin.server import AdminServer
 from node.config import Settings
+from node.predict import ImageFile, predict_image
 from storage import audit
+from storage.actions import Action
 from storage.database import Database
+from support.embeddings import finished_run
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -133,11 +136,39 @@ def test_requests_without_the_token_or_with_bad_files_are_refused_and_audited(se
     assert all(e["actor_ip"] == "127.0.0.1" for e in events)
 
 
+def test_the_nearest_stored_studies_come_with_the_answer_when_asked_and_are_audited(
+    server, rsna_dicom: Path, default_predictor
+):
+    admin, db = server
+    body, content_type = multipart(rsna_dicom.name, rsna_dicom.read_bytes())
+    status, _, answer = post(admin.port, "/api/predict?explain=magic", body, content_type)
+    assert status == 422 and "integrated_gradients" in json.loads(answer)["detail"]
+    status, _, answer = post(admin.port, "/api/predict", body, content_type)
+    assert "similar" not in json.loads(answer)  # only when asked
+    model = json.loads(answer)["model"]["id"]
+    seen = predict_image(
+        default_predictor, ImageFile.read(rsna_dicom), max_decoded_bytes=1 << 30, methods=()
+    )
+    near, far = seen.embedding, -seen.embedding
+    finished_run(db, "1.2.3.1", [far], model, accession="ACC-FAR")
+    finished_run(db, "1.2.3.2", [near], model, accession="ACC-NEAR")
+
+    status, _, answer = post(admin.port, "/api/predict?similar=1", body, content_type)
+    assert status == 200
+    (case,) = json.loads(answer)["similar"]
+    assert case["rank"] == 1 and case["study"]["accession"] == "ACC-NEAR"
+    assert case["distance"] == pytest.approx(0, abs=1e-5)
+    with db.reading() as session:
+        (event,) = audit.query(session, audit.AuditFilter(action=Action.ADMIN_SIMILAR))
+    assert event.detail["returned"] == [case["study"]["study_uid"]]
+    assert event.detail["query"] == f"sha256:{json.loads(answer)['sha256']}"
+
+
 def test_the_openapi_schema_documents_the_route(server):
     admin, _ = server
     operation = admin.app.openapi()["paths"]["/api/predict"]["post"]
     parameters = {p["name"] for p in operation["parameters"]}
-    assert parameters == {"heatmaps", "heatmap", "method", "keep"}
+    assert parameters == {"heatmaps", "heatmap", "method", "keep", "explain", "similar"}
     body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
     assert body["required"] == ["file"] and set(body["properties"]) == {"file", "report"}
     assert {"200", "401", "404", "413", "415", "422"} <= set(operation["responses"])

@@ -10,7 +10,10 @@ from pathlib import Path
 from node.admin.commands import open_database
 from node.cli import main
 from node.config import load_settings
+from node.predict import ImageFile, predict_image
 from storage import audit
+from storage.actions import Action
+from support.embeddings import finished_run
 
 
 def test_json_and_heatmaps_for_good_files_and_a_bad_one_among_them(
@@ -65,3 +68,31 @@ def test_the_table_lists_findings_by_probability_with_their_calls(
     probabilities = [float(row.split()[1]) for row in rows]
     assert len(rows) == 2 and probabilities == sorted(probabilities, reverse=True)
     assert all(row.split()[2] in ("PRESENT", "absent") for row in rows)
+
+
+def test_similar_takes_an_image_file_through_the_model_and_names_the_nearest_studies(
+    tmp_path: Path, monkeypatch, capsys, rsna_dicom: Path, default_predictor
+):
+    monkeypatch.setenv("CXRNODE_DATA_DIR", str(tmp_path / "var"))
+    db = open_database(load_settings())
+    seen = predict_image(
+        default_predictor, ImageFile.read(rsna_dicom), max_decoded_bytes=1 << 30, methods=()
+    )
+    finished_run(db, "1.2.3.1", [-seen.embedding], seen.model["id"], accession="ACC-FAR")
+    finished_run(db, "1.2.3.2", [seen.embedding], seen.model["id"], accession="ACC-NEAR")
+
+    assert main(["similar", str(rsna_dicom), "-k", "2", "--format", "json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["sha256"] == seen.sha256 and answer["model_id"] == seen.model["id"]
+    assert [c["study"]["accession"] for c in answer["cases"]] == ["ACC-NEAR", "ACC-FAR"]
+    assert main(["similar", str(rsna_dicom)]) == 0
+    assert "Image sha256" in capsys.readouterr().out
+    bad = tmp_path / "notes.txt"
+    bad.write_text("not an image")
+    assert main(["similar", str(bad)]) == 2
+    assert "neither a DICOM file" in capsys.readouterr().err
+    with db.reading() as session:
+        asked = audit.query(session, audit.AuditFilter(action=Action.ADMIN_SIMILAR))
+        tried = audit.query(session, audit.AuditFilter(action=Action.MODEL_PREDICTED))
+    assert [e.detail["query"] for e in asked] == [f"sha256:{seen.sha256}"] * 2
+    assert [e.outcome for e in tried] == ["success", "success", "failure"]

@@ -57,7 +57,9 @@ def test_shipped_package_on_an_rsna_dicom_answers_as_the_worker_would(
             points = np.asarray(explanation["region"]["points"])
             assert points.min() >= 0 and points.max() <= 1024
     assert answer["report"] == {"given": False, "read": False, "cleaned": None}
-    assert set(EXPLAINERS) == {"gradcam"}
+    assert set(EXPLAINERS) == {"gradcam", "integrated_gradients"}
+    assert result.embedding.shape == (default_predictor.model.embedding_dim,)
+    assert answer["words"] == {}
 
 
 def test_a_png_is_read_as_training_reads_it_and_report_text_cleaned_by_the_package(
@@ -75,6 +77,29 @@ def test_a_png_is_read_as_training_reads_it_and_report_text_cleaned_by_the_packa
     alone = predict_image(predictor, ImageFile.read(nih_png), max_decoded_bytes=LIMIT)
     assert alone.report["read"] is False
     assert [f.probability for f in alone.findings] != [f.probability for f in result.findings]
+
+
+def test_integrated_gradients_maps_each_explained_label_and_scores_the_reports_words(
+    predictor, nih_png: Path
+):
+    report = "FINDINGS: Patchy opacity at the right base. IMPRESSION: Pneumonia."
+    result = predict_image(
+        predictor,
+        ImageFile.read(nih_png),
+        report,
+        max_decoded_bytes=LIMIT,
+        methods=("gradcam", "integrated_gradients"),
+    )
+    by_method = {}
+    for explanation in result.explanations:
+        by_method.setdefault(explanation.method, []).append(explanation.label)
+        assert explanation.heat.shape == result.display.shape
+        assert explanation.heat.min() >= 0 and explanation.heat.max() <= 1
+    assert by_method["integrated_gradients"] == by_method["gradcam"]
+    assert set(result.words) == set(by_method["gradcam"])
+    for words in result.words.values():
+        assert {"opacity", "pneumonia"} <= {w.word for w in words}
+    assert result.to_json()["words"].keys() == result.words.keys()
 
 
 def _without_pixels(path: Path) -> bytes:

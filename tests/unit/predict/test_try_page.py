@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,9 +16,12 @@ from unit.predict.test_predict_api import multipart, post
 from node.admin.pages import card_html
 from node.admin.server import AdminServer
 from node.config import Settings
-from node.predict import SimilarCase
+from node.predict import ImageFile, predict_image
+from storage import audit
+from storage.actions import Action
 from storage.database import Database
 from support.chromium import need_chromium
+from support.embeddings import finished_run
 from support.ohif import CHROMIUM_ARGS, PLAYWRIGHT
 
 TOKEN = "test-token-0123456789abcdef"
@@ -87,23 +89,33 @@ def test_a_person_uploads_an_rsna_dicom_and_sees_findings_images_and_the_model_c
     assert overview["loaded"] and overview["width"] == 1024  # the CSP lets data: images in
     assert len(page["images"]) >= 2  # the overview and at least the top finding's map
     assert "<h1>cxrnode-abnormal-pneumonia" in page["card"] and "<table>" in page["card"]
-    assert page["similar"] == "No earlier cases stored."
+    assert page["similar"] == "No earlier cases of this model stored."
     assert screenshot.stat().st_size > 10_000
 
 
-def test_similar_cases_are_listed_from_the_context_value_and_the_card_is_shown_not_run(
-    admin: AdminServer, rsna_dicom: Path
+def test_the_nearest_stored_studies_are_listed_and_audited_and_the_card_is_shown_not_run(
+    admin: AdminServer, rsna_dicom: Path, default_predictor
 ):
-    # What the lead wires to node/similar.py: the cases near a prediction.
-    case = SimilarCase("ACC-<1001>", ("Pneumonia",), 0.125)
-    context = admin.app.state.admin
-    admin.app.state.admin = replace(context, similar_cases=lambda prediction: [case])
+    image = ImageFile.read(rsna_dicom)
+    seen = predict_image(default_predictor, image, max_decoded_bytes=1 << 30, methods=())
+    model = seen.model["id"]
+    db = admin.app.state.admin.db
+    # The same image stored as an earlier study, one other study, and one of another model.
+    finished_run(db, "1.2.3.1", [seen.embedding], model, 0.9, accession="ACC-<1001>")
+    finished_run(db, "1.2.3.2", [-seen.embedding], model, 0.1, accession="ACC-2")
+    finished_run(db, "1.2.3.3", [seen.embedding], "other@1+0", accession="ACC-OTHER")
     admin.start()
     body, content_type = multipart(rsna_dicom.name, rsna_dicom.read_bytes())
     status, _, html = post(admin.port, "/try", body, content_type)
     assert status == 200
-    assert "ACC-&lt;1001&gt;" in html.decode() and "0.125" in html.decode()
-    assert "No earlier cases stored" not in html.decode()
+    text = html.decode()
+    similar = text[text.index('id="similar"') :]
+    assert similar.index("ACC-&lt;1001&gt;") < similar.index("ACC-2")  # nearest first, escaped
+    assert "0.000" in similar and "2.000" in similar and "ACC-OTHER" not in similar
+    with db.reading() as session:
+        (event,) = audit.query(session, audit.AuditFilter(action=Action.ADMIN_SIMILAR))
+    assert event.detail["query"] == f"sha256:{image.sha256}"
+    assert event.detail["returned"] == ["1.2.3.1", "1.2.3.2"] and event.detail["via"] == "page"
 
     card = card_html("# Card\n<script>alert(1)</script>\n\n[link](javascript:alert(1))")
     assert "<script>" not in card and "&lt;script&gt;" in card and "href" not in card
