@@ -120,6 +120,22 @@ def _external_lines(external: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _method_lines(config: RunConfig, results: dict[str, Any]) -> list[str]:
+    """Which training method ran, on how many labelled and unlabelled samples, and whether the
+    figures and the package are the EMA weights."""
+    lines = []
+    if "semisupervised" in results:
+        lines += ["", results["semisupervised"]["description"]]
+    if results.get("weights") == "ema":
+        lines += [
+            "",
+            f"Validation, thresholds, test metrics and the exported weights are the exponential "
+            f"moving average of the weights (seed 001; decay {config.train.ema_decay}), "
+            "at the best epoch.",
+        ]
+    return lines
+
+
 def model_card(
     package: ModelConfig,
     config: RunConfig,
@@ -171,6 +187,7 @@ def model_card(
         f"{results['best_epoch']} by validation {config.train.monitor}; "
         f"{results.get('train_seconds', results['seconds']):.0f} s of training epochs "
         f"on {results['device']}.",
+        *_method_lines(config, results),
         "",
         "## Test metrics",
         "Thresholds chosen on the validation split by "

@@ -37,6 +37,10 @@ current directory. See ``training/configs/`` for the configs behind the publishe
     [train]                   # training.trainer.TrainSettings
     epochs = 10
 
+    [semisupervised]          # training.semisupervised (kind = "train" only)
+    method = "mean_teacher"   # supervised | mean_teacher | pseudo_label
+    labelled_fraction = 0.1   # hide the labels of 90% of the training patients
+
     [export]                  # kind = "train" only
     path = "runs/nih-thumbs/package"
     name = "cxrnode-nih-thumbs"
@@ -58,6 +62,7 @@ import numpy as np
 
 from training import datasets
 from training.errors import TrainingError
+from training.semisupervised import SemiSupervisedSettings
 from training.trainer import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -121,6 +126,7 @@ class RunConfig:
     export: dict[str, Any] = field(default_factory=dict)
     variants: list[dict[str, Any]] = field(default_factory=list)
     source: Path | None = None
+    semisupervised: SemiSupervisedSettings = field(default_factory=SemiSupervisedSettings)
 
     @property
     def text_source(self) -> str:
@@ -249,7 +255,8 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     except tomllib.TOMLDecodeError as exc:
         raise TrainingError(f"training config {path} is not valid TOML: {exc}") from exc
     raw = _deep_merge(raw, overrides or {})
-    unknown = set(raw) - {"run", "data", "model", "loss", "train", "export", "variants"}
+    tables = {"run", "data", "model", "loss", "train", "export", "variants", "semisupervised"}
+    unknown = set(raw) - tables
     if unknown:
         raise TrainingError(f"{path.name}: unknown tables {sorted(unknown)}")
     run = raw.get("run", {})
@@ -257,6 +264,15 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     if kind not in RUN_KINDS:
         raise TrainingError(f"{path.name}: [run] kind must be one of {RUN_KINDS}")
     name = str(run.get("name") or path.stem)
+    train = TrainSettings.from_dict(dict(raw.get("train", {})))
+    semisupervised = SemiSupervisedSettings.from_dict(dict(raw.get("semisupervised", {})))
+    if semisupervised.active and kind != "train":
+        raise TrainingError(f"{path.name}: [semisupervised] needs [run] kind = 'train'")
+    if semisupervised.uses_unlabelled and train.ema_decay <= 0:
+        raise TrainingError(
+            f"{path.name}: {semisupervised.method} learns from the EMA teacher: "
+            "set [train] ema_decay, e.g. 0.99"
+        )
     return RunConfig(
         kind=kind,
         name=name,
@@ -264,8 +280,9 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
         data=dict(raw.get("data", {})),
         model=dict(raw.get("model", {})),
         loss=dict(raw.get("loss", {"name": "bce"})),
-        train=TrainSettings.from_dict(dict(raw.get("train", {}))),
+        train=train,
         export=dict(raw.get("export", {})),
         variants=list(raw.get("variants", [])),
         source=path,
+        semisupervised=semisupervised,
     )

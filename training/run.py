@@ -54,6 +54,7 @@ from training.metrics import (
     save_roc_curves,
     view_check,
 )
+from training.semisupervised import UNLABELLED, describe, hide_labels, label_counts, make_trainer
 from training.splits import (
     check_for_leakage,
     drop_leaked,
@@ -247,6 +248,7 @@ def _fit(
     val: list[Sample],
     run_dir: Path,
     resume: bool,
+    unlabelled: list[Sample] | None = None,
 ) -> tuple[Trainer, Any]:
     seed_everything(config.train.seed)
     model = build_classifier(plan, train, config.text_source)
@@ -255,8 +257,17 @@ def _fit(
         train,
         **{k: v for k, v in config.loss.items() if k != "name"},
     )
-    trainer = Trainer(
-        model, loss, config.train, run_dir, device=str(config.model.get("device", "auto"))
+    unlabelled_set = SampleDataset(
+        unlabelled or [], plan.spec, plan.cleaning, config.text_source, augment=True
+    )
+    trainer = make_trainer(
+        model,
+        loss,
+        config.train,
+        run_dir,
+        config.semisupervised,
+        unlabelled_set,
+        device=str(config.model.get("device", "auto")),
     )
     train_set = SampleDataset(
         train, plan.spec, plan.cleaning, config.text_source, config.train.augment
@@ -274,10 +285,14 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     for line in data.missing[:20]:
         log.warning("missing: %s", line)
     parts, dropped = _splits(config, data)
+    semi = config.semisupervised
+    parts = hide_labels(parts, semi.labelled_fraction, config.train.seed)
     plan = plan_model(config, data)
     run_dir = config.output
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer, fit = _fit(config, plan, parts["train"], parts["val"], run_dir, resume)
+    trainer, fit = _fit(
+        config, plan, parts["train"], parts["val"], run_dir, resume, parts.get(UNLABELLED)
+    )
     names = [label.name for label in VOCABULARIES[data.vocabulary]]
 
     val_set = SampleDataset(parts["val"], plan.spec, plan.cleaning, config.text_source)
@@ -320,6 +335,13 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
         ),
     }
     results["train_seconds"] = round(sum(row["seconds"] for row in fit.history), 1)
+    results["semisupervised"] = {
+        "method": semi.method,
+        "labelled_fraction": semi.labelled_fraction,
+        **label_counts(parts),
+        "description": describe(semi, label_counts(parts), config.train.ema_decay),
+    }
+    results["weights"] = "ema" if config.train.ema_decay > 0 else "student"
     if config.export and isinstance(trainer.model, CxrClassifier):
         results["package"] = str(
             _export(config, plan, trainer.model, data, parts, evaluation, thresholds, results)
@@ -394,7 +416,8 @@ def _export(
                 "radiologist",
             )
         ),
-        training_data=f"{data.name}: {data.source}",
+        training_data=f"{data.name}: {data.source}"
+        + (f" {results['semisupervised']['description']}" if config.semisupervised.active else ""),
         text_cleaning=plan.cleaning,
         label_vocabulary=data.vocabulary,
         uncertain_policy=config.data.get("uncertain") if data.vocabulary == "chexpert-14" else None,

@@ -320,7 +320,11 @@ class Trainer:
             result.stopped_early = bool(
                 s.patience and bad_epochs >= s.patience and len(result.history) < s.epochs
             )
-        self.model.load_state_dict(self._best_state(), strict=True)
+        best = self._best_state()
+        self.model.load_state_dict(best, strict=True)
+        if self.ema is not None:
+            # predict() reads the EMA weights: they must be the best epoch's too, not the last's.
+            self.ema.module.load_state_dict(best, strict=True)
         return result
 
     def _train_epoch(self, dataset: SampleDataset, epoch: int) -> float:
@@ -332,11 +336,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             if step >= steps:
                 break
-            targets = batch.targets.to(self.device, non_blocking=True)
-            mask = batch.mask.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = logits_of(self.model, batch, self.device, self.memory_format)
-            loss = self.loss(logits.float(), targets, mask)
+            loss = self._batch_loss(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -355,6 +355,15 @@ class Trainer:
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / count:.4f}")
         return total / max(count, 1)
+
+    def _batch_loss(self, batch: Batch) -> torch.Tensor:
+        """The loss of one training batch (the semi-supervised trainer adds its unlabelled
+        term here)."""
+        targets = batch.targets.to(self.device, non_blocking=True)
+        mask = batch.mask.to(self.device, non_blocking=True)
+        with self._autocast():
+            logits = logits_of(self.model, batch, self.device, self.memory_format)
+        return self.loss(logits.float(), targets, mask)
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
