@@ -12,6 +12,7 @@ from models.encoders.image import weights_provenance
 from models.package import ModelConfig
 from training.datasets import LabelledData, Sample
 from training.metrics import Evaluation
+from training.semisupervised import UNLABELLED
 
 if TYPE_CHECKING:
     from training.config import RunConfig
@@ -179,7 +180,8 @@ def model_card(
         "|---|---|---|---|",
     ]
     for name, row in splits.items():
-        lines.append(f"| {name} | {row['samples']} | {row['patients']} | {row['positives']} |")
+        positives = "hidden" if name == UNLABELLED else row["positives"]
+        lines.append(f"| {name} | {row['samples']} | {row['patients']} | {positives} |")
     lines += [
         "",
         _leakage_line(results.get("leaked_samples_dropped", 0)),

@@ -282,8 +282,8 @@ class SemiSupervisedTrainer(Trainer):
             raise TrainingError(
                 f"{semi.method} learns from the EMA teacher: set [train] ema_decay, e.g. 0.99"
             )
-        if not unlabelled.samples:
-            raise TrainingError(f"{semi.method} has no unlabelled samples")
+        if len(unlabelled.samples) < 2:  # a batch of one breaks batch normalisation
+            raise TrainingError(f"{semi.method} needs at least two unlabelled samples")
         super().__init__(model, loss, settings, run_dir, device, progress)
         self.semi = semi
         self.views = TwoViews(unlabelled)
@@ -309,13 +309,16 @@ class SemiSupervisedTrainer(Trainer):
         """Endless shuffled passes over the unlabelled views, seeded by ``(seed, epoch)``."""
         seed = self.settings.seed
         self.views.dataset.generator.manual_seed(seed * 10_061 + epoch)
+        batch_size = min(
+            self.settings.batch_size * self.semi.unlabelled_batch_ratio, len(self.views)
+        )
         loader = DataLoader(
             self.views,
-            batch_size=self.settings.batch_size * self.semi.unlabelled_batch_ratio,
+            batch_size=batch_size,
             shuffle=True,
             generator=torch.Generator().manual_seed(seed * 10_039 + epoch),
             collate_fn=_collate_views,
-            drop_last=len(self.views) > self.settings.batch_size,
+            drop_last=True,  # never a last batch of one; never an empty loader
         )
         while True:
             yield from loader

@@ -16,7 +16,7 @@ from models.package import load_package
 from models.predictor import Predictor
 from models.preprocess import PreprocessSpec, image_file_to_display
 from models.text import TextCleaning
-from training.cli import parse_overrides
+from support.training_runs import tiny_run_config
 from training.config import load_run_config
 from training.datasets import read_nih_folders
 from training.errors import TrainingError
@@ -183,21 +183,8 @@ def test_semisupervised_step_learns_from_the_unlabelled_images(
 def test_a_semisupervised_run_exports_a_package_the_node_serves(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    config = load_run_config(
-        REPO / "training" / "configs" / "default-nih-normal-abnormal.toml",
-        parse_overrides(
-            [
-                f'run.output="{tmp_path / "run"}"',
-                f'export.path="{tmp_path / "package"}"',
-                'data.split="patient"',
-                "data.limit=120",
-                "model.image_size=32",
-                "train.epochs=2",
-                "train.batch_size=16",
-                'semisupervised.method="mean_teacher"',
-                "semisupervised.labelled_fraction=0.5",
-            ]
-        ),
+    config = tiny_run_config(
+        tmp_path, 'semisupervised.method="mean_teacher"', "semisupervised.labelled_fraction=0.5"
     )
     results = run_train(config)
     semi = results["semisupervised"]

@@ -13,8 +13,7 @@ from models.package import load_package
 from models.predictor import Predictor
 from models.preprocess import PreprocessSpec, image_file_to_display
 from models.text import TextCleaning
-from training.cli import parse_overrides
-from training.config import load_run_config
+from support.training_runs import tiny_run_config
 from training.datasets import read_nih_folders
 from training.loader import SampleDataset
 from training.losses import build_loss
@@ -88,21 +87,7 @@ def test_resume_from_a_checkpoint_continues_identically(parts, tmp_path: Path) -
 def test_exported_package_loads_and_predicts_like_the_node(
     shared_data: Path, tmp_path: Path
 ) -> None:
-    config = load_run_config(
-        Path(__file__).parents[3] / "training" / "configs" / "default-nih-normal-abnormal.toml",
-        parse_overrides(
-            [
-                f'run.output="{tmp_path / "run"}"',
-                f'export.path="{tmp_path / "package"}"',
-                'data.split="patient"',
-                "data.limit=120",
-                "model.image_size=32",
-                "train.epochs=2",
-                "train.batch_size=16",
-            ]
-        ),
-    )
-    results = run_train(config)
+    results = run_train(tiny_run_config(tmp_path))
     assert Path(results["roc_png"]).stat().st_size > 1000
     package = load_package(results["package"])
     assert package.config.trained and package.config.label_vocabulary == "normal-abnormal"
