@@ -23,7 +23,7 @@ current directory. See ``training/configs/`` for the configs behind the publishe
     # [[data.sources]]
     # reader = "kermany"      # any reader above, with its own arguments
     # population = "kermany"  # sources of one population share patient ids (two NIH subsets)
-    # split = "given"         # given | patient
+    # split = "given"         # given | patient | unlabelled (semi-supervised images only)
     # keep = { train = 2000 } # at most this many samples of a split, whole patients, seeded
 
     [model]
@@ -62,7 +62,7 @@ import numpy as np
 
 from training import datasets
 from training.errors import TrainingError
-from training.semisupervised import SemiSupervisedSettings
+from training.semisupervised import UNLABELLED, SemiSupervisedSettings
 from training.trainer import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -163,11 +163,14 @@ class RunConfig:
         parts = []
         for number, source in enumerate(sources, start=1):
             where = f"[[data.sources]] #{number}"
-            if source.get("split", "patient") not in ("given", "patient"):
-                raise TrainingError(f"{where}: split must be 'given' or 'patient'")
+            split = source.get("split", "patient")
+            if split not in ("given", "patient", UNLABELLED):
+                raise TrainingError(f"{where}: split must be 'given', 'patient' or 'unlabelled'")
             data = _read(source, _SOURCE_KEYS, where)
-            if source.get("split", "patient") == "patient":
+            if split == "patient":
                 data.given_split = {}
+            elif split == UNLABELLED:  # images for semi-supervised training; labels unused
+                data.given_split = {s.key: UNLABELLED for s in data.samples}
             for split_name, count in dict(source.get("keep", {})).items():
                 data.samples = _keep(data, split_name, int(count), self.train.seed)
             parts.append((str(source.get("population", data.name)), data))
@@ -266,8 +269,12 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     name = str(run.get("name") or path.stem)
     train = TrainSettings.from_dict(dict(raw.get("train", {})))
     semisupervised = SemiSupervisedSettings.from_dict(dict(raw.get("semisupervised", {})))
-    if semisupervised.active and kind != "train":
-        raise TrainingError(f"{path.name}: [semisupervised] needs [run] kind = 'train'")
+    sources = raw.get("data", {}).get("sources") or []
+    unlabelled = any(source.get("split") == UNLABELLED for source in sources)
+    if (semisupervised.active or unlabelled) and kind != "train":
+        raise TrainingError(
+            f"{path.name}: [semisupervised] and unlabelled sources need [run] kind = 'train'"
+        )
     if semisupervised.uses_unlabelled and train.ema_decay <= 0:
         raise TrainingError(
             f"{path.name}: {semisupervised.method} learns from the EMA teacher: "

@@ -54,7 +54,14 @@ from training.metrics import (
     save_roc_curves,
     view_check,
 )
-from training.semisupervised import UNLABELLED, describe, hide_labels, label_counts, make_trainer
+from training.semisupervised import (
+    UNLABELLED,
+    describe,
+    hide_labels,
+    label_counts,
+    make_trainer,
+    unlabelled_part,
+)
 from training.splits import (
     check_for_leakage,
     drop_leaked,
@@ -201,7 +208,8 @@ def _mixed_split(config: RunConfig, data: LabelledData) -> dict[str, list[Sample
     together, so that a patient in two subsets of one population is on one side."""
     names = ("train", "val", "test")
     parts: dict[str, list[Sample]] = {name: [] for name in names}
-    given = [s for s in data.samples if s.key in data.given_split]
+    unlabelled = [s for s in data.samples if data.given_split.get(s.key) == UNLABELLED]
+    given = [s for s in data.samples if data.given_split.get(s.key) in names]
     rest = [s for s in data.samples if s.key not in data.given_split]
     for source in sorted({s.source for s in given}):
         own = [s for s in given if s.source == source]
@@ -215,6 +223,8 @@ def _mixed_split(config: RunConfig, data: LabelledData) -> dict[str, list[Sample
         fractions = config.data.get("fractions", {"train": 0.7, "val": 0.15, "test": 0.15})
         for name, samples in patient_split(rest, fractions, config.train.seed).items():
             parts[name] += samples
+    if unlabelled:
+        parts[UNLABELLED] = unlabelled_part(unlabelled, parts)
     return parts
 
 
@@ -290,6 +300,11 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     plan = plan_model(config, data)
     run_dir = config.output
     run_dir.mkdir(parents=True, exist_ok=True)
+    if semi.uses_unlabelled and not parts.get(UNLABELLED):
+        raise TrainingError(
+            f"{semi.method} needs unlabelled images: [semisupervised] labelled_fraction < 1 "
+            "or a [[data.sources]] entry with split = 'unlabelled'"
+        )
     trainer, fit = _fit(
         config, plan, parts["train"], parts["val"], run_dir, resume, parts.get(UNLABELLED)
     )

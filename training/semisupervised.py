@@ -3,8 +3,10 @@ exponential moving average (EMA) of the weights.
 
 Labels are scarce and images are not: a PACS holds far more studies than anyone has labelled.
 A ``[semisupervised]`` table of a training config hides the labels of all but a fraction of the
-*training* patients (seeded, by patient, label-stratified; validation and test keep theirs) and
-trains with one of :data:`METHODS`:
+*training* patients (seeded, by patient, label-stratified; validation and test keep theirs),
+and/or a mixed dataset's ``[[data.sources]]`` entry with ``split = "unlabelled"`` adds a
+source's images as unlabelled data (its labels unused; its patients that a labelled split holds
+left out). It trains with one of :data:`METHODS`:
 
 ``supervised``
     The labelled part only: the baseline a semi-supervised method has to beat.
@@ -38,6 +40,7 @@ labelled and unlabelled samples and patients goes into ``results.json`` and the 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -55,6 +58,8 @@ from training.errors import TrainingError
 from training.loader import Batch, SampleDataset, collate
 from training.splits import patient_split
 from training.trainer import Trainer, TrainSettings, logits_of
+
+log = logging.getLogger(__name__)
 
 METHODS = ("supervised", "mean_teacher", "pseudo_label")
 UNLABELLED = "unlabelled"
@@ -106,10 +111,6 @@ class SemiSupervisedSettings:
             raise TrainingError("[semisupervised] weights and rampup_epochs must be >= 0")
         if self.unlabelled_batch_ratio < 1:
             raise TrainingError("[semisupervised] unlabelled_batch_ratio must be >= 1")
-        if self.uses_unlabelled and self.labelled_fraction == 1.0:
-            raise TrainingError(
-                f"[semisupervised] {self.method} needs unlabelled data: set labelled_fraction < 1"
-            )
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> SemiSupervisedSettings:
@@ -133,7 +134,7 @@ class SemiSupervisedSettings:
 def hide_labels(
     parts: dict[str, list[Sample]], fraction: float, seed: int
 ) -> dict[str, list[Sample]]:
-    """Keep the labels of ``fraction`` of the training patients; the others' samples become
+    """Keep the labels of ``fraction`` of the training patients; the others' samples join
     the ``"unlabelled"`` part, their targets and masks zeroed so that nothing can learn them.
 
     Parameters
@@ -157,11 +158,35 @@ def hide_labels(
         raise TrainingError(
             f"labelled_fraction {fraction} of {len(parts['train'])} training samples keeps none"
         )
-    hidden = [
-        replace(s, targets=np.zeros_like(s.targets), mask=np.zeros_like(s.mask))
-        for s in split[UNLABELLED]
+    hidden = _without_labels(split[UNLABELLED])
+    return {**parts, "train": split["train"], UNLABELLED: [*parts.get(UNLABELLED, []), *hidden]}
+
+
+def unlabelled_part(samples: Sequence[Sample], parts: dict[str, list[Sample]]) -> list[Sample]:
+    """A source's images as unlabelled data: without their labels, and without the patients
+    that a labelled part holds (an unlabelled image of a test patient would leak the test).
+
+    Parameters
+    ----------
+    samples : sequence of Sample
+        Of the sources whose ``split`` is ``"unlabelled"``.
+    parts : dict
+        The labelled parts (``train``, ``val``, ``test``).
+    """
+    labelled = {s.patient_id for part in parts.values() for s in part}
+    kept = [s for s in samples if s.patient_id not in labelled]
+    if len(kept) < len(samples):
+        log.warning(
+            "unlabelled sources: left out %d images of patients in a labelled split",
+            len(samples) - len(kept),
+        )
+    return _without_labels(kept)
+
+
+def _without_labels(samples: Sequence[Sample]) -> list[Sample]:
+    return [
+        replace(s, targets=np.zeros_like(s.targets), mask=np.zeros_like(s.mask)) for s in samples
     ]
-    return {**parts, "train": split["train"], UNLABELLED: hidden}
 
 
 def label_counts(parts: dict[str, list[Sample]]) -> dict[str, int]:
@@ -193,12 +218,15 @@ def describe(settings: SemiSupervisedSettings, counts: dict[str, int], ema_decay
         f"({counts['labelled_patients']:,} patients)"
     )
     if counts["unlabelled_samples"]:
-        use = "used unlabelled" if settings.uses_unlabelled else "not used"
+        hidden = (
+            f"; the labels of {1 - settings.labelled_fraction:.0%} of the training patients hidden"
+            if settings.labelled_fraction < 1
+            else ""
+        )
+        use = "used" if settings.uses_unlabelled else "not used"
         text += (
-            f"; the labels of {counts['unlabelled_samples']:,} more "
-            f"({counts['unlabelled_patients']:,} patients, "
-            f"{1 - settings.labelled_fraction:.0%} of the training patients) were hidden, "
-            f"{use}"
+            f" and {counts['unlabelled_samples']:,} unlabelled samples "
+            f"({counts['unlabelled_patients']:,} patients{hidden}), {use}"
         )
     return text + "."
 

@@ -22,7 +22,7 @@ from training.datasets import read_nih_folders
 from training.errors import TrainingError
 from training.loader import SampleDataset
 from training.losses import MaskedBCE
-from training.run import run_train
+from training.run import _splits, run_train
 from training.semisupervised import (
     UNLABELLED,
     SemiSupervisedSettings,
@@ -38,6 +38,7 @@ from training.trainer import Trainer, TrainSettings, predict, seed_everything
 
 REPO = Path(__file__).parents[3]
 SPEC = PreprocessSpec(image_size=32, channels=3)
+SHARED_NIH_PATIENTS = {"61", "150", "165", "193", "211", "218"}
 ARCH = {"image_encoder": "resnet18", "hidden_dim": 0, "dropout": 0.1}
 
 
@@ -69,15 +70,58 @@ def test_hidden_labels_are_a_seeded_fraction_of_the_training_patients(parts) -> 
 def test_bad_semisupervised_settings_are_refused_with_the_key(tmp_path: Path) -> None:
     with pytest.raises(TrainingError, match="method must be one of"):
         SemiSupervisedSettings(method="fixmatch")
-    with pytest.raises(TrainingError, match="needs unlabelled data"):
-        SemiSupervisedSettings(method="mean_teacher")
     with pytest.raises(TrainingError, match="unknown \\[semisupervised\\] keys"):
         SemiSupervisedSettings.from_dict({"labeled_fraction": 0.1})
     config = REPO / "training" / "configs" / "semisup-abnormal-pneumonia-10pct.toml"
     with pytest.raises(TrainingError, match="EMA teacher: set \\[train\\] ema_decay"):
         load_run_config(config, {"train": {"ema_decay": 0.0}})
-    with pytest.raises(TrainingError, match="needs \\[run\\] kind = 'train'"):
+    with pytest.raises(TrainingError, match="need \\[run\\] kind = 'train'"):
         load_run_config(config, {"run": {"kind": "crossval"}})
+    nothing_unlabelled = tiny_run_config(tmp_path, 'semisupervised.method="mean_teacher"')
+    with pytest.raises(TrainingError, match="mean_teacher needs unlabelled images"):
+        run_train(nothing_unlabelled)
+
+
+def test_a_source_of_unlabelled_images_joins_without_labels_or_test_patients(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    config = tmp_path / "mixed.toml"
+    config.write_text(
+        f"""
+[run]
+output = "{tmp_path / "run"}"
+[data]
+reader = "mixed"
+vocabulary = "abnormal-pneumonia"
+split = "mixed"
+[[data.sources]]
+reader = "nih_labelled_folders"
+population = "nih"
+root = "${{CXRNODE_SHARED_DATA}}/nih-chestxray14-1000-darkcovidnet"
+[[data.sources]]
+reader = "nih_folders"
+population = "nih"
+split = "unlabelled"
+vocabulary = "abnormal-pneumonia"
+root = "${{CXRNODE_SHARED_DATA}}/nih-chestxray14-thumbs-kcr2019/NIH1000"
+data_entry_csv = "${{CXRNODE_SHARED_DATA}}/nih-chestxray14-samples/Data_Entry_2017_v2020.csv.gz"
+"""
+    )
+    with pytest.raises(TrainingError, match="unlabelled sources need"):
+        load_run_config(config, {"run": {"kind": "crossval"}})
+    run = load_run_config(config)
+    data = run.read_data()
+    parts, _ = _splits(run, data)
+    check_for_leakage(parts)
+    thumbs = [s for s in data.samples if data.given_split.get(s.key) == UNLABELLED]
+    labelled = {s.patient_id for name in ("train", "val", "test") for s in parts[name]}
+    unlabelled = parts[UNLABELLED]
+    # The thumbnails of the six patients both NIH sets hold (MANIFEST) are in a labelled split.
+    left_out = [s for s in thumbs if s.patient_id in labelled]
+    assert {s.patient_id for s in left_out} == {f"nih:{p}" for p in SHARED_NIH_PATIENTS}
+    assert len(unlabelled) == len(thumbs) - len(left_out)
+    assert not {s.patient_id for s in unlabelled} & labelled
+    assert all(not s.targets.any() and not s.mask.any() for s in unlabelled)
 
 
 def test_ema_update_is_the_decayed_average_of_weights_and_buffers(tmp_path: Path) -> None:
