@@ -36,22 +36,13 @@ from models.package import load_package  # noqa: E402
 from models.predictor import Predictor  # noqa: E402
 from models.preprocess import image_file_to_display  # noqa: E402
 from node.results.region import DEFAULT_REGION_LEVEL, heat_region  # noqa: E402
+from training.explanations import box_mask  # noqa: E402
+from training.explanations import read_rsna_boxes as rsna_boxes  # noqa: E402
 
 SHARED = REPO.parent / "shared" / "data"
 RSNA = SHARED / "rsna-pneumonia-sample"
 NIH512 = SHARED / "nih-chestxray14-1000-darkcovidnet"
 NIH_BOXES = SHARED / "nih-chestxray14-samples" / "BBox_List_2017.csv.gz"
-
-
-def rsna_boxes(folder: Path) -> dict[str, list[tuple[float, float, float, float]]]:
-    """Opacity boxes (x, y, width, height) of each patient; empty for Target 0."""
-    boxes: dict[str, list[tuple[float, float, float, float]]] = {}
-    with (folder / "example_train_labels.csv").open() as handle:
-        for row in csv.DictReader(handle):
-            entry = boxes.setdefault(row["patientId"], [])
-            if row["Target"] == "1":
-                entry.append(tuple(float(row[k]) for k in ("x", "y", "width", "height")))
-    return boxes
 
 
 def nih_pneumonia_boxes(scale: float = 0.5) -> dict[str, list[tuple[float, float, float, float]]]:
@@ -67,13 +58,6 @@ def nih_pneumonia_boxes(scale: float = 0.5) -> dict[str, list[tuple[float, float
                 x, y, w, h = (float(v) * scale for v in row[2:6])
                 boxes.setdefault(paths[row[0]], []).append((x, y, w, h))
     return boxes
-
-
-def box_mask(shape: tuple[int, int], boxes: list[tuple[float, float, float, float]]) -> np.ndarray:
-    mask = np.zeros(shape, dtype=bool)
-    for x, y, w, h in boxes:
-        mask[int(y) : int(np.ceil(y + h)), int(x) : int(np.ceil(x + w))] = True
-    return mask
 
 
 def measure(

@@ -102,14 +102,47 @@ class CrossAttentionFusion(nn.Module):
 
     def forward(self, image_map: torch.Tensor, text: TextContext | None) -> torch.Tensor:
         """Return ``(B, 2 * dim)``."""
+        return self._attend(image_map, text, need_weights=False)[0]
+
+    def attention_weights(self, image_map: torch.Tensor, text: TextContext | None) -> torch.Tensor:
+        """Return the attention of each image-grid token over the report's tokens.
+
+        The same pass as :meth:`forward`, asked for its weights (which the default path never
+        computes: ``need_weights=False`` lets PyTorch take its fused kernel).
+
+        Parameters
+        ----------
+        image_map : torch.Tensor
+            ``(B, C, h, w)`` image features.
+        text : TextContext
+            The batch's text context.
+
+        Returns
+        -------
+        torch.Tensor
+            ``(B, h * w, T)`` weights averaged over the heads, row-major over the grid; each
+            row sums to 1 over the real tokens, padding gets 0.
+        """
+        weights = self._attend(image_map, text, need_weights=True)[1]
+        assert weights is not None
+        return weights
+
+    def _attend(
+        self, image_map: torch.Tensor, text: TextContext | None, need_weights: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         if text is None:
             raise ValueError("cross-attention fusion needs a text context")
         image_tokens = self.image_proj(image_map.flatten(2).transpose(1, 2))  # (B, hw, dim)
         text_tokens = self.text_proj(text.tokens.to(image_tokens.dtype))  # (B, T, dim)
-        attended, _ = self.attention(
-            image_tokens, text_tokens, text_tokens, key_padding_mask=~text.mask, need_weights=False
+        attended, weights = self.attention(
+            image_tokens,
+            text_tokens,
+            text_tokens,
+            key_padding_mask=~text.mask,
+            need_weights=need_weights,
+            average_attn_weights=True,
         )
         tokens = self.attention_norm(image_tokens + attended)
         tokens = self.ffn_norm(tokens + self.ffn(tokens))
         report = self.text_proj(text.pooled.to(image_tokens.dtype))
-        return torch.cat([tokens.mean(dim=1), report], dim=1)
+        return torch.cat([tokens.mean(dim=1), report], dim=1), weights

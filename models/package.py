@@ -45,7 +45,7 @@ from models.encoders.text import (
 from models.errors import ModelPackageError
 from models.labels import VOCABULARIES, Label
 from models.network import CxrClassifier, build_model, normalize_architecture
-from models.preprocess import PreprocessSpec
+from models.preprocess import NORMALIZATIONS, PreprocessSpec
 from models.targets import UncertainPolicy
 from models.text import TextCleaning
 
@@ -69,6 +69,9 @@ VOCABULARY_FILE = "vocabulary.json"
 TEXT_ENCODER_DIR = "text_encoder"
 PACKAGE_FILES = (WEIGHTS_FILE, CONFIG_FILE, CARD_FILE)
 FORMAT_VERSION = 2
+# Explanations a package may ask the node to add to its captures (``explanation_captures``):
+# each costs many forward passes per finding, so none is drawn unless the package asks.
+EXPLANATION_CAPTURES = ("integrated_gradients",)
 # Format 1: image-only models, before text encoders ("text_dim": 0, backbone under "encoder.").
 READABLE_FORMATS = (1, 2)
 ARCHIVE_SUFFIXES = (".tar", ".tar.gz", ".tgz")
@@ -110,6 +113,11 @@ class ModelConfig:
     prepared for the model, in training and serving alike. ``label_vocabulary`` names the
     :data:`models.labels.VOCABULARIES` entry the labels come from ("" for a custom set), and
     ``uncertain_policy`` records how uncertain labels were trained (CheXpert/MIMIC-CXR).
+    ``normalization`` names how training chose the preprocessing's mean and std (one of
+    :data:`models.preprocess.NORMALIZATIONS`; "" for packages that do not say, as imported
+    and older ones).
+    ``explanation_captures`` names the explanations besides Grad-CAM the node draws into a
+    capture series of their own (:data:`EXPLANATION_CAPTURES`; none by default).
     """
 
     name: str
@@ -125,6 +133,8 @@ class ModelConfig:
     text_cleaning: TextCleaning = field(default_factory=TextCleaning)
     label_vocabulary: str = ""
     uncertain_policy: str | None = None
+    normalization: str = ""
+    explanation_captures: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.name or not self.version:
@@ -147,6 +157,15 @@ class ModelConfig:
                 raise ValueError(f"labels are not those of vocabulary {self.label_vocabulary!r}")
         if self.uncertain_policy is not None:
             UncertainPolicy(self.uncertain_policy)  # raises ValueError naming the bad value
+        if self.normalization and self.normalization not in NORMALIZATIONS:
+            raise ValueError(
+                f"normalization must be one of {NORMALIZATIONS}, not {self.normalization!r}"
+            )
+        unknown = sorted(set(self.explanation_captures) - set(EXPLANATION_CAPTURES))
+        if unknown:
+            raise ValueError(
+                f"unknown explanation_captures {unknown}; known: {list(EXPLANATION_CAPTURES)}"
+            )
 
     @property
     def package_id(self) -> str:
@@ -165,8 +184,14 @@ class ModelConfig:
         return tuple(label.threshold for label in self.labels)
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the config as written to ``config.json``."""
-        return {
+        """Return the config as written to ``config.json``.
+
+        ``normalization`` is a top-level key, not a preprocessing one, and only written when
+        known: serving reads the mean and std alone, so a node that predates the name serves
+        such a package correctly and ignores it, where an unknown preprocessing key would make
+        it refuse the package.
+        """
+        data: dict[str, Any] = {
             "format_version": FORMAT_VERSION,
             "name": self.name,
             "version": self.version,
@@ -190,7 +215,16 @@ class ModelConfig:
             "text_cleaning": self.text_cleaning.to_dict(),
             "label_vocabulary": self.label_vocabulary,
             "uncertain_policy": self.uncertain_policy,
+            # Written only when set, so a package without it reads as it always did.
+            **(
+                {"explanation_captures": list(self.explanation_captures)}
+                if self.explanation_captures
+                else {}
+            ),
         }
+        if self.normalization:
+            data["normalization"] = self.normalization
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -236,9 +270,17 @@ class ModelConfig:
                 text_cleaning=TextCleaning.from_dict(data.get("text_cleaning") or {}),
                 label_vocabulary=str(data.get("label_vocabulary") or ""),
                 uncertain_policy=data.get("uncertain_policy"),
+                normalization=str(data.get("normalization") or ""),
+                explanation_captures=_captures(data.get("explanation_captures") or []),
             )
         except (TypeError, ValueError) as exc:
             raise ModelPackageError(f"{CONFIG_FILE} is invalid: {exc}") from exc
+
+
+def _captures(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"'explanation_captures' must be a list of names, not {value!r}")
+    return tuple(value)
 
 
 def _strict_bool(value: Any) -> bool:
@@ -250,11 +292,13 @@ def _strict_bool(value: Any) -> bool:
 
 @dataclass(frozen=True)
 class LoadedPackage:
-    """A verified package: its config and its model, in eval mode, on the CPU."""
+    """A verified package: its config and its model, in eval mode, on the CPU, and its model
+    card (the Markdown of ``MODEL_CARD.md``)."""
 
     config: ModelConfig
     model: CxrClassifier
     source: Path
+    card: str = ""
 
 
 def save_package(
@@ -377,15 +421,21 @@ def load_package(path: str | Path) -> LoadedPackage:
         raise ModelPackageError(f"model package {source} does not exist")
     if source.is_dir():
         config, model = _load_directory(source)
-        return LoadedPackage(config, model, source)
+        return LoadedPackage(config, model, source, _card(source))
     if source.name.endswith(ARCHIVE_SUFFIXES):
         # The model lives in memory once loaded, so the extracted files can go right away.
         with tempfile.TemporaryDirectory(prefix="cxrnode-package-") as scratch:
-            config, model = _load_directory(_extract(source, Path(scratch)))
-        return LoadedPackage(config, model, source)
+            directory = _extract(source, Path(scratch))
+            config, model = _load_directory(directory)
+            card = _card(directory)
+        return LoadedPackage(config, model, source, card)
     raise ModelPackageError(
         f"model package {source} is neither a directory nor a {'/'.join(ARCHIVE_SUFFIXES)} archive"
     )
+
+
+def _card(directory: Path) -> str:
+    return (directory / CARD_FILE).read_text(encoding="utf-8", errors="replace")
 
 
 def _extract(archive: Path, scratch: Path) -> Path:

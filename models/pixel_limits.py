@@ -19,7 +19,7 @@ from pathlib import Path
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments, parse_basic_offsets
 from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_file_meta_info
+from pydicom.filereader import read_dataset, read_file_meta_info
 from pydicom.uid import UID, DeflatedExplicitVRLittleEndian
 
 from models.errors import PreprocessingError
@@ -150,6 +150,30 @@ def check_deflated_file(path: str | Path, max_bytes: int) -> None:
     with open(path, "rb") as fh:
         fh.seek(offset)
         inflated_size_at_most(fh.read(), max_bytes)
+
+
+def check_deflated_bytes(data: bytes, max_bytes: int) -> None:
+    """:func:`check_deflated_file` for a DICOM file held in memory (an upload).
+
+    Raises
+    ------
+    PixelLimitError
+        If it inflates past ``max_bytes``.
+    PreprocessingError
+        If its File Meta cannot be read, or its deflated part inflated.
+    """
+    if data[128:132] != b"DICM":
+        return  # no File Meta: not a deflated DICOM file, read as it can be
+    # The File Meta is explicit VR little endian; its first element, the group length
+    # (12 bytes), says where the dataset starts.
+    try:
+        group = read_dataset(BytesIO(data[132:144]), is_implicit_VR=False, is_little_endian=True)
+        start = 144 + int(group.FileMetaInformationGroupLength)
+        meta = read_dataset(BytesIO(data[144:start]), is_implicit_VR=False, is_little_endian=True)
+    except Exception as exc:  # whatever a malformed header raises means the same here
+        raise PreprocessingError(f"the File Meta cannot be read: {exc}") from exc
+    if UID(str(meta.get("TransferSyntaxUID", ""))) == DeflatedExplicitVRLittleEndian:
+        inflated_size_at_most(data[start:], max_bytes)
 
 
 def codestream_shape(fragment: bytes) -> tuple[int, int, int, int] | None:

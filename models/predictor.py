@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator, Sequence
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -348,7 +348,7 @@ class Predictor:
         IndexError
             If a label index is out of range.
         """
-        wanted = self._wanted(displays, label_indices, texts)
+        wanted = self.checked_labels(displays, label_indices, texts)
         sizes = _sizes(displays)
         results = [
             np.zeros((len(w), *size), dtype=np.float32)
@@ -360,20 +360,40 @@ class Predictor:
         for chunk, cams in self._cams(prepared, wanted):
             for image in dict.fromkeys(image for image, _, _ in chunk):
                 positions = [i for i, row in enumerate(chunk) if row[0] == image]
-                # The map covers what the model saw: the crop, if the package has one; the
-                # rest of the image stays 0.
-                top, left, rows, columns = crop_region(*sizes[image], self._spec.crop)
-                maps = F.interpolate(
-                    cams[positions].unsqueeze(1),
-                    size=(rows, columns),
-                    mode="bilinear",
-                    align_corners=False,
-                )[:, 0]
-                maps = _rescale(torch.nan_to_num(maps, nan=0.0))
                 slots = [chunk[i][1] for i in positions]
-                region = (slots, slice(top, top + rows), slice(left, left + columns))
-                results[image][region] = maps.cpu().numpy()
+                results[image][slots] = self.on_display(cams[positions], sizes[image])
         return results
+
+    def on_display(self, grids: torch.Tensor | np.ndarray, size: tuple[int, int]) -> np.ndarray:
+        """Draw maps at a grid over the model's input onto a display image of ``size``.
+
+        Bilinear (half-pixel centres), onto the region the model saw (the package's ``crop``,
+        :func:`models.preprocess.crop_region`), each rescaled to [0, 1] there; the rest of the
+        image is 0. Grad-CAM's, Integrated Gradients' and attention maps are drawn alike.
+
+        Parameters
+        ----------
+        grids : torch.Tensor or numpy.ndarray
+            ``(n, h, w)`` maps (NaN reads as 0).
+        size : tuple of int
+            The display image's ``(rows, columns)``.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``(n, rows, columns)`` float32 in [0, 1].
+        """
+        grids = torch.as_tensor(grids, device=self.device).float()
+        top, left, rows, columns = crop_region(*size, self._spec.crop)
+        whole = np.zeros((len(grids), *size), dtype=np.float32)
+        if not len(grids):
+            return whole
+        maps = F.interpolate(
+            grids.unsqueeze(1), size=(rows, columns), mode="bilinear", align_corners=False
+        )[:, 0]
+        maps = _rescale(torch.nan_to_num(maps, nan=0.0))
+        whole[:, top : top + rows, left : left + columns] = maps.cpu().numpy()
+        return whole
 
     def explain_on_grid(
         self,
@@ -405,7 +425,7 @@ class Predictor:
         IndexError
             If a label index is out of range.
         """
-        wanted = self._wanted(displays, label_indices, texts)
+        wanted = self.checked_labels(displays, label_indices, texts)
         sizes = _sizes(displays)
         grids: list[list[np.ndarray]] = [[] for _ in wanted]
         prepared = self._prepared(displays, texts) if any(wanted) else None
@@ -421,12 +441,21 @@ class Predictor:
             for maps, size in zip(grids, sizes, strict=True)
         ]
 
-    def _wanted(
+    def checked_labels(
         self,
         displays: Sequence[np.ndarray] | PreparedInputs,
         label_indices: Sequence[Sequence[int]],
-        texts: Sequence[ReportText | str | None] | None,
+        texts: Sequence[ReportText | str | None] | None = None,
     ) -> list[list[int]]:
+        """The labels to explain per image, as ints, once the arguments are checked.
+
+        Raises
+        ------
+        ValueError
+            If the argument lengths differ.
+        IndexError
+            If a label index is out of range.
+        """
         if len(label_indices) != len(displays):
             raise ValueError(f"{len(displays)} images but {len(label_indices)} label lists")
         if texts is not None and len(texts) != len(displays):
@@ -454,12 +483,8 @@ class Predictor:
     def _grad_cam(
         self, chunk: list[tuple[int, int, int]], prepared: PreparedInputs
     ) -> torch.Tensor:
-        index = torch.tensor([image for image, _, _ in chunk], device=self.device)
-        images = prepared.images.index_select(0, index)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images, rows_context = self.rows_of(prepared, [image for image, _, _ in chunk])
         labels = torch.tensor([label for _, _, label in chunk], device=self.device)
-        rows_context = _rows(prepared.context, [image for image, _, _ in chunk])
         model = self.model
 
         def forward(batch: torch.Tensor) -> torch.Tensor:
@@ -467,6 +492,24 @@ class Predictor:
 
         with self._autocast():
             return grad_cam(forward, model.target_layer(), images, labels)
+
+    def rows_of(
+        self, prepared: PreparedInputs, images: Sequence[int]
+    ) -> tuple[torch.Tensor, TextContext | None]:
+        """The model inputs and text context of the given images of ``prepared``, in that
+        order (an image may repeat: once per label to explain)."""
+        index = torch.tensor(list(images), device=self.device, dtype=torch.long)
+        rows = prepared.images.index_select(0, index)
+        if self.channels_last:
+            rows = rows.contiguous(memory_format=torch.channels_last)
+        return rows, _rows(prepared.context, list(images))
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        """Hold the predictor (calls are serialised) under its precision, for an explanation
+        method that runs the model itself (``models.attribution``)."""
+        with self._lock, self._autocast():
+            yield
 
     def _images(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         images = torch.stack(list(tensors))
@@ -492,6 +535,13 @@ class Predictor:
         if self.dtype is None:
             return nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.dtype)
+
+
+def labels_to_explain(prediction: Prediction) -> list[int]:
+    """The labels the node explains on an image: every present one, and the top one even
+    when absent (for the overview), in label order."""
+    top = int(np.argmax(prediction.probabilities))
+    return sorted({top, *(int(i) for i in np.flatnonzero(prediction.present))})
 
 
 def _sizes(displays: Sequence[np.ndarray] | PreparedInputs) -> tuple[tuple[int, int], ...]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 import torch
@@ -32,7 +32,7 @@ from pydicom.uid import (
 )
 
 from models.errors import PreprocessingError
-from models.pixel_limits import check_decodable
+from models.pixel_limits import PixelLimitError, check_decodable
 from models.text import clean_report_text
 
 __all__ = [
@@ -41,12 +41,14 @@ __all__ = [
     "GRAY_STD",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "NORMALIZATIONS",
     "RESIZES",
     "PreprocessSpec",
     "clean_report_text",
     "crop_region",
     "decode_pixels",
     "dicom_to_display",
+    "exported_image_to_display",
     "image_file_to_display",
     "pixels_to_display",
     "to_model_input",
@@ -64,6 +66,13 @@ CROPS = ("none", "center")
 # normalisation, then scikit-image's resize (order 1, Gaussian anti-aliasing when shrinking,
 # zero beyond the edges), as torchxrayvision's XRayResizer does.
 RESIZES = ("bilinear", "skimage")
+# Where a package's mean/std came from, as its config and model card name it. Serving reads only
+# the mean and std; the name says how training chose them (training.normalization):
+# "fixed" (the config's or the preset's values), "imagenet" (those the encoder's ImageNet
+# weights were trained with), "train_stats" (the training split's per-channel statistics),
+# "batch" (each training batch standardised by its own statistics, as seed 004; the training
+# split's statistics at validation, test and serving).
+NORMALIZATIONS = ("fixed", "imagenet", "train_stats", "batch")
 
 ROBUST_PERCENTILES = (0.5, 99.5)
 LUMA_WEIGHTS = np.array([0.299, 0.587, 0.114], dtype=np.float64)  # ITU-R BT.601, as YBR_FULL
@@ -274,15 +283,62 @@ def image_file_to_display(path: str | Path) -> np.ndarray:
         except (InvalidDicomError, OSError, AttributeError, KeyError) as exc:
             raise PreprocessingError(f"{path.name}: not a readable DICOM image: {exc}") from exc
     try:
-        with Image.open(path) as image:
+        return exported_image_to_display(path)
+    except PreprocessingError as exc:
+        raise PreprocessingError(f"{path.name}: {exc}") from exc
+
+
+def exported_image_to_display(
+    source: str | Path | BinaryIO, max_bytes: int | None = None
+) -> np.ndarray:
+    """Read a PNG/JPEG export (no DICOM) into a display image, as training reads them.
+
+    The image is taken as already windowed: colour becomes luma, values are scaled by the bit
+    depth's maximum (:func:`image_file_to_display` routes such files here).
+
+    Parameters
+    ----------
+    source : str, pathlib.Path or binary file
+        The image file, or its bytes as a file object.
+    max_bytes : int, optional
+        The most the decoded image may take (rows x columns x bands x bytes per band), checked
+        from its header before it is decoded; no limit when None.
+
+    Returns
+    -------
+    numpy.ndarray
+        2-D float32 array in [0, 1].
+
+    Raises
+    ------
+    PreprocessingError
+        If it cannot be read as an image; a :class:`models.pixel_limits.PixelLimitError` when
+        it would decode to more than ``max_bytes``.
+    """
+    try:
+        with Image.open(source) as image:
+            if max_bytes is not None:
+                _check_export_size(image, max_bytes)
             image.load()
             if image.mode in ("I;16", "I;16B", "I;16L", "I"):
                 pixels = np.asarray(image, dtype=np.float32) / 65535.0
             else:
                 pixels = np.asarray(image.convert("L"), dtype=np.float32) / 255.0
-    except (OSError, UnidentifiedImageError) as exc:
-        raise PreprocessingError(f"{path.name}: not a readable image: {exc}") from exc
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as exc:
+        raise PreprocessingError(f"not a readable image: {exc}") from exc
     return np.ascontiguousarray(np.clip(pixels, 0.0, 1.0), dtype=np.float32)
+
+
+def _check_export_size(image: Image.Image, max_bytes: int) -> None:
+    columns, rows = image.size
+    band_bytes = 2 if image.mode.startswith("I;16") else 4 if image.mode in ("I", "F") else 1
+    decoded = rows * columns * len(image.getbands()) * band_bytes
+    if decoded > max_bytes:
+        raise PixelLimitError(
+            "decoded",
+            f"image would decode to {decoded / (1024 * 1024):.0f} MiB ({rows} x {columns}), "
+            f"over the {max_bytes / (1024 * 1024):.0f} MiB limit",
+        )
 
 
 def _has_dicom_preamble(path: Path) -> bool:

@@ -28,6 +28,7 @@ from node.results import (
     build_presentation_state,
     build_structured_report,
 )
+from node.results.findings import GRADCAM, INTEGRATED_GRADIENTS
 from node.results.notices import summary
 from storage.identifiers import StudyIds
 from storage.spool import FileStore, results_folder
@@ -222,18 +223,35 @@ def _overviews(
 def _finding_captures(
     job: ResultJob, images: list[ImageResult], series: ResultSeries
 ) -> Iterator[Dataset]:
-    shown = [(image, f.name) for image in images for f in image.present if f.name in image.heatmaps]
+    return _method_captures(job, images, series, GRADCAM, "sc-finding")
+
+
+def _attribution_captures(
+    job: ResultJob, images: list[ImageResult], series: ResultSeries
+) -> Iterator[Dataset]:
+    """The Integrated Gradients capture of each present finding that has one (none unless
+    the package asks for them: the worker computes no map otherwise)."""
+    return _method_captures(job, images, series, INTEGRATED_GRADIENTS, "sc-ig")
+
+
+def _method_captures(
+    job: ResultJob, images: list[ImageResult], series: ResultSeries, method: str, uid_kind: str
+) -> Iterator[Dataset]:
+    shown = [
+        (image, f.name) for image in images for f in image.present if f.name in image.maps(method)
+    ]
     for n, (image, finding) in enumerate(shown, start=1):
         yield build_finding_capture(
             image,
             finding,
             job.algorithm,
-            sop_instance_uid=job.uid("sc-finding", str(image.source.SOPInstanceUID), finding),
-            series_instance_uid=job.uid("sc-finding-series"),
+            sop_instance_uid=job.uid(uid_kind, str(image.source.SOPInstanceUID), finding),
+            series_instance_uid=job.uid(f"{uid_kind}-series"),
             series_number=series.number,
             instance_number=n,
             region_level=job.options.region_level,
             description=series.description or None,
+            method=method,
         )
 
 
@@ -243,6 +261,7 @@ _WRITERS: dict[str, Callable[[ResultJob, list[ImageResult], ResultSeries], Itera
     "gsps": _presentation_states,
     "sc": _overviews,
     "finding_sc": _finding_captures,
+    "ig_sc": _attribution_captures,
 }
 
 

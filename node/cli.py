@@ -48,6 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     add_training_commands(commands)
     _add_import_model(commands)
     _add_reprocess(commands)
+    _add_similar(commands)
+    _add_predict(commands)
 
     demo = commands.add_parser(
         "demo", help="start a private Orthanc and the node, send a synthetic study, show results"
@@ -55,6 +57,72 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workdir", type=Path, help="keep Orthanc/node files here")
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _add_predict(commands) -> None:
+    predict = commands.add_parser(
+        "predict",
+        help="try a model on image files (DICOM, PNG, JPEG) without a PACS",
+        description="Each file goes the way the node serves a received image; nothing is "
+        "stored but the audit event of each file (model.predicted).",
+    )
+    predict.add_argument("files", nargs="+", type=Path, metavar="FILE")
+    text = predict.add_mutually_exclusive_group()
+    text.add_argument("--report", metavar="TEXT", help="report text read with every image")
+    text.add_argument("--report-file", type=Path, metavar="F", help="the report text, from F")
+    predict.add_argument(
+        "--package",
+        help='a package directory or archive, "default" or "reference" '
+        "(default: the settings' model)",
+    )
+    predict.add_argument("--format", choices=("table", "json"), default="table")
+    predict.add_argument(
+        "--heatmap", type=Path, metavar="DIR", help="write the overlays of each file here (PNG)"
+    )
+    predict.set_defaults(run=_predict)
+
+
+def _predict(args, settings) -> int:
+    from dataclasses import replace
+
+    from node.predict import findings_table, try_files
+    from node.startup import load_model
+
+    report = args.report
+    if args.report_file is not None:
+        try:
+            report = args.report_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"cxrnode predict: --report-file {args.report_file}: {exc}", file=sys.stderr)
+            return 2
+    predictor = load_model(replace(settings, model=args.package or settings.model))
+    many = len(args.files) > 1
+
+    def progress(index: int, path: Path) -> None:
+        print(f"[{index + 1}/{len(args.files)}] {path}", file=sys.stderr, flush=True)
+
+    tried = []
+    for one in try_files(
+        predictor,
+        args.files,
+        report,
+        settings,
+        open_database(settings),
+        actor_user=cli_user(),
+        heatmap_dir=args.heatmap,
+        progress=progress if many else None,
+    ):
+        tried.append(one)
+        if one.error is not None:
+            print(f"cxrnode predict: {one.error}", file=sys.stderr)
+        elif args.format == "table":
+            print(findings_table(one))
+    if args.format == "json":
+        print(json.dumps([one.to_json() for one in tried], indent=2))
+    failed = sum(one.error is not None for one in tried)
+    if failed:
+        print(f"cxrnode predict: {failed} of {len(tried)} files failed", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _add_reprocess(commands) -> None:
@@ -102,6 +170,52 @@ def _rerun(args, settings) -> int:
         return 2
     replaces = f", replacing run {done.replaces_run}" if done.replaces_run else ""
     print(f"run {done.run} queued{replaces} (a running node's worker takes it)")
+    return 0
+
+
+def _add_similar(commands) -> None:
+    similar = commands.add_parser(
+        "similar", help="the stored studies whose images the model saw as nearest a study's"
+    )
+    similar.add_argument("study", help="Study Instance UID or accession number")
+    # Defaults and bounds are node.similar's, imported only when the command runs (numpy).
+    similar.add_argument("-k", type=_k, help="how many studies (default 5)")
+    similar.add_argument("--format", choices=["table", "json"], default="table")
+    similar.set_defaults(run=_similar)
+
+
+def _k(text: str) -> int:
+    from node.similar import MAX_K
+
+    if not text.isdigit() or not 1 <= int(text) <= MAX_K:
+        raise argparse.ArgumentTypeError(f"k must be a whole number from 1 to {MAX_K}")
+    return int(text)
+
+
+def _similar(args, settings) -> int:
+    from node.admin import render
+    from node.similar import DEFAULT_K, SimilarRefused, record_query, similar_to_study
+    from storage.queries import to_json
+
+    k = args.k or DEFAULT_K
+    db = open_database(settings)
+    answer = refused = None
+    with db.reading() as session:
+        try:
+            answer = similar_to_study(session, args.study, k)
+        except SimilarRefused as exc:
+            refused = exc
+    # Recorded before anything is shown: the answer names other patients' studies.
+    with db.transaction() as session:
+        actor = {"actor_user": cli_user()}
+        record_query(session, args.study, k, answer, refused, via="cli", actor=actor)
+    if answer is None:
+        print(f"cxrnode similar: {refused}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        print(json.dumps(to_json(answer), indent=2))
+    else:
+        print(render.similar_text(answer))
     return 0
 
 

@@ -84,14 +84,16 @@ class ResultSeries:
     ----------
     kind : str
         ``"sr"`` (the SR, one per run), ``"gsps"`` (a presentation state per image), ``"sc"``
-        (an overview capture per image) or ``"finding_sc"`` (a capture per present finding);
-        also what builds it (``node.build``) and what its generated description says.
+        (an overview capture per image), ``"finding_sc"`` (a capture per present finding) or
+        ``"ig_sc"`` (the same with Integrated Gradients' map, where the model's package asks
+        for it: ``explanation_captures``); also what builds it (``node.build``) and what its
+        generated description says.
     number : int
         Series Number.
     description : str
         Series Description; empty: generated, saying what the series is ("AI findings (SR)",
-        "AI outlines (GSPS)", "AI heatmap overview", "AI heatmap per finding"), the AI's name
-        where it fits and "requires review".
+        "AI outlines (GSPS)", "AI heatmap overview", "AI heatmap per finding", "AI
+        integrated gradients per finding"), the AI's name where it fits and "requires review".
     """
 
     kind: str
@@ -119,12 +121,14 @@ class ResultSeries:
 
 # Each result series' kind and the output kind destinations choose it by, in writing order:
 # the SR first, which the presentation states reference.
-SERIES_OUTPUTS = {"sr": "SR", "gsps": "GSPS", "sc": "SC", "finding_sc": "SC"}
+SERIES_OUTPUTS = {"sr": "SR", "gsps": "GSPS", "sc": "SC", "finding_sc": "SC", "ig_sc": "SC"}
 DEFAULT_RESULT_SERIES = (
     ResultSeries("sr", 9901),
     ResultSeries("gsps", 9904),
     ResultSeries("sc", 9902),
     ResultSeries("finding_sc", 9903),
+    # Empty unless the model's package asks for Integrated Gradients captures.
+    ResultSeries("ig_sc", 9905),
 )
 # The config keys (and, upper case after CXRNODE_, environment variables) of the result
 # series: key -> (kind, attribute of ResultSeries).
@@ -270,6 +274,10 @@ class Settings:
     # GET /metrics on the admin server (Prometheus): behind admin_token unless this is off.
     # The figures are counts and ages, no patient data, but they name the destinations.
     metrics_require_token: bool = True
+    # POST /api/predict and the /try page: the largest upload (more: 413, refused before it is
+    # read). An upload is held in memory and not stored unless the request asks to keep it
+    # (then under <data_dir>/uploads, named by its sha256).
+    predict_max_upload_mb: int = 64
     # STOW-RS (DICOMweb) endpoint: studies POSTed to /dicom-web/studies are admitted as C-STORE
     # admits them. dicomweb_port 0 turns it off; it refuses to start without a dicomweb_token
     # (16 characters or more), presented as a bearer token or as the HTTP Basic password. A
@@ -378,6 +386,8 @@ class Settings:
             )
         if self.stow_max_request_mb < 1:
             raise ConfigError("stow_max_request_mb must be at least 1")
+        if self.predict_max_upload_mb < 1:
+            raise ConfigError("predict_max_upload_mb must be at least 1")
         self._validate_results()
         if self.role not in ROLES:
             raise ConfigError(f"role {self.role!r} is not one of {', '.join(ROLES)}")

@@ -1,6 +1,7 @@
 """The retention job: spooled instances of finished studies, and the result files of finished
 runs (delivered or failed), are deleted after the retention period, and each purge is audited.
-Database rows stay: the audit trail outlives the pixels."""
+A study's stored embeddings go with its instances (they are what the pixels looked like to the
+model). The other rows stay: the audit trail outlives the pixels."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from node.config import Settings
-from storage import audit
+from storage import audit, embeddings
 from storage.actions import Action
 from storage.database import Database
 from storage.identifiers import StudyIds
@@ -104,7 +105,11 @@ class Retention:
                 session,
                 Action.STUDY_PURGED,
                 ids=StudyIds.of(studies[study_id]),
-                detail={"instances": count, "retention_days": self.days},
+                detail={
+                    "instances": count,
+                    "embeddings": embeddings.delete_of_studies(session, [study_id]),
+                    "retention_days": self.days,
+                },
             )
         return len(batch)
 

@@ -160,6 +160,8 @@ class Node:
                 ).start()
             self._start_feeds()
         if admin is not None:
+            if predictor is not None:
+                admin.serve_model(predictor)  # its calls are serialised: the worker's is shared
             self.admin = admin.start()
 
     def _start_loop(self, name: str, step, interval_s: float, at_stop=None) -> None:

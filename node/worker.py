@@ -4,7 +4,8 @@
 their images, runs the model and Grad-CAM over all of them in one batch; a builder process
 writes each job's SR, presentation states and captures durably (``node.build``) while the next
 batch is inferred, then each is put in the outbox of the destinations configured to get its
-kind (``node.delivery`` sends them). Each state change is one database transaction, so a step
+kind (``node.delivery`` sends them), in the transaction that stores its images' embeddings for
+case search (``storage.embeddings``). Each state change is one database transaction, so a step
 is safe to repeat after a crash. Only a node whose role works creates one: the model is loaded
 here and nowhere else.
 """
@@ -24,9 +25,11 @@ import numpy as np
 from pydicom import dcmread
 from pydicom.dataset import Dataset
 
+from models.attribution import integrated_gradients_on_grid
 from models.errors import PreprocessingError
+from models.package import LabelConfig
 from models.pixel_limits import check_deflated_file
-from models.predictor import Predictor
+from models.predictor import CamGrid, Predictor, labels_to_explain
 from models.preprocess import decode_pixels, pixels_to_display
 from models.text import ReportText
 from node.build import (
@@ -38,8 +41,15 @@ from node.build import (
 )
 from node.config import Settings
 from node.disk import data_paths, is_disk_full, lowest_free_bytes
-from node.results import AlgorithmInfo, Finding, GridHeatmap, ImageResult, display_levels
-from storage import audit, jobs, outbox
+from node.results import (
+    AlgorithmInfo,
+    GridHeatmap,
+    ImageResult,
+    display_levels,
+    model_findings,
+)
+from node.results.findings import INTEGRATED_GRADIENTS
+from storage import audit, embeddings, jobs, outbox
 from storage.actions import Action
 from storage.audit import Outcome
 from storage.database import Database
@@ -62,12 +72,24 @@ class _Run:
     images: list[tuple[Dataset, np.ndarray]] = field(default_factory=list)
     results: list[ImageResult] = field(default_factory=list)
     summary_images: list[ImageSummary] = field(default_factory=list)  # what the audit keeps
+    # (SOP Instance UID, the model's embedding) of each image, stored with the results.
+    embeddings: list[tuple[str, np.ndarray]] = field(default_factory=list)
     unreadable: int = 0
     batch_studies: int = 0  # how many studies shared its forward pass
     timings: dict[str, float] = field(default_factory=dict)
 
     def add_time(self, stage: str, seconds: float) -> None:
         self.timings[stage] = self.timings.get(stage, 0.0) + seconds
+
+
+def _grid_heatmaps(
+    labels: tuple[LabelConfig, ...], indices: list[int], grid: CamGrid
+) -> dict[str, GridHeatmap]:
+    """Each explained label's map at the model's grid, for the builder to draw."""
+    return {
+        labels[i].name: GridHeatmap(heat, grid.size, grid.region)
+        for i, heat in zip(indices, grid.maps, strict=True)
+    }
 
 
 class JobFailed(Exception):
@@ -109,6 +131,9 @@ class Worker:
         self.on_results = on_results
         config = predictor.package.config
         self.reads_text = config.uses_text
+        # Integrated Gradients captures cost DEFAULT_STEPS passes per present finding: drawn
+        # only where the package asks for them.
+        self.integrated_gradients = INTEGRATED_GRADIENTS in config.explanation_captures
         self.algorithm = AlgorithmInfo(
             name=config.name,
             version=config.version,
@@ -374,51 +399,47 @@ class Worker:
         inferred = time.perf_counter()
         # Every present finding gets its region and capture; the top one is explained even
         # when absent, for the overview.
-        explained = [
-            sorted({int(np.argmax(p.probabilities)), *(int(i) for i in np.flatnonzero(p.present))})
-            for p in predictions
-        ]
+        explained = [labels_to_explain(p) for p in predictions]
         maps = self.predictor.explain_on_grid(prepared, explained)
         explained_at = time.perf_counter()
+        attributed = [[int(i) for i in np.flatnonzero(p.present)] for p in predictions]
+        if self.integrated_gradients and any(attributed):
+            ig_maps = integrated_gradients_on_grid(self.predictor, prepared, attributed)[0]
+        else:
+            ig_maps = [None] * len(predictions)
+        attributed_at = time.perf_counter()
         labels = self.predictor.package.config.labels
-        results = iter(zip(predictions, explained, maps, strict=True))
+        results = iter(zip(predictions, explained, maps, attributed, ig_maps, strict=True))
         per_run = []
         for run in runs:
-            images = []
+            images, vectors = [], []
             for ds, display in run.images:
-                prediction, indices, image_maps = next(results)
-                findings = tuple(
-                    Finding(
-                        name=label.name,
-                        code_value=label.code_value,
-                        coding_scheme=label.coding_scheme,
-                        code_meaning=label.code_meaning,
-                        probability=float(p),
-                        threshold=float(label.threshold),
-                    )
-                    for label, p in zip(labels, prediction.probabilities, strict=True)
-                )
-                heatmaps = {
-                    labels[i].name: GridHeatmap(grid, image_maps.size, image_maps.region)
-                    for i, grid in zip(indices, image_maps.maps, strict=True)
-                }
+                prediction, indices, image_maps, ig_indices, ig_grid = next(results)
+                findings = model_findings(labels, prediction.probabilities)
+                heatmaps = _grid_heatmaps(labels, indices, image_maps)
+                attributions = _grid_heatmaps(labels, ig_indices, ig_grid) if ig_grid else {}
                 # The builder draws the display's 256 grey levels, and the heatmaps from the
                 # model's grid: a quarter and a few hundred bytes of the float32 images.
                 levels = display_levels(display)
-                images.append(ImageResult(ds, levels, findings, heatmaps))
-            per_run.append(images)
+                images.append(ImageResult(ds, levels, findings, heatmaps, attributions))
+                vectors.append((str(ds.SOPInstanceUID), prediction.embedding))
+            per_run.append((images, vectors))
         # Only now, when nothing can fail any more: a batch that failed is retried run by run.
-        for run, images in zip(runs, per_run, strict=True):
+        for run, (images, vectors) in zip(runs, per_run, strict=True):
             run.results = images
+            run.embeddings = vectors
             run.summary_images = [_image_summary(image) for image in images]
             run.batch_studies = len(runs)
             # The batch's model time, shared out by images.
             share = len(run.images) / len(displays)
             run.add_time("inference_s", (inferred - clock) * share)
             run.add_time("gradcam_s", (explained_at - inferred) * share)
+            if self.integrated_gradients:
+                run.add_time("integrated_gradients_s", (attributed_at - explained_at) * share)
 
     def _finish(self, run: _Run, building: Future) -> None:
-        """Put a run's built result objects in the outbox, in one transaction."""
+        """Put a run's built result objects in the outbox and store its embeddings, in one
+        transaction."""
         item = run.item
         try:
             built, build_s = building.result()
@@ -453,6 +474,8 @@ class Worker:
                         result.sop_uid,
                         result.relpath,
                     )
+            for sop_uid, vector in run.embeddings:
+                embeddings.add(session, job, sop_uid, job.model_id, vector)
             session.flush()
             # The commit's own time is not in the record it commits.
             run.add_time("database_s", time.perf_counter() - clock)

@@ -109,6 +109,7 @@ class Action(StrEnum):
 
     # What an admin did or was refused.
     ADMIN_QUERY = "admin.query"
+    ADMIN_SIMILAR = "admin.similar"  # a study's similar earlier cases, and which were named
     ADMIN_VERIFY = "admin.verify"
     ADMIN_AUTH_FAILED = "admin.auth_failed"
 
@@ -117,6 +118,7 @@ class Action(StrEnum):
     NODE_STOPPED = "node.stopped"
     DATABASE_LOSS_DETECTED = "database.loss_detected"
     MODEL_IMPORTED = "model.imported"
+    MODEL_PREDICTED = "model.predicted"  # a model tried on a file outside the PACS flow
 
     @property
     def subject(self) -> Subject:

@@ -1,5 +1,5 @@
 """SQLAlchemy tables: one row per received instance, study, processing run (job), result object
-to deliver (outbox) and audit event."""
+to deliver (outbox), processed image's embedding and audit event."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -259,6 +260,30 @@ class OutboxItem(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[Job] = relationship(back_populates="outbox")
+
+
+class Embedding(Base):
+    """One processed image's embedding from one run (``Prediction.embedding``: the vector the
+    model's head classifies), for finding similar earlier cases (``node.similar``).
+
+    Written in the transaction that puts the run's results in the outbox, so a run has all its
+    embeddings or none. Embeddings of different model packages are not comparable: each row
+    says which package made it and its width. A newer run of a study does not delete the
+    older run's rows; searches read each study's latest run (``storage.embeddings``).
+    """
+
+    __tablename__ = "embeddings"
+    __table_args__ = (UniqueConstraint("job_id", "sop_uid"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    study_id: Mapped[int] = mapped_column(ForeignKey("studies.id"), index=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    sop_uid: Mapped[str] = mapped_column(UID)
+    model_id: Mapped[str] = mapped_column(String(200), index=True)  # the package id
+    dim: Mapped[int] = mapped_column(Integer)
+    # ``dim`` float32 values, little-endian (``storage.embeddings.to_bytes``).
+    vector: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
 class ReportState:

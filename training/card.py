@@ -1,9 +1,16 @@
 """The model card (``MODEL_CARD.md``) of an exported package: data, splits, metrics with
-confidence intervals, thresholds, calibration, limits. Every figure comes from the run."""
+confidence intervals, thresholds, calibration, limits. Every figure comes from the run.
+
+Also the run's own ``report.md`` (:func:`run_report`): the same test table with the run's
+figures beside it. The figures stay in the run directory and out of the package: the Grad-CAM
+ones show training patients' images, which a package shipped elsewhere must not carry.
+"""
 
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -121,6 +128,15 @@ def _external_lines(external: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _split_rows(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """The split table (:func:`split_table`) in markdown; an unlabelled part's labels hidden."""
+    lines = ["| split | samples | patients | positives per label |", "|---|---|---|---|"]
+    for name, row in splits.items():
+        positives = "hidden" if name == UNLABELLED else row["positives"]
+        lines.append(f"| {name} | {row['samples']} | {row['patients']} | {positives} |")
+    return lines
+
+
 def _method_lines(config: RunConfig, results: dict[str, Any]) -> list[str]:
     """Which training method ran, on how many labelled and unlabelled samples, and whether the
     figures and the package are the EMA weights."""
@@ -134,6 +150,42 @@ def _method_lines(config: RunConfig, results: dict[str, Any]) -> list[str]:
             f"moving average of the weights (seed 001; decay {config.train.ema_decay}), "
             "at the best epoch.",
         ]
+    return lines
+
+
+def _normalization_line(normalization: dict[str, Any]) -> str:
+    """How the inputs were normalised, as ``results.json``'s ``normalization`` says."""
+    method = normalization.get("method", "fixed")
+    how = {
+        "fixed": "fixed values (the config's or the preset's)",
+        "imagenet": "the statistics the encoder's ImageNet weights were trained with",
+        "train_stats": "the training split's statistics",
+        "batch": "each training batch's own statistics during training (seed 004), the "
+        "training split's statistics at validation, test and serving",
+    }.get(method, method)
+    images = (
+        f", computed over {normalization['images']} training images"
+        if "images" in normalization
+        else ""
+    )
+    return f"normalisation `{method}`: {how}{images}"
+
+
+def _test_rows(evaluation: Evaluation) -> list[str]:
+    lines = [
+        "| label | n | positives | AUROC (95% CI) | AP | accuracy | precision | recall "
+        "| specificity | F1 | threshold | ECE | Brier |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in evaluation.rows():
+        lines.append(
+            f"| {row['label']} | {row['n']} | {row['positives']} | {_f(row['auroc'])} "
+            f"({_f(row['auroc_ci_low'])}–{_f(row['auroc_ci_high'])}) | "
+            f"{_f(row['average_precision'])} | "
+            f"{_f(row['accuracy'])} | {_f(row['precision'])} | {_f(row['recall'])} | "
+            f"{_f(row['specificity'])} | {_f(row['f1'])} | {row['threshold']:.3f} | "
+            f"{_f(row['ece'])} | {_f(row['brier'])} |"
+        )
     return lines
 
 
@@ -167,7 +219,8 @@ def model_card(
         f"{arch.get('hidden_dim')}; input {package.preprocessing.image_size}² px, "
         f"{package.preprocessing.channels} channel(s), normalised with mean "
         f"{[round(v, 4) for v in package.preprocessing.mean]} and std "
-        f"{[round(v, 4) for v in package.preprocessing.std]}; labels: "
+        f"{[round(v, 4) for v in package.preprocessing.std]} "
+        f"({_normalization_line(results.get('normalization', {}))}); labels: "
         + ", ".join(
             f"{label.name} ({label.coding_scheme} {label.code_value})" for label in package.labels
         )
@@ -176,13 +229,7 @@ def model_card(
         "## Training data",
         f"{data.name} — {data.source}",
         "",
-        "| split | samples | patients | positives per label |",
-        "|---|---|---|---|",
-    ]
-    for name, row in splits.items():
-        positives = "hidden" if name == UNLABELLED else row["positives"]
-        lines.append(f"| {name} | {row['samples']} | {row['patients']} | {positives} |")
-    lines += [
+        *_split_rows(splits),
         "",
         _leakage_line(results.get("leaked_samples_dropped", 0)),
         f"Loss `{config.loss.get('name', 'bce')}`; {results['epochs_run']} epochs run, best epoch "
@@ -196,19 +243,8 @@ def model_card(
         f"`{config.export.get('threshold', 'youden')}`; "
         "AUROC with a 95% bootstrap confidence interval (1,000 resamples).",
         "",
-        "| label | n | positives | AUROC (95% CI) | AP | accuracy | precision | recall "
-        "| specificity | F1 | threshold | ECE | Brier |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        *_test_rows(evaluation),
     ]
-    for row in evaluation.rows():
-        lines.append(
-            f"| {row['label']} | {row['n']} | {row['positives']} | {_f(row['auroc'])} "
-            f"({_f(row['auroc_ci_low'])}–{_f(row['auroc_ci_high'])}) | "
-            f"{_f(row['average_precision'])} | "
-            f"{_f(row['accuracy'])} | {_f(row['precision'])} | {_f(row['recall'])} | "
-            f"{_f(row['specificity'])} | {_f(row['f1'])} | {row['threshold']:.3f} | "
-            f"{_f(row['ece'])} | {_f(row['brier'])} |"
-        )
     lines += ["", "Confusion at the threshold (TP / FP / TN / FN):", ""]
     for row in evaluation.rows():
         lines.append(f"- {row['label']}: {row['tp']} / {row['fp']} / {row['tn']} / {row['fn']}")
@@ -229,3 +265,34 @@ def model_card(
         "",
     ]
     return "\n".join(lines)
+
+
+def run_report(results: dict[str, Any], config: RunConfig, evaluation: Evaluation) -> str:
+    """The run directory's ``report.md``: data, normalisation, test metrics and every figure
+    of ``results["figures"]``, linked relative to the run directory."""
+    out = Path(config.output)
+    lines = [
+        f"# {results['name']}",
+        "",
+        f"{results['data']}; {_normalization_line(results['normalization'])}; "
+        f"{results['epochs_run']} epochs run, best epoch {results['best_epoch']}, "
+        f"{results['seconds']:.0f} s on {results['device']}.",
+        "",
+        f"Training curves: `tensorboard --logdir {out}` (per-epoch losses, validation AUROC per "
+        "label, learning rate; the test figures at the best epoch); per epoch also "
+        "`epochs.csv`. Test probabilities per image: `predictions_test.csv`.",
+        "",
+        *_split_rows(results["splits"]),
+        "",
+        "## Test metrics",
+        "",
+        *_test_rows(evaluation),
+        "",
+        "## Figures",
+    ]
+    for name, path in results["figures"].items():
+        link = Path(os.path.relpath(path, out)).as_posix()
+        lines += ["", f"### {name.replace('_', ' ')}", "", f"![{name}]({link})"]
+    if "package" in results:
+        lines += ["", f"Package: `{results['package']}` (its `MODEL_CARD.md`)."]
+    return "\n".join(lines) + "\n"

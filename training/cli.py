@@ -38,6 +38,19 @@ def add_training_commands(commands: Any) -> None:
         action="store_true",
         help="also score case retrieval by embedding (P@5, mAP, MRR, DCG@5, query time)",
     )
+    evaluate.add_argument(
+        "--explanations",
+        action="store_true",
+        help="also score Grad-CAM against Integrated Gradients (Pearson, IoU of the top 5%%/20%%)"
+        " and their overlap with RSNA boxes where the data has them",
+    )
+    evaluate.add_argument(
+        "--ig-steps",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Integrated Gradients' steps for --explanations (default: models.attribution's)",
+    )
     evaluate.set_defaults(run=_evaluate)
 
 
@@ -116,7 +129,16 @@ def _evaluate(args: argparse.Namespace, settings: Any) -> int:
 
     try:
         config = load_run_config(args.run_config, parse_overrides(args.overrides))
-        results = run_evaluate(args.package, config, args.split, retrieval=args.retrieval)
+        if args.ig_steps is not None and args.ig_steps < 1:
+            raise ValueError(f"--ig-steps must be at least 1, not {args.ig_steps}")
+        results = run_evaluate(
+            args.package,
+            config,
+            args.split,
+            retrieval=args.retrieval,
+            explanations=args.explanations,
+            ig_steps=args.ig_steps,
+        )
     except (TrainingError, ValueError) as exc:
         print(f"cxrnode evaluate: {exc}", file=sys.stderr)
         return 2

@@ -30,6 +30,8 @@ current directory. See ``training/configs/`` for the configs behind the publishe
     preset = "seed-002"       # or an [model.architecture] table (merged over the preset's)
     image_size = 64
     text_only = false         # train the text branch alone
+    normalization = "train_stats"  # fixed | imagenet | train_stats | batch (training.normalization)
+    normalization_images = 1000    # train_stats/batch: at most this many training images
 
     [loss]
     name = "weighted_bce"

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -45,15 +44,19 @@ def roc_auc(y: np.ndarray, s: np.ndarray) -> float:
     return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def macro_auroc(targets: np.ndarray, mask: np.ndarray, probabilities: np.ndarray) -> float:
-    """Mean AUROC over the labels of ``(N, L)`` arrays, masked entries and one-class labels
-    left out (as :meth:`Evaluation.macro` reports it); ``nan`` when no label has both classes."""
-    aucs = [
+def label_aurocs(targets: np.ndarray, mask: np.ndarray, probabilities: np.ndarray) -> list[float]:
+    """AUROC of each label of ``(N, L)`` arrays, masked entries left out (``nan``: one class)."""
+    return [
         roc_auc(targets[mask[:, j] > 0, j], probabilities[mask[:, j] > 0, j])
         for j in range(targets.shape[1])
     ]
-    aucs = [a for a in aucs if not math.isnan(a)]
-    return float(np.mean(aucs)) if aucs else float("nan")
+
+
+def nan_mean(values: Sequence[float]) -> float:
+    """Mean of the values that are not ``nan`` (``nan`` when none is): a macro mean over the
+    labels that have the figure."""
+    kept = [v for v in values if not math.isnan(v)]
+    return float(np.mean(kept)) if kept else float("nan")
 
 
 def roc_curve(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -248,8 +251,7 @@ class Evaluation:
     labels: list[LabelMetrics] = field(default_factory=list)
 
     def macro(self, key: str) -> float:
-        values = [row[key] for row in self.rows() if not math.isnan(row[key])]
-        return float(np.mean(values)) if values else float("nan")
+        return nan_mean([row[key] for row in self.rows()])
 
     def rows(self) -> list[dict[str, Any]]:
         return [label.row() for label in self.labels]
@@ -289,38 +291,6 @@ def evaluate(
             )
         )
     return result
-
-
-def save_roc_curves(
-    targets: np.ndarray,
-    mask: np.ndarray,
-    probabilities: np.ndarray,
-    names: Sequence[str],
-    path: Path,
-    title: str,
-) -> Path:
-    """Plot every label's ROC curve (with its AUROC) into one PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(6, 6), dpi=100)
-    for j, name in enumerate(names):
-        kept = mask[:, j] > 0
-        y, s = targets[kept, j], probabilities[kept, j]
-        if (y == 1).sum() == 0 or (y == 0).sum() == 0:
-            continue
-        fpr, tpr, _ = roc_curve(y, s)
-        axes.plot(fpr, tpr, linewidth=1.2, label=f"{name} ({roc_auc(y, s):.3f})")
-    axes.plot([0, 1], [0, 1], color="grey", linestyle=":", linewidth=1)
-    axes.set(xlabel="1 - specificity", ylabel="sensitivity", title=title, xlim=(0, 1), ylim=(0, 1))
-    axes.legend(loc="lower right", fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path)
-    plt.close(figure)
-    return path
 
 
 def view_check(

@@ -1,9 +1,10 @@
 """What ``cxrnode train`` and ``cxrnode evaluate`` do, from a :class:`training.config.RunConfig`.
 
 ``train``: read the data, split it by patient (or take the dataset's split), check for
-leakage, build the model, fit, choose per-label thresholds on validation, evaluate on test
-(metrics with bootstrap CIs, ROC curves, calibration), and export a model package the node
-loads unchanged, with its model card.
+leakage, fit the input normalisation (:mod:`training.normalization`), build the model, fit,
+choose per-label thresholds on validation, evaluate on test (metrics with bootstrap CIs,
+calibration), draw the run's figures (:mod:`training.plots`) into its ``report.md``, and export
+a model package the node loads unchanged, with its model card.
 
 ``crossval``: k patient-level folds; each fold trains on the rest (a tenth of it held out for
 early stopping and the threshold) and is evaluated on its own part. Variants (other encoders,
@@ -12,6 +13,8 @@ the indication-only ablation, the TF-IDF baseline) run on the very same folds.
 
 from __future__ import annotations
 
+import copy
+import csv
 import json
 import logging
 import math
@@ -25,7 +28,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.encoders.image import input_statistics
 from models.encoders.text import WordVocabulary
 from models.labels import VOCABULARIES
 from models.network import CxrClassifier, build_model
@@ -33,26 +35,38 @@ from models.package import (
     CARD_FILE,
     CONFIG_FILE,
     LabelConfig,
+    LoadedPackage,
     ModelConfig,
     load_package,
     save_package,
 )
+from models.predictor import Predictor
 from models.preprocess import PreprocessSpec
 from models.presets import PRESETS
 from models.text import TextCleaning, label_mask_words
 from training.baselines import tfidf_logreg_probabilities
-from training.card import model_card, split_table
-from training.config import REPO, RunConfig, load_run_config
+from training.card import model_card, run_report, split_table
+from training.config import REPO, RunConfig, expand, load_run_config
 from training.datasets import LabelledData, Sample
 from training.errors import TrainingError
+from training.events import EventLog
 from training.loader import SampleDataset, sample_text
 from training.losses import build_loss
-from training.metrics import (
-    Evaluation,
-    choose_threshold,
-    evaluate,
+from training.metrics import Evaluation, choose_threshold, evaluate, view_check
+from training.normalization import (
+    DEFAULT_SAMPLE_IMAGES,
+    FROM_TRAINING,
+    choose_normalization,
+    training_statistics,
+)
+from training.plots import (
+    plot_class_distribution,
+    plot_confusion_matrices,
+    plot_grad_cams,
+    plot_reliability,
+    plot_top_terms,
+    plot_word_counts,
     save_roc_curves,
-    view_check,
 )
 from training.semisupervised import (
     UNLABELLED,
@@ -74,6 +88,9 @@ from training.trainer import Trainer, predict, seed_everything
 
 log = logging.getLogger(__name__)
 
+REPORT_FILE = "report.md"
+PREDICTIONS_FILE = "predictions_test.csv"
+
 
 @dataclass
 class ModelPlan:
@@ -84,6 +101,7 @@ class ModelPlan:
     cleaning: TextCleaning
     vocabulary: str
     text_only: bool
+    normalization: str = "fixed"  # models.preprocess.NORMALIZATIONS
 
 
 def plan_model(config: RunConfig, data: LabelledData) -> ModelPlan:
@@ -113,28 +131,39 @@ def plan_model(config: RunConfig, data: LabelledData) -> ModelPlan:
     spec = preset.preprocessing if preset else PreprocessSpec()
     if "image_size" in model:
         spec = replace(spec, image_size=int(model["image_size"]))
-    spec = _input_statistics(spec, architecture, model)
+    normalization, spec = choose_normalization(spec, architecture, model)
     text_only = bool(model.get("text_only", False))
     return ModelPlan(
-        architecture, None if text_only else spec, cleaning, data.vocabulary, text_only
+        architecture,
+        None if text_only else spec,
+        cleaning,
+        data.vocabulary,
+        text_only,
+        normalization,
     )
 
 
-def _input_statistics(
-    spec: PreprocessSpec, architecture: dict[str, Any], model: dict[str, Any]
-) -> PreprocessSpec:
-    """The normalisation the package records: ``[model] mean/std`` where given, else the
-    statistics the encoder's ImageNet weights were trained with (ImageNet's for torchvision,
-    127/128 for EfficientNet-Lite), else the spec's defaults."""
-    if "mean" in model or "std" in model:
-        mean, std = tuple(model.get("mean", spec.mean)), tuple(model.get("std", spec.std))
-    elif architecture.get("image_weights") == "imagenet":
-        mean, std = input_statistics(str(architecture.get("image_encoder", "resnet18")))
-        if spec.channels == 1:  # the gray image is each colour channel at once
-            mean, std = (float(np.mean(mean)),), (float(np.mean(std)),)
-    else:
-        return spec
-    return replace(spec, mean=mean, std=std)
+def fit_normalization(
+    config: RunConfig, plan: ModelPlan, train: list[Sample]
+) -> tuple[ModelPlan, dict[str, Any]]:
+    """The plan with the training split's input statistics where its normalisation takes
+    them (``train_stats``, ``batch``), and what the normalisation is, for ``results.json``."""
+    if plan.spec is None:
+        return plan, {"method": "none (text only)"}
+    summary: dict[str, Any] = {"method": plan.normalization}
+    spec = plan.spec
+    if plan.normalization in FROM_TRAINING:
+        limit = config.model.get("normalization_images", DEFAULT_SAMPLE_IMAGES)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise TrainingError(f"[model] normalization_images must be a number, not {limit!r}")
+        statistics = training_statistics(train, spec, limit, config.train.seed)
+        spec = replace(spec, mean=statistics.mean, std=statistics.std)
+        summary["images"] = statistics.images
+        log.info(
+            "input mean %s, std %s over %d training images", spec.mean, spec.std, statistics.images
+        )
+    summary.update(mean=list(spec.mean), std=list(spec.std))
+    return replace(plan, spec=spec), summary
 
 
 def build_classifier(plan: ModelPlan, train: list[Sample], text_source: str) -> torch.nn.Module:
@@ -278,6 +307,8 @@ def _fit(
         config.semisupervised,
         unlabelled_set,
         device=str(config.model.get("device", "auto")),
+        label_names=[label.name for label in VOCABULARIES[plan.vocabulary]],
+        standardise_batches=plan.normalization == "batch" and plan.spec is not None,
     )
     train_set = SampleDataset(
         train, plan.spec, plan.cleaning, config.text_source, config.train.augment
@@ -297,7 +328,7 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     parts, dropped = _splits(config, data)
     semi = config.semisupervised
     parts = hide_labels(parts, semi.labelled_fraction, config.train.seed)
-    plan = plan_model(config, data)
+    plan, normalization = fit_normalization(config, plan_model(config, data), parts["train"])
     run_dir = config.output
     run_dir.mkdir(parents=True, exist_ok=True)
     if semi.uses_unlabelled and not parts.get(UNLABELLED):
@@ -319,20 +350,16 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     evaluation = evaluate(
         test_targets, test_mask, test_probabilities, names, thresholds, seed=config.train.seed
     )
-    roc_png = save_roc_curves(
-        test_targets,
-        test_mask,
-        test_probabilities,
-        names,
-        run_dir / "roc_test.png",
-        f"{config.name}: test ROC",
-    )
+    _write_predictions(run_dir / PREDICTIONS_FILE, parts["test"], test_probabilities, names)
+    with EventLog(run_dir) as events:
+        events.test(evaluation, fit.best_epoch + 1)
     seconds = time.monotonic() - began
     results = {
         "name": config.name,
         "data": data.summary(),
         "splits": split_table(parts),
         "leaked_samples_dropped": dropped,
+        "normalization": normalization,
         "best_epoch": fit.best_epoch + 1,
         "epochs_run": len(fit.history),
         "stopped_early": fit.stopped_early,
@@ -344,7 +371,6 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
         "thresholds": dict(zip(names, thresholds, strict=True)),
         "seconds": round(seconds, 1),
         "device": str(trainer.device),
-        "roc_png": str(roc_png),
         "image_pretrained": bool(
             isinstance(trainer.model, CxrClassifier) and trainer.model.image_encoder.pretrained
         ),
@@ -357,14 +383,94 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
         "description": describe(semi, label_counts(parts), config.train.ema_decay),
     }
     results["weights"] = "ema" if config.train.ema_decay > 0 else "student"
-    if config.export and isinstance(trainer.model, CxrClassifier):
+    package_config = (
+        _package_config(config, plan, trainer.model, data, thresholds, results)
+        if isinstance(trainer.model, CxrClassifier)
+        else None
+    )
+    drawing = time.monotonic()
+    results["figures"] = _figures(
+        config, plan, parts, names, evaluation, test_probabilities, trainer, package_config
+    )
+    results["figures_seconds"] = round(time.monotonic() - drawing, 1)
+    results["roc_png"] = results["figures"]["roc"]
+    if config.export and package_config is not None:
+        assert isinstance(trainer.model, CxrClassifier)
         results["package"] = str(
-            _export(config, plan, trainer.model, data, parts, evaluation, thresholds, results)
+            _export(config, package_config, trainer.model, data, parts, evaluation, results)
         )
+    (run_dir / REPORT_FILE).write_text(run_report(results, config, evaluation), encoding="utf-8")
     (run_dir / "results.json").write_text(
         json.dumps(results, indent=2, default=_json_default) + "\n"
     )
     return results
+
+
+def _write_predictions(
+    path: Path, samples: list[Sample], probabilities: np.ndarray, names: list[str]
+) -> None:
+    """Each test sample's key, image and probabilities, for error analysis."""
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["key", "image", *names])
+        for sample, row in zip(samples, probabilities, strict=True):
+            writer.writerow([sample.key, sample.image or "", *(f"{p:.6f}" for p in row)])
+
+
+def _figures(
+    config: RunConfig,
+    plan: ModelPlan,
+    parts: dict[str, list[Sample]],
+    names: list[str],
+    evaluation: Evaluation,
+    probabilities: np.ndarray,
+    trainer: Trainer,
+    package_config: ModelConfig | None,
+) -> dict[str, str]:
+    """Draw the run's figures (:mod:`training.plots`) into its directory; name to path."""
+    out = config.output
+    targets, mask = _arrays(parts["test"])
+    figures = {
+        "class_distribution": plot_class_distribution(parts, names, out / "class_distribution.png"),
+        "confusion": plot_confusion_matrices(evaluation, out / "confusion_test.png"),
+        "roc": save_roc_curves(
+            targets, mask, probabilities, names, out / "roc_test.png", f"{config.name}: test ROC"
+        ),
+        "calibration": plot_reliability(
+            targets,
+            mask,
+            probabilities,
+            names,
+            out / "calibration_test.png",
+            f"{config.name}: test calibration",
+        ),
+    }
+    # The reports as the model reads them, or, for a model that reads none, as it would.
+    source = "report" if config.text_source == "none" else config.text_source
+    texts = {
+        split: [t for t in (sample_text(s, source, plan.cleaning) for s in samples) if t]
+        for split, samples in parts.items()
+    }
+    if any(texts.values()):
+        figures["word_counts"] = plot_word_counts(texts, out / "report_word_counts.png")
+        figures["top_terms"] = plot_top_terms(texts["train"], out / "report_top_terms.png")
+    if package_config is not None:
+        # A copy: the predictor freezes the model it is given, and export still needs it.
+        model = copy.deepcopy(trainer.model)
+        predictor = Predictor(LoadedPackage(package_config, model, out), str(trainer.device))
+        reports = (
+            [_model_text(s, config.text_source) for s in parts["test"]]
+            if package_config.uses_text
+            else None
+        )
+        maps = plot_grad_cams(predictor, parts["test"], reports, probabilities, out)
+        figures.update({f"gradcam {name}": path for name, path in maps.items()})
+    return {name: str(path) for name, path in figures.items()}
+
+
+def _model_text(sample: Sample, text_source: str) -> str | None:
+    """The text of a sample the predictor cleans as the training loader did."""
+    return {"report": sample.report, "indication": sample.indication}.get(text_source)
 
 
 def _by_source(
@@ -401,23 +507,22 @@ def _view_check(
     return check
 
 
-def _export(
+def _package_config(
     config: RunConfig,
     plan: ModelPlan,
     model: CxrClassifier,
     data: LabelledData,
-    parts: dict[str, list[Sample]],
-    evaluation: Evaluation,
     thresholds: list[float],
     results: dict[str, Any],
-) -> Path:
+) -> ModelConfig:
+    """The config the run's package gets (before its weights' sha256 is known)."""
     export = config.export
     assert plan.spec is not None
     labels = tuple(
         LabelConfig.from_label(label, threshold)
         for label, threshold in zip(VOCABULARIES[data.vocabulary], thresholds, strict=True)
     )
-    package_config = ModelConfig(
+    return ModelConfig(
         name=str(export.get("name", config.name)),
         version=str(export.get("version", "0.1.0")),
         architecture=model.architecture,
@@ -436,7 +541,20 @@ def _export(
         text_cleaning=plan.cleaning,
         label_vocabulary=data.vocabulary,
         uncertain_policy=config.data.get("uncertain") if data.vocabulary == "chexpert-14" else None,
+        normalization=plan.normalization,
     )
+
+
+def _export(
+    config: RunConfig,
+    package_config: ModelConfig,
+    model: CxrClassifier,
+    data: LabelledData,
+    parts: dict[str, list[Sample]],
+    evaluation: Evaluation,
+    results: dict[str, Any],
+) -> Path:
+    export = config.export
     path = Path(export.get("path", config.output / "package"))
     if path.exists() and any(path.iterdir()):
         # Replace an earlier export of a package, never anything else that happens to be there.
@@ -502,6 +620,7 @@ def run_crossval(config: RunConfig) -> dict[str, Any]:
             if kind == "tfidf_logreg":
                 val_p, test_p = _tfidf(variant, plan, train, val, test)
             elif kind == "model":
+                plan, _ = fit_normalization(variant, plan, train)
                 run_dir = config.output / overrides["name"] / f"fold{fold + 1}"
                 trainer, _ = _fit(variant, plan, train, val, run_dir, resume=True)
                 val_p = trainer.predict(
@@ -582,10 +701,17 @@ def crossval_markdown(results: dict[str, Any]) -> str:
 
 
 def run_evaluate(
-    package_path: Path, config: RunConfig, split: str = "test", retrieval: bool = False
+    package_path: Path,
+    config: RunConfig,
+    split: str = "test",
+    retrieval: bool = False,
+    explanations: bool = False,
+    ig_steps: int | None = None,
 ) -> dict[str, Any]:
     """Evaluate a model package on a config's data (its test part, or ``all``); with
-    ``retrieval``, also its embeddings for case retrieval (``training.retrieval``)."""
+    ``retrieval``, also its embeddings for case retrieval (``training.retrieval``); with
+    ``explanations``, also the agreement of Grad-CAM and Integrated Gradients and their
+    localisation on RSNA boxes (``training.explanations``, IG with ``ig_steps`` steps)."""
     package = load_package(package_path)
     data = config.read_data()
     if data.vocabulary != package.config.label_vocabulary:
@@ -623,6 +749,8 @@ def run_evaluate(
         results["retrieval"] = _retrieval(
             package, config, dataset, samples, splits["train"], device
         )
+    if explanations:
+        results["explanations"] = _explanations(package, config, samples, ig_steps, out)
     (out / "results.json").write_text(json.dumps(results, indent=2, default=_json_default) + "\n")
     return results
 
@@ -663,6 +791,24 @@ def _retrieval(
         ),
     ]
     return {"protocols": [p.to_dict() for p in protocols], "seed_003": SEED_003}
+
+
+def _explanations(
+    package: Any, config: RunConfig, samples: list[Sample], steps: int | None, out: Path
+) -> dict[str, Any]:
+    """Seed 003's attribution agreement, and localisation where the data has RSNA boxes."""
+    from models.attribution import DEFAULT_STEPS
+    from training.explanations import evaluate_explanations, explanations_report, read_rsna_boxes
+
+    boxes = None
+    if config.data.get("reader") == "rsna_pneumonia":
+        root = expand(str(config.data["root"]))
+        if (root / "example_train_labels.csv").is_file():
+            boxes = read_rsna_boxes(root)
+    figures = evaluate_explanations(package, samples, boxes, steps=steps or DEFAULT_STEPS)
+    report = out / "explanations.md"
+    report.write_text(explanations_report(package.config.package_id, figures))
+    return {**figures, "report": str(report)}
 
 
 def _json_default(value: Any) -> Any:

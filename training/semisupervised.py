@@ -285,7 +285,7 @@ class SemiSupervisedTrainer(Trainer):
 
     Parameters
     ----------
-    model, loss, settings, run_dir, device, progress
+    model, loss, settings, run_dir, device, progress, **options
         As for :class:`training.trainer.Trainer`; ``settings.ema_decay`` must be > 0.
     semi : SemiSupervisedSettings
         A method that uses unlabelled data.
@@ -303,6 +303,7 @@ class SemiSupervisedTrainer(Trainer):
         unlabelled: SampleDataset,
         device: str | torch.device = "auto",
         progress: bool | None = None,
+        **options: Any,
     ) -> None:
         if not semi.uses_unlabelled:
             raise TrainingError("the semi-supervised trainer needs mean_teacher or pseudo_label")
@@ -312,7 +313,7 @@ class SemiSupervisedTrainer(Trainer):
             )
         if len(unlabelled.samples) < 2:  # a batch of one breaks batch normalisation
             raise TrainingError(f"{semi.method} needs at least two unlabelled samples")
-        super().__init__(model, loss, settings, run_dir, device, progress)
+        super().__init__(model, loss, settings, run_dir, device, progress, **options)
         self.semi = semi
         self.views = TwoViews(unlabelled)
         self._stream: Iterator[tuple[Batch, Batch]] = iter(())
@@ -357,15 +358,19 @@ class SemiSupervisedTrainer(Trainer):
             return 1.0
         return sigmoid_rampup((self._epoch + self._step / self._steps) / self.semi.rampup_epochs)
 
+    def _logits(self, model: nn.Module, view: Batch) -> torch.Tensor:
+        view = self._standardised(view)
+        return logits_of(model, view, self.device, self.memory_format).float()
+
     def _batch_loss(self, batch: Batch) -> torch.Tensor:
         supervised = super()._batch_loss(batch)
         student_view, teacher_view = next(self._stream)
         assert self.ema is not None
         self.ema.eval()
         with torch.no_grad(), self._autocast():
-            teacher = logits_of(self.ema, teacher_view, self.device, self.memory_format).float()
+            teacher = self._logits(self.ema, teacher_view)
         with self._autocast():
-            student = logits_of(self.model, student_view, self.device, self.memory_format).float()
+            student = self._logits(self.model, student_view)
         if self.semi.method == "mean_teacher":
             unlabelled = consistency_loss(student, teacher)
             weight = self.semi.consistency_weight * self.rampup()
@@ -391,10 +396,14 @@ def make_trainer(
     semi: SemiSupervisedSettings,
     unlabelled: SampleDataset | None,
     device: str | torch.device = "auto",
+    **options: Any,
 ) -> Trainer:
-    """The trainer a config asks for: the plain one unless the method uses unlabelled data."""
+    """The trainer a config asks for: the plain one unless the method uses unlabelled data.
+    ``options`` are :class:`training.trainer.Trainer`'s other keyword arguments."""
     if not semi.uses_unlabelled:
-        return Trainer(model, loss, settings, run_dir, device=device)
+        return Trainer(model, loss, settings, run_dir, device=device, **options)
     if unlabelled is None or unlabelled.spec is None:
         raise TrainingError(f"{semi.method} needs an image model and unlabelled images")
-    return SemiSupervisedTrainer(model, loss, settings, run_dir, semi, unlabelled, device=device)
+    return SemiSupervisedTrainer(
+        model, loss, settings, run_dir, semi, unlabelled, device=device, **options
+    )

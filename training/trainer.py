@@ -5,9 +5,10 @@ Determinism: every epoch re-seeds the global torch generator (dropout), the shuf
 augmentation from ``(seed, epoch)``, so a run resumed from its epoch-``k`` checkpoint continues
 exactly as the uninterrupted run would (the test checks it bit for bit on the CPU).
 
-Each epoch appends a row to ``epochs.csv`` and ``epochs.jsonl`` in the run directory and
-rewrites ``last.pt`` (everything needed to resume); the best epoch's weights, by the monitored
-validation figure, go to ``best.pt``.
+Each epoch appends a row to ``epochs.csv`` and ``epochs.jsonl`` in the run directory, writes
+it with each label's validation AUROC to the TensorBoard event file there
+(:mod:`training.events`), and rewrites ``last.pt`` (everything needed to resume); the best
+epoch's weights, by the monitored validation figure, go to ``best.pt``.
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ import math
 import random
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,8 +34,10 @@ from torch.utils.data import DataLoader
 
 from models.network import CxrClassifier
 from training.errors import TrainingError
+from training.events import EventLog
 from training.loader import Batch, SampleDataset, collate
-from training.metrics import macro_auroc
+from training.metrics import label_aurocs, nan_mean
+from training.normalization import standardise_batch
 from training.splits import balanced_sampler
 from training.textmodel import TextOnlyClassifier
 
@@ -175,6 +178,13 @@ class Trainer:
         ``"auto"``: CUDA when present.
     progress : bool or None
         Progress bars (``None``: when standard error is a terminal).
+    label_names : sequence of str
+        The model's outputs, for the per-label validation AUROCs in TensorBoard (default
+        ``label_1``, ``label_2``...).
+    standardise_batches : bool
+        Standardise each training batch's images by its own per-channel statistics (seed 004,
+        :func:`training.normalization.standardise_batch`); validation is left as the dataset
+        normalises it.
     """
 
     def __init__(
@@ -185,6 +195,8 @@ class Trainer:
         run_dir: Path,
         device: str | torch.device = "auto",
         progress: bool | None = None,
+        label_names: Sequence[str] = (),
+        standardise_batches: bool = False,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -198,6 +210,8 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.label_names = tuple(label_names)
+        self.standardise_batches = standardise_batches
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise TrainingError("the model has no trainable parameters")
@@ -281,11 +295,31 @@ class Trainer:
         FitResult
             The model is left holding the best epoch's weights (EMA weights with EMA).
         """
-        s = self.settings
         state = self._resume() if resume else None
         start = 0 if state is None else state["epoch"] + 1
         result = FitResult(-1, -math.inf) if state is None else FitResult(**state["result"])
         bad_epochs = 0 if state is None else state["bad_epochs"]
+        with EventLog(self.run_dir) as events:
+            self._epochs(train, val, start, result, bad_epochs, events, on_epoch)
+        best = self._best_state()
+        self.model.load_state_dict(best, strict=True)
+        if self.ema is not None:
+            # predict() reads the EMA weights: they must be the best epoch's too, not the last's.
+            self.ema.module.load_state_dict(best, strict=True)
+        return result
+
+    def _epochs(
+        self,
+        train: SampleDataset,
+        val: SampleDataset,
+        start: int,
+        result: FitResult,
+        bad_epochs: int,
+        events: EventLog,
+        on_epoch: Callable[[dict[str, Any]], None] | None,
+    ) -> None:
+        """Run epochs from ``start`` on, into ``result``."""
+        s = self.settings
         for epoch in range(start, s.epochs):
             if s.patience and bad_epochs >= s.patience:
                 result.stopped_early = True
@@ -293,7 +327,8 @@ class Trainer:
             torch.manual_seed(s.seed * 10_037 + epoch)
             began = time.monotonic()
             train_loss = self._train_epoch(train, epoch)
-            val_loss, val_auroc = self.validate(val)
+            val_loss, aurocs = self._validation(val)
+            val_auroc = nan_mean(aurocs)
             value = val_auroc if s.monitor == "auroc" else -val_loss
             improved = value > result.best_value + 1e-6 or result.best_epoch < 0
             if improved:
@@ -313,6 +348,7 @@ class Trainer:
             }
             result.history.append(row)
             self._log(row)
+            events.epoch(row, self._names(len(aurocs)), aurocs)
             self._checkpoint(epoch, result, bad_epochs)
             if on_epoch is not None:
                 on_epoch(row)
@@ -320,12 +356,6 @@ class Trainer:
             result.stopped_early = bool(
                 s.patience and bad_epochs >= s.patience and len(result.history) < s.epochs
             )
-        best = self._best_state()
-        self.model.load_state_dict(best, strict=True)
-        if self.ema is not None:
-            # predict() reads the EMA weights: they must be the best epoch's too, not the last's.
-            self.ema.module.load_state_dict(best, strict=True)
-        return result
 
     def _train_epoch(self, dataset: SampleDataset, epoch: int) -> float:
         self.model.train()
@@ -362,8 +392,16 @@ class Trainer:
         targets = batch.targets.to(self.device, non_blocking=True)
         mask = batch.mask.to(self.device, non_blocking=True)
         with self._autocast():
-            logits = logits_of(self.model, batch, self.device, self.memory_format)
+            logits = logits_of(
+                self.model, self._standardised(batch), self.device, self.memory_format
+            )
         return self.loss(logits.float(), targets, mask)
+
+    def _standardised(self, batch: Batch) -> Batch:
+        """The batch as the model trains on it (each batch's own statistics, where asked)."""
+        if self.standardise_batches and batch.images is not None:
+            return replace(batch, images=standardise_batch(batch.images))
+        return batch
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
@@ -382,6 +420,11 @@ class Trainer:
 
     def validate(self, dataset: SampleDataset) -> tuple[float, float]:
         """Validation loss and macro AUROC (labels with one class only left out)."""
+        loss, aurocs = self._validation(dataset)
+        return loss, nan_mean(aurocs)
+
+    def _validation(self, dataset: SampleDataset) -> tuple[float, list[float]]:
+        """Validation loss and each label's AUROC (``nan``: one class only)."""
         probabilities = self.predict(dataset)
         targets = np.stack([s.targets for s in dataset.samples])
         mask = np.stack([s.mask for s in dataset.samples])
@@ -394,7 +437,12 @@ class Trainer:
                     torch.from_numpy(mask).to(self.device),
                 )
             )
-        return loss, macro_auroc(targets, mask, probabilities)
+        return loss, label_aurocs(targets, mask, probabilities)
+
+    def _names(self, count: int) -> tuple[str, ...]:
+        if len(self.label_names) == count:
+            return self.label_names
+        return tuple(f"label_{j + 1}" for j in range(count))
 
     def _step_schedule(self, value: float) -> None:
         if isinstance(self.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):

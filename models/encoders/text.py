@@ -224,6 +224,7 @@ class HfTextEncoder(TextEncoder):
         self.trainable_layers = int(trainable_layers)
         self.weights_sha256 = weights_sha256
         self.out_dim = int(model.config.hidden_size)
+        self._keep_graph = False
         self._input_names = set(getattr(tokenizer, "model_input_names", ())) or {
             "input_ids",
             "attention_mask",
@@ -320,6 +321,49 @@ class HfTextEncoder(TextEncoder):
         )
         return {key: value for key, value in encoded.items() if key in self._input_names}
 
+    @contextlib.contextmanager
+    def differentiable(self) -> Iterator[None]:
+        """Keep the autograd graph through a frozen encoder (its weights stay frozen), so that
+        attributions reach its embeddings; it otherwise runs without one, to save memory."""
+        self._keep_graph = True
+        try:
+            yield
+        finally:
+            self._keep_graph = False
+
+    def word_of_tokens(self, text: str) -> tuple[list[str], list[int | None]]:
+        """The words of a cleaned text, and the word each token of :meth:`tokenize` is part of.
+
+        Parameters
+        ----------
+        text : str
+            One cleaned report.
+
+        Returns
+        -------
+        tuple of (list of str, list of (int or None))
+            The words as they stand in the text (pieces joined), and per token position the
+            index of its word, ``None`` for special tokens ([CLS], [SEP]).
+
+        Raises
+        ------
+        ValueError
+            If the tokenizer is not a fast one (only those map tokens back to words).
+        """
+        if not getattr(self.tokenizer, "is_fast", False):
+            raise ValueError("word attributions need a fast tokenizer (tokenizer.json)")
+        encoded = self.tokenizer(
+            text, truncation=True, max_length=self.max_length, return_offsets_mapping=True
+        )
+        spans: dict[int, list[int]] = {}
+        for word, (start, end) in zip(encoded.word_ids(), encoded["offset_mapping"], strict=True):
+            if word is not None:
+                span = spans.setdefault(word, [start, end])
+                span[0], span[1] = min(span[0], start), max(span[1], end)
+        order = {word: n for n, word in enumerate(sorted(spans))}
+        words = [text[start:end] for start, end in (spans[word] for word in sorted(spans))]
+        return words, [None if word is None else order[word] for word in encoded.word_ids()]
+
     def forward(self, inputs: dict[str, torch.Tensor], bucket_rows: int = 0) -> TextFeatures:
         """Encode tokenized texts; see :class:`TextFeatures`.
 
@@ -328,7 +372,9 @@ class HfTextEncoder(TextEncoder):
         for its length. The result is that of one padded pass (attention masks out padding).
         """
         mask = inputs["attention_mask"].bool()
-        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+        with torch.set_grad_enabled(
+            (self.trainable or self._keep_graph) and torch.is_grad_enabled()
+        ):
             tokens = self._encode_in_buckets(inputs, mask, bucket_rows)
         if self.pooling == "cls":
             pooled = tokens[:, 0]

@@ -1,9 +1,11 @@
 """The admin's JSON API (``/api/...`` but the health check): audit events, the chain check,
-studies, a study's timeline and statistics, and the two actions that change anything (resend
-a run's results, queue a new run), each behind the token.
+studies, a study's timeline, its similar earlier cases and statistics, the two actions that
+change anything (resend a run's results, queue a new run), and the node's model tried on an
+upload, each behind the token.
 
 Every answer carrying patient data is recorded in the audit log before it is sent
-(``admin.query``: what was asked, the filters, how many rows).
+(``admin.query``: what was asked, the filters, how many rows; ``admin.similar``: the query
+study and the studies the answer named).
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ from dataclasses import asdict
 from datetime import datetime
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.concurrency import run_in_threadpool
 
-from node import reprocess
-from node.admin import render
-from node.admin.dependencies import Access, Admin, ReadSession, client, require_token
+from node import reprocess, similar
+from node.admin import render, uploads
+from node.admin.dependencies import Access, Admin, ReadSession, actor, require_token
 from node.admin.timespec import parse_time
+from node.predict import png_bytes
 from storage import audit, queries
 from storage.audit_chain import verify
 
@@ -101,16 +105,38 @@ def timeline(session: ReadSession, access: Access, key: str) -> JSONResponse:
     return JSONResponse(queries.to_json(found))
 
 
+@router.get("/studies/{key}/similar")
+def similar_studies(
+    request: Request,
+    admin: Admin,
+    session: ReadSession,
+    key: str,
+    k: int = Query(similar.DEFAULT_K, ge=1, le=similar.MAX_K),
+) -> JSONResponse:
+    """The ``k`` stored studies nearest the study's latest embedding (``node.similar``), with
+    their identifiers and findings; 404 for an unknown study, 409 for one without an
+    embedding (processed before they were stored: rerun it)."""
+    answer = refused = None
+    try:
+        answer = similar.similar_to_study(session, key, k)
+    except similar.SimilarRefused as exc:
+        refused = exc
+    with admin.db.transaction() as writing:
+        similar.record_query(writing, key, k, answer, refused, via="http", actor=actor(request))
+    if answer is None:
+        raise HTTPException(404 if isinstance(refused, similar.UnknownStudy) else 409, str(refused))
+    return JSONResponse(queries.to_json(answer))
+
+
 @router.post("/studies/{key}/resend")
 def resend_results(
     request: Request, admin: Admin, key: str, destination: str | None = None
 ) -> JSONResponse:
     """Re-deliver the latest finished run's results (``node.reprocess.resend``); 409 with the
     reason when the study cannot be re-sent now."""
-    actor = {"actor_ip": client(request), "actor_user": "admin-token"}
     try:
         with admin.db.transaction() as session:
-            done = reprocess.resend(session, admin.settings, key, destination, actor)
+            done = reprocess.resend(session, admin.settings, key, destination, actor(request))
     except reprocess.ReprocessRefused as exc:
         raise HTTPException(409, str(exc)) from None
     return JSONResponse(asdict(done), status_code=202)
@@ -120,13 +146,86 @@ def resend_results(
 def rerun_study(request: Request, admin: Admin, key: str) -> JSONResponse:
     """Queue a new run of the study (``node.reprocess.rerun``); 409 with the reason when it
     cannot run now."""
-    actor = {"actor_ip": client(request), "actor_user": "admin-token"}
     try:
         with admin.db.transaction() as session:
-            done = reprocess.rerun(session, key, actor)
+            done = reprocess.rerun(session, key, actor(request))
     except reprocess.ReprocessRefused as exc:
         raise HTTPException(409, str(exc)) from None
     return JSONResponse(asdict(done), status_code=202)
+
+
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["file"],
+                "properties": {
+                    "file": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "a DICOM file (with or without preamble), PNG or JPEG, "
+                        "at most predict_max_upload_mb",
+                    },
+                    "report": {
+                        "type": "string",
+                        "description": "report text, cleaned by the package's text options "
+                        "(an image-only model ignores it)",
+                    },
+                },
+            }
+        }
+    },
+}
+_PREDICTION = {
+    "description": "the findings by probability with their calls, the explained labels and "
+    "their regions (cxrnode predict --format json); with heatmap=LABEL that label's overlay",
+    "content": {"application/json": {}, "image/png": {}},
+}
+
+
+@router.post(
+    "/predict",
+    summary="Try the node's model on an uploaded image",
+    openapi_extra={"requestBody": _UPLOAD_BODY},
+    responses={
+        200: _PREDICTION,
+        400: {"description": "a malformed multipart body"},
+        401: {"description": "no valid admin token"},
+        404: {"description": "heatmap names a label that was not explained"},
+        413: {
+            "description": "the upload is over predict_max_upload_mb, or the image over "
+            "max_decoded_mb once decoded"
+        },
+        415: {"description": "not multipart/form-data"},
+        422: {
+            "description": "no file, an empty file, no readable DICOM/PNG/JPEG, or a DICOM "
+            "without pixel data"
+        },
+        503: {"description": "the model cannot be loaded"},
+    },
+)
+async def predict(
+    request: Request,
+    admin: Admin,
+    heatmaps: bool = Query(False, description="each explanation's overlay as a base64 PNG"),
+    heatmap: str | None = Query(None, description="answer with this label's overlay as PNG"),
+    method: str = Query("gradcam", description="the explanation method of heatmap"),
+    keep: bool = Query(False, description="keep the upload under <data_dir>/uploads/<sha256>"),
+) -> Response:
+    """Run the node's model on an uploaded image as on a received one; audited as
+    ``model.predicted`` (its digest, size, type and the findings; not the upload)."""
+    upload = await uploads.read_upload(request, admin)
+    prediction = await uploads.predict_upload(request, admin, upload, keep)
+    if heatmap is not None:
+        try:
+            explanation = prediction.explanation(heatmap, method)
+        except KeyError as exc:
+            raise HTTPException(404, exc.args[0]) from None
+        png = await run_in_threadpool(lambda: png_bytes(prediction.overlay(explanation)))
+        return Response(png, media_type="image/png")
+    return JSONResponse(await run_in_threadpool(prediction.to_json, heatmaps))
 
 
 @router.get("/stats")

@@ -11,11 +11,16 @@ but for the two actions an admin takes on a study (resend, rerun), which are aud
 ``GET /api/audit/verify``              the hash chain check
 ``GET /api/studies``                   recent studies with findings (``q``, ``limit``)
 ``GET /api/studies/{key}/timeline``    a study's timeline (Study UID or accession)
+``GET /api/studies/{key}/similar``     the ``k`` nearest studies of the same model by
+                                       embedding, with their findings; 409 without one
 ``GET /api/stats``                     per-day counts and turnaround (``since``, ``until``)
+``POST /api/predict``                  the node's model on an uploaded DICOM/PNG/JPEG (and
+                                       report text): findings, regions, overlays; audited
 ``POST /api/studies/{key}/resend``     re-deliver the latest finished run's results
                                        (``destination``: one, default all); 202, 409 why not
 ``POST /api/studies/{key}/rerun``      queue a new run of the study; 202, 409 why not
 ``GET /``, ``GET /studies/{key}``      the same as HTML pages, usable without JavaScript
+``GET|POST /try``                      the upload form and its result as a page
 ``GET|POST /login``, ``GET /logout``   the browser's token form and session cookie
 ``GET /metrics``                       Prometheus figures (``node.metrics``); the token unless
                                        ``metrics_require_token`` is off
@@ -45,6 +50,7 @@ from node.admin.dependencies import AdminContext, AnswerInstead, answer_instead
 from node.admin.probe import DestinationProbe
 from node.config import Settings
 from node.metrics import NodeMetrics
+from node.predict import ServingModel
 from node.refusals import RefusalAudit
 from storage import queries
 from storage.database import Database
@@ -57,12 +63,19 @@ _SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
     "Content-Security-Policy": (
-        "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'"
+        # Images only as data: URIs, the /try page's overlays, embedded in the page.
+        "default-src 'none'; style-src 'unsafe-inline'; img-src data:; form-action 'self'; "
+        "frame-ancestors 'none'"
     ),
 }
 
 
-def create_app(db: Database, settings: Settings, probe: DestinationProbe | None = None) -> FastAPI:
+def create_app(
+    db: Database,
+    settings: Settings,
+    probe: DestinationProbe | None = None,
+    model: ServingModel | None = None,
+) -> FastAPI:
     """Build the admin application over the node's database.
 
     Parameters
@@ -73,6 +86,9 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
         ``admin_token`` (required), and the node's identity shown by the health check.
     probe:
         Checks the result destinations for ``/api/health``; None leaves them out.
+    model:
+        The model ``/api/predict`` and ``/try`` run; None: the settings' model, loaded on the
+        first request (``AdminServer.serve_model`` hands it the node's).
 
     Returns
     -------
@@ -88,6 +104,7 @@ def create_app(db: Database, settings: Settings, probe: DestinationProbe | None 
         tokens=TokenCheck(settings.admin_token),
         refusals=RefusalAudit(db, settings.refusal_audit_window_s),
         pages=_templates(),
+        model=model or ServingModel(settings),
         probe=probe,
     )
     app.state.node_metrics = NodeMetrics(db, settings)
@@ -114,5 +131,6 @@ def _templates() -> Environment:
         iso=lambda v: queries.iso_utc(v).replace("T", " ")[:19] if v else "–",
         p=lambda v: f"{v:.2f}",
         summarize=render.summarize,
+        findings=render.findings_line,
     )
     return templates

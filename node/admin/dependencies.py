@@ -10,7 +10,7 @@ so no route can forget it, and the check runs before the route's parameters are 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any
 from urllib.parse import urlencode
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 from node.admin.auth import COOKIE, TokenCheck
 from node.admin.probe import DestinationProbe
 from node.config import Settings
+from node.predict import Prediction, ServingModel, SimilarCase
 from node.refusals import RefusalAudit
 from storage import audit
 from storage.actions import Action
@@ -51,6 +52,11 @@ class AdminContext:
         The Jinja environment of the HTML templates.
     probe:
         Destination reachability for ``/api/health``; None leaves the destinations out.
+    model:
+        The model uploads are tried on (``/api/predict``, ``/try``): the node's, or the
+        settings' model loaded on first use.
+    similar_cases:
+        Finds the earlier cases nearest a prediction, for the ``/try`` page; None shows none.
     """
 
     db: Database
@@ -58,7 +64,9 @@ class AdminContext:
     tokens: TokenCheck
     refusals: RefusalAudit
     pages: Environment
+    model: ServingModel
     probe: DestinationProbe | None = None
+    similar_cases: Callable[[Prediction], Sequence[SimilarCase]] | None = None
 
     def refuse(self, request: Request) -> None:
         """Count a request without a valid token: one event per client address and window,
@@ -98,6 +106,11 @@ Admin = Annotated[AdminContext, Depends(admin_context)]
 def client(request: Request) -> str | None:
     """The client's address, as the audit records it."""
     return request.client.host if request.client else None
+
+
+def actor(request: Request) -> dict[str, str | None]:
+    """Who made a request with the token, as the audit's actor columns record them."""
+    return {"actor_ip": client(request), "actor_user": "admin-token"}
 
 
 # The token -----------------------------------------------------------------------------------
@@ -179,8 +192,7 @@ class AccessLog:
             audit.record(
                 session,
                 Action.ADMIN_QUERY,
-                actor_ip=client(self.request),
-                actor_user="admin-token",
+                **actor(self.request),
                 detail={"what": what, "filters": filters, "rows": rows, "via": "http"},
             )
 

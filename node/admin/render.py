@@ -7,12 +7,15 @@ import csv
 import io
 import json
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from storage.actions import Action, Subject
 from storage.audit_chain import ChainReport
 from storage.queries import Stats, StudySummary, StudyTimeline, iso_utc, to_json
-from storage.run_summary import InferenceCompleted
+from storage.run_summary import Finding, InferenceCompleted
+
+if TYPE_CHECKING:
+    from node.similar import SimilarStudies
 
 EVENT_FIELDS = (
     "id",
@@ -49,15 +52,24 @@ def summarize(action: str, detail: dict[str, Any] | None) -> str:
     return _compact(d)
 
 
+def findings_line(findings: Sequence[Finding]) -> str:
+    """A run's findings in a few words: those present, else the two highest."""
+    present = [f for f in findings if f.present]
+    if present:
+        return ", ".join(f"{f.name} {f.probability:.2f}" for f in present)
+    top = ", ".join(f"{f.name} {f.probability:.2f}" for f in findings[:2])
+    return f"no finding above threshold (top: {top})" if top else "no image result"
+
+
 def _inference_line(d: dict[str, Any]) -> str:
     event = InferenceCompleted.from_json(d)
-    findings = event.summary.findings
-    present = [f for f in findings if f.present]
-    head = f"run {event.run}, {event.model}: "
-    if present:
-        return head + ", ".join(f"{f.name} {f.probability:.2f}" for f in present)
-    top = ", ".join(f"{f.name} {f.probability:.2f}" for f in findings[:2])
-    return head + (f"no finding above threshold (top: {top})" if top else "no image result")
+    return f"run {event.run}, {event.model}: " + findings_line(event.summary.findings)
+
+
+def _similar_line(d: dict[str, Any]) -> str:
+    if "returned" not in d:
+        return f"similar cases, k={d.get('k')}: {d.get('reason')}"
+    return f"similar cases, k={d.get('k')}, run {d.get('run')}: {len(d['returned'])} studies named"
 
 
 def _queued_line(d: dict[str, Any]) -> str:
@@ -113,6 +125,7 @@ _LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
     Action.STUDY_DONE: lambda d: f"run {d.get('run')}: every result confirmed",
     Action.PAIRING_WINDOW_EXPIRED: lambda d: f"no report in time: runs with {d.get('runs_with')}",
     Action.NODE_STARTED: _node_started_line,
+    Action.ADMIN_SIMILAR: _similar_line,
 }
 # Families of actions sharing one writer, by their subject.
 _FAMILY_LINES: dict[str, Callable[[dict[str, Any]], str | None]] = {
@@ -268,6 +281,33 @@ def studies_table(studies: Sequence[StudySummary]) -> str:
         )
     headers = ("received", "patient", "accession", "study", "state", "model", "present")
     return table(headers, rows, widths={3: 28, 5: 40})
+
+
+def similar_text(answer: SimilarStudies) -> str:
+    """The studies nearest a study (``node.similar``), as a table with their findings."""
+    study = answer.study
+    head = (
+        f"Study {study.study_uid} (accession {study.accession or '-'}), run {answer.run}, "
+        f"model {answer.model_id}"
+    )
+    if not answer.cases:
+        return f"{head}: no other study of this model has an embedding stored"
+    rows = [
+        (
+            case.rank,
+            f"{case.distance:.4f}",
+            case.study.patient_id,
+            case.study.accession,
+            case.study.study_uid,
+            case.run,
+            iso_utc(case.processed_at).replace("T", " ")[:19],
+            findings_line(case.findings),
+        )
+        for case in answer.cases
+    ]
+    headers = ("rank", "distance", "patient", "accession", "study", "run", "processed", "findings")
+    body = table(headers, rows, widths={4: 28, 7: 60})
+    return f"{head}: the {len(rows)} nearest (distance 1 - cosine)\n{body}"
 
 
 # Statistics ---------------------------------------------------------------------------------

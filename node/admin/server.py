@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from node.admin.app import create_app
 from node.admin.auth import MIN_TOKEN_LENGTH
@@ -12,6 +13,9 @@ from node.config import Settings
 from node.errors import ConfigError
 from node.http import ThreadedHttpServer
 from storage.database import Database
+
+if TYPE_CHECKING:
+    from models.predictor import Predictor
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +69,10 @@ class AdminServer:
             tls_cert=settings.tls_cert,
             tls_key=settings.tls_key,
         )
+
+    def serve_model(self, predictor: Predictor) -> None:
+        """Try uploads on ``predictor`` (the node's worker's) rather than loading one."""
+        self.app.state.admin.model.provide(predictor)
 
     @property
     def url(self) -> str:

@@ -1,7 +1,13 @@
 """Result writers: the TID 1500 SR per study and run, and per processed image a presentation
 state and the Grad-CAM captures (an overview and one per present finding)."""
 
-from node.results.findings import AlgorithmInfo, Finding, ImageResult, ResultInputError
+from node.results.findings import (
+    AlgorithmInfo,
+    Finding,
+    ImageResult,
+    ResultInputError,
+    model_findings,
+)
 from node.results.heatmap import GridHeatmap, display_levels
 from node.results.overlay import build_finding_capture, build_overview
 from node.results.presentation import build_presentation_state
@@ -23,4 +29,5 @@ __all__ = [
     "display_levels",
     "finding_regions",
     "heat_region",
+    "model_findings",
 ]

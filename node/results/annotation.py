@@ -54,7 +54,11 @@ class Line:
 
 
 def caption(
-    image: ImageResult, algorithm: AlgorithmInfo, shown: str | None, overview: bool
+    image: ImageResult,
+    algorithm: AlgorithmInfo,
+    shown: str | None,
+    overview: bool,
+    method: str = "Grad-CAM",
 ) -> tuple[list[Line], list[Line]]:
     """Say what a capture shows: a header block and a footer block.
 
@@ -68,6 +72,8 @@ def caption(
         The finding whose Grad-CAM heatmap is blended in, if any.
     overview : bool
         Whether this is the overview capture (every region outlined) or one finding's.
+    method : str
+        The explanation's name, where it is not Grad-CAM's.
 
     Returns
     -------
@@ -78,7 +84,8 @@ def caption(
     header = [Line(review, _YELLOW), Line(f"Model: {algorithm.name} {algorithm.version}")]
     if shown is not None:
         explained = image.finding(shown)
-        header.append(Line(f"Heatmap: {explained.name} {explained.probability:.2f}", _CYAN))
+        named = "" if method == "Grad-CAM" else f" ({method})"
+        header.append(Line(f"Heatmap{named}: {explained.name} {explained.probability:.2f}", _CYAN))
     else:
         header.append(Line("Heatmap: none", _CYAN))
     if overview:
@@ -166,7 +173,7 @@ def viewer_zones(rows: int, cols: int) -> list[Box]:
     ]
 
 
-def draw_legend(rgb: np.ndarray, ramp: np.ndarray) -> np.ndarray:
+def draw_legend(rgb: np.ndarray, ramp: np.ndarray, title: str = "Grad-CAM") -> np.ndarray:
     """A vertical colour scale at the right edge, between the top-right corner and the right
     edge's midpoint (clear of the viewer's corner text and orientation letter).
 
@@ -176,6 +183,8 @@ def draw_legend(rgb: np.ndarray, ramp: np.ndarray) -> np.ndarray:
         uint8 (rows, cols, 3).
     ramp : numpy.ndarray
         uint8 (n, 3) colours of increasing heat, as blended into the image.
+    title : str
+        The method whose heat it is, 8 characters at most ("Grad-CAM", "IG").
 
     Returns
     -------
@@ -193,7 +202,7 @@ def draw_legend(rgb: np.ndarray, ramp: np.ndarray) -> np.ndarray:
     layer = _layer(rgb)
     draw = ImageDraw.Draw(layer)
     draw.rectangle((left, top, right - 1, bottom - 1), fill=_PANEL)
-    draw.text((left + margin, top + margin), "Grad-CAM", font=font, fill=_WHITE)
+    draw.text((left + margin, top + margin), title, font=font, fill=_WHITE)
     draw.text((left + margin, top + margin + step), "high", font=font, fill=_WHITE)
     bar_left = left + margin
     for y in range(bar_height):
@@ -267,6 +276,7 @@ def _legend_box(rows: int, cols: int, font: ImageFont.FreeTypeFont) -> Box:
     zones = viewer_zones(rows, cols)
     margin = max(4, font.size // 2)
     bar_width = max(8, cols // 40)
+    # The panel is as wide for every title (none is longer than "Grad-CAM").
     label_width = round(max(font.getlength(t) for t in ("Grad-CAM", "high", "low")))
     right = cols - margin
     left = right - max(bar_width, label_width) - 2 * margin

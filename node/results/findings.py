@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pydicom
 
 from node.errors import CxrNodeError
 from node.results.heatmap import GridHeatmap
+
+if TYPE_CHECKING:  # the writers need no torch, which models.package imports
+    from models.package import LabelConfig
+GRADCAM = "gradcam"
+INTEGRATED_GRADIENTS = "integrated_gradients"
+# Each explanation method the captures draw (``models.attribution``), and the attribute of
+# ImageResult holding its maps.
+METHODS = {GRADCAM: "heatmaps", INTEGRATED_GRADIENTS: "attributions"}
+# What a capture's caption and its legend (at most 8 characters) call each method.
+METHOD_NAMES = {GRADCAM: "Grad-CAM", INTEGRATED_GRADIENTS: "Integrated Gradients"}
+LEGEND_TITLES = {GRADCAM: "Grad-CAM", INTEGRATED_GRADIENTS: "IG"}
 
 
 class ResultInputError(CxrNodeError, ValueError):
@@ -60,6 +72,32 @@ class Finding:
     def present(self) -> bool:
         """Whether the model calls the finding present at its operating threshold."""
         return self.probability >= self.threshold
+
+
+def model_findings(
+    labels: Sequence[LabelConfig], probabilities: Sequence[float]
+) -> tuple[Finding, ...]:
+    """Every label's finding for one image, in model order: its coded concept, the model's
+    probability and the label's threshold.
+
+    Parameters
+    ----------
+    labels : sequence of models.package.LabelConfig
+        The package's labels.
+    probabilities : sequence of float
+        The model's output for the image, one per label.
+    """
+    return tuple(
+        Finding(
+            name=label.name,
+            code_value=label.code_value,
+            coding_scheme=label.coding_scheme,
+            code_meaning=label.code_meaning,
+            probability=float(p),
+            threshold=float(label.threshold),
+        )
+        for label, p in zip(labels, probabilities, strict=True)
+    )
 
 
 @dataclass(frozen=True)
@@ -118,23 +156,28 @@ class ImageResult:
         map at the model's grid to be drawn there (`GridHeatmap`, what the worker hands a
         builder process); `heatmap` gives either on the source grid. At least every present
         finding and the top finding, where the model can explain them.
+    attributions : mapping of str to numpy.ndarray or GridHeatmap
+        Finding name to its Integrated Gradients map, as `heatmaps` hold Grad-CAM's; only where
+        the model's package asks for the capture (``explanation_captures``), else empty.
     """
 
     source: pydicom.Dataset
     display: np.ndarray
     findings: tuple[Finding, ...]
     heatmaps: Mapping[str, np.ndarray | GridHeatmap] = field(default_factory=dict)
+    attributions: Mapping[str, np.ndarray | GridHeatmap] = field(default_factory=dict)
     # Grid heatmaps drawn on the source grid, once: the regions and the captures read them.
-    heatmap_cache: dict[str, np.ndarray] = field(
+    # Keyed by (method, finding).
+    heatmap_cache: dict[tuple[str, str], np.ndarray] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
     # Regions by level, computed once: the SR, the GSPS and every capture draw the same ones.
     regions_cache: dict[float, list] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
-    # Blended capture pixels by shown finding, computed once: the overview and the top finding's
-    # own capture show the same heatmap.
-    blend_cache: dict[str | None, tuple[np.ndarray, float]] = field(
+    # Blended capture pixels by (method, shown finding), computed once: the overview and the
+    # top finding's own capture show the same heatmap.
+    blend_cache: dict[tuple[str, str | None], tuple[np.ndarray, float]] = field(
         default_factory=dict, init=False, repr=False, compare=False
     )
 
@@ -154,30 +197,36 @@ class ImageResult:
         names = [finding.name for finding in self.findings]
         if len(set(names)) != len(names):
             raise ResultInputError(f"ImageResult.findings of {uid} repeats a label: {names}")
-        for name, heatmap in self.heatmaps.items():
-            if name not in names:
-                raise ResultInputError(
-                    f"ImageResult.heatmaps has a map for {name!r} of {uid}, which is not one "
-                    f"of its findings {names}"
-                )
-            if isinstance(heatmap, GridHeatmap):
-                if heatmap.shape != grid:
+        for attribute in METHODS.values():
+            for name, heatmap in getattr(self, attribute).items():
+                if name not in names:
                     raise ResultInputError(
-                        f"ImageResult.heatmaps[{name!r}] of {uid} is for an image of "
-                        f"{heatmap.shape}, expected the source grid {grid}"
+                        f"ImageResult.{attribute} has a map for {name!r} of {uid}, which is "
+                        f"not one of its findings {names}"
                     )
-                _check_unit_values(f"heatmaps[{name!r}]", heatmap.grid, uid)
-            else:
-                _check_unit_image(f"heatmaps[{name!r}]", heatmap, grid, uid)
+                if isinstance(heatmap, GridHeatmap):
+                    if heatmap.shape != grid:
+                        raise ResultInputError(
+                            f"ImageResult.{attribute}[{name!r}] of {uid} is for an image of "
+                            f"{heatmap.shape}, expected the source grid {grid}"
+                        )
+                    _check_unit_values(f"{attribute}[{name!r}]", heatmap.grid, uid)
+                else:
+                    _check_unit_image(f"{attribute}[{name!r}]", heatmap, grid, uid)
 
-    def heatmap(self, name: str) -> np.ndarray:
-        """The Grad-CAM map of finding `name` on the source grid (see `heatmaps`)."""
-        heatmap = self.heatmaps[name]
+    def maps(self, method: str = GRADCAM) -> Mapping[str, np.ndarray | GridHeatmap]:
+        """The maps of one explanation method (`METHODS`), by finding name."""
+        return getattr(self, METHODS[method])
+
+    def heatmap(self, name: str, method: str = GRADCAM) -> np.ndarray:
+        """The map of finding `name` on the source grid, Grad-CAM's (see `heatmaps`) or another
+        method's (`METHODS`)."""
+        heatmap = self.maps(method)[name]
         if not isinstance(heatmap, GridHeatmap):
             return heatmap
-        drawn = self.heatmap_cache.get(name)
+        drawn = self.heatmap_cache.get((method, name))
         if drawn is None:
-            drawn = self.heatmap_cache[name] = heatmap.on_source_grid()
+            drawn = self.heatmap_cache[(method, name)] = heatmap.on_source_grid()
             drawn.setflags(write=False)
         return drawn
 

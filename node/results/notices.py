@@ -16,6 +16,7 @@ SERIES_KINDS = {
     "gsps": "AI outlines (GSPS)",
     "sc": "AI heatmap overview",
     "finding_sc": "AI heatmap per finding",
+    "ig_sc": "AI integrated gradients per finding",
 }
 # A model name shortened below this many characters says nothing; it is left out instead.
 _MIN_NAME = 8
@@ -61,9 +62,9 @@ def series_description(algorithm: AlgorithmInfo, kind: str) -> str:
     ----------
     algorithm : AlgorithmInfo
         The model that produced the result.
-    kind : {"sr", "gsps", "sc", "finding_sc"}
-        The result series: the SR, the presentation state, the overview captures or the
-        per-finding captures.
+    kind : {"sr", "gsps", "sc", "finding_sc", "ig_sc"}
+        The result series: the SR, the presentation state, the overview captures, the
+        per-finding captures or their Integrated Gradients counterparts.
 
     Returns
     -------

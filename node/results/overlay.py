@@ -1,7 +1,9 @@
 """Secondary Captures per processed image: an overview, and one per present finding.
 
 The overview outlines every finding region and blends in the top finding's heatmap; each
-finding capture shows that finding's heatmap and outline. All carry the colour scale (when a
+finding capture shows that finding's heatmap and outline: Grad-CAM's, or, in a series of its
+own where the package asks for it, Integrated Gradients' (the outline stays Grad-CAM's region,
+the one the SR reports). All carry the colour scale (when a
 heatmap is shown), the findings by probability, the model and the review notice, burned in.
 """
 
@@ -15,7 +17,15 @@ from pydicom.uid import ExplicitVRLittleEndian
 
 from node.results import codes
 from node.results.annotation import burn_in, caption, draw_legend, draw_regions
-from node.results.findings import AlgorithmInfo, ImageResult, ResultInputError
+from node.results.findings import (
+    GRADCAM,
+    INTEGRATED_GRADIENTS,
+    LEGEND_TITLES,
+    METHOD_NAMES,
+    AlgorithmInfo,
+    ImageResult,
+    ResultInputError,
+)
 from node.results.heatmap import blend_heatmap, legend_ramp
 from node.results.notices import notices, series_description
 from node.results.region import DEFAULT_REGION_LEVEL, HeatRegion, finding_regions
@@ -72,6 +82,7 @@ def build_overview(
         image,
         algorithm,
         shown,
+        GRADCAM,
         regions,
         True,
         sop_instance_uid,
@@ -93,6 +104,7 @@ def build_finding_capture(
     instance_number: int = 1,
     region_level: float = DEFAULT_REGION_LEVEL,
     description: str | None = None,
+    method: str = GRADCAM,
 ) -> hd.sc.SCImage:
     """Build the capture of one present finding: its heatmap, colour scale and outline.
 
@@ -105,6 +117,10 @@ def build_finding_capture(
     algorithm, sop_instance_uid, series_instance_uid, series_number, instance_number,
     region_level, description
         As for `build_overview`.
+    method : str
+        Whose map is blended in: ``"gradcam"`` (`ImageResult.heatmaps`) or
+        ``"integrated_gradients"`` (`ImageResult.attributions`); the outline is the finding's
+        region either way.
 
     Returns
     -------
@@ -114,12 +130,12 @@ def build_finding_capture(
     Raises
     ------
     ResultInputError
-        If the finding is not present on the image or has no heatmap.
+        If the finding is not present on the image or has no map of the method.
     """
-    if finding not in image.heatmaps or not image.finding(finding).present:
+    if finding not in image.maps(method) or not image.finding(finding).present:
         raise ResultInputError(
-            f"a finding capture needs a present finding with a heatmap; {finding!r} of "
-            f"{image.source.SOPInstanceUID} is not one"
+            f"a finding capture needs a present finding with a heatmap "
+            f"({METHOD_NAMES[method]}); {finding!r} of {image.source.SOPInstanceUID} is not one"
         )
     numbered = list(enumerate(finding_regions(image, region_level), start=1))
     regions = [(n, region) for n, region in numbered if region.finding == finding]
@@ -127,6 +143,7 @@ def build_finding_capture(
         image,
         algorithm,
         finding,
+        method,
         regions,
         False,
         sop_instance_uid,
@@ -141,6 +158,7 @@ def _capture(
     image: ImageResult,
     algorithm: AlgorithmInfo,
     shown: str | None,
+    method: str,
     regions: list[tuple[int, HeatRegion]],
     overview: bool,
     sop_instance_uid: str,
@@ -150,11 +168,11 @@ def _capture(
     description: str | None,
 ) -> hd.sc.SCImage:
     header = reference_header(image.source)
-    blended, scale = _blended(image, shown)
-    header_lines, footer_lines = caption(image, algorithm, shown, overview)
+    blended, scale = _blended(image, shown, method)
+    header_lines, footer_lines = caption(image, algorithm, shown, overview, METHOD_NAMES[method])
     pixels = draw_regions(blended, regions, scale)
     if shown is not None:
-        pixels = draw_legend(pixels, legend_ramp())
+        pixels = draw_legend(pixels, legend_ramp(), LEGEND_TITLES[method])
     pixels = burn_in(pixels, header_lines, footer_lines, legend=shown is not None)
     orientation = _orientation(header)
     capture = hd.sc.SCImage.from_ref_dataset(
@@ -171,7 +189,7 @@ def _capture(
         manufacturer_model_name=algorithm.name,
         software_versions=algorithm.version,
         series_description=description
-        or series_description(algorithm, "sc" if overview else "finding_sc"),
+        or series_description(algorithm, _series_kind(overview, method)),
         # highdicom insists on single-letter orientations for the PATIENT coordinate system;
         # the source's actual value is written below, whatever it is.
         patient_orientation=orientation or ("L", "F"),
@@ -182,21 +200,29 @@ def _capture(
     # Patient and General Study modules in full (age, study description, other IDs), as the
     # SR gets them; from_ref_dataset copies only the attributes it has parameters for.
     capture.copy_patient_and_study_information(header)
-    _describe_derivation(capture, header, shown, overview, algorithm)
+    _describe_derivation(capture, header, shown, method, overview, algorithm)
     return capture
 
 
-def _blended(image: ImageResult, shown: str | None) -> tuple[np.ndarray, float]:
-    """The capture's gray image with `shown`'s heatmap blended in (read-only), and its scale.
+def _series_kind(overview: bool, method: str) -> str:
+    if overview:
+        return "sc"
+    return "ig_sc" if method == INTEGRATED_GRADIENTS else "finding_sc"
+
+
+def _blended(image: ImageResult, shown: str | None, method: str) -> tuple[np.ndarray, float]:
+    """The capture's gray image with `shown`'s `method` map blended in (read-only), and its
+    scale.
 
     Kept on the image, as the overview and the top finding's capture blend the same heatmap.
     """
-    cached = image.blend_cache.get(shown)
+    cached = image.blend_cache.get((method, shown))
     if cached is None:
-        display, heatmap, scale = _fit(image.display, image.heatmap(shown) if shown else None)
+        heat = image.heatmap(shown, method) if shown else None
+        display, heatmap, scale = _fit(image.display, heat)
         blended = blend_heatmap(display, heatmap)
         blended.setflags(write=False)
-        cached = image.blend_cache[shown] = (blended, scale)
+        cached = image.blend_cache[(method, shown)] = (blended, scale)
     return cached
 
 
@@ -231,6 +257,7 @@ def _describe_derivation(
     capture: hd.sc.SCImage,
     header: Dataset,
     shown: str | None,
+    method: str,
     overview: bool,
     algorithm: AlgorithmInfo,
 ) -> None:
@@ -247,7 +274,7 @@ def _describe_derivation(
     # General Image, Type 2C: the source's orientation, possibly compound ("FL") or unknown ("").
     capture.PatientOrientation = list(header.get("PatientOrientation") or [])
     # General Image, Type 3 (ST, 1024 characters): how the pixels came about.
-    blended = f"the Grad-CAM heatmap for {shown} blended in and " if shown else ""
+    blended = f"the {METHOD_NAMES[method]} heatmap for {shown} blended in and " if shown else ""
     outlined = "every finding region" if overview else f"the region of {shown}"
     capture.DerivationDescription = (
         f"Source image with {blended}{outlined} outlined; the findings of {algorithm.name} "

@@ -13,7 +13,7 @@ from pathlib import Path
 from sqlalchemy import inspect, text
 from sqlalchemy.engine import Connection, Engine
 
-HEAD = "0005_job_retry_and_result_purge"
+HEAD = "0006_embeddings"
 # The schema databases made before migrations existed have (``create_all`` of that time).
 BASELINE = "0001_initial"
 # Serialises migrations of several nodes starting at once against one PostgreSQL database.

@@ -4,6 +4,7 @@ and the audit chain both wrote to stays intact."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,11 @@ def test_two_workers_on_postgresql_process_each_study_exactly_once(
                 "JOIN studies s ON s.id = j.study_id"
             )
         ).all()
+        stored = conn.execute(text("SELECT job_id, dim, length(vector) FROM embeddings")).all()
     engine.dispose()
+    # Whichever node ran a study stored its image's embedding with its results.
+    assert len({job for job, _, _ in stored}) == STUDIES
+    assert {size - 4 * dim for _, dim, size in stored} == {0}  # dim float32 values each
     assert sorted(r.study_uid for r in runs) == sorted(uids)  # one run per study
     assert {(r.state, r.attempts) for r in runs} == {("done", 1)}  # each claimed once
     claimed = {r.claimed_by for r in runs}
@@ -129,6 +134,17 @@ def test_two_workers_on_postgresql_process_each_study_exactly_once(
             {"Level": "Instance", "Query": {"StudyInstanceUID": uid, "Modality": "SR"}},
         )
         assert len(srs) == 1, uid
+
+    nearest = subprocess.run(
+        [sys.executable, "-m", "node.cli", "similar", uids[0], "-k", "3", "--format", "json"],
+        env=receiver.env,
+        cwd=receiver.workdir,
+        capture_output=True,
+        text=True,
+    )
+    assert nearest.returncode == 0, nearest.stderr
+    named = [case["study"]["study_uid"] for case in json.loads(nearest.stdout)["cases"]]
+    assert len(set(named)) == 3 and set(named) <= set(uids[1:])
 
     verified = subprocess.run(
         [sys.executable, "-m", "node.cli", "audit", "verify"],

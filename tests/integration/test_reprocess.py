@@ -67,6 +67,12 @@ def test_resend_and_rerun_from_the_cli_and_the_api(make_node, orthanc, shared_da
     status, answer = _post(f"{base}/rerun")
     assert (status, answer["run"], answer["replaces_run"]) == (202, 2, 1)
     wait_for(lambda: len(events("study.done")) == 3, 180, "the re-run to be delivered")
+    # Each run stored its image's embedding: the study is searched by the re-run's.
+    similar = _cli(node, "similar", study, "--format", "json")
+    assert similar.returncode == 0, similar.stderr
+    answer = json.loads(similar.stdout)
+    assert (answer["run"], answer["cases"]) == (2, [])  # the only study: nothing else to name
+    assert answer["model_id"].startswith("cxrnode-")
     status, answer = _post(f"{base}/resend?destination=NOWHERE")
     assert status == 409 and "not a configured destination" in answer["detail"]
     refused = _cli(node, "rerun", "1.2.3.4.5")

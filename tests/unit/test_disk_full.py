@@ -32,8 +32,7 @@ from storage import audit, jobs, outbox
 from storage.database import Database
 from storage.schema import Job, JobState, Study, StudyState, utcnow
 from storage.spool import FileStore
-from storage.studies import add_instance, stable_studies
-from support.instances import frontal_cr
+from support.work_items import queue_study
 
 
 @pytest.fixture(scope="module")
@@ -72,16 +71,6 @@ def worker(tmp_path: Path, predictor: Predictor) -> Iterator[Worker]:
 
 def rsna(shared_data: Path) -> Path:
     return sorted((shared_data / "rsna-pneumonia-sample/stage_1_train_images").glob("*.dcm"))[0]
-
-
-def queue_study(worker: Worker, study_uid: str, source: Path) -> None:
-    relpath = f"{study_uid}/image.dcm"
-    worker.spool.write(relpath, source.read_bytes())
-    header = frontal_cr(study_uid, transfer_syntax=None)
-    with worker.db.transaction() as session:
-        add_instance(session, header, relpath=relpath, size=1, sha256="0", calling_ae="X")
-        (study,) = [s for s in stable_studies(session, utcnow()) if s.study_uid == study_uid]
-        jobs.queue_run(session, study)
 
 
 def the_job(part: Worker | Delivery) -> Job:

@@ -12,6 +12,7 @@ import numpy as np
 import pydicom
 import pytest
 from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import select
 
 from models.default import bundled_default_package
 from models.package import load_package
@@ -19,12 +20,11 @@ from models.predictor import Predictor
 from models.preprocess import dicom_to_display
 from node.config import Settings
 from node.worker import Worker
-from storage import audit, jobs
+from storage import audit, embeddings
 from storage.database import Database
-from storage.schema import Job, JobState, OutboxItem, utcnow
+from storage.schema import Embedding, Job, JobState, OutboxItem
 from storage.spool import FileStore
-from storage.studies import add_instance, stable_studies
-from support.instances import frontal_cr
+from support.work_items import queue_study
 
 
 @pytest.fixture(scope="module")
@@ -44,21 +44,16 @@ def worker(request, tmp_path: Path, predictor: Predictor) -> Iterator[Worker]:
     worker.close()
 
 
-def queue_study(worker: Worker, study_uid: str, source: Path | bytes) -> None:
-    """A one-image study, spooled and queued as the SCP and the assembler would."""
-    relpath = f"{study_uid}/image.dcm"
-    data = source if isinstance(source, bytes) else source.read_bytes()
-    worker.spool.write(relpath, data)
-    header = frontal_cr(study_uid, transfer_syntax=None)
-    with worker.db.transaction() as session:
-        add_instance(session, header, relpath=relpath, size=len(data), sha256="0", calling_ae="X")
-        (study,) = [s for s in stable_studies(session, utcnow()) if s.study_uid == study_uid]
-        jobs.queue_run(session, study)
-
-
 def job_states(worker: Worker) -> list[tuple[str, dict | None]]:
     with worker.db.transaction() as session:
         return [(job.state, job.result) for job in session.query(Job).order_by(Job.id)]
+
+
+def stored_embeddings(worker: Worker) -> list[Embedding]:
+    with worker.db.reading() as session:
+        rows = session.scalars(select(Embedding).order_by(Embedding.id)).all()
+        session.expunge_all()
+        return list(rows)
 
 
 def rsna(shared_data: Path) -> list[Path]:
@@ -73,10 +68,17 @@ def test_a_batch_gives_each_study_the_results_of_its_own_image(worker, predictor
     assert worker.process_next(limit=8) == 0  # and commits what the first call built
     states = job_states(worker)
     assert [state for state, _ in states] == [JobState.SENDING] * 3
-    for path, (_, result) in zip(files, states, strict=True):
+    stored = stored_embeddings(worker)
+    for path, (_, result), row in zip(files, states, stored, strict=True):
         alone = predictor.predict([dicom_to_display(pydicom.dcmread(path))])[0]
         batched = np.array(list(result["images"][0]["probabilities"].values()))
         np.testing.assert_allclose(batched, alone.probabilities, atol=1e-3)
+        # Its embedding is stored with its results, keyed by its image and the package.
+        assert row.model_id == predictor.package.config.package_id
+        assert row.sop_uid == result["images"][0]["sop_uid"]
+        assert (row.dim, len(row.vector)) == (alone.embedding.size, 4 * alone.embedding.size)
+        vector = embeddings.from_bytes(row.vector, row.dim)
+        np.testing.assert_allclose(vector, alone.embedding, atol=1e-3)
         assert result["batch_studies"] == 3
         assert {"decode_s", "preprocess_s", "inference_s", "gradcam_s", "build_s"} <= set(
             result["timings"]
@@ -95,6 +97,7 @@ def test_an_undecodable_study_fails_alone(worker, shared_data, tmp_path):
     worker.flush()
     (first, _), (second, _) = job_states(worker)
     assert (first, second) == (JobState.SENDING, JobState.FAILED)
+    assert [row.job_id for row in stored_embeddings(worker)] == [1]  # none of the failed run
 
 
 def test_when_the_batch_fails_each_study_runs_alone(worker, predictor, shared_data, monkeypatch):
@@ -145,7 +148,9 @@ def test_a_run_whose_builder_dies_is_run_again(worker, shared_data):
     with worker.db.transaction() as session:
         (requeued,) = audit.query(session, audit.AuditFilter(action="job.requeued"))
         assert requeued.detail["reason"] == "a result builder process died"
+    assert stored_embeddings(worker) == []  # the killed run stored nothing
     assert worker.process_next(limit=8) == 1  # claimed again, built by a new builder
     worker.flush()
     ((state, result),) = job_states(worker)
     assert state == JobState.SENDING and result["images"]
+    assert len(stored_embeddings(worker)) == 1

@@ -5,13 +5,16 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
 from node.config import Settings
 from node.retention import Retention
 from storage import audit
 from storage.database import Database
-from storage.schema import Instance, StudyState, utcnow
+from storage.schema import Embedding, Instance, StudyState, utcnow
 from storage.spool import FileStore
 from storage.studies import add_instance
+from support.embeddings import finished_run
 from support.instances import frontal_cr
 
 
@@ -34,6 +37,8 @@ def test_finished_studies_past_retention_are_purged_and_audited(tmp_path: Path):
     old_done = spool_study(db, spool, "1.1", StudyState.DONE, timedelta(days=31))
     old_waiting = spool_study(db, spool, "1.2", StudyState.AWAITING_REPORT, timedelta(days=31))
     new_done = spool_study(db, spool, "1.3", StudyState.DONE, timedelta(days=1))
+    for study_uid in ("1.1", "1.3"):
+        finished_run(db, study_uid, [[1.0, 0.0]])
 
     assert Retention(Settings(retention_days=30), db, spool).purge() == 1
     assert not old_done.exists()
@@ -43,6 +48,10 @@ def test_finished_studies_past_retention_are_purged_and_audited(tmp_path: Path):
         assert [i.sop_uid for i in purged] == ["1.1.1"]
         (event,) = audit.query(session, audit.AuditFilter(action="study.purged"))
         assert event.study_uid == "1.1" and event.detail["instances"] == 1
+        # Its embeddings went with its images; the recent study's stay.
+        assert event.detail["embeddings"] == 1
+        kept = session.scalars(select(Embedding.sop_uid)).all()
+        assert kept == ["1.3.1.0"]
     assert Retention(Settings(retention_days=30), db, spool).purge() == 0
 
 

@@ -9,12 +9,15 @@ import io
 import json
 from dataclasses import replace
 
+import numpy as np
 import pytest
 from unit.admin.history import (
     DAY1,
     DAY2,
+    OTHER,
     REFERENCE,
     STUDY_A,
+    STUDY_B,
     STUDY_C,
     StudyIds,
     assert_formulas_neutralised,
@@ -29,9 +32,10 @@ from node.admin.server import AdminServer
 from node.config import Destination, Settings
 from node.errors import ConfigError
 from node.orthanc import free_port
-from storage import audit
+from storage import audit, embeddings
 from storage.audit_chain import HEAD_ID
-from storage.schema import AuditChainHead
+from storage.schema import AuditChainHead, Job, Study
+from support.embeddings import finished_run
 
 TOKEN = "test-token-0123456789abcdef"
 
@@ -73,6 +77,7 @@ PROTECTED = [
     "/api/audit/verify",
     "/api/studies",
     f"/api/studies/{STUDY_A.study_uid}/timeline",
+    f"/api/studies/{STUDY_A.study_uid}/similar",
     "/api/stats",
 ]
 
@@ -276,18 +281,22 @@ def test_every_route_but_health_and_login_sits_behind_a_token_check():
         ("GET", "/api/health"),
         ("GET", "/api/stats"),
         ("GET", "/api/studies"),
+        ("GET", "/api/studies/{key}/similar"),
         ("GET", "/api/studies/{key}/timeline"),
         ("GET", "/login"),
         ("GET", "/logout"),
         ("GET", "/studies/{key}"),
+        ("GET", "/try"),
+        ("POST", "/api/predict"),
         ("POST", "/api/studies/{key}/rerun"),
         ("POST", "/api/studies/{key}/resend"),
         ("POST", "/login"),
+        ("POST", "/try"),
     ]
     for (_, path), dependencies in guards.items():
         if path.startswith("/api/") and path != "/api/health":
             assert dependencies[0] is require_token, path
-        elif path in ("/", "/studies/{key}"):
+        elif path in ("/", "/studies/{key}", "/try"):
             assert dependencies[0] is require_browser_session, path
         else:
             assert require_token not in dependencies and require_browser_session not in dependencies
@@ -336,3 +345,60 @@ def test_a_page_read_is_recorded_before_it_is_answered(admin, db):
         ("GET /studies", {"study": "9.9.9"}, 0),
     ]
     assert {e.actor_ip for e in reads} == {"127.0.0.1"}
+
+
+STUDY_E = StudyIds("1.2.826.1.5", "ACC5", "P5")  # like A, by the same model
+
+
+@pytest.fixture
+def embedded(db, history):
+    """A's and C's runs with their embeddings (C by another model), and E, like A."""
+    with db.transaction() as session:
+        for who, model in ((STUDY_A, REFERENCE), (STUDY_C, OTHER)):
+            job = session.query(Job).join(Study).filter(Study.study_uid == who.study_uid).one()
+            embeddings.add(session, job, f"{who.study_uid}.0", model, np.array([1.0, 0.0]))
+    finished_run(db, STUDY_E.study_uid, [[1.0, 0.5]], REFERENCE, 0.6, "ACC5", "P5")
+
+
+def test_similar_earlier_cases_of_a_study_by_token_audited_or_why_none(admin, db, embedded):
+    status, _, body = admin.get(f"/api/studies/{STUDY_A.accession}/similar?k=3", TOKEN)
+    assert status == 200
+    answer = json.loads(body)
+    assert answer["study"] == STUDY_A.ids and (answer["run"], answer["k"]) == (1, 3)
+    (case,) = answer["cases"]  # not A itself, not C (another model)
+    assert case["study"] == STUDY_E.ids and case["rank"] == 1
+    assert case["distance"] == pytest.approx(1 - 1 / np.sqrt(1.25), abs=1e-5)
+    assert case["present"] == [{"name": "Effusion", "probability": 0.6, "present": True}]
+    with db.reading() as session:
+        (event,) = audit.query(session, audit.AuditFilter(action="admin.similar"))
+    assert (event.study_uid, event.actor_ip, event.actor_user) == (
+        STUDY_A.study_uid,
+        "127.0.0.1",
+        "admin-token",
+    )
+    assert event.detail["returned"] == [STUDY_E.study_uid] and event.detail["via"] == "http"
+    # No answer, and why.
+    status, _, body = admin.get(f"/api/studies/{STUDY_B.study_uid}/similar", TOKEN)
+    assert status == 409 and "no embedding stored for this study; rerun it" in body
+    assert admin.get("/api/studies/9.9.9/similar", TOKEN)[0] == 404
+    assert admin.get(f"/api/studies/{STUDY_A.study_uid}/similar?k=0", TOKEN)[0] == 422
+    with db.reading() as session:
+        events = audit.query(session, audit.AuditFilter(action="admin.similar"))
+    assert [(e.study_uid, e.outcome) for e in events[1:]] == [
+        (STUDY_B.study_uid, "warning"),
+        (None, "warning"),
+    ]
+
+
+def test_the_study_page_lists_similar_earlier_cases(admin, db, embedded):
+    status, _, body = admin.get(f"/studies/{STUDY_A.accession}", TOKEN)
+    assert status == 200 and "Similar earlier cases" in body
+    assert f'href="/studies/{STUDY_E.study_uid}"' in body and "Effusion 0.60" in body
+    status, _, body = admin.get(f"/studies/{STUDY_B.accession}", TOKEN)
+    assert status == 200 and "no embedding stored for this study; rerun it" in body
+    with db.reading() as session:
+        events = audit.query(session, audit.AuditFilter(action="admin.similar"))
+    assert [(e.study_uid, e.detail["via"]) for e in events] == [
+        (STUDY_A.study_uid, "page"),
+        (STUDY_B.study_uid, "page"),
+    ]

@@ -73,8 +73,9 @@ def test_series_keys_of_a_config_file_set_their_series_and_the_environment_wins(
         ResultSeries("gsps", 7044),
         ResultSeries("sc", 9902),
         ResultSeries("finding_sc", 9903),
+        ResultSeries("ig_sc", 9905),
     )
-    assert [s.output for s in settings.result_series] == ["SR", "GSPS", "SC", "SC"]
+    assert [s.output for s in settings.result_series] == ["SR", "GSPS", "SC", "SC", "SC"]
     shown = describe(settings)
     assert "result_series" not in shown
     assert (shown["gsps_series_number"], shown["sr_series_description"]) == (7044, "AI report")

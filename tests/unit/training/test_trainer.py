@@ -1,4 +1,5 @@
-"""The trainer on a tiny real subset: it learns, resumes exactly, exports what the node loads."""
+"""The trainer on a tiny real subset: it learns and resumes exactly (what a whole run exports:
+test_run_outputs.py)."""
 
 from __future__ import annotations
 
@@ -9,15 +10,11 @@ import pytest
 import torch
 
 from models.network import build_model
-from models.package import load_package
-from models.predictor import Predictor
-from models.preprocess import PreprocessSpec, image_file_to_display
+from models.preprocess import PreprocessSpec
 from models.text import TextCleaning
-from support.training_runs import tiny_run_config
 from training.datasets import read_nih_folders
 from training.loader import SampleDataset
 from training.losses import build_loss
-from training.run import run_train
 from training.splits import patient_split
 from training.trainer import Trainer, TrainSettings, seed_everything
 
@@ -82,31 +79,6 @@ def test_resume_from_a_checkpoint_continues_identically(parts, tmp_path: Path) -
     )
     for (name, a), b in pairs:
         assert torch.equal(a, b), name
-
-
-def test_exported_package_loads_and_predicts_like_the_node(
-    shared_data: Path, tmp_path: Path
-) -> None:
-    results = run_train(tiny_run_config(tmp_path))
-    assert Path(results["roc_png"]).stat().st_size > 1000
-    package = load_package(results["package"])
-    assert package.config.trained and package.config.label_vocabulary == "normal-abnormal"
-    threshold = package.config.labels[0].threshold
-    assert threshold == pytest.approx(results["thresholds"]["Abnormal"])
-    card = (Path(results["package"]) / "MODEL_CARD.md").read_text()
-    assert "AUROC (95% CI)" in card and "random initialisation" in card
-    # The node's predictor serves it on a real DICOM.
-    display = image_file_to_display(
-        shared_data
-        / "nih-chestxray14-dicom-gcp"
-        / next(
-            p.name
-            for p in (shared_data / "nih-chestxray14-dicom-gcp").iterdir()
-            if p.suffix == ".dcm"
-        )
-    )
-    (prediction,) = Predictor(package, device="cpu").predict([display])
-    assert 0.0 <= float(prediction.probabilities[0]) <= 1.0
 
 
 @pytest.mark.gpu
