@@ -155,10 +155,10 @@ def _datasets(parts, fraction: float = 0.5):
 class FirstEpochBest(Trainer):
     """Validation that ranks the first epoch best, so that the best EMA is not the last one."""
 
-    def validate(self, dataset: SampleDataset) -> tuple[float, float]:
-        loss, _ = super().validate(dataset)
+    def _validation(self, dataset: SampleDataset) -> tuple[float, list[float]]:
+        loss, aurocs = super()._validation(dataset)
         self.validated = getattr(self, "validated", 0) + 1
-        return loss, 1.0 / self.validated
+        return loss, [1.0 / self.validated for _ in aurocs]
 
 
 def test_predictions_and_export_are_the_best_epochs_ema_weights(parts, tmp_path: Path) -> None:
@@ -170,7 +170,8 @@ def test_predictions_and_export_are_the_best_epochs_ema_weights(parts, tmp_path:
     model = build_model(ARCH, 1, in_channels=3)
     trainer = FirstEpochBest(model, MaskedBCE(), settings, tmp_path, device="cpu")
     last_ema: list[np.ndarray] = []
-    trainer.fit(train, val, on_epoch=lambda row: last_ema.append(trainer.predict(val)))
+    result = trainer.fit(train, val, on_epoch=lambda row: last_ema.append(trainer.predict(val)))
+    assert result.best_epoch == 0
     # What run_train evaluates (trainer.predict) is what it exports (trainer.model): the
     # first epoch's averaged weights, not the last epoch's.
     exported = predict(trainer.model, val, 8, trainer.device)
