@@ -19,6 +19,7 @@ from models.encoders.image import weights_provenance
 from models.package import ModelConfig
 from training.datasets import LabelledData, Sample
 from training.metrics import Evaluation
+from training.semisupervised import UNLABELLED
 
 if TYPE_CHECKING:
     from training.config import RunConfig
@@ -127,6 +128,31 @@ def _external_lines(external: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _split_rows(splits: dict[str, dict[str, Any]]) -> list[str]:
+    """The split table (:func:`split_table`) in markdown; an unlabelled part's labels hidden."""
+    lines = ["| split | samples | patients | positives per label |", "|---|---|---|---|"]
+    for name, row in splits.items():
+        positives = "hidden" if name == UNLABELLED else row["positives"]
+        lines.append(f"| {name} | {row['samples']} | {row['patients']} | {positives} |")
+    return lines
+
+
+def _method_lines(config: RunConfig, results: dict[str, Any]) -> list[str]:
+    """Which training method ran, on how many labelled and unlabelled samples, and whether the
+    figures and the package are the EMA weights."""
+    lines = []
+    if "semisupervised" in results:
+        lines += ["", results["semisupervised"]["description"]]
+    if results.get("weights") == "ema":
+        lines += [
+            "",
+            f"Validation, thresholds, test metrics and the exported weights are the exponential "
+            f"moving average of the weights (seed 001; decay {config.train.ema_decay}), "
+            "at the best epoch.",
+        ]
+    return lines
+
+
 def _normalization_line(normalization: dict[str, Any]) -> str:
     """How the inputs were normalised, as ``results.json``'s ``normalization`` says."""
     method = normalization.get("method", "fixed")
@@ -203,18 +229,14 @@ def model_card(
         "## Training data",
         f"{data.name} — {data.source}",
         "",
-        "| split | samples | patients | positives per label |",
-        "|---|---|---|---|",
-    ]
-    for name, row in splits.items():
-        lines.append(f"| {name} | {row['samples']} | {row['patients']} | {row['positives']} |")
-    lines += [
+        *_split_rows(splits),
         "",
         _leakage_line(results.get("leaked_samples_dropped", 0)),
         f"Loss `{config.loss.get('name', 'bce')}`; {results['epochs_run']} epochs run, best epoch "
         f"{results['best_epoch']} by validation {config.train.monitor}; "
         f"{results.get('train_seconds', results['seconds']):.0f} s of training epochs "
         f"on {results['device']}.",
+        *_method_lines(config, results),
         "",
         "## Test metrics",
         "Thresholds chosen on the validation split by "
@@ -260,12 +282,7 @@ def run_report(results: dict[str, Any], config: RunConfig, evaluation: Evaluatio
         "label, learning rate; the test figures at the best epoch); per epoch also "
         "`epochs.csv`. Test probabilities per image: `predictions_test.csv`.",
         "",
-        "| split | samples | patients | positives per label |",
-        "|---|---|---|---|",
-        *(
-            f"| {name} | {row['samples']} | {row['patients']} | {row['positives']} |"
-            for name, row in results["splits"].items()
-        ),
+        *_split_rows(results["splits"]),
         "",
         "## Test metrics",
         "",

@@ -101,6 +101,8 @@ def _print_train(results: dict[str, Any]) -> None:
             f"  {name}: {row['samples']} samples, {row['patients']} patients, "
             f"positives {row['positives']}"
         )
+    if "semisupervised" in results:
+        print(results["semisupervised"]["description"])
     print(
         f"best epoch {results['best_epoch']} of {results['epochs_run']} run, on {results['device']}"
     )

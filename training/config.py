@@ -23,7 +23,7 @@ current directory. See ``training/configs/`` for the configs behind the publishe
     # [[data.sources]]
     # reader = "kermany"      # any reader above, with its own arguments
     # population = "kermany"  # sources of one population share patient ids (two NIH subsets)
-    # split = "given"         # given | patient
+    # split = "given"         # given | patient | unlabelled (semi-supervised images only)
     # keep = { train = 2000 } # at most this many samples of a split, whole patients, seeded
 
     [model]
@@ -38,6 +38,10 @@ current directory. See ``training/configs/`` for the configs behind the publishe
 
     [train]                   # training.trainer.TrainSettings
     epochs = 10
+
+    [semisupervised]          # training.semisupervised (kind = "train" only)
+    method = "mean_teacher"   # supervised | mean_teacher | pseudo_label
+    labelled_fraction = 0.1   # hide the labels of 90% of the training patients
 
     [export]                  # kind = "train" only
     path = "runs/nih-thumbs/package"
@@ -60,6 +64,7 @@ import numpy as np
 
 from training import datasets
 from training.errors import TrainingError
+from training.semisupervised import UNLABELLED, SemiSupervisedSettings
 from training.trainer import TrainSettings
 
 REPO = Path(__file__).resolve().parent.parent
@@ -123,6 +128,7 @@ class RunConfig:
     export: dict[str, Any] = field(default_factory=dict)
     variants: list[dict[str, Any]] = field(default_factory=list)
     source: Path | None = None
+    semisupervised: SemiSupervisedSettings = field(default_factory=SemiSupervisedSettings)
 
     @property
     def text_source(self) -> str:
@@ -159,11 +165,14 @@ class RunConfig:
         parts = []
         for number, source in enumerate(sources, start=1):
             where = f"[[data.sources]] #{number}"
-            if source.get("split", "patient") not in ("given", "patient"):
-                raise TrainingError(f"{where}: split must be 'given' or 'patient'")
+            split = source.get("split", "patient")
+            if split not in ("given", "patient", UNLABELLED):
+                raise TrainingError(f"{where}: split must be 'given', 'patient' or 'unlabelled'")
             data = _read(source, _SOURCE_KEYS, where)
-            if source.get("split", "patient") == "patient":
+            if split == "patient":
                 data.given_split = {}
+            elif split == UNLABELLED:  # images for semi-supervised training; labels unused
+                data.given_split = {s.key: UNLABELLED for s in data.samples}
             for split_name, count in dict(source.get("keep", {})).items():
                 data.samples = _keep(data, split_name, int(count), self.train.seed)
             parts.append((str(source.get("population", data.name)), data))
@@ -251,7 +260,8 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     except tomllib.TOMLDecodeError as exc:
         raise TrainingError(f"training config {path} is not valid TOML: {exc}") from exc
     raw = _deep_merge(raw, overrides or {})
-    unknown = set(raw) - {"run", "data", "model", "loss", "train", "export", "variants"}
+    tables = {"run", "data", "model", "loss", "train", "export", "variants", "semisupervised"}
+    unknown = set(raw) - tables
     if unknown:
         raise TrainingError(f"{path.name}: unknown tables {sorted(unknown)}")
     run = raw.get("run", {})
@@ -259,6 +269,19 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
     if kind not in RUN_KINDS:
         raise TrainingError(f"{path.name}: [run] kind must be one of {RUN_KINDS}")
     name = str(run.get("name") or path.stem)
+    train = TrainSettings.from_dict(dict(raw.get("train", {})))
+    semisupervised = SemiSupervisedSettings.from_dict(dict(raw.get("semisupervised", {})))
+    sources = raw.get("data", {}).get("sources") or []
+    unlabelled = any(source.get("split") == UNLABELLED for source in sources)
+    if (semisupervised.active or unlabelled) and kind != "train":
+        raise TrainingError(
+            f"{path.name}: [semisupervised] and unlabelled sources need [run] kind = 'train'"
+        )
+    if semisupervised.uses_unlabelled and train.ema_decay <= 0:
+        raise TrainingError(
+            f"{path.name}: {semisupervised.method} learns from the EMA teacher: "
+            "set [train] ema_decay, e.g. 0.99"
+        )
     return RunConfig(
         kind=kind,
         name=name,
@@ -266,8 +289,9 @@ def load_run_config(path: str | Path, overrides: dict[str, Any] | None = None) -
         data=dict(raw.get("data", {})),
         model=dict(raw.get("model", {})),
         loss=dict(raw.get("loss", {"name": "bce"})),
-        train=TrainSettings.from_dict(dict(raw.get("train", {}))),
+        train=train,
         export=dict(raw.get("export", {})),
         variants=list(raw.get("variants", [])),
         source=path,
+        semisupervised=semisupervised,
     )

@@ -68,6 +68,14 @@ from training.plots import (
     plot_word_counts,
     save_roc_curves,
 )
+from training.semisupervised import (
+    UNLABELLED,
+    describe,
+    hide_labels,
+    label_counts,
+    make_trainer,
+    unlabelled_part,
+)
 from training.splits import (
     check_for_leakage,
     drop_leaked,
@@ -229,7 +237,8 @@ def _mixed_split(config: RunConfig, data: LabelledData) -> dict[str, list[Sample
     together, so that a patient in two subsets of one population is on one side."""
     names = ("train", "val", "test")
     parts: dict[str, list[Sample]] = {name: [] for name in names}
-    given = [s for s in data.samples if s.key in data.given_split]
+    unlabelled = [s for s in data.samples if data.given_split.get(s.key) == UNLABELLED]
+    given = [s for s in data.samples if data.given_split.get(s.key) in names]
     rest = [s for s in data.samples if s.key not in data.given_split]
     for source in sorted({s.source for s in given}):
         own = [s for s in given if s.source == source]
@@ -243,6 +252,8 @@ def _mixed_split(config: RunConfig, data: LabelledData) -> dict[str, list[Sample
         fractions = config.data.get("fractions", {"train": 0.7, "val": 0.15, "test": 0.15})
         for name, samples in patient_split(rest, fractions, config.train.seed).items():
             parts[name] += samples
+    if unlabelled:
+        parts[UNLABELLED] = unlabelled_part(unlabelled, parts)
     return parts
 
 
@@ -276,6 +287,7 @@ def _fit(
     val: list[Sample],
     run_dir: Path,
     resume: bool,
+    unlabelled: list[Sample] | None = None,
 ) -> tuple[Trainer, Any]:
     seed_everything(config.train.seed)
     model = build_classifier(plan, train, config.text_source)
@@ -284,11 +296,16 @@ def _fit(
         train,
         **{k: v for k, v in config.loss.items() if k != "name"},
     )
-    trainer = Trainer(
+    unlabelled_set = SampleDataset(
+        unlabelled or [], plan.spec, plan.cleaning, config.text_source, augment=True
+    )
+    trainer = make_trainer(
         model,
         loss,
         config.train,
         run_dir,
+        config.semisupervised,
+        unlabelled_set,
         device=str(config.model.get("device", "auto")),
         label_names=[label.name for label in VOCABULARIES[plan.vocabulary]],
         standardise_batches=plan.normalization == "batch" and plan.spec is not None,
@@ -309,10 +326,19 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
     for line in data.missing[:20]:
         log.warning("missing: %s", line)
     parts, dropped = _splits(config, data)
+    semi = config.semisupervised
+    parts = hide_labels(parts, semi.labelled_fraction, config.train.seed)
     plan, normalization = fit_normalization(config, plan_model(config, data), parts["train"])
     run_dir = config.output
     run_dir.mkdir(parents=True, exist_ok=True)
-    trainer, fit = _fit(config, plan, parts["train"], parts["val"], run_dir, resume)
+    if semi.uses_unlabelled and not parts.get(UNLABELLED):
+        raise TrainingError(
+            f"{semi.method} needs unlabelled images: [semisupervised] labelled_fraction < 1 "
+            "or a [[data.sources]] entry with split = 'unlabelled'"
+        )
+    trainer, fit = _fit(
+        config, plan, parts["train"], parts["val"], run_dir, resume, parts.get(UNLABELLED)
+    )
     names = [label.name for label in VOCABULARIES[data.vocabulary]]
 
     val_set = SampleDataset(parts["val"], plan.spec, plan.cleaning, config.text_source)
@@ -350,8 +376,15 @@ def run_train(config: RunConfig, resume: bool = True) -> dict[str, Any]:
         ),
     }
     results["train_seconds"] = round(sum(row["seconds"] for row in fit.history), 1)
+    results["semisupervised"] = {
+        "method": semi.method,
+        "labelled_fraction": semi.labelled_fraction,
+        **label_counts(parts),
+        "description": describe(semi, label_counts(parts), config.train.ema_decay),
+    }
+    results["weights"] = "ema" if config.train.ema_decay > 0 else "student"
     package_config = (
-        _package_config(config, plan, trainer.model, data, thresholds)
+        _package_config(config, plan, trainer.model, data, thresholds, results)
         if isinstance(trainer.model, CxrClassifier)
         else None
     )
@@ -480,6 +513,7 @@ def _package_config(
     model: CxrClassifier,
     data: LabelledData,
     thresholds: list[float],
+    results: dict[str, Any],
 ) -> ModelConfig:
     """The config the run's package gets (before its weights' sha256 is known)."""
     export = config.export
@@ -502,7 +536,8 @@ def _package_config(
                 "radiologist",
             )
         ),
-        training_data=f"{data.name}: {data.source}",
+        training_data=f"{data.name}: {data.source}"
+        + (f" {results['semisupervised']['description']}" if config.semisupervised.active else ""),
         text_cleaning=plan.cleaning,
         label_vocabulary=data.vocabulary,
         uncertain_policy=config.data.get("uncertain") if data.vocabulary == "chexpert-14" else None,

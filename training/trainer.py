@@ -301,7 +301,11 @@ class Trainer:
         bad_epochs = 0 if state is None else state["bad_epochs"]
         with EventLog(self.run_dir) as events:
             self._epochs(train, val, start, result, bad_epochs, events, on_epoch)
-        self.model.load_state_dict(self._best_state(), strict=True)
+        best = self._best_state()
+        self.model.load_state_dict(best, strict=True)
+        if self.ema is not None:
+            # predict() reads the EMA weights: they must be the best epoch's too, not the last's.
+            self.ema.module.load_state_dict(best, strict=True)
         return result
 
     def _epochs(
@@ -362,13 +366,7 @@ class Trainer:
         for step, batch in enumerate(bar):
             if step >= steps:
                 break
-            if self.standardise_batches and batch.images is not None:
-                batch = replace(batch, images=standardise_batch(batch.images))
-            targets = batch.targets.to(self.device, non_blocking=True)
-            mask = batch.mask.to(self.device, non_blocking=True)
-            with self._autocast():
-                logits = logits_of(self.model, batch, self.device, self.memory_format)
-            loss = self.loss(logits.float(), targets, mask)
+            loss = self._batch_loss(batch)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -387,6 +385,23 @@ class Trainer:
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / count:.4f}")
         return total / max(count, 1)
+
+    def _batch_loss(self, batch: Batch) -> torch.Tensor:
+        """The loss of one training batch (the semi-supervised trainer adds its unlabelled
+        term here)."""
+        targets = batch.targets.to(self.device, non_blocking=True)
+        mask = batch.mask.to(self.device, non_blocking=True)
+        with self._autocast():
+            logits = logits_of(
+                self.model, self._standardised(batch), self.device, self.memory_format
+            )
+        return self.loss(logits.float(), targets, mask)
+
+    def _standardised(self, batch: Batch) -> Batch:
+        """The batch as the model trains on it (each batch's own statistics, where asked)."""
+        if self.standardise_batches and batch.images is not None:
+            return replace(batch, images=standardise_batch(batch.images))
+        return batch
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
