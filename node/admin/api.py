@@ -75,6 +75,13 @@ def audit_events(
     return JSONResponse(rows)
 
 
+@router.get("/openapi.json", include_in_schema=False)
+def openapi_schema(request: Request) -> JSONResponse:
+    """The admin API's OpenAPI schema (FastAPI's, built from the routes), behind the token like
+    the API it describes."""
+    return JSONResponse(request.app.openapi())
+
+
 @router.get("/audit/verify")
 def audit_verify(admin: Admin) -> JSONResponse:
     # The journal first, then the database's snapshot: a commit between the two is in the

@@ -14,6 +14,7 @@ but for the two actions an admin takes on a study (resend, rerun), which are aud
 ``GET /api/studies/{key}/similar``     the ``k`` nearest studies of the same model by
                                        embedding, with their findings; 409 without one
 ``GET /api/stats``                     per-day counts and turnaround (``since``, ``until``)
+``GET /api/openapi.json``              the API's OpenAPI schema
 ``POST /api/predict``                  the node's model on an uploaded DICOM/PNG/JPEG (and
                                        report text): findings, regions, overlays; audited
 ``POST /api/studies/{key}/resend``     re-deliver the latest finished run's results

@@ -279,6 +279,7 @@ def test_every_route_but_health_and_login_sits_behind_a_token_check():
         ("GET", "/api/audit"),
         ("GET", "/api/audit/verify"),
         ("GET", "/api/health"),
+        ("GET", "/api/openapi.json"),
         ("GET", "/api/stats"),
         ("GET", "/api/studies"),
         ("GET", "/api/studies/{key}/similar"),

@@ -166,7 +166,17 @@ def test_the_nearest_stored_studies_come_with_the_answer_when_asked_and_are_audi
 
 def test_the_openapi_schema_documents_the_route(server):
     admin, _ = server
-    operation = admin.app.openapi()["paths"]["/api/predict"]["post"]
+    connection = http.client.HTTPConnection("127.0.0.1", admin.port, timeout=30)
+    connection.request("GET", "/api/openapi.json")
+    refused = connection.getresponse()
+    assert refused.status == 401 and refused.read()  # behind the token, as the API it describes
+    connection.request("GET", "/api/openapi.json", headers={"Authorization": f"Bearer {TOKEN}"})
+    response = connection.getresponse()
+    assert response.status == 200
+    schema = json.loads(response.read())
+    connection.close()
+    assert schema == admin.app.openapi()
+    operation = schema["paths"]["/api/predict"]["post"]
     parameters = {p["name"] for p in operation["parameters"]}
     assert parameters == {"heatmaps", "heatmap", "method", "keep", "explain", "similar"}
     body = operation["requestBody"]["content"]["multipart/form-data"]["schema"]
