@@ -7,7 +7,10 @@ and reports:
 
 - **agreement** of the two methods' maps, per (image, label), averaged: Pearson ρ over the
   pixels, and the IoU of each map's top 5% and top 20% pixels (seed 003's three figures, which
-  its README gives as 0.9163, 0.5762 and 0.2519);
+  its README gives as 0.9163, 0.5762 and 0.2519); and the same three at the resolution Grad-CAM
+  has (both maps averaged over the cells of the model's feature grid, ``image_size /
+  cam_stride`` a side), since seed 003 does not say at which resolution it compares, and a
+  Grad-CAM map holds no detail finer than its grid while an IG map is pixel-level;
 - **localisation**, on images with RSNA lung-opacity boxes (a ``rsna_pneumonia`` data reader
   over a folder with ``example_train_labels.csv``), for the Pneumonia label's maps (Abnormal's
   where the package has no Pneumonia): the share of each method's top 5% / 20% pixels that fall
@@ -26,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from models.attribution import DEFAULT_STEPS, explain
 from models.package import LoadedPackage
@@ -35,6 +39,10 @@ from training.datasets import Sample
 
 SEED_003 = {"pearson": 0.9163, "iou_top_5": 0.5762, "iou_top_20": 0.2519}
 METHODS = ("gradcam", "integrated_gradients")
+# Seed 003's three figures, at the display's pixels and on the model's feature grid.
+AGREEMENT = tuple(
+    f"{name}{suffix}" for suffix in ("", "_grid") for name in ("pearson", "iou_top_5", "iou_top_20")
+)
 TOP_FRACTIONS = (0.05, 0.20)
 BOX_LABELS = ("Pneumonia", "Abnormal")  # the first the package has is measured on the boxes
 Box = tuple[float, float, float, float]
@@ -47,6 +55,12 @@ def pearson(first: np.ndarray, second: np.ndarray) -> float:
     a, b = a - a.mean(), b - b.mean()
     norm = math.sqrt(float(a @ a) * float(b @ b))
     return float(a @ b / norm) if norm > 0 else float("nan")
+
+
+def on_grid(heat: np.ndarray, cells: int) -> np.ndarray:
+    """A map averaged over ``cells`` x ``cells`` equal cells (an area-average resize)."""
+    image = Image.fromarray(np.asarray(heat, dtype=np.float32), mode="F")
+    return np.asarray(image.resize((cells, cells), Image.Resampling.BOX), dtype=np.float32)
 
 
 def top_pixels(heat: np.ndarray, fraction: float) -> np.ndarray:
@@ -135,7 +149,9 @@ def evaluate_explanations(
     names = [label.name for label in package.config.labels]
     boxed_label = next((names.index(name) for name in BOX_LABELS if name in names), None)
     labels = list(range(len(names)))
-    agreement: dict[str, list[float]] = {"pearson": [], "iou_top_5": [], "iou_top_20": []}
+    agreement: dict[str, list[float]] = {key: [] for key in AGREEMENT}
+    architecture = package.config.architecture
+    cells = max(1, package.config.preprocessing.image_size // architecture.get("cam_stride", 32))
     located: dict[str, dict[str, list[float]]] = {m: {} for m in METHODS}
     box_area: list[float] = []
     images = 0
@@ -148,9 +164,14 @@ def evaluate_explanations(
         gradcam, ig = (explanation.maps[m] for m in METHODS)
         images += 1
         for slot in range(len(labels)):
-            agreement["pearson"].append(pearson(gradcam[slot], ig[slot]))
-            for fraction, key in zip(TOP_FRACTIONS, ("iou_top_5", "iou_top_20"), strict=True):
-                agreement[key].append(top_iou(gradcam[slot], ig[slot], fraction))
+            for suffix, first, second in (
+                ("", gradcam[slot], ig[slot]),
+                ("_grid", on_grid(gradcam[slot], cells), on_grid(ig[slot], cells)),
+            ):
+                agreement[f"pearson{suffix}"].append(pearson(first, second))
+                for fraction in TOP_FRACTIONS:
+                    key = f"iou_top_{round(fraction * 100)}{suffix}"
+                    agreement[key].append(top_iou(first, second, fraction))
         sample_boxes = (boxes or {}).get(sample.key)
         if not sample_boxes or boxed_label is None:
             continue
@@ -169,6 +190,7 @@ def evaluate_explanations(
         "images": images,
         "labels": names,
         "agreement": {key: _mean(values) for key, values in agreement.items()},
+        "grid_cells": cells,
         "localisation": {
             "label": None if boxed_label is None else names[boxed_label],
             "boxed_images": len(box_area),
@@ -193,10 +215,11 @@ def explanations_report(package_id: str, figures: dict[str, Any]) -> str:
         f"{figures['images']} images x {len(figures['labels'])} labels, Grad-CAM against "
         f"Integrated Gradients ({figures['integrated_gradients_steps']} steps).",
         "",
-        "| Agreement | cxrnode | seed 003 |",
-        "|---|---|---|",
+        f"| Agreement | cxrnode, pixels | cxrnode, {figures['grid_cells']}² grid | seed 003 |",
+        "|---|---|---|---|",
         *(
-            f"| {name} | {_shown(agreement[key])} | {SEED_003[key]} |"
+            f"| {name} | {_shown(agreement[key])} | {_shown(agreement[key + '_grid'])} | "
+            f"{SEED_003[key]} |"
             for key, name in (
                 ("pearson", "Pearson ρ"),
                 ("iou_top_5", "IoU of the top 5%"),

@@ -13,6 +13,7 @@ from models.default import bundled_default_package
 from node.cli import main
 from training.explanations import (
     box_mask,
+    on_grid,
     peak_in_boxes,
     pearson,
     read_rsna_boxes,
@@ -40,6 +41,11 @@ def test_agreement_of_hand_made_maps():
     assert top_iou(ramp, shifted, 0.20) == pytest.approx(10 / 30)
     with pytest.raises(ValueError, match="fraction"):
         top_pixels(ramp, 0.0)
+    # On a 2 x 2 grid each cell is the mean of its 5 x 5 block.
+    blocks = on_grid(ramp, 2)
+    assert blocks.shape == (2, 2)
+    assert blocks[0, 0] == pytest.approx(ramp[:5, :5].mean())
+    assert blocks[1, 1] == pytest.approx(ramp[5:, 5:].mean())
 
 
 def test_localisation_of_hand_made_maps():
@@ -86,6 +92,10 @@ def test_evaluate_explanations_scores_agreement_and_the_boxes(three_rsna_images,
     agreement = explanations["agreement"]
     assert -1.0 <= agreement["pearson"] <= 1.0
     assert 0.0 <= agreement["iou_top_20"] <= 1.0 and 0.0 <= agreement["iou_top_5"] <= 1.0
+    assert set(agreement) == {f"{k}{s}" for k in ("pearson", "iou_top_5", "iou_top_20")
+                              for s in ("", "_grid")}  # fmt: skip
+    assert explanations["grid_cells"] == 7  # 224 px / a stride of 32
+    assert -1.0 <= agreement["pearson_grid"] <= 1.0
     located = explanations["localisation"]
     assert (located["label"], located["boxed_images"]) == ("Pneumonia", 2)
     boxes = read_rsna_boxes(three_rsna_images)
