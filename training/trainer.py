@@ -31,7 +31,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from models.network import CxrClassifier
+from models.joint import JointEmbeddings
+from models.network import CxrClassifier, TextBatch
+from training.contrastive import ContrastiveAlignment
 from training.errors import TrainingError
 from training.loader import Batch, SampleDataset, collate
 from training.metrics import macro_auroc
@@ -153,11 +155,23 @@ def logits_of(
     if isinstance(unwrapped, TextOnlyClassifier):
         text = unwrapped.tokenize(batch.texts)
         return model(text.to(device, non_blocking=True) if text else None, len(batch))
-    if not isinstance(unwrapped, CxrClassifier) or batch.images is None:
+    if not isinstance(unwrapped, CxrClassifier):
         raise TrainingError("an image model needs a batch with images")
-    text = unwrapped.tokenize(batch.texts) if unwrapped.uses_text else None
+    return model(*model_inputs(unwrapped, batch, device, memory_format))
+
+
+def model_inputs(
+    model: CxrClassifier,
+    batch: Batch,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[torch.Tensor, TextBatch | None]:
+    """A batch's images (in ``memory_format``) and tokenized reports, on ``device``."""
+    if batch.images is None:
+        raise TrainingError("an image model needs a batch with images")
+    text = model.tokenize(batch.texts) if model.uses_text else None
     images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
-    return model(images, text.to(device, non_blocking=True) if text else None)
+    return images, text.to(device, non_blocking=True) if text else None
 
 
 class Trainer:
@@ -175,6 +189,8 @@ class Trainer:
         ``"auto"``: CUDA when present.
     progress : bool or None
         Progress bars (``None``: when standard error is a terminal).
+    alignment : ContrastiveAlignment or None
+        The contrastive term added to each training batch's loss (``training.contrastive``).
     """
 
     def __init__(
@@ -185,6 +201,7 @@ class Trainer:
         run_dir: Path,
         device: str | torch.device = "auto",
         progress: bool | None = None,
+        alignment: ContrastiveAlignment | None = None,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -194,6 +211,7 @@ class Trainer:
         )
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.loss = loss.to(self.device)
+        self.alignment = alignment
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -335,8 +353,10 @@ class Trainer:
             targets = batch.targets.to(self.device, non_blocking=True)
             mask = batch.mask.to(self.device, non_blocking=True)
             with self._autocast():
-                logits = logits_of(self.model, batch, self.device, self.memory_format)
+                logits, joint = self._outputs(batch)
             loss = self.loss(logits.float(), targets, mask)
+            if joint is not None:
+                loss = loss + self.alignment(joint)
             if not torch.isfinite(loss):
                 raise TrainingError(f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}")
             self.optimizer.zero_grad(set_to_none=True)
@@ -355,6 +375,15 @@ class Trainer:
             if hasattr(bar, "set_postfix"):
                 bar.set_postfix(loss=f"{total / count:.4f}")
         return total / max(count, 1)
+
+    def _outputs(self, batch: Batch) -> tuple[torch.Tensor, JointEmbeddings | None]:
+        """A training batch's logits, and its joint embeddings where an alignment trains them."""
+        if self.alignment is None:
+            return logits_of(self.model, batch, self.device, self.memory_format), None
+        encoded = self.model.encode(
+            *model_inputs(self.model, batch, self.device, self.memory_format)
+        )
+        return self.model.classify(encoded.fused), encoded.joint
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
