@@ -7,7 +7,9 @@ staged DarkCovidNet subset (No Finding / Pneumonia) a distinct IU X-ray report d
 (seeded) from the reports of its class: a "normal" report (MeSH "normal") for a No Finding
 image, and for a Pneumonia image a report with an airspace finding (Open-i MeSH Opacity or
 Airspace Disease, the headings under which IU X-ray indexes pneumonic opacities); an image of
-any other class, or one left when its pool is used up, has no report. The pairing is
+any other class, or one left when its pool is used up, has no report. Each report (study) is
+drawn once, though some share their wording (normal IU reports often repeat word for word, so
+a batch can hold the same text for two images, as real reports would). The pairing is
 **artificial**: a report describes its class, not its image, so what a joint space learns from
 it is to place an image near reports of its class. Labels and patients are the image's.
 """
