@@ -17,13 +17,19 @@ An ``architecture`` dict (a package's ``config.json`` holds one) names every par
       "modality_dropout": 0.0,                   (training only: P(report treated as missing))
       "init": "default" | "xavier",              (new layers; pretrained weights are kept)
       "hidden_dim": 256, "dropout": 0.2,         (head; hidden_dim 0 = one linear layer)
-      "cam_stride": 32 | 16                      (Grad-CAM's layer: see ImageEncoder)
+      "cam_stride": 32 | 16,                     (Grad-CAM's layer: see ImageEncoder)
+      "joint_dim": 0                             (>0: a joint image-text space, models.joint)
     }
 
 Missing keys take :data:`ARCHITECTURE_DEFAULTS`. ``image_weights`` is read only when a model is
 built to be trained (``load_image_weights=True``); a saved package carries its own weights. A
 model built to be trained records what it really started from: ``"imagenet"`` asked for where
 this machine has no ImageNet weights for the encoder becomes ``null`` (and a warning says so).
+
+Retrieval embedding (:meth:`CxrClassifier.embed`, what a package stores per image for case
+search): a model with a joint space (``joint_dim > 0``, text encoder required) gives the joint
+image embedding, which reads the image alone; any other model the fused vector the head reads
+(for an image-only model, the pooled image features).
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ from models.encoders.text import (
     WordVocabulary,
 )
 from models.fusion import FUSIONS, ConcatFusion, CrossAttentionFusion, TextContext, pool_image
+from models.joint import JointEmbeddings, JointSpace
 
 ARCHITECTURE_DEFAULTS: dict[str, Any] = {
     "image_encoder": "resnet18",
@@ -60,6 +67,7 @@ ARCHITECTURE_DEFAULTS: dict[str, Any] = {
     "hidden_dim": 256,
     "dropout": 0.2,
     "cam_stride": 32,
+    "joint_dim": 0,
 }
 TEXT_ENCODER_DEFAULTS: dict[str, dict[str, Any]] = {
     "none": {},
@@ -135,12 +143,15 @@ class Encoded:
         was missing); ``None`` for an image-only model.
     text_present : torch.Tensor
         ``(B,)`` bool, whether the row's report was read.
+    joint : JointEmbeddings or None
+        The batch in the joint space; ``None`` for a model without one.
     """
 
     fused: torch.Tensor
     image: torch.Tensor
     text: torch.Tensor | None
     text_present: torch.Tensor
+    joint: JointEmbeddings | None = None
 
 
 class CxrClassifier(nn.Module):
@@ -210,6 +221,9 @@ class CxrClassifier(nn.Module):
             )
         else:
             self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(fused_dim, n_labels))
+        # Built last, so that a model without one draws the same initial weights as before.
+        joint_dim = int(architecture.get("joint_dim", 0))
+        self.joint = JointSpace(self.image_dim, self.text_dim, joint_dim) if joint_dim else None
         self.architecture = dict(architecture)
         if text_encoder is not None:
             self.architecture["text_encoder"] = {
@@ -226,6 +240,11 @@ class CxrClassifier(nn.Module):
     def embedding_dim(self) -> int:
         """Width of the fused embedding the head classifies."""
         return self.fusion.out_dim
+
+    @property
+    def retrieval_dim(self) -> int:
+        """Width of :meth:`embed`'s vectors: the joint space's, else the fused embedding's."""
+        return self.joint.dim if self.joint is not None else self.embedding_dim
 
     @property
     def output_layer(self) -> nn.Linear:
@@ -330,18 +349,47 @@ class CxrClassifier(nn.Module):
         context = self.encode_text(text, images.shape[0])
         image_map = self.image_encoder(images)
         fused = self.fuse(image_map, context)
+        pooled = pool_image(image_map)
         if context is None:
             present = torch.zeros(images.shape[0], dtype=torch.bool, device=fused.device)
-            return Encoded(fused, pool_image(image_map), None, present)
-        return Encoded(fused, pool_image(image_map), context.pooled, context.present)
+            return Encoded(fused, pooled, None, present)
+        joint = None if self.joint is None else self.joint(pooled, context.pooled, context.present)
+        return Encoded(fused, pooled, context.pooled, context.present, joint)
+
+    def retrieval_vector(self, image_map: torch.Tensor, fused: torch.Tensor) -> torch.Tensor:
+        """Return the embedding cases are retrieved by, from an image feature map and its fused
+        embedding: the joint image embedding where the model has a joint space, else ``fused``."""
+        if self.joint is None:
+            return fused
+        return self.joint.image(pool_image(image_map))
 
     def embed(self, images: torch.Tensor, text: TextBatch | None = None) -> torch.Tensor:
-        """Return the fused embedding only."""
+        """Return the ``(B, retrieval_dim)`` retrieval embedding (see the module docstring).
+
+        With a joint space the report is not read: the image alone places the case.
+        """
+        if self.joint is not None:
+            return self.joint.image(pool_image(self.image_encoder(images)))
         return self.encode(images, text).fused
+
+    def embed_text(self, text: TextBatch) -> torch.Tensor:
+        """Return ``(R, joint_dim)`` joint embeddings of a batch's reports alone (no image), one
+        per row that has a report, in batch order.
+
+        Raises
+        ------
+        ValueError
+            If the model has no joint space.
+        """
+        if self.joint is None:
+            raise ValueError("this model has no joint image-text space (joint_dim = 0)")
+        context = self.encode_text(text, int(text.present.shape[0]))
+        assert context is not None
+        return self.joint.text(context.pooled[context.present])
 
     def forward(self, images: torch.Tensor, text: TextBatch | None = None) -> torch.Tensor:
         """Return ``(B, n_labels)`` logits of ``(B, C, H, W)`` normalised images."""
-        return self.classify(self.embed(images, text))
+        return self.classify(self.encode(images, text).fused)
 
 
 def normalize_architecture(architecture: dict[str, Any]) -> dict[str, Any]:
@@ -383,8 +431,12 @@ def normalize_architecture(architecture: dict[str, Any]) -> dict[str, Any]:
     _choice(merged, "init", INITS)
     if merged["fusion"] == "cross_attention" and merged["text_encoder"]["kind"] == "none":
         raise ValueError("cross_attention fusion needs a text encoder")
-    for key in ("hidden_dim", "fusion_dim", "fusion_heads", "cam_stride"):
+    for key in ("hidden_dim", "fusion_dim", "fusion_heads", "cam_stride", "joint_dim"):
         merged[key] = int(merged[key])
+    if merged["joint_dim"] < 0:
+        raise ValueError(f"joint_dim must be >= 0 (0: no joint space), not {merged['joint_dim']}")
+    if merged["joint_dim"] and merged["text_encoder"]["kind"] == "none":
+        raise ValueError("a joint image-text space (joint_dim > 0) needs a text encoder")
     for key in ("dropout", "modality_dropout"):
         merged[key] = float(merged[key])
     if merged["hidden_dim"] < 0 or merged["fusion_dim"] < 1 or merged["fusion_heads"] < 1:

@@ -40,7 +40,10 @@ class Prediction:
     present : numpy.ndarray
         ``(n_labels,)`` bool, probability at or above the label's threshold.
     embedding : numpy.ndarray
-        ``(embedding_dim,)`` float32 fused embedding the head classified (for retrieval).
+        ``(retrieval_dim,)`` float32 embedding for case retrieval
+        (:meth:`models.network.CxrClassifier.retrieval_vector`): the joint image embedding
+        where the package has a joint image-text space, else the fused embedding the head
+        classified.
     image_embedding : numpy.ndarray or None
         ``(image_dim,)`` float32 pooled image features alone.
     text_embedding : numpy.ndarray or None
@@ -273,8 +276,9 @@ class Predictor:
             fused = self.model.fuse(image_map, context)
             logits = self.model.classify(fused)
             image_vectors = pool_image(image_map)
+            retrieval = self.model.retrieval_vector(image_map, fused)
         probabilities = _numpy(torch.sigmoid(logits.float()))
-        fused_np, image_np = _numpy(fused), _numpy(image_vectors)
+        fused_np, image_np = _numpy(retrieval), _numpy(image_vectors)
         if context is None:
             text_np, used = [None] * len(images), [False] * len(images)
         else:

@@ -62,7 +62,7 @@ from typing import Any
 
 import numpy as np
 
-from training import datasets
+from training import datasets, label_pairs
 from training.errors import TrainingError
 from training.semisupervised import UNLABELLED, SemiSupervisedSettings
 from training.trainer import TrainSettings
@@ -80,6 +80,7 @@ READERS = {
     "rsna_pneumonia": datasets.read_rsna_pneumonia,
     "nih_labelled_folders": datasets.read_nih_labelled_folders,
     "kermany": datasets.read_kermany,
+    "nih_iu_paired_by_label": label_pairs.read_nih_iu_paired_by_label,
 }
 MIXED = "mixed"
 # [data] keys that are not reader arguments.

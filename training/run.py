@@ -47,6 +47,7 @@ from models.text import TextCleaning, label_mask_words
 from training.baselines import tfidf_logreg_probabilities
 from training.card import model_card, run_report, split_table
 from training.config import REPO, RunConfig, expand, load_run_config
+from training.contrastive import build_alignment
 from training.datasets import LabelledData, Sample
 from training.errors import TrainingError
 from training.events import EventLog
@@ -294,7 +295,7 @@ def _fit(
     loss = build_loss(
         str(config.loss.get("name", "bce")),
         train,
-        **{k: v for k, v in config.loss.items() if k != "name"},
+        **{k: v for k, v in config.loss.items() if k not in ("name", "contrastive_weight")},
     )
     unlabelled_set = SampleDataset(
         unlabelled or [], plan.spec, plan.cleaning, config.text_source, augment=True
@@ -309,6 +310,7 @@ def _fit(
         device=str(config.model.get("device", "auto")),
         label_names=[label.name for label in VOCABULARIES[plan.vocabulary]],
         standardise_batches=plan.normalization == "batch" and plan.spec is not None,
+        alignment=build_alignment(config.loss, model),
     )
     train_set = SampleDataset(
         train, plan.spec, plan.cleaning, config.text_source, config.train.augment
@@ -773,24 +775,17 @@ def _retrieval(
     train: list[Sample],
     device: torch.device,
 ) -> dict[str, Any]:
-    """Seed 003's two retrieval protocols over the package's embeddings."""
-    from training.retrieval import SEED_003, embed, evaluate_protocol
+    """Seed 003's retrieval protocols over the package's embeddings
+    (:func:`training.retrieval.retrieval_protocols`)."""
+    from training.retrieval import retrieval_protocols
 
     model = package.model.to(device)
     if not isinstance(model, CxrClassifier):
         raise TrainingError("retrieval needs an image model's embeddings")
-    queries, query_labels = embed(model, dataset, 32, device), _known_labels(samples)
-    gallery = embed(model, _dataset_for(package, config, train), 32, device)
-    train_labels = _known_labels(train)
-    protocols = [
-        evaluate_protocol(
-            "generalization (test -> test)", queries, query_labels, queries, query_labels, True
-        ),
-        evaluate_protocol(
-            "historical (test -> train)", queries, query_labels, gallery, train_labels, False
-        ),
-    ]
-    return {"protocols": [p.to_dict() for p in protocols], "seed_003": SEED_003}
+    gallery = _dataset_for(package, config, train)
+    return retrieval_protocols(
+        model, dataset, _known_labels(samples), gallery, _known_labels(train), device
+    )
 
 
 def _explanations(

@@ -32,7 +32,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader
 
-from models.network import CxrClassifier
+from models.joint import JointEmbeddings
+from models.network import CxrClassifier, TextBatch
+from training.contrastive import ContrastiveAlignment
 from training.errors import TrainingError
 from training.events import EventLog
 from training.loader import Batch, SampleDataset, collate
@@ -156,11 +158,23 @@ def logits_of(
     if isinstance(unwrapped, TextOnlyClassifier):
         text = unwrapped.tokenize(batch.texts)
         return model(text.to(device, non_blocking=True) if text else None, len(batch))
-    if not isinstance(unwrapped, CxrClassifier) or batch.images is None:
+    if not isinstance(unwrapped, CxrClassifier):
         raise TrainingError("an image model needs a batch with images")
-    text = unwrapped.tokenize(batch.texts) if unwrapped.uses_text else None
+    return model(*model_inputs(unwrapped, batch, device, memory_format))
+
+
+def model_inputs(
+    model: CxrClassifier,
+    batch: Batch,
+    device: torch.device,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> tuple[torch.Tensor, TextBatch | None]:
+    """A batch's images (in ``memory_format``) and tokenized reports, on ``device``."""
+    if batch.images is None:
+        raise TrainingError("an image model needs a batch with images")
+    text = model.tokenize(batch.texts) if model.uses_text else None
     images = batch.images.to(device, non_blocking=True, memory_format=memory_format)
-    return model(images, text.to(device, non_blocking=True) if text else None)
+    return images, text.to(device, non_blocking=True) if text else None
 
 
 class Trainer:
@@ -185,6 +199,8 @@ class Trainer:
         Standardise each training batch's images by its own per-channel statistics (seed 004,
         :func:`training.normalization.standardise_batch`); validation is left as the dataset
         normalises it.
+    alignment : ContrastiveAlignment or None
+        The contrastive term added to each training batch's loss (``training.contrastive``).
     """
 
     def __init__(
@@ -197,6 +213,7 @@ class Trainer:
         progress: bool | None = None,
         label_names: Sequence[str] = (),
         standardise_batches: bool = False,
+        alignment: ContrastiveAlignment | None = None,
     ) -> None:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -206,6 +223,7 @@ class Trainer:
         )
         self.model = model.to(self.device, memory_format=self.memory_format)
         self.loss = loss.to(self.device)
+        self.alignment = alignment
         self.settings = settings
         self.run_dir = Path(run_dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -387,21 +405,31 @@ class Trainer:
         return total / max(count, 1)
 
     def _batch_loss(self, batch: Batch) -> torch.Tensor:
-        """The loss of one training batch (the semi-supervised trainer adds its unlabelled
-        term here)."""
+        """The loss of one training batch, with the contrastive term where an alignment trains
+        a joint space (the semi-supervised trainer adds its unlabelled term here)."""
         targets = batch.targets.to(self.device, non_blocking=True)
         mask = batch.mask.to(self.device, non_blocking=True)
         with self._autocast():
-            logits = logits_of(
-                self.model, self._standardised(batch), self.device, self.memory_format
-            )
-        return self.loss(logits.float(), targets, mask)
+            logits, joint = self._outputs(self._standardised(batch))
+        loss = self.loss(logits.float(), targets, mask)
+        if joint is not None:
+            loss = loss + self.alignment(joint)
+        return loss
 
     def _standardised(self, batch: Batch) -> Batch:
         """The batch as the model trains on it (each batch's own statistics, where asked)."""
         if self.standardise_batches and batch.images is not None:
             return replace(batch, images=standardise_batch(batch.images))
         return batch
+
+    def _outputs(self, batch: Batch) -> tuple[torch.Tensor, JointEmbeddings | None]:
+        """A training batch's logits, and its joint embeddings where an alignment trains them."""
+        if self.alignment is None:
+            return logits_of(self.model, batch, self.device, self.memory_format), None
+        encoded = self.model.encode(
+            *model_inputs(self.model, batch, self.device, self.memory_format)
+        )
+        return self.model.classify(encoded.fused), encoded.joint
 
     def _eval_model(self) -> nn.Module:
         return self.ema.module if self.ema is not None else self.model
