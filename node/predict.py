@@ -36,7 +36,12 @@ import numpy as np
 from PIL import Image
 from pydicom import dcmread
 
-from models.attribution import WordAttribution, integrated_gradients_on_grid, word_attributions
+from models.attribution import (
+    DEFAULT_STEPS,
+    WordAttribution,
+    integrated_gradients_on_grid,
+    word_attributions,
+)
 from models.errors import PreprocessingError
 from models.pixel_limits import PixelLimitError, check_deflated_bytes
 from models.predictor import Predictor, PreparedInputs, labels_to_explain
@@ -69,9 +74,10 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
 _SUFFIXES = {"dicom": "dcm", "png": "png", "jpeg": "jpg"}
 
-# An explanation method: the predictor, the prepared image, the labels to explain; one map per
-# label, float32 in [0, 1] on the display image's grid.
-Explainer = Callable[[Predictor, PreparedInputs, Sequence[int]], list[np.ndarray]]
+# An explanation method: the predictor, the prepared image, the labels to explain and the
+# Integrated Gradients steps (ignored by Grad-CAM); one map per label, float32 in [0, 1] on
+# the display image's grid.
+Explainer = Callable[[Predictor, PreparedInputs, Sequence[int], int], list[np.ndarray]]
 
 
 class PredictInputError(CxrNodeError, ValueError):
@@ -253,16 +259,16 @@ class Prediction:
 
 
 def _grad_cam(
-    predictor: Predictor, prepared: PreparedInputs, indices: Sequence[int]
+    predictor: Predictor, prepared: PreparedInputs, indices: Sequence[int], steps: int
 ) -> list[np.ndarray]:
     (grid,) = predictor.explain_on_grid(prepared, [indices])
     return [GridHeatmap(cam, grid.size, grid.region).on_source_grid() for cam in grid.maps]
 
 
 def _integrated_gradients(
-    predictor: Predictor, prepared: PreparedInputs, indices: Sequence[int]
+    predictor: Predictor, prepared: PreparedInputs, indices: Sequence[int], steps: int
 ) -> list[np.ndarray]:
-    (grid,), _ = integrated_gradients_on_grid(predictor, prepared, [indices])
+    (grid,), _ = integrated_gradients_on_grid(predictor, prepared, [indices], steps)
     return [GridHeatmap(m, grid.size, grid.region).on_source_grid() for m in grid.maps]
 
 
@@ -280,6 +286,7 @@ def predict_image(
     max_decoded_bytes: int,
     region_level: float = DEFAULT_REGION_LEVEL,
     methods: Sequence[str] = ("gradcam",),
+    ig_steps: int = DEFAULT_STEPS,
 ) -> Prediction:
     """Run the model on one file as the node would on a received image.
 
@@ -297,6 +304,8 @@ def predict_image(
         Fraction of a map's peak a finding's region encloses (``region_level``).
     methods : sequence of str
         Explanation methods, keys of :data:`EXPLAINERS`.
+    ig_steps : int
+        Integrated Gradients' steps (``models.attribution.DEFAULT_STEPS``, chosen by measure).
 
     Returns
     -------
@@ -322,12 +331,13 @@ def predict_image(
     indices = labels_to_explain(output)
     explanations = []
     for method in methods:
-        maps = EXPLAINERS[method](predictor, prepared, indices)
+        maps = EXPLAINERS[method](predictor, prepared, indices, ig_steps)
         explanations.extend(_explained(method, [findings[i] for i in indices], maps, region_level))
     words = {}
     if "integrated_gradients" in methods and reads_text and text is not None:
         words = {
-            findings[i].name: word_attributions(predictor, prepared, 0, text, i) for i in indices
+            findings[i].name: word_attributions(predictor, prepared, 0, text, i, ig_steps)
+            for i in indices
         }
     return Prediction(
         name=image.name,

@@ -89,6 +89,7 @@ def test_integrated_gradients_maps_each_explained_label_and_scores_the_reports_w
         report,
         max_decoded_bytes=LIMIT,
         methods=("gradcam", "integrated_gradients"),
+        ig_steps=4,
     )
     by_method = {}
     for explanation in result.explanations:
