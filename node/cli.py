@@ -82,10 +82,11 @@ def _add_predict(commands) -> None:
     predict.add_argument(
         "--explain",
         action="append",
-        choices=("gradcam", "integrated_gradients"),
+        choices=("gradcam", "integrated_gradients", "attention"),
         help="an explanation method, repeatable (default gradcam); integrated_gradients costs "
         "tens of forward passes a label and, for a model that reads the report, also scores "
-        "its words",
+        "its words; attention gives a cross-attention model's weights of image regions over "
+        "the report's tokens",
     )
     predict.set_defaults(run=_predict)
 
@@ -93,7 +94,7 @@ def _add_predict(commands) -> None:
 def _predict(args, settings) -> int:
     from dataclasses import replace
 
-    from node.predict import findings_table, try_files
+    from node.predict import check_methods, findings_table, try_files
     from node.startup import load_model
 
     report = args.report
@@ -104,6 +105,12 @@ def _predict(args, settings) -> int:
             print(f"cxrnode predict: --report-file {args.report_file}: {exc}", file=sys.stderr)
             return 2
     predictor = load_model(replace(settings, model=args.package or settings.model))
+    methods = tuple(dict.fromkeys(args.explain or ["gradcam"]))
+    try:
+        check_methods(predictor, methods)
+    except ValueError as exc:
+        print(f"cxrnode predict: {exc}", file=sys.stderr)
+        return 2
     many = len(args.files) > 1
 
     def progress(index: int, path: Path) -> None:
@@ -119,7 +126,7 @@ def _predict(args, settings) -> int:
         actor_user=cli_user(),
         heatmap_dir=args.heatmap,
         progress=progress if many else None,
-        methods=tuple(dict.fromkeys(args.explain or ["gradcam"])),
+        methods=methods,
     ):
         tried.append(one)
         if one.error is not None:

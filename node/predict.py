@@ -14,8 +14,9 @@ text options; the worker's choice of labels to explain; the result writers' heat
 Explanations are named maps per label, one entry of :data:`EXPLAINERS` per method: Grad-CAM
 (the node's, always) and Integrated Gradients (``models.attribution``, on request: it costs
 many forward passes), which for a model that reads the report also says which of its words
-pushed each finding. The image's embedding comes back too, for the nearest earlier cases
-(``node.similar.nearest``).
+pushed each finding. ``attention`` asks a cross-attention model for its fusion's weights of the
+image's regions over the report's tokens (one more method, not a map per label). The image's
+embedding comes back too, for the nearest earlier cases (``node.similar.nearest``).
 """
 
 from __future__ import annotations
@@ -38,11 +39,14 @@ from pydicom import dcmread
 
 from models.attribution import (
     DEFAULT_STEPS,
+    AttentionMaps,
     WordAttribution,
+    attention_maps,
     integrated_gradients_on_grid,
     word_attributions,
 )
 from models.errors import PreprocessingError
+from models.fusion import CrossAttentionFusion
 from models.pixel_limits import PixelLimitError, check_deflated_bytes
 from models.predictor import Predictor, PreparedInputs, labels_to_explain
 from models.preprocess import decode_pixels, exported_image_to_display, pixels_to_display
@@ -175,6 +179,9 @@ class Prediction:
     words : dict of str to tuple of WordAttribution
         Per explained label, the report's words and how much each pushed it (Integrated
         Gradients); empty unless IG was asked of a model that read a report.
+    attention : AttentionMaps or None
+        The cross-attention fusion's weights of the image grid over the report's tokens, when
+        ``attention`` was asked.
     """
 
     name: str
@@ -188,6 +195,7 @@ class Prediction:
     report: dict[str, Any]
     embedding: np.ndarray | None = None
     words: dict[str, tuple[WordAttribution, ...]] = field(default_factory=dict)
+    attention: AttentionMaps | None = None
 
     @property
     def present(self) -> list[Finding]:
@@ -255,6 +263,7 @@ class Prediction:
                 label: [{"word": w.word, "score": round(w.score, 6)} for w in words]
                 for label, words in self.words.items()
             },
+            **({"attention": _attention_json(self.attention)} if self.attention else {}),
         }
 
 
@@ -276,6 +285,26 @@ EXPLAINERS: dict[str, Explainer] = {
     "gradcam": _grad_cam,
     "integrated_gradients": _integrated_gradients,
 }
+# Every method a try may ask for: the label maps, and the fusion's attention.
+METHODS = (*EXPLAINERS, "attention")
+
+
+def check_methods(predictor: Predictor, methods: Sequence[str]) -> None:
+    """Refuse methods that do not exist, or ``attention`` of a model without cross-attention.
+
+    Raises
+    ------
+    ValueError
+        Naming the methods that can be asked.
+    """
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise ValueError(f"unknown explanation methods {unknown}; known: {', '.join(METHODS)}")
+    if "attention" in methods and not isinstance(predictor.model.fusion, CrossAttentionFusion):
+        raise ValueError(
+            f"attention maps need a model with cross-attention fusion; "
+            f"{predictor.package.config.name} fuses by {predictor.model.architecture['fusion']}"
+        )
 
 
 def predict_image(
@@ -316,11 +345,9 @@ def predict_image(
     PredictInputError
         If the file is empty, no readable image, a DICOM without pixels, or over the limit.
     ValueError
-        If a method is unknown.
+        If a method is unknown, or ``attention`` is asked of a model without cross-attention.
     """
-    unknown = [m for m in methods if m not in EXPLAINERS]
-    if unknown:
-        raise ValueError(f"unknown explanation methods {unknown}; known: {sorted(EXPLAINERS)}")
+    check_methods(predictor, methods)
     display, kind = read_display(image, max_decoded_bytes)
     config = predictor.package.config
     text = ReportText(report) if report and report.strip() else None
@@ -330,7 +357,7 @@ def predict_image(
     findings = model_findings(config.labels, output.probabilities)
     indices = labels_to_explain(output)
     explanations = []
-    for method in methods:
+    for method in (m for m in methods if m in EXPLAINERS):
         maps = EXPLAINERS[method](predictor, prepared, indices, ig_steps)
         explanations.extend(_explained(method, [findings[i] for i in indices], maps, region_level))
     words = {}
@@ -361,6 +388,9 @@ def predict_image(
         },
         embedding=output.embedding,
         words=words,
+        attention=(
+            attention_maps(predictor, prepared, [text])[0] if "attention" in methods else None
+        ),
     )
 
 
@@ -690,6 +720,16 @@ def _finding_json(finding: Finding) -> dict[str, Any]:
             "scheme": finding.coding_scheme,
             "meaning": finding.code_meaning,
         },
+    }
+
+
+def _attention_json(attention: AttentionMaps) -> dict[str, Any]:
+    """The fusion's weights: the tokens, the image grid's shape, and per grid cell (row-major)
+    its weight on each token, each row summing to 1."""
+    return {
+        "tokens": list(attention.tokens),
+        "grid": list(attention.grid.maps.shape[1:]),
+        "weights": np.round(attention.weights, 5).tolist(),
     }
 
 

@@ -22,7 +22,7 @@ from node import reprocess, similar
 from node.admin import render, uploads
 from node.admin.dependencies import Access, Admin, ReadSession, actor, require_token
 from node.admin.timespec import parse_time
-from node.predict import EXPLAINERS, png_bytes
+from node.predict import METHODS, png_bytes
 from storage import audit, queries
 from storage.audit_chain import verify
 
@@ -195,7 +195,8 @@ _PREDICTION = {
 
 _EXPLAIN = (
     "explanation methods, repeatable (default gradcam): gradcam, integrated_gradients (tens "
-    "of forward passes a label; with a report, its words' attributions too)"
+    "of forward passes a label; with a report, its words' attributions too), attention (a "
+    "cross-attention model's weights of image regions over the report's tokens)"
 )
 
 
@@ -240,9 +241,9 @@ async def predict(
     ``model.predicted`` (its digest, size, type and the findings; not the upload), and the
     similar studies, when asked, as ``admin.similar``."""
     methods = tuple(dict.fromkeys(explain or ["gradcam"]))
-    unknown = sorted(set(methods) - set(EXPLAINERS))
+    unknown = sorted(set(methods) - set(METHODS))
     if unknown:
-        known = ", ".join(EXPLAINERS)
+        known = ", ".join(METHODS)
         raise HTTPException(422, f"unknown explanation methods {unknown}; known: {known}")
     upload = await uploads.read_upload(request, admin)
     prediction = await uploads.predict_upload(request, admin, upload, keep, methods)

@@ -131,6 +131,9 @@ def _predict(
     except CxrNodeError as exc:  # the model does not load (StartupError)
         record_prediction(admin.db, upload.image, via="http", error=str(exc), **facts)
         raise UploadRefused(503, str(exc)) from None
+    except ValueError as exc:  # a method this model cannot give (attention without it)
+        record_prediction(admin.db, upload.image, via="http", error=str(exc), **facts)
+        raise UploadRefused(422, str(exc)) from None
     if keep:
         facts["kept"] = keep_upload(settings.data_dir, prediction, upload.image)
     record_prediction(admin.db, upload.image, via="http", prediction=prediction, **facts)

@@ -7,7 +7,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from unit.models.conftest import predictor, reference_package_dir  # noqa: F401 - fixtures
+from unit.models.conftest import (  # noqa: F401 - fixtures
+    predictor,
+    reference_package_dir,
+    tiny_bert_dir,
+)
+from unit.models.test_attribution import cross_attention  # noqa: F401 - a fixture
 
 from models.default import bundled_default_package
 from models.package import load_package

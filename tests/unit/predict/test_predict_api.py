@@ -143,6 +143,9 @@ def test_the_nearest_stored_studies_come_with_the_answer_when_asked_and_are_audi
     body, content_type = multipart(rsna_dicom.name, rsna_dicom.read_bytes())
     status, _, answer = post(admin.port, "/api/predict?explain=magic", body, content_type)
     assert status == 422 and "integrated_gradients" in json.loads(answer)["detail"]
+    status, _, answer = post(admin.port, "/api/predict?explain=attention", body, content_type)
+    assert status == 422 and "cross-attention fusion" in json.loads(answer)["detail"]
+    assert tries(db)[-1]["outcome"] == "failure"  # refused by the model, and audited
     status, _, answer = post(admin.port, "/api/predict", body, content_type)
     assert "similar" not in json.loads(answer)  # only when asked
     model = json.loads(answer)["model"]["id"]

@@ -13,7 +13,14 @@ from PIL import Image
 from pydicom import dcmread
 
 from models.preprocess import dicom_to_display, image_file_to_display
-from node.predict import EXPLAINERS, ImageFile, PredictInputError, predict_image, read_display
+from node.predict import (
+    EXPLAINERS,
+    ImageFile,
+    PredictInputError,
+    check_methods,
+    predict_image,
+    read_display,
+)
 
 LIMIT = 256 * 1024 * 1024
 
@@ -129,3 +136,28 @@ def test_bad_files_are_refused_with_what_is_wrong(
         read_display(ImageFile(name, make(rsna_dicom, nih_png)), limit)
     assert refused.value.kind == kind
     assert name in str(refused.value) and says in str(refused.value)
+
+
+def test_attention_is_the_fusions_weights_over_the_reports_tokens_where_the_model_has_them(
+    cross_attention, default_predictor, nih_png: Path
+):
+    report = "FINDINGS: Large right pleural effusion."
+    result = predict_image(
+        cross_attention,
+        ImageFile.read(nih_png),
+        report,
+        max_decoded_bytes=LIMIT,
+        methods=("gradcam", "attention"),
+    )
+    attention = result.attention
+    assert attention.tokens[0] == "[CLS]" and "effusion" in attention.tokens
+    np.testing.assert_allclose(attention.weights.sum(axis=1), 1.0, atol=1e-4)
+    answer = result.to_json()["attention"]
+    assert answer["tokens"] == list(attention.tokens) and answer["grid"] == [2, 2]
+    assert len(answer["weights"]) == 4 and len(answer["weights"][0]) == len(attention.tokens)
+    assert {e.method for e in result.explanations} == {"gradcam"}
+    # The shipped package fuses by concatenation: it has no attention to show.
+    with pytest.raises(ValueError, match="cross-attention"):
+        check_methods(default_predictor, ("attention",))
+    with pytest.raises(ValueError, match="unknown explanation methods"):
+        check_methods(default_predictor, ("magic",))
