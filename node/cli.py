@@ -246,7 +246,7 @@ def _similar_to_file(path: Path, k: int, output: str, settings, db) -> int:
     (audited as ``model.predicted``), then its embedding searched (``admin.similar``)."""
     from node.admin import render
     from node.predict import try_files
-    from node.similar import record_image_query, similar_to_image
+    from node.similar import similar_to_image
     from node.startup import load_model
     from storage.queries import to_json
 
@@ -256,12 +256,15 @@ def _similar_to_file(path: Path, k: int, output: str, settings, db) -> int:
         print(f"cxrnode similar: {tried.error}", file=sys.stderr)
         return 2
     prediction = tried.prediction
-    with db.reading() as session:
-        answer = similar_to_image(
-            session, prediction.embedding, prediction.model["id"], prediction.sha256, k
-        )
-    with db.transaction() as session:
-        record_image_query(session, answer, via="cli", actor={"actor_user": cli_user()})
+    answer = similar_to_image(
+        db,
+        prediction.embedding,
+        prediction.model["id"],
+        prediction.sha256,
+        k,
+        via="cli",
+        actor={"actor_user": cli_user()},
+    )
     if output == "json":
         print(json.dumps(to_json(answer), indent=2))
     else:

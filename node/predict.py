@@ -289,8 +289,8 @@ EXPLAINERS: dict[str, Explainer] = {
 METHODS = (*EXPLAINERS, "attention")
 
 
-def check_methods(predictor: Predictor, methods: Sequence[str]) -> None:
-    """Refuse methods that do not exist, or ``attention`` of a model without cross-attention.
+def check_method_names(methods: Sequence[str]) -> None:
+    """Refuse methods that do not exist (before any model is at hand).
 
     Raises
     ------
@@ -300,6 +300,17 @@ def check_methods(predictor: Predictor, methods: Sequence[str]) -> None:
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise ValueError(f"unknown explanation methods {unknown}; known: {', '.join(METHODS)}")
+
+
+def check_methods(predictor: Predictor, methods: Sequence[str]) -> None:
+    """Refuse methods that do not exist, or ``attention`` of a model without cross-attention.
+
+    Raises
+    ------
+    ValueError
+        Naming the methods that can be asked, or why this model cannot give one.
+    """
+    check_method_names(methods)
     if "attention" in methods and not isinstance(predictor.model.fusion, CrossAttentionFusion):
         raise ValueError(
             f"attention maps need a model with cross-attention fusion; "

@@ -32,6 +32,7 @@ from models.similarity import ExactIndex, HnswIndex, build_index, normalise
 from node.errors import CxrNodeError
 from storage import audit, embeddings
 from storage.actions import Action
+from storage.database import Database
 from storage.identifiers import StudyIds
 from storage.queries import find_study
 from storage.run_summary import Finding, RunSummary
@@ -192,31 +193,36 @@ class SimilarToImage:
 
 
 def similar_to_image(
-    session: Session, vector: np.ndarray, model_id: str, sha256: str, k: int = DEFAULT_K
+    db: Database,
+    vector: np.ndarray,
+    model_id: str,
+    sha256: str,
+    k: int = DEFAULT_K,
+    *,
+    via: str,
+    actor: dict | None = None,
 ) -> SimilarToImage:
     """The ``k`` stored studies nearest an image's embedding (``node.predict.Prediction``'s),
-    among those of the same package; see :func:`nearest`."""
-    return SimilarToImage(sha256, model_id, k, nearest(session, vector, model_id, k))
-
-
-def record_image_query(
-    session: Session, answer: SimilarToImage, *, via: str, actor: dict | None = None
-) -> None:
-    """Audit one question for an image's similar cases (``admin.similar``): who asked, the
-    image's digest (never the image), and the studies the answer named."""
-    audit.record(
-        session,
-        Action.ADMIN_SIMILAR,
-        audit.Outcome.SUCCESS,
-        **(actor or {}),
-        detail={
-            "query": f"sha256:{answer.sha256}",
-            "k": answer.k,
-            "via": via,
-            "model": answer.model_id,
-            "returned": [case.study.study_uid for case in answer.cases],
-        },
-    )
+    among those of the same package (see :func:`nearest`), audited before they are shown
+    (``admin.similar``: who asked, the image's digest, never the image, and the studies
+    named)."""
+    with db.reading() as session:
+        answer = SimilarToImage(sha256, model_id, k, nearest(session, vector, model_id, k))
+    with db.transaction() as session:
+        audit.record(
+            session,
+            Action.ADMIN_SIMILAR,
+            audit.Outcome.SUCCESS,
+            **(actor or {}),
+            detail={
+                "query": f"sha256:{sha256}",
+                "k": k,
+                "via": via,
+                "model": model_id,
+                "returned": [case.study.study_uid for case in answer.cases],
+            },
+        )
+    return answer
 
 
 def study_vector(vectors: np.ndarray) -> np.ndarray:

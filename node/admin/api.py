@@ -22,7 +22,7 @@ from node import reprocess, similar
 from node.admin import render, uploads
 from node.admin.dependencies import Access, Admin, ReadSession, actor, require_token
 from node.admin.timespec import parse_time
-from node.predict import METHODS, png_bytes
+from node.predict import check_method_names, png_bytes
 from storage import audit, queries
 from storage.audit_chain import verify
 
@@ -241,10 +241,10 @@ async def predict(
     ``model.predicted`` (its digest, size, type and the findings; not the upload), and the
     similar studies, when asked, as ``admin.similar``."""
     methods = tuple(dict.fromkeys(explain or ["gradcam"]))
-    unknown = sorted(set(methods) - set(METHODS))
-    if unknown:
-        known = ", ".join(METHODS)
-        raise HTTPException(422, f"unknown explanation methods {unknown}; known: {known}")
+    try:
+        check_method_names(methods)
+    except ValueError as exc:
+        raise HTTPException(422, str(exc)) from None
     upload = await uploads.read_upload(request, admin)
     prediction = await uploads.predict_upload(request, admin, upload, keep, methods)
     if heatmap is not None:

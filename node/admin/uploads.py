@@ -29,7 +29,7 @@ from node.predict import (
     predict_image,
     record_prediction,
 )
-from node.similar import SimilarToImage, record_image_query, similar_to_image
+from node.similar import SimilarToImage, similar_to_image
 
 # The report text field; a report is a few kilobytes.
 MAX_REPORT_BYTES = 256 * 1024
@@ -145,13 +145,15 @@ def similar_to_upload(
 ) -> SimilarToImage:
     """The stored studies nearest an upload's embedding (``node.similar``), audited
     (``admin.similar``, the upload's digest and the studies named) before they are shown."""
-    with admin.db.reading() as session:
-        answer = similar_to_image(
-            session, prediction.embedding, prediction.model["id"], prediction.sha256, k
-        )
-    with admin.db.transaction() as session:
-        record_image_query(session, answer, via=via, actor=actor(request))
-    return answer
+    return similar_to_image(
+        admin.db,
+        prediction.embedding,
+        prediction.model["id"],
+        prediction.sha256,
+        k,
+        via=via,
+        actor=actor(request),
+    )
 
 
 class _TooLarge(Exception):
